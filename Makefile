@@ -1,0 +1,35 @@
+# The project's commands. Each target creates .venv when it is missing or older than
+# pyproject.toml, installs the project with its dev extra, then runs.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: test demo lint typecheck unit bench soak clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check rh_agents tests examples bench
+	$(BIN)/ruff format --check rh_agents
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/pytest --cov=rh_agents --cov-report=term -m "not soak"
+
+test: lint typecheck unit
+
+demo: $(STAMP)
+	$(BIN)/python -m rh_agents.demo
+
+soak: $(STAMP)
+	$(BIN)/pytest -m soak -s
+
+clean:
+	rm -rf $(VENV) .rh_agents .pytest_cache .mypy_cache .ruff_cache .coverage

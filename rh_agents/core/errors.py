@@ -1,0 +1,129 @@
+"""The exception tree of rh_agents.
+
+Usage errors (a mistake in the calling code, fix the code) are kept apart from run
+failures (something went wrong while the work ran). Usage errors also subclass the
+built-in exception a Python programmer would expect (``TypeError``, ``ValueError``,
+``RuntimeError``), so ``except TypeError`` keeps working::
+
+    RhAgentsError
+    ├── UsageError
+    │   ├── InvalidArgumentError (ValueError)
+    │   ├── InvalidWorkError (TypeError)
+    │   ├── DuplicateNameError (ValueError)
+    │   └── LifecycleError (RuntimeError)
+    ├── ExecutionFailure
+    │   ├── EventFailedError             an ok=False result under FAIL_FAST
+    │   ├── CircuitOpenError             a call rejected by an open circuit breaker
+    │   ├── ParallelTimeoutError (TimeoutError)
+    │   ├── ParallelGroupError (ExceptionGroup)
+    │   └── ResultSerializationError     a result that cannot go into the history
+    └── StateError
+        ├── StateNotFoundError (KeyError)
+        ├── StateCorruptedError
+        ├── SchemaVersionError
+        └── SnapshotMismatchError
+
+Every message is a full sentence that says what happened and what to do.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "CircuitOpenError",
+    "DuplicateNameError",
+    "EventFailedError",
+    "ExecutionFailure",
+    "InvalidArgumentError",
+    "InvalidWorkError",
+    "LifecycleError",
+    "ResultSerializationError",
+    "RhAgentsError",
+    "SchemaVersionError",
+    "SnapshotMismatchError",
+    "StateCorruptedError",
+    "StateError",
+    "StateNotFoundError",
+    "UsageError",
+]
+
+
+class RhAgentsError(Exception):
+    """Root of every exception rh_agents raises on purpose."""
+
+
+class UsageError(RhAgentsError):
+    """The calling code used the library wrongly; the message says how to fix it."""
+
+
+class InvalidArgumentError(UsageError, ValueError):
+    """An argument has a value the library cannot work with."""
+
+
+class InvalidWorkError(UsageError, TypeError):
+    """Something that is not awaitable (or not retryable) was handed to the library."""
+
+
+class DuplicateNameError(UsageError, ValueError):
+    """A name that must be unique was used twice."""
+
+
+class LifecycleError(UsageError, RuntimeError):
+    """An object was used in a state where that operation is not allowed."""
+
+
+class ExecutionFailure(RhAgentsError):
+    """Work ran and failed."""
+
+
+class EventFailedError(ExecutionFailure):
+    """An ExecutionEvent returned ``ok=False`` where a failure must raise (FAIL_FAST).
+
+    Attributes:
+        result: the failed :class:`~rh_agents.core.events.ExecutionResult`.
+    """
+
+    def __init__(self, message: str, result: Any = None) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+class CircuitOpenError(ExecutionFailure):
+    """A call was rejected without running because its circuit breaker is open."""
+
+    def __init__(self, breaker: str, retry_after: float | None = None) -> None:
+        wait = f" Retry in {retry_after:.1f}s" if retry_after is not None else " Retry later"
+        super().__init__(
+            f"Circuit breaker '{breaker}' is open after repeated failures; the call was "
+            f"rejected without running.{wait}, or raise the breaker's threshold."
+        )
+        self.breaker = breaker
+        self.retry_after = retry_after
+
+
+class ResultSerializationError(ExecutionFailure, TypeError):
+    """A result cannot be written to the history, so it could not be replayed later."""
+
+
+class StateError(RhAgentsError):
+    """A stored state or history cannot be used."""
+
+
+class StateNotFoundError(StateError, KeyError):
+    """No state with the requested id exists in the backend."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class StateCorruptedError(StateError):
+    """A stored state is damaged (truncated, not a database, unreadable records)."""
+
+
+class SchemaVersionError(StateError):
+    """A stored state was written by an incompatible version of the schema."""
+
+
+class SnapshotMismatchError(StateError):
+    """A stored state belongs to another program than the one trying to resume it."""
