@@ -13,6 +13,9 @@ built-in exception a Python programmer would expect (``TypeError``, ``ValueError
     │   └── LifecycleError (RuntimeError)
     ├── ExecutionFailure
     │   ├── EventFailedError             an ok=False result under FAIL_FAST
+    │   ├── ConditionFailedError         a pre- or postcondition said no
+    │   ├── InputValidationError (ValueError)  an input that does not match input_model
+    │   ├── OutputValidationError (TypeError)  a result that does not match output_model
     │   ├── CircuitOpenError             a call rejected by an open circuit breaker
     │   ├── ParallelTimeoutError (TimeoutError)
     │   ├── ParallelGroupError (ExceptionGroup)
@@ -32,12 +35,15 @@ from typing import Any
 
 __all__ = [
     "CircuitOpenError",
+    "ConditionFailedError",
     "DuplicateNameError",
     "EventFailedError",
     "ExecutionFailure",
+    "InputValidationError",
     "InvalidArgumentError",
     "InvalidWorkError",
     "LifecycleError",
+    "OutputValidationError",
     "ResultSerializationError",
     "RhAgentsError",
     "SchemaVersionError",
@@ -100,6 +106,18 @@ class CircuitOpenError(ExecutionFailure):
         )
         self.breaker = breaker
         self.retry_after = retry_after
+
+
+class ConditionFailedError(ExecutionFailure):
+    """A precondition or postcondition of an actor returned False."""
+
+
+class InputValidationError(ExecutionFailure, ValueError):
+    """An input did not validate into its actor's input_model; the handler did not run."""
+
+
+class OutputValidationError(ExecutionFailure, TypeError):
+    """A handler returned a value that does not match its actor's output_model."""
 
 
 class ResultSerializationError(ExecutionFailure, TypeError):

@@ -1,0 +1,306 @@
+"""The life of one invocation: address, replay, validation, cache, handler, history.
+
+Kept apart from :mod:`rh_agents.core.events` so the models stay small; this module is
+the only place that turns an ExecutionEvent call into status changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ValidationError
+
+from rh_agents.core._aio import uninterrupted
+from rh_agents.core.context import current_frame
+from rh_agents.core.errors import (
+    ConditionFailedError,
+    InputValidationError,
+    OutputValidationError,
+    ResultSerializationError,
+    StateError,
+)
+from rh_agents.core.events import ExecutionEvent, ExecutionResult
+from rh_agents.core.hooks import Outcome
+from rh_agents.core.state_recovery import ReplayMode
+from rh_agents.core.types import ExecutionStatus
+
+if TYPE_CHECKING:
+    from rh_agents.core.actors import BaseActor
+    from rh_agents.core.execution import ExecutionState
+
+__all__ = ["run_event"]
+
+_S = ExecutionStatus
+
+
+async def run_event(
+    template: ExecutionEvent[Any],
+    input_data: Any,
+    extra: dict[str, Any],
+    state: ExecutionState,
+) -> ExecutionResult[Any]:
+    actor = template.actor
+    assert actor is not None
+    parent = state._frame()
+    key = f"{actor.name}[{template.tag}]" if template.tag else actor.name
+    frame = parent.child(key)
+    ev = template.model_copy(
+        update={
+            "address": frame.address,
+            "actor_name": actor.name,
+            "event_type": actor.event_type,
+            "execution_status": _S.STARTED,
+            "group_id": parent.group_id,
+            "parallel_index": parent.parallel_index,
+            "is_parallel": parent.group_id is not None,
+            "result": None,
+            "error_type": None,
+            "execution_time": None,
+            "from_cache": False,
+            "is_replayed": False,
+            "timestamp": time.time(),
+        }
+    )
+
+    recorded = state._replay_source(frame.address)
+    if recorded is not None and state.replay_mode is not ReplayMode.VALIDATION:
+        return await _replay(template, ev, recorded, state)
+
+    token = current_frame.set(frame)
+    tel = state.instrumentation
+    handle = tel.event_started(ev, None)
+    started = time.perf_counter()
+    outcome = Outcome.FAILED
+    error: BaseException | None = None
+    try:
+        await state.add_event(ev, _S.STARTED)
+        try:
+            value = await _execute(actor, ev, input_data, extra, state, handle)
+        except asyncio.CancelledError:
+            raise
+        except StateError:
+            raise
+        except InputValidationError as exc:
+            outcome, error = Outcome.REJECTED, exc
+        except Exception as exc:
+            outcome, error = Outcome.FAILED, exc
+        else:
+            try:
+                state._encode_result(actor, value, ev)
+            except ResultSerializationError as exc:
+                outcome, error = Outcome.FAILED, exc
+            else:
+                outcome = Outcome.CACHED if ev.from_cache else Outcome.COMPLETED
+        elapsed = time.perf_counter() - started
+        ev.execution_time = elapsed
+        if error is None:
+            ev.result = value
+            await state.add_event(ev, _S.COMPLETED)
+            if recorded is not None:
+                await state._check_divergence(ev, recorded)
+            result: ExecutionResult[Any] = ExecutionResult(
+                result=value, ok=True, execution_time=elapsed, address=ev.address,
+                status=_S.COMPLETED,
+            )
+        else:
+            message = _describe(error)
+            ev.message = message
+            ev.error_type = type(error).__name__
+            await state.add_event(ev, _S.FAILED)
+            result = ExecutionResult(
+                ok=False, error_message=message, error_type=type(error).__name__,
+                execution_time=elapsed, address=ev.address, status=_S.FAILED, exception=error,
+            )
+    except asyncio.CancelledError as exc:
+        outcome, error = Outcome.CANCELLED, exc
+        ev.execution_time = time.perf_counter() - started
+        ev.message = "cancelled"
+        await uninterrupted(state.add_event(ev, _S.CANCELLED))
+        raise
+    finally:
+        current_frame.reset(token)
+        tel.event_finished(handle, ev, outcome, error, time.perf_counter() - started)
+        _copy_back(template, ev)
+    if ev.is_parallel:
+        result.metadata = _parallel_metadata(ev)
+    return result
+
+
+async def _execute(
+    actor: BaseActor,
+    ev: ExecutionEvent[Any],
+    input_data: Any,
+    extra: dict[str, Any],
+    state: ExecutionState,
+    handle: Any,
+) -> Any:
+    data = _validate_input(actor, input_data)
+    for position, check in enumerate(actor.preconditions, 1):
+        if not await _check(check, data, extra, state):
+            raise ConditionFailedError(
+                f"Precondition {position} of actor '{actor.name}' "
+                f"({_callable_name(check)}) returned False; the handler was not called."
+            )
+
+    async def compute() -> tuple[Any, bool]:
+        return await _run_handler(actor, ev, data, extra, state, handle), True
+
+    if actor.cacheable and state.result_cache is not None:
+        from rh_agents.core.cache import make_cache_key
+
+        key = make_cache_key(actor.name, actor.version, data)
+        value, hit = await state.result_cache.get_or_compute(key, actor.cache_ttl, compute)
+        ev.from_cache = hit
+        return value
+    value, _ = await compute()
+    return value
+
+
+async def _run_handler(
+    actor: BaseActor,
+    ev: ExecutionEvent[Any],
+    data: Any,
+    extra: dict[str, Any],
+    state: ExecutionState,
+    handle: Any,
+) -> Any:
+    config = actor.retry_config
+    attempt = 1
+    first_try = state.clock.monotonic()
+    while True:
+        try:
+            value = await actor.handler(data, extra, state)
+            value = _validate_output(actor, value)
+            for position, check in enumerate(actor.postconditions, 1):
+                if not await _check(check, value, extra, state):
+                    raise ConditionFailedError(
+                        f"Postcondition {position} of actor '{actor.name}' "
+                        f"({_callable_name(check)}) returned False for its result."
+                    )
+            return value
+        except Exception as exc:
+            if config is None or not config.should_retry(exc):
+                raise
+            if config.attempts_exhausted(attempt, first_try, state.clock.monotonic()):
+                raise
+            delay = config.calculate_delay(attempt, exc)
+            retry = ev.model_copy(
+                update={
+                    "retry_attempt": attempt,
+                    "is_retry": True,
+                    "retry_delay": delay,
+                    "original_error": _describe(exc),
+                    "error_type": type(exc).__name__,
+                }
+            )
+            state.instrumentation.event_retrying(handle, ev, attempt, delay, exc)
+            await state.add_event(retry, _S.RETRYING)
+            await state.clock.sleep(delay)
+            attempt += 1
+
+
+def _validate_input(actor: BaseActor, input_data: Any) -> Any:
+    model = actor.input_model
+    if model is None or isinstance(input_data, model):
+        return input_data
+    try:
+        if isinstance(input_data, BaseModel):
+            return model.model_validate(input_data.model_dump())
+        return model.model_validate(input_data)
+    except ValidationError as exc:
+        raise InputValidationError(
+            f"Input for actor '{actor.name}' does not match its input_model "
+            f"{model.__name__}; the handler was not called: {exc}"
+        ) from exc
+
+
+def _validate_output(actor: BaseActor, value: Any) -> Any:
+    model = actor.output_model
+    if model is None or isinstance(value, model):
+        return value
+    try:
+        if isinstance(value, BaseModel):
+            return model.model_validate(value.model_dump())
+        return model.model_validate(value)
+    except ValidationError as exc:
+        raise OutputValidationError(
+            f"Actor '{actor.name}' returned a {type(value).__name__} that does not match "
+            f"its output_model {model.__name__}: {exc.error_count()} validation error(s): "
+            f"{exc.errors(include_url=False)}. Return a {model.__name__} or data that "
+            "validates into it."
+        ) from exc
+
+
+async def _check(check: Any, value: Any, extra: dict[str, Any], state: ExecutionState) -> bool:
+    verdict = check(value, extra, state)
+    if inspect.isawaitable(verdict):
+        verdict = await verdict
+    return bool(verdict)
+
+
+def _callable_name(fn: Any) -> str:
+    return str(getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn))
+
+
+def _describe(error: BaseException) -> str:
+    text = str(error)
+    return text if text else type(error).__name__
+
+
+async def _replay(
+    template: ExecutionEvent[Any],
+    ev: ExecutionEvent[Any],
+    recorded: ExecutionEvent[Any],
+    state: ExecutionState,
+) -> ExecutionResult[Any]:
+    actor = template.actor
+    assert actor is not None
+    value = state._revalidate(actor, recorded)
+    ev.result = value
+    ev.is_replayed = True
+    ev.from_cache = recorded.from_cache
+    ev.execution_time = recorded.execution_time
+    ev.skip_republish = state.replay_mode is ReplayMode.NORMAL
+    ev._record_result = recorded._record_result
+    ev._result_type = recorded._result_type
+    tel = state.instrumentation
+    handle = tel.event_started(ev, None)
+    try:
+        await state.add_event(ev, _S.RECOVERED)
+    finally:
+        tel.event_finished(handle, ev, Outcome.REPLAYED, None, 0.0)
+        _copy_back(template, ev)
+    result: ExecutionResult[Any] = ExecutionResult(
+        result=value, ok=True, execution_time=recorded.execution_time or 0.0,
+        address=ev.address, status=_S.RECOVERED,
+    )
+    if ev.is_parallel:
+        result.metadata = _parallel_metadata(ev)
+    return result
+
+
+def _copy_back(template: ExecutionEvent[Any], ev: ExecutionEvent[Any]) -> None:
+    # Callers read the event object after the call; concurrent calls of one template
+    # each leave their own outcome, the last one to finish wins.
+    for name in (
+        "address", "actor_name", "event_type", "execution_status", "execution_time",
+        "message", "error_type", "result", "from_cache", "is_replayed", "skip_republish",
+        "group_id", "parallel_index", "is_parallel",
+    ):
+        setattr(template, name, getattr(ev, name))
+
+
+def _parallel_metadata(ev: ExecutionEvent[Any]) -> dict[str, Any]:
+    return {
+        "address": ev.address,
+        "actor": ev.actor_name,
+        "event_type": ev.event_type.value if ev.event_type else None,
+        "group_id": ev.group_id,
+        "parallel_index": ev.parallel_index,
+        "from_cache": ev.from_cache,
+        "is_replayed": ev.is_replayed,
+        "status": ev.execution_status.value,
+    }

@@ -1,0 +1,177 @@
+"""Actors: the units of work an :class:`~rh_agents.core.events.ExecutionEvent` runs.
+
+An actor is a pydantic model holding an async ``handler`` plus what the core needs to
+run it safely: input and output models for validation, pre- and postconditions, and
+caching settings. ``Tool``, ``LLM`` and ``Agent`` only differ in their defaults.
+
+Example:
+    >>> from pydantic import BaseModel
+    >>> class Query(BaseModel):
+    ...     text: str
+    >>> async def search(data: Query, extra_context, state):
+    ...     return f"results for {data.text}"
+    >>> tool = Tool(name="search", input_model=Query, handler=search)
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+from rh_agents.core.errors import InvalidArgumentError, InvalidWorkError
+from rh_agents.core.retry import RetryConfig
+from rh_agents.core.types import EventType
+
+__all__ = ["LLM", "Agent", "BaseActor", "Condition", "Handler", "Tool", "ToolSet"]
+
+Handler = Callable[..., Awaitable[Any]]
+"""``async def handler(input_data, extra_context, execution_state) -> result``."""
+
+Condition = Callable[..., Any]
+"""A sync or async check; returning ``False`` (or raising) fails the invocation."""
+
+
+def _is_async_callable(fn: object) -> bool:
+    if inspect.iscoroutinefunction(fn):
+        return True
+    call = getattr(fn, "__call__", None)  # noqa: B004 - callable objects with async __call__
+    return call is not None and inspect.iscoroutinefunction(call)
+
+
+class BaseActor(BaseModel):
+    """Something that can be invoked through an ExecutionEvent.
+
+    Attributes:
+        name: identifies the actor in addresses, spans, metrics and the cache key.
+        description: free text, shown to people and to LLMs choosing tools.
+        input_model: inputs are validated into this model before the handler runs.
+        output_model: results are validated into this model, and replayed results are
+            re-validated into it on resume.
+        handler: ``async def handler(input_data, extra_context, execution_state)``.
+        event_type: the kind of call (agent, tool or LLM).
+        cacheable: results are cached by (name, version, input) when True.
+        version: part of the cache key; bump it when the handler's behaviour changes.
+        cache_ttl: seconds a cached result stays valid (None: no expiry).
+        preconditions / postconditions: checks run before the handler (on the input) and
+            after it (on the result); ``False`` or an exception fails the invocation.
+        retry_config: opt-in retries of this actor's handler (None: no retries).
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    name: str
+    description: str = ""
+    input_model: type[BaseModel] | None = None
+    output_model: type[BaseModel] | None = None
+    handler: Handler
+    event_type: EventType = EventType.AGENT_CALL
+    cacheable: bool = False
+    version: str = "1.0.0"
+    cache_ttl: float | None = None
+    preconditions: list[Condition] = Field(default_factory=list)
+    postconditions: list[Condition] = Field(default_factory=list)
+    retry_config: RetryConfig | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str) -> str:
+        if not value or not value.strip():
+            raise InvalidArgumentError("An actor needs a non-empty name.")
+        return value
+
+    @field_validator("handler", mode="plain")
+    @classmethod
+    def _check_handler(cls, value: Any, info: ValidationInfo) -> Any:
+        name = info.data.get("name", "<unnamed>")
+        if not callable(value) or not _is_async_callable(value):
+            raise InvalidWorkError(
+                f"The handler of actor '{name}' must be an async function "
+                f"(`async def handler(input_data, extra_context, execution_state)`), "
+                f"got {type(value).__name__} {value!r}."
+            )
+        return value
+
+    @field_validator("cache_ttl")
+    @classmethod
+    def _check_ttl(cls, value: float | None) -> float | None:
+        if value is not None and not value > 0:
+            raise InvalidArgumentError(
+                f"cache_ttl must be a positive number of seconds or None, got {value!r}."
+            )
+        return value
+
+
+class Tool(BaseActor):
+    """An actor that performs one action (a search, an API call, a computation)."""
+
+    event_type: EventType = EventType.TOOL_CALL
+
+
+class LLM(BaseActor):
+    """An actor that calls a language model; cacheable by default for an hour."""
+
+    event_type: EventType = EventType.LLM_CALL
+    cacheable: bool = True
+    cache_ttl: float | None = 3600.0
+
+
+class ToolSet(BaseModel):
+    """An ordered collection of tools with lookup by name.
+
+    Example:
+        >>> tools = ToolSet(tools=[search_tool])  # doctest: +SKIP
+        >>> tools["search"] is search_tool  # doctest: +SKIP
+        True
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    tools: list[Tool] = Field(default_factory=list)
+
+    @field_validator("tools")
+    @classmethod
+    def _unique(cls, value: list[Tool]) -> list[Tool]:
+        seen: set[str] = set()
+        for tool in value:
+            if tool.name in seen:
+                raise InvalidArgumentError(
+                    f"A ToolSet holds two tools named '{tool.name}'; tool names must be unique."
+                )
+            seen.add(tool.name)
+        return value
+
+    @property
+    def by_name(self) -> dict[str, Tool]:
+        """The tools keyed by name."""
+        return {tool.name: tool for tool in self.tools}
+
+    def get(self, name: str, default: Tool | None = None) -> Tool | None:
+        """The tool called ``name``, or ``default``."""
+        return self.by_name.get(name, default)
+
+    def __getitem__(self, name: str) -> Tool:
+        try:
+            return self.by_name[name]
+        except KeyError:
+            known = ", ".join(sorted(self.by_name)) or "none"
+            raise KeyError(f"No tool named '{name}' in this ToolSet (tools: {known}).") from None
+
+    def __contains__(self, name: object) -> bool:
+        return any(tool.name == name for tool in self.tools)
+
+    def __iter__(self) -> Iterator[Tool]:  # type: ignore[override]
+        return iter(self.tools)
+
+    def __len__(self) -> int:
+        return len(self.tools)
+
+
+class Agent(BaseActor):
+    """An actor that orchestrates tools and, optionally, an LLM."""
+
+    event_type: EventType = EventType.AGENT_CALL
+    tools: ToolSet = Field(default_factory=ToolSet)
+    llm: LLM | None = None

@@ -1,0 +1,96 @@
+"""Context-local invocation paths: where every address comes from.
+
+Each running invocation owns a :class:`Frame`, held in a ``ContextVar``. A child
+invocation takes its address from its parent frame plus its own segment and an ordinal
+counted per parent, so two sequential calls of one actor under one parent get
+``.../search`` and ``.../search#1``. Because the path is context-local (not a stack
+shared on the state), concurrent tasks never see each other's frames, and because
+ordinals are taken when an invocation starts (asyncio starts tasks in creation order),
+the same program gives the same addresses on every run whatever the completion order.
+
+Parallel groups add two kinds of frame: the group frame (``.../parallel:docs``) and one
+item frame per item (``.../parallel:docs[3]``). An item's address depends only on its
+index, never on when a worker picked it up.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+
+__all__ = ["SEPARATOR", "Frame", "current_frame", "group_id_for"]
+
+SEPARATOR = "/"
+
+
+@dataclass(slots=True, eq=False)
+class Frame:
+    """One node of the invocation path.
+
+    Attributes:
+        root: the root frame of the ExecutionState this frame belongs to.
+        address: the full address of this node.
+        parent: the enclosing frame (None for a root).
+        depth: number of frames above this one.
+        group_id: set on the item frames of a parallel group.
+        parallel_index: the item's index in its group (item frames only).
+    """
+
+    root: Frame | None
+    address: str
+    parent: Frame | None = None
+    depth: int = 0
+    group_id: str | None = None
+    parallel_index: int | None = None
+    _counters: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def new_root(cls, address: str = "") -> Frame:
+        """A fresh root frame (one per ExecutionState)."""
+        frame = cls(root=None, address=address)
+        frame.root = frame
+        return frame
+
+    def next_segment(self, key: str) -> str:
+        """Reserve the next ordinal for ``key`` under this frame and return the segment."""
+        ordinal = self._counters.get(key, 0)
+        self._counters[key] = ordinal + 1
+        return key if ordinal == 0 else f"{key}#{ordinal}"
+
+    def join(self, segment: str) -> str:
+        """The address of a child with ``segment``."""
+        return f"{self.address}{SEPARATOR}{segment}" if self.address else segment
+
+    def child(self, key: str) -> Frame:
+        """A new child frame with the next ordinal for ``key``."""
+        return Frame(
+            root=self.root,
+            address=self.join(self.next_segment(key)),
+            parent=self,
+            depth=self.depth + 1,
+        )
+
+    def item(self, index: int, group_id: str) -> Frame:
+        """The frame of item ``index`` of the parallel group whose frame this is."""
+        return Frame(
+            root=self.root,
+            address=f"{self.address}[{index}]",
+            parent=self,
+            depth=self.depth + 1,
+            group_id=group_id,
+            parallel_index=index,
+        )
+
+    @property
+    def segments(self) -> list[str]:
+        """The address split into its segments."""
+        return self.address.split(SEPARATOR) if self.address else []
+
+
+current_frame: ContextVar[Frame | None] = ContextVar("rh_agents_current_frame", default=None)
+
+
+def group_id_for(address: str) -> str:
+    """The deterministic id of the group at ``address`` (stable across runs)."""
+    return "g-" + hashlib.blake2b(address.encode(), digest_size=8).hexdigest()

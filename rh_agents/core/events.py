@@ -1,0 +1,163 @@
+"""ExecutionEvent and ExecutionResult: one invocation of an actor, and what it returned.
+
+``await ExecutionEvent(actor=tool)(input_data, extra_context, state)`` runs the actor:
+it takes a context-local address, validates the input, runs preconditions, the handler
+(through the cache for cacheable actors, with the actor's opt-in retries) and
+postconditions, publishes STARTED then exactly one terminal status, and returns an
+:class:`ExecutionResult`. A handler exception becomes ``ok=False``; cancellation is never
+turned into a result: it is recorded as CANCELLED and re-raised.
+
+In a state restored from a snapshot or backend, an invocation whose address completed in
+the restored history returns the recorded result without calling the handler
+(``is_replayed``, status RECOVERED).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, PrivateAttr
+
+from rh_agents.core.actors import BaseActor
+from rh_agents.core.errors import InvalidArgumentError
+from rh_agents.core.types import EventType, ExecutionStatus
+
+if TYPE_CHECKING:
+    from rh_agents.core.execution import ExecutionState
+
+__all__ = ["EventKind", "ExecutionEvent", "ExecutionResult"]
+
+T = TypeVar("T")
+
+
+class EventKind:
+    """Values of :attr:`ExecutionEvent.kind`: what a bus message describes."""
+
+    EVENT = "event"
+    GROUP = "group"
+    DIVERGENCE = "divergence"
+
+
+class ExecutionResult(BaseModel, Generic[T]):
+    """What an invocation (or a parallel-group item) returned.
+
+    Attributes:
+        result: the value, when ``ok``.
+        ok: False when the work failed, was rejected, timed out or was cancelled.
+        error_message: what went wrong (also readable as the seed's ``erro_message``).
+        error_type: the exception class name.
+        execution_time: seconds the work took.
+        address: the invocation's address, for ExecutionEvent calls.
+        index / name / attempts: set on results of parallel-group items.
+        status: the terminal status when known (completed, failed, cancelled, ...).
+        metadata: event metadata of parallel ExecutionEvents (address, actor, group id,
+            index, cache and replay flags).
+        exception: the exception object, kept out of serialization.
+
+    Example:
+        >>> r = ExecutionResult(result=42, execution_time=0.1)
+        >>> r.ok, r.result
+        (True, 42)
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, populate_by_name=True)
+
+    result: T | None = None
+    ok: bool = True
+    error_message: str | None = Field(
+        default=None, validation_alias=AliasChoices("error_message", "erro_message")
+    )
+    error_type: str | None = None
+    execution_time: float = 0.0
+    address: str | None = None
+    index: int | None = None
+    name: str | None = None
+    attempts: int = 1
+    status: ExecutionStatus | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    traceback: str | None = None
+    exception: BaseException | None = Field(default=None, exclude=True, repr=False)
+
+    @property
+    def erro_message(self) -> str | None:
+        """The seed framework's spelling of :attr:`error_message`."""
+        return self.error_message
+
+
+class ExecutionEvent(BaseModel, Generic[T]):
+    """One invocation of an actor, and each status change of it on the event bus.
+
+    Build one with the actor (and optionally a ``tag`` that becomes part of the address),
+    then call it. After the call the object reflects what happened (``address``,
+    ``execution_status``, ``is_replayed``, ...). What subscribers and the history receive
+    are immutable copies taken at each status change, so a later change never alters what
+    a subscriber already saw.
+
+    Example:
+        >>> event = ExecutionEvent(actor=search_tool, tag="first")  # doctest: +SKIP
+        >>> result = await event(Query(text="x"), {}, state)  # doctest: +SKIP
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    actor: BaseActor | None = None
+    kind: str = EventKind.EVENT
+    address: str = ""
+    tag: str = ""
+    actor_name: str | None = None
+    event_type: EventType | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    timestamp: float = Field(default_factory=time.time)
+    execution_time: float | None = None
+    execution_status: ExecutionStatus = ExecutionStatus.STARTED
+    message: str | None = None
+    detail: str | None = None
+    error_type: str | None = None
+    result: Any = None
+    from_cache: bool = False
+    is_replayed: bool = False
+    skip_republish: bool = False
+    group_id: str | None = None
+    parallel_index: int | None = None
+    is_parallel: bool = False
+    retry_attempt: int = 0
+    is_retry: bool = False
+    original_error: str | None = None
+    retry_delay: float | None = None
+
+    # The JSON form of ``result`` once computed (shared by the journal and snapshots).
+    _record_result: Any = PrivateAttr(default=None)
+    _result_type: str | None = PrivateAttr(default=None)
+
+    @property
+    def name(self) -> str | None:
+        """The actor's name (also for restored events that carry no actor object)."""
+        if self.actor_name is not None:
+            return self.actor_name
+        return self.actor.name if self.actor is not None else None
+
+    @property
+    def depth(self) -> int:
+        """How deep in the call tree this invocation is (0 for a top-level call)."""
+        return self.address.count("/") if self.address else 0
+
+    async def __call__(
+        self,
+        input_data: Any = None,
+        extra_context: dict[str, Any] | None = None,
+        execution_state: ExecutionState | None = None,
+    ) -> ExecutionResult[T]:
+        """Run the actor and return its result (see the module docstring)."""
+        if self.actor is None:
+            raise InvalidArgumentError(
+                "This ExecutionEvent has no actor; build it as ExecutionEvent(actor=...)."
+            )
+        if execution_state is None:
+            raise InvalidArgumentError(
+                f"Calling the event for actor '{self.actor.name}' needs the ExecutionState: "
+                "await event(input_data, extra_context, execution_state)."
+            )
+        from rh_agents.core._runner import run_event
+
+        return await run_event(self, input_data, extra_context or {}, execution_state)

@@ -1,0 +1,183 @@
+"""HistorySet: the append-only timeline of every status change of a run.
+
+The timeline keeps one entry per status change, in order (a call appears as STARTED,
+then COMPLETED), and an index of the latest entry per address. Entries are immutable
+snapshots taken by :meth:`ExecutionState.add_event`. Records are the JSON form written
+to journals and snapshots; :func:`event_to_record` and :func:`record_to_event` convert.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from pydantic_core import to_jsonable_python
+
+from rh_agents.core.errors import StateCorruptedError
+from rh_agents.core.events import EventKind, ExecutionEvent
+from rh_agents.core.types import EventType, ExecutionStatus
+
+__all__ = ["HistorySet", "event_to_record", "record_to_event"]
+
+_DONE = (ExecutionStatus.COMPLETED, ExecutionStatus.RECOVERED)
+
+
+class HistorySet:
+    """Every status change of a run, in order, with lookup of the latest by address.
+
+    Example:
+        >>> history = state.history  # doctest: +SKIP
+        >>> [e.execution_status.value for e in history.get_event_list()]  # doctest: +SKIP
+        ['started', 'completed']
+        >>> history.has_completed_event("search")  # doctest: +SKIP
+        True
+    """
+
+    __slots__ = ("_completed", "_events", "_latest")
+
+    def __init__(self, events: Iterable[ExecutionEvent[Any]] = ()) -> None:
+        self._events: list[ExecutionEvent[Any]] = []
+        self._latest: dict[str, ExecutionEvent[Any]] = {}
+        self._completed: dict[str, ExecutionEvent[Any]] = {}
+        for event in events:
+            self.append(event)
+
+    def append(self, event: ExecutionEvent[Any]) -> None:
+        """Add one status change (the core does this; users rarely need to)."""
+        self._events.append(event)
+        if event.kind != EventKind.EVENT:
+            return
+        address = event.address
+        self._latest[address] = event
+        if event.execution_status in _DONE:
+            self._completed[address] = event
+
+    @property
+    def events(self) -> list[ExecutionEvent[Any]]:
+        """The timeline (a copy)."""
+        return list(self._events)
+
+    def get_event_list(self) -> list[ExecutionEvent[Any]]:
+        """The timeline: one entry per status change, in the order they happened."""
+        return list(self._events)
+
+    def has_completed_event(self, address: str) -> bool:
+        """Whether the invocation at ``address`` completed (or was recovered)."""
+        return address in self._completed
+
+    def get_completed_event(self, address: str) -> ExecutionEvent[Any] | None:
+        """The completing entry of ``address``, if it completed."""
+        return self._completed.get(address)
+
+    def get_event_result(self, address: str) -> Any:
+        """The result of the completed invocation at ``address``.
+
+        Raises:
+            KeyError: nothing completed at that address.
+        """
+        event = self._completed.get(address)
+        if event is None:
+            raise KeyError(f"No completed invocation at address '{address}'.")
+        return event.result
+
+    def completed_addresses(self) -> list[str]:
+        """Addresses of every completed invocation, in completion order."""
+        return list(self._completed)
+
+    def __getitem__(self, address: str) -> ExecutionEvent[Any]:
+        try:
+            return self._latest[address]
+        except KeyError:
+            raise KeyError(f"No invocation at address '{address}' in this history.") from None
+
+    def __contains__(self, address: object) -> bool:
+        return address in self._latest
+
+    def __iter__(self) -> Iterator[tuple[str, ExecutionEvent[Any]]]:
+        return iter(list(self._latest.items()))
+
+    def __len__(self) -> int:
+        return len(self._events)
+
+    def to_records(self) -> list[dict[str, Any]]:
+        """The timeline as JSON-able records (see :func:`event_to_record`)."""
+        return [event_to_record(event, seq) for seq, event in enumerate(self._events, 1)]
+
+    @classmethod
+    def from_records(cls, records: Iterable[dict[str, Any]]) -> HistorySet:
+        """Rebuild a history from records, in their order."""
+        return cls(record_to_event(record, position) for position, record in enumerate(records))
+
+
+def _jsonable(value: Any) -> Any:
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    return to_jsonable_python(value, fallback=repr)
+
+
+def event_to_record(event: ExecutionEvent[Any], seq: int) -> dict[str, Any]:
+    """The JSON-able record of one history entry."""
+    result = event._record_result
+    if result is None and event.result is not None:
+        result = _jsonable(event.result)
+    return {
+        "seq": seq,
+        "kind": event.kind,
+        "address": event.address,
+        "status": event.execution_status.value,
+        "actor": event.name,
+        "event_type": event.event_type.value if event.event_type else None,
+        "tag": event.tag,
+        "timestamp": event.timestamp,
+        "execution_time": event.execution_time,
+        "message": event.message,
+        "detail": event.detail,
+        "error_type": event.error_type,
+        "from_cache": event.from_cache,
+        "is_replayed": event.is_replayed,
+        "group_id": event.group_id,
+        "parallel_index": event.parallel_index,
+        "is_parallel": event.is_parallel,
+        "retry_attempt": event.retry_attempt,
+        "retry_delay": event.retry_delay,
+        "original_error": event.original_error,
+        "metadata": _jsonable(event.metadata) if event.metadata else {},
+        "result": result,
+        "result_type": event._result_type,
+    }
+
+
+def record_to_event(record: dict[str, Any], position: int = 0) -> ExecutionEvent[Any]:
+    """Rebuild a history entry from its record (the actor object is not restored)."""
+    try:
+        event: ExecutionEvent[Any] = ExecutionEvent(
+            kind=record.get("kind", EventKind.EVENT),
+            address=record["address"],
+            execution_status=ExecutionStatus(record["status"]),
+            actor_name=record.get("actor"),
+            event_type=EventType(record["event_type"]) if record.get("event_type") else None,
+            tag=record.get("tag") or "",
+            timestamp=record.get("timestamp") or 0.0,
+            execution_time=record.get("execution_time"),
+            message=record.get("message"),
+            detail=record.get("detail"),
+            error_type=record.get("error_type"),
+            from_cache=bool(record.get("from_cache")),
+            is_replayed=bool(record.get("is_replayed")),
+            group_id=record.get("group_id"),
+            parallel_index=record.get("parallel_index"),
+            is_parallel=bool(record.get("is_parallel")),
+            retry_attempt=record.get("retry_attempt") or 0,
+            retry_delay=record.get("retry_delay"),
+            original_error=record.get("original_error"),
+            metadata=record.get("metadata") or {},
+            result=record.get("result"),
+        )
+    except (KeyError, ValueError, TypeError) as exc:
+        raise StateCorruptedError(
+            f"History record {position} cannot be read ({type(exc).__name__}: {exc}); "
+            "the history was written by another program or is damaged."
+        ) from exc
+    event._record_result = record.get("result")
+    event._result_type = record.get("result_type")
+    return event

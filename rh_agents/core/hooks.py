@@ -1,0 +1,159 @@
+"""The narrow interface through which the core reports to telemetry.
+
+The execution core never imports OpenTelemetry or prometheus_client; it calls an
+:class:`Instrumentation` object at a handful of points. :data:`NOOP` does nothing and is
+what a state uses when no telemetry is configured; ``rh_agents.telemetry`` provides the
+real implementation. ``*_started`` hooks return an opaque handle that the matching
+``*_finished`` hook receives; a handle may make a span current for the code in between,
+so both calls happen in the same task.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from rh_agents.core.events import ExecutionEvent
+
+__all__ = ["NOOP", "GroupInfo", "Instrumentation", "NoopInstrumentation", "Outcome"]
+
+
+class Outcome:
+    """Values of the ``outcome`` label / attribute of a finished invocation."""
+
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    REPLAYED = "replayed"
+    CACHED = "cached"
+    REJECTED = "rejected"
+
+
+class GroupInfo(Protocol):
+    """What instrumentation reads from a parallel group (ParallelEventGroup satisfies it)."""
+
+    group_id: str
+    name: str | None
+    max_workers: int
+    total: int
+    completed: int
+    failed: int
+    timeout: float | None
+
+
+class Instrumentation(Protocol):
+    """Callbacks from the core; implementations must never raise."""
+
+    enabled: bool
+
+    def event_started(self, event: ExecutionEvent[Any], wait: float | None) -> Any:
+        """An invocation starts (after any wait for a worker slot); returns a handle."""
+        ...
+
+    def event_retrying(
+        self, handle: Any, event: ExecutionEvent[Any], attempt: int, delay: float,
+        error: BaseException,
+    ) -> None:
+        """An attempt failed and will be retried after ``delay`` seconds."""
+        ...
+
+    def event_finished(
+        self, handle: Any, event: ExecutionEvent[Any], outcome: str,
+        error: BaseException | None, duration: float,
+    ) -> None:
+        """The invocation ended with ``outcome`` (see :class:`Outcome`)."""
+        ...
+
+    def group_started(self, group: GroupInfo, error_strategy: str) -> Any:
+        """A parallel group opens; returns a handle that is current for its items."""
+        ...
+
+    def group_finished(
+        self, handle: Any, group: GroupInfo, status: str, cancelled: int,
+        duration: float, timed_out: bool,
+    ) -> None:
+        """A parallel group ended with ``status``."""
+        ...
+
+    def item_started(self, handle: Any, group: GroupInfo, index: int, wait: float) -> Any:
+        """An item of a group got a worker slot after ``wait`` seconds; returns a handle."""
+        ...
+
+    def item_attempt(self, item: Any, attempt: int) -> Any:
+        """Attempt ``attempt`` (1-based) of a retried item starts; returns a handle."""
+        ...
+
+    def item_attempt_finished(self, attempt_handle: Any, error: BaseException | None) -> None:
+        """An attempt ended."""
+        ...
+
+    def item_retrying(
+        self, item: Any, group: GroupInfo, name: str, attempt: int, delay: float,
+        error: BaseException,
+    ) -> None:
+        """An item failed and will be retried after ``delay`` seconds."""
+        ...
+
+    def item_finished(self, item: Any, group: GroupInfo, outcome: str,
+                      error: BaseException | None) -> None:
+        """An item ended."""
+        ...
+
+    def queue_changed(self, group: GroupInfo, in_flight: int, queued: int) -> None:
+        """The number of running and waiting items of a group changed."""
+        ...
+
+
+class NoopInstrumentation:
+    """Instrumentation that does nothing (the default)."""
+
+    enabled = False
+
+    def event_started(self, event: ExecutionEvent[Any], wait: float | None) -> Any:
+        return None
+
+    def event_retrying(
+        self, handle: Any, event: ExecutionEvent[Any], attempt: int, delay: float,
+        error: BaseException,
+    ) -> None:
+        return None
+
+    def event_finished(
+        self, handle: Any, event: ExecutionEvent[Any], outcome: str,
+        error: BaseException | None, duration: float,
+    ) -> None:
+        return None
+
+    def group_started(self, group: GroupInfo, error_strategy: str) -> Any:
+        return None
+
+    def group_finished(
+        self, handle: Any, group: GroupInfo, status: str, cancelled: int,
+        duration: float, timed_out: bool,
+    ) -> None:
+        return None
+
+    def item_started(self, handle: Any, group: GroupInfo, index: int, wait: float) -> Any:
+        return None
+
+    def item_attempt(self, item: Any, attempt: int) -> Any:
+        return None
+
+    def item_attempt_finished(self, attempt_handle: Any, error: BaseException | None) -> None:
+        return None
+
+    def item_retrying(
+        self, item: Any, group: GroupInfo, name: str, attempt: int, delay: float,
+        error: BaseException,
+    ) -> None:
+        return None
+
+    def item_finished(self, item: Any, group: GroupInfo, outcome: str,
+                      error: BaseException | None) -> None:
+        return None
+
+    def queue_changed(self, group: GroupInfo, in_flight: int, queued: int) -> None:
+        return None
+
+
+NOOP: Instrumentation = NoopInstrumentation()

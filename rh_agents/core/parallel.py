@@ -1,0 +1,1012 @@
+"""Parallel groups: run independent work concurrently, with limits and resilience.
+
+::
+
+    async with state.parallel(max_workers=4, name="docs") as p:
+        for doc in docs:
+            p.add(lambda doc=doc: summarize(doc, state), name=doc.id)
+        results = await p.gather()
+
+Design:
+
+* A pool of at most ``max_workers`` worker tasks pulls items in add order; factories are
+  called only when a worker is free, so a group of 100 000 items holds at most
+  ``max_workers`` running coroutines. The time an item waits for a worker is measured
+  (telemetry's semaphore wait). A shared :class:`~rh_agents.core.limiter.Limiter` caps
+  concurrency across groups on top of that.
+* Each item runs under its own item frame, so its address (``.../parallel:docs[3]/...``)
+  depends on its index, never on completion order, and group ids derive from the parent
+  address, the group name and its ordinal: the same program gives the same ids on every
+  run, which is what makes replay possible.
+* Failures: FAIL_SLOW (default) records them as ``ok=False`` results; FAIL_FAST cancels
+  the running items, never starts queued ones and re-raises the first error. An
+  ExecutionEvent call returning ``ok=False`` is a failure like an exception.
+* Retries back off exponentially with jitter (through the injectable clock) without
+  holding a worker; circuit breakers reject calls without running them while open.
+* Every exit path (success, FAIL_FAST, timeout, leaving ``stream()``, an exception in the
+  ``async with`` body, external cancellation) cancels and awaits all work of the group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import inspect
+import logging
+import math
+import re
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from enum import Enum
+from functools import lru_cache
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, Field, PrivateAttr
+
+from rh_agents.core._aio import cancel_and_wait, uninterrupted
+from rh_agents.core.actors import BaseActor
+from rh_agents.core.circuit_breaker import CircuitBreaker, CircuitPermit
+from rh_agents.core.context import Frame, current_frame, group_id_for
+from rh_agents.core.errors import (
+    CircuitOpenError,
+    DuplicateNameError,
+    EventFailedError,
+    ExecutionFailure,
+    InvalidArgumentError,
+    InvalidWorkError,
+    LifecycleError,
+    RhAgentsError,
+)
+from rh_agents.core.events import EventKind, ExecutionEvent, ExecutionResult
+from rh_agents.core.executors import ItemExecutor, WorkItem
+from rh_agents.core.hooks import Outcome
+from rh_agents.core.retry import RetryConfig
+from rh_agents.core.types import ExecutionStatus
+
+if TYPE_CHECKING:
+    import random
+
+    from rh_agents.core.execution import ExecutionState
+    from rh_agents.core.limiter import Limiter
+
+__all__ = [
+    "ErrorStrategy",
+    "GroupStatus",
+    "ParallelDisplayMode",
+    "ParallelEventGroup",
+    "ParallelExecutionManager",
+    "ParallelGroupError",
+    "ParallelGroupTracker",
+    "ParallelTimeoutError",
+]
+
+logger = logging.getLogger("rh_agents.parallel")
+
+
+class GroupStatus(str, Enum):
+    """Lifecycle of a parallel group."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class ErrorStrategy(str, Enum):
+    """What a group does when an item fails."""
+
+    FAIL_SLOW = "fail_slow"
+    """Run every item; failures are ``ok=False`` results (the default)."""
+    FAIL_FAST = "fail_fast"
+    """Cancel the rest on the first failure and re-raise it."""
+
+
+class ParallelDisplayMode(str, Enum):
+    """How :class:`~rh_agents.bus_handlers.ParallelEventPrinter` shows groups."""
+
+    REALTIME = "realtime"
+    PROGRESS = "progress"
+
+
+_NUMBERS = re.compile(r"\b0x[0-9a-f]+\b|\d+(?:\.\d+)?", re.IGNORECASE)
+
+
+def _normalize(message: str) -> str:
+    text = _NUMBERS.sub("N", message.strip().splitlines()[0] if message.strip() else "")
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+class ParallelEventGroup(BaseModel):
+    """The state and counts of one parallel group (``p.group``).
+
+    Attributes:
+        group_id: deterministic id (from the parent address, name and ordinal).
+        name: the group's name (None for unnamed groups).
+        address: the group's address in the invocation tree.
+        total / completed / failed / cancelled: item counts.
+        retries: retries scheduled so far.
+        status: PENDING, RUNNING, then COMPLETED, FAILED or CANCELLED.
+        start_time / end_time: wall-clock seconds (``time.time()``).
+        errors: "Type: message" of every failed item, in completion order.
+        timed_out: whether the group's deadline passed.
+    """
+
+    group_id: str = ""
+    name: str | None = None
+    address: str = ""
+    total: int = 0
+    completed: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    retries: int = 0
+    status: GroupStatus = GroupStatus.PENDING
+    start_time: float | None = None
+    end_time: float | None = None
+    error_strategy: ErrorStrategy = ErrorStrategy.FAIL_SLOW
+    max_workers: int = 5
+    timeout: float | None = None
+    timed_out: bool = False
+    errors: list[str] = Field(default_factory=list)
+
+    _kinds: list[tuple[str, str]] = PrivateAttr(default_factory=list)
+
+    @property
+    def execution_time(self) -> float | None:
+        """Seconds from start to end (None while not finished)."""
+        if self.start_time is None or self.end_time is None:
+            return None
+        return self.end_time - self.start_time
+
+    @property
+    def success_rate(self) -> float:
+        """Completed items as a fraction of all items (1.0 for an empty group)."""
+        return self.completed / self.total if self.total else 1.0
+
+    def _record_failure(self, error_type: str, message: str) -> None:
+        self.errors.append(f"{error_type}: {message}" if message else error_type)
+        self._kinds.append((error_type, _normalize(message) if message != error_type else ""))
+
+    def categorized_errors(self) -> list[tuple[str, str, int]]:
+        """(error type, normalized message, count), most frequent first."""
+        counts = Counter(self._kinds)
+        return [(kind, msg, n) for (kind, msg), n in counts.most_common()]
+
+    def error_summary(self) -> str:
+        """E.g. "3 of 10 events failed with 2 error types: ConnectionError 'refused' (2),
+        TimeoutError (1)"; an empty string when nothing failed."""
+        if not self.failed:
+            return ""
+        kinds = self.categorized_errors()
+        parts = [f"{t} '{m}' ({n})" if m else f"{t} ({n})" for t, m, n in kinds]
+        plural = "type" if len(kinds) == 1 else "types"
+        return (
+            f"{self.failed} of {self.total} events failed with {len(kinds)} error "
+            f"{plural}: " + ", ".join(parts)
+        )
+
+
+class ParallelGroupTracker(BaseModel):
+    """What a printer knows about a group from the events it has seen."""
+
+    group_id: str
+    name: str | None = None
+    total: int = 0
+    started: int = 0
+    completed: int = 0
+    failed: int = 0
+    retrying: int = 0
+    cancelled: int = 0
+    status: GroupStatus = GroupStatus.RUNNING
+    start_time: float = Field(default_factory=time.monotonic)
+    end_time: float | None = None
+    errors: list[str] = Field(default_factory=list)
+    parent_group_id: str | None = None
+
+    @property
+    def is_complete(self) -> bool:
+        """Whether the group has ended (or every known item has finished)."""
+        if self.status in (GroupStatus.COMPLETED, GroupStatus.FAILED, GroupStatus.CANCELLED):
+            return True
+        return self.total > 0 and self.completed + self.failed + self.cancelled >= self.total
+
+    @property
+    def completion_percentage(self) -> float:
+        """Finished items as a percentage of the total (0-100)."""
+        if self.total <= 0:
+            return 100.0 if self.is_complete else 0.0
+        done = self.completed + self.failed + self.cancelled
+        return min(100.0, 100.0 * done / self.total)
+
+    @property
+    def in_flight(self) -> int:
+        """Items started and not yet finished."""
+        return max(0, self.started - self.completed - self.failed - self.cancelled)
+
+
+class ParallelGroupError(RhAgentsError, ExceptionGroup):  # type: ignore[misc]
+    """Raised by :meth:`ParallelExecutionManager.raise_for_failures`: every failure of a
+    group, with the categorized summary as its message."""
+
+    def __new__(
+        cls, message: str, exceptions: Sequence[Exception], group: ParallelEventGroup | None = None
+    ) -> ParallelGroupError:
+        self = super().__new__(cls, message, list(exceptions))
+        self.group = group
+        return self
+
+    def derive(self, excs: Sequence[Exception]) -> ParallelGroupError:  # type: ignore[override]
+        return ParallelGroupError(self.message, excs, self.group)
+
+
+class ParallelTimeoutError(ExecutionFailure, TimeoutError):
+    """A group's deadline passed; the completed work is on ``results``.
+
+    Attributes:
+        results: one result per item in add order; unfinished ones are ``ok=False``.
+        group: the group's final state.
+    """
+
+    def __init__(
+        self, message: str, results: list[ExecutionResult[Any]], group: ParallelEventGroup
+    ) -> None:
+        super().__init__(message)
+        self.results = results
+        self.group = group
+
+    @property
+    def completed_results(self) -> list[ExecutionResult[Any]]:
+        """Only the results of items that completed."""
+        return [r for r in self.results if r.ok]
+
+
+class _Phase(Enum):
+    NEW = "new"
+    OPEN = "open"
+    RUNNING = "running"
+    DONE = "done"
+    CLOSED = "closed"
+
+
+class _Item:
+    __slots__ = ("attempts", "coro", "factory", "index", "name", "ready_at", "started")
+
+    def __init__(
+        self, index: int, name: str, factory: Callable[[], Awaitable[Any]] | None,
+        coro: Awaitable[Any] | None,
+    ) -> None:
+        self.index = index
+        self.name = name
+        self.factory = factory
+        self.coro = coro
+        self.attempts = 0
+        self.started = False
+        self.ready_at = 0.0
+
+    def awaitable(self) -> Awaitable[Any]:
+        if self.factory is None:
+            coro, self.coro = self.coro, None
+            if coro is None:
+                raise InvalidWorkError(
+                    f"Item {self.index} ('{self.name}') is a coroutine object and was already "
+                    "awaited; pass a factory (e.g. `lambda: work(x)`) to run it again."
+                )
+            return coro
+        work = self.factory()
+        if not inspect.isawaitable(work):
+            raise InvalidWorkError(
+                f"The factory of item {self.index} ('{self.name}') returned "
+                f"{type(work).__name__}, not an awaitable; pass a zero-argument callable "
+                "returning a coroutine, e.g. `lambda: work(x)`."
+            )
+        return work
+
+    def close(self) -> None:
+        coro, self.coro = self.coro, None
+        close = getattr(coro, "close", None)
+        if close is not None:
+            close()
+
+
+@lru_cache(maxsize=256)
+def _placeholder_actor(name: str) -> BaseActor:
+    async def _not_run(input_data: Any, extra_context: Any, state: Any) -> None:
+        return None
+
+    return BaseActor(name=name, description="parallel group bookkeeping", handler=_not_run)
+
+
+def _check_positive_int(name: str, value: Any, hint: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidArgumentError(f"{name} must be a positive integer, got {value!r}. {hint}")
+    return value
+
+
+class ParallelExecutionManager:
+    """Runs the items of one parallel group; created by :meth:`ExecutionState.parallel`.
+
+    Args:
+        execution_state: the state the group's events are recorded in.
+        max_workers: at most this many items run at once (>= 1).
+        error_strategy: FAIL_SLOW (default) or FAIL_FAST (also as strings).
+        timeout: deadline in seconds for the whole group, counted from the start of
+            execution; None for no deadline.
+        name: shown in printers, spans and metrics; part of the group id.
+        max_retries: retries per item after the first attempt (items must be factories).
+        retry_delay: first backoff delay in seconds (exponential, with jitter).
+        circuit_breaker_threshold: consecutive failures that open the group's own
+            breaker; None (default) for no breaker unless ``circuit_breaker`` is given.
+        circuit_breaker_timeout: seconds an open breaker waits before a probe.
+        limiter: a shared :class:`~rh_agents.core.limiter.Limiter` capping concurrency
+            across groups.
+        circuit_breaker: a :class:`~rh_agents.core.circuit_breaker.CircuitBreaker` or
+            the name of one in ``execution_state.circuit_breakers`` (shared by name).
+        retry_on: exception classes, or a predicate, deciding what is retried.
+        non_retryable: exception classes never retried.
+        executor: where items run (:class:`~rh_agents.core.executors.AsyncioExecutor`
+            by default).
+        rng: random source for retry jitter (seed it for reproducible delays).
+
+    Example:
+        >>> async with state.parallel(max_workers=3, name="docs") as p:  # doctest: +SKIP
+        ...     p.add(lambda: process(doc1), name="doc1")
+        ...     results = await p.gather()
+    """
+
+    def __init__(
+        self,
+        execution_state: ExecutionState,
+        max_workers: int = 5,
+        error_strategy: ErrorStrategy | str = ErrorStrategy.FAIL_SLOW,
+        timeout: float | None = None,
+        name: str | None = None,
+        max_retries: int = 0,
+        retry_delay: float = 1.0,
+        circuit_breaker_threshold: int | None = None,
+        circuit_breaker_timeout: float = 60.0,
+        limiter: Limiter | None = None,
+        circuit_breaker: CircuitBreaker | str | None = None,
+        retry_on: Any = None,
+        non_retryable: Sequence[type[BaseException]] = (),
+        executor: ItemExecutor | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        _check_positive_int(
+            "max_workers", max_workers, "Use 1 to run the items one at a time."
+        )
+        try:
+            strategy = ErrorStrategy(error_strategy)
+        except ValueError:
+            raise InvalidArgumentError(
+                f"Unknown error_strategy {error_strategy!r}; use ErrorStrategy.FAIL_SLOW "
+                "or ErrorStrategy.FAIL_FAST."
+            ) from None
+        if timeout is not None and (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, int | float)
+            or not math.isfinite(timeout)
+            or timeout <= 0
+        ):
+            raise InvalidArgumentError(
+                f"timeout must be a positive number of seconds or None, got {timeout!r}."
+            )
+        if name is not None and not isinstance(name, str):
+            raise InvalidArgumentError(f"name must be a string or None, got {name!r}.")
+        self._retry = (
+            RetryConfig.for_group(max_retries, retry_delay, retry_on, non_retryable)
+            if max_retries
+            else None
+        )
+        if max_retries and not isinstance(max_retries, int):  # pragma: no cover - for_group
+            raise InvalidArgumentError("max_retries must be an integer.")
+        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+            raise InvalidArgumentError(
+                f"max_retries must be an integer >= 0, got {max_retries!r}."
+            )
+        self.execution_state = execution_state
+        self.max_workers = max_workers
+        self.error_strategy = strategy
+        self.timeout = float(timeout) if timeout is not None else None
+        self.max_retries = max_retries
+        self.limiter = limiter
+        self.executor = executor
+        self._rng = rng
+        self._clock = execution_state.clock
+        self.circuit_breaker = self._resolve_breaker(
+            circuit_breaker, circuit_breaker_threshold, circuit_breaker_timeout, name
+        )
+        self.group = ParallelEventGroup(
+            name=name, max_workers=max_workers, error_strategy=strategy, timeout=self.timeout
+        )
+        self.results: list[ExecutionResult[Any]] = []
+        self._items: list[_Item] = []
+        self._names: set[str] = set()
+        self._phase = _Phase.NEW
+        self._frame: Frame | None = None
+        self._slots: list[ExecutionResult[Any] | None] = []
+        self._cursor = 0
+        self._delayed: list[tuple[float, int, _Item]] = []
+        self._workers: list[asyncio.Task[None]] = []
+        self._stop = False
+        self._failure: BaseException | None = None
+        self._error: BaseException | None = None
+        self._timed_out = False
+        self._in_flight = 0
+        self._peak = 0
+        self._queue: asyncio.Queue[int | None] | None = None
+        self._runner: asyncio.Task[None] | None = None
+        self._span: Any = None
+        self._started_at = 0.0
+
+    def _resolve_breaker(
+        self, breaker: CircuitBreaker | str | None, threshold: int | None, cooldown: float,
+        name: str | None,
+    ) -> CircuitBreaker | None:
+        registry = self.execution_state.circuit_breakers
+        if isinstance(breaker, CircuitBreaker):
+            return breaker
+        if isinstance(breaker, str):
+            return registry.get(
+                breaker, failure_threshold=threshold or 5, recovery_timeout=cooldown,
+                clock=self._clock,
+            )
+        if breaker is not None:
+            raise InvalidArgumentError(
+                f"circuit_breaker must be a CircuitBreaker, a breaker name or None, got "
+                f"{type(breaker).__name__}."
+            )
+        if threshold is None:
+            return None
+        _check_positive_int("circuit_breaker_threshold", threshold, "Or pass None for none.")
+        return CircuitBreaker(
+            f"parallel:{name or 'group'}", failure_threshold=threshold,
+            recovery_timeout=cooldown, clock=self._clock,
+        )
+
+    # ---------------------------------------------------------------- lifecycle
+
+    async def __aenter__(self) -> ParallelExecutionManager:
+        if self._phase is not _Phase.NEW:
+            raise LifecycleError(
+                "A parallel group can be entered only once; open a new one with "
+                "state.parallel(...)."
+            )
+        parent = self.execution_state._frame()
+        label = (self.group.name or "group").replace("/", "_")
+        self._frame = parent.child(f"parallel:{label}")
+        self.group.address = self._frame.address
+        self.group.group_id = group_id_for(self._frame.address)
+        self._phase = _Phase.OPEN
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        try:
+            if self._phase is _Phase.OPEN:
+                if exc_type is None:
+                    await self.gather()
+                else:
+                    await self._abandon()
+            elif self._runner is not None and not self._runner.done():
+                # A stream was left early (break) or the body raised while streaming.
+                await cancel_and_wait([self._runner])
+        finally:
+            self._phase = _Phase.CLOSED
+        return False
+
+    async def _abandon(self) -> None:
+        n = len(self._items)
+        self.group.total = n
+        for item in self._items:
+            item.close()
+        self._slots = [None] * n
+        self._finish_slots()
+        self.group.status = GroupStatus.CANCELLED
+        self.group.start_time = self.group.end_time = time.time()
+        await uninterrupted(self._publish_group(ExecutionStatus.CANCELLED))
+
+    # --------------------------------------------------------------------- adding
+
+    def add(self, work: Any, name: str | None = None) -> int:
+        """Add one item; returns its index.
+
+        Args:
+            work: a coroutine object, or a zero-argument callable returning an awaitable
+                (a factory; started only when a worker is free, and needed for retries).
+            name: unique name of the item (default ``item_<index>``), used by
+                :meth:`gather_dict`, printers and results.
+
+        Raises:
+            LifecycleError: outside ``async with``, or after execution started.
+            InvalidWorkError: ``work`` is not awaitable, or is a coroutine object in a
+                group with retries.
+            DuplicateNameError: ``name`` is already used in this group.
+        """
+        if self._phase is not _Phase.OPEN:
+            self._close_rejected(work)
+            if self._phase is _Phase.NEW:
+                raise LifecycleError(
+                    "add() must be called inside `async with state.parallel(...) as p:`."
+                )
+            raise LifecycleError(
+                f"Cannot add to parallel group '{self._label}' after its results were "
+                "collected or while it runs; open a new group for more work."
+            )
+        index = len(self._items)
+        if name is None:
+            name = f"item_{index}"
+        elif not isinstance(name, str) or not name:
+            self._close_rejected(work)
+            raise InvalidArgumentError(f"An item name must be a non-empty string, got {name!r}.")
+        if name in self._names:
+            self._close_rejected(work)
+            raise DuplicateNameError(
+                f"Parallel group '{self._label}' already has an item named '{name}'; "
+                "item names must be unique."
+            )
+        if inspect.isawaitable(work):
+            if self._retry is not None:
+                self._close_rejected(work)
+                raise InvalidWorkError(
+                    f"Item '{name}' is a coroutine object, which can run only once, but "
+                    f"group '{self._label}' retries failed items (max_retries="
+                    f"{self.max_retries}). Pass a factory instead: p.add(lambda: work(x))."
+                )
+            item = _Item(index, name, None, work)
+        elif callable(work):
+            item = _Item(index, name, work, None)
+        else:
+            raise InvalidWorkError(
+                f"p.add() takes a coroutine object or a zero-argument callable returning "
+                f"an awaitable, got {type(work).__name__} {work!r:.60}."
+            )
+        self._names.add(name)
+        self._items.append(item)
+        return index
+
+    @staticmethod
+    def _close_rejected(work: Any) -> None:
+        if inspect.iscoroutine(work):
+            work.close()
+
+    @property
+    def _label(self) -> str:
+        return self.group.name or self.group.group_id or "unnamed"
+
+    # ------------------------------------------------------------------ collecting
+
+    def _check_collectable(self, method: str) -> None:
+        if self._phase is _Phase.NEW:
+            raise LifecycleError(
+                f"{method}() must be called inside `async with state.parallel(...) as p:`."
+            )
+        if self._phase is _Phase.RUNNING:
+            raise LifecycleError(
+                f"{method}() cannot run while the group is already running (a stream() "
+                "is consuming it); use one way of collecting results per group."
+            )
+
+    async def gather(self) -> list[ExecutionResult[Any]]:
+        """Run every item and return their results in add order.
+
+        Returns:
+            One :class:`ExecutionResult` per item; failed items have ``ok=False``.
+            Calling it again returns the same results.
+
+        Raises:
+            ParallelTimeoutError: the group's timeout passed (partial results attached).
+            Exception: under FAIL_FAST, the first failure (its own type).
+        """
+        self._check_collectable("gather")
+        if self._phase is _Phase.OPEN:
+            self._phase = _Phase.RUNNING
+            await self._run()
+        if self._error is not None:
+            raise self._error
+        return list(self.results)
+
+    async def gather_dict(self) -> dict[str, ExecutionResult[Any]]:
+        """Like :meth:`gather`, keyed by item name."""
+        results = await self.gather()
+        return {item.name: result for item, result in zip(self._items, results, strict=True)}
+
+    async def stream(self) -> AsyncIterator[ExecutionResult[Any]]:
+        """Yield results as items finish (completion order, failures included).
+
+        Leaving the loop early cancels the remaining work when the group's ``async
+        with`` block exits (or at once with ``aclose()``). With a timeout, results that
+        completed are yielded before the :class:`ParallelTimeoutError` is raised.
+        """
+        self._check_collectable("stream")
+        if self._phase is not _Phase.OPEN:
+            raise LifecycleError(
+                f"stream() can be used once per group, before the results were collected; "
+                f"group '{self._label}' has already run. Use p.results."
+            )
+        self._phase = _Phase.RUNNING
+        queue: asyncio.Queue[int | None] = asyncio.Queue()
+        self._queue = queue
+        runner = asyncio.create_task(self._run())
+        self._runner = runner
+        try:
+            while True:
+                index = await queue.get()
+                if index is None:
+                    break
+                slot = self._slots[index]
+                assert slot is not None
+                yield slot
+            await runner
+            if self._error is not None:
+                raise self._error
+        finally:
+            if not runner.done():
+                await cancel_and_wait([runner])
+
+    def raise_for_failures(self) -> None:
+        """Raise :class:`ParallelGroupError` if any item failed (FAIL_SLOW inspection)."""
+        failures = [r for r in self.results if not r.ok]
+        if not failures:
+            return
+        excs: list[Exception] = []
+        for r in failures:
+            if isinstance(r.exception, Exception):
+                excs.append(r.exception)
+            else:
+                excs.append(EventFailedError(r.error_message or "failed", r))
+        summary = self.group.error_summary() or f"{len(failures)} items did not complete"
+        raise ParallelGroupError(f"Parallel group '{self._label}': {summary}", excs, self.group)
+
+    def statistics(self) -> dict[str, int]:
+        """Live counts: running items, peak concurrency, queued and delayed items."""
+        return {
+            "in_flight": self._in_flight,
+            "peak_in_flight": self._peak,
+            "queued": max(0, len(self._items) - self._cursor),
+            "delayed": len(self._delayed),
+        }
+
+    # -------------------------------------------------------------------- running
+
+    async def _run(self) -> None:
+        state = self.execution_state
+        tel = state.instrumentation
+        items = self._items
+        n = len(items)
+        group = self.group
+        group.total = n
+        group.status = GroupStatus.RUNNING
+        group.start_time = time.time()
+        self._slots = [None] * n
+        self._started_at = self._clock.monotonic()
+        for item in items:
+            item.ready_at = self._started_at
+        self._span = tel.group_started(group, self.error_strategy.value)
+        cancelled = False
+        workers: list[asyncio.Task[None]] = []
+        watchdog: asyncio.Task[None] | None = None
+        errors: list[BaseException] = []
+        try:
+            await state.publish_event(self._group_event(ExecutionStatus.STARTED))
+            if tel.enabled:
+                tel.queue_changed(group, 0, n)
+            workers = [
+                asyncio.create_task(self._worker()) for _ in range(min(self.max_workers, n))
+            ]
+            self._workers = workers
+            if self.timeout is not None and n:
+                watchdog = asyncio.create_task(self._watchdog(self.timeout))
+            if workers:
+                await asyncio.wait(workers)
+        except asyncio.CancelledError:
+            cancelled = True
+            raise
+        finally:
+            errors = await cancel_and_wait([*workers, watchdog])
+            for item in items:
+                item.close()
+            await uninterrupted(self._finish(cancelled, tel))
+        fatal = [e for e in errors if not isinstance(e, Exception)]
+        if fatal:
+            raise fatal[0]
+        if errors:  # pragma: no cover - workers catch item exceptions
+            raise errors[0]
+        if self._error is not None:
+            raise self._error
+
+    async def _finish(self, cancelled: bool, tel: Any) -> None:
+        group = self.group
+        self._finish_slots()
+        self.results = [r for r in self._slots if r is not None]
+        if cancelled:
+            status = GroupStatus.CANCELLED
+        elif self._timed_out or self._failure is not None or group.failed:
+            status = GroupStatus.FAILED
+        else:
+            status = GroupStatus.COMPLETED
+        group.status = status
+        group.end_time = time.time()
+        if self._timed_out and not cancelled:
+            self._error = ParallelTimeoutError(self._timeout_message(), list(self.results), group)
+        elif self._failure is not None and not cancelled:
+            self._error = self._failure
+        if self._queue is not None:
+            self._queue.put_nowait(None)
+        duration = self._clock.monotonic() - self._started_at
+        tel.group_finished(
+            self._span, group, status.value, group.cancelled, duration, self._timed_out
+        )
+        if tel.enabled:
+            tel.queue_changed(group, 0, 0)
+        terminal = {
+            GroupStatus.COMPLETED: ExecutionStatus.COMPLETED,
+            GroupStatus.FAILED: ExecutionStatus.FAILED,
+            GroupStatus.CANCELLED: ExecutionStatus.CANCELLED,
+        }[status]
+        self._phase = _Phase.DONE
+        await self._publish_group(terminal)
+        if group.failed and status is not GroupStatus.CANCELLED:
+            logger.warning("Parallel group %s: %s", self._label, group.error_summary())
+
+    def _timeout_message(self) -> str:
+        g = self.group
+        return (
+            f"Parallel group '{self._label}' timed out after {self.timeout}s. Completed "
+            f"{g.completed}/{g.total} events. Consider increasing timeout or max_workers."
+        )
+
+    def _finish_slots(self) -> None:
+        group = self.group
+        for item in self._items:
+            if self._slots[item.index] is not None:
+                continue
+            if self._timed_out:
+                message = (
+                    f"Item {item.index} ('{item.name}') did not finish before the group's "
+                    f"{self.timeout}s timeout."
+                )
+                error_type = "TimeoutError"
+            elif item.started:
+                message = f"Item {item.index} ('{item.name}') was cancelled while running."
+                error_type = "CancelledError"
+            else:
+                message = f"Item {item.index} ('{item.name}') was cancelled before it started."
+                error_type = "CancelledError"
+            self._slots[item.index] = ExecutionResult(
+                ok=False, error_message=message, error_type=error_type, index=item.index,
+                name=item.name, attempts=item.attempts, status=ExecutionStatus.CANCELLED,
+            )
+            group.cancelled += 1
+
+    async def _watchdog(self, timeout: float) -> None:
+        await self._clock.sleep(timeout)
+        self._timed_out = True
+        self._stop = True
+        for worker in self._workers:
+            worker.cancel()
+
+    def _next(self) -> _Item | None:
+        if self._cursor < len(self._items):
+            item = self._items[self._cursor]
+            self._cursor += 1
+            return item
+        if self._delayed:
+            return heapq.heappop(self._delayed)[2]
+        return None
+
+    async def _worker(self) -> None:
+        clock = self._clock
+        while not self._stop:
+            item = self._next()
+            if item is None:
+                return
+            delay = item.ready_at - clock.monotonic()
+            if delay > 0:
+                await clock.sleep(delay)
+                if self._stop:
+                    return
+            await self._attempt(item)
+
+    async def _attempt(self, item: _Item) -> None:
+        state = self.execution_state
+        tel = state.instrumentation
+        clock = self._clock
+        group = self.group
+        wait = clock.monotonic() - item.ready_at
+        limiter = self.limiter
+        if limiter is not None:
+            before = clock.monotonic()
+            await limiter.acquire()
+            wait += clock.monotonic() - before
+        permit: CircuitPermit | None = None
+        value: Any = None
+        error: BaseException | None = None
+        item.attempts += 1
+        item.started = True
+        assert self._frame is not None
+        token = current_frame.set(self._frame.item(item.index, group.group_id))
+        self._in_flight += 1
+        if self._in_flight > self._peak:
+            self._peak = self._in_flight
+        if tel.enabled:
+            tel.queue_changed(group, self._in_flight, len(self._items) - self._cursor)
+        handle = tel.item_started(self._span, group, item.index, wait)
+        started = clock.monotonic()
+        try:
+            if self.circuit_breaker is not None:
+                permit = self.circuit_breaker.admit()
+            if self.executor is None:
+                value = await item.awaitable()
+            else:
+                value = await self.executor.run(
+                    WorkItem(item.index, item.name, group.group_id, item.attempts, item.awaitable)
+                )
+            if isinstance(value, ExecutionResult) and not value.ok:
+                error = value.exception or EventFailedError(
+                    value.error_message or "The event failed.", value
+                )
+        except asyncio.CancelledError:
+            if permit is not None and self.circuit_breaker is not None:
+                self.circuit_breaker.release(permit)
+                permit = None
+            tel.item_finished(handle, group, Outcome.CANCELLED, None)
+            handle = None
+            raise
+        except Exception as exc:
+            error = exc
+        finally:
+            current_frame.reset(token)
+            self._in_flight -= 1
+            if limiter is not None:
+                limiter.release()
+            if tel.enabled:
+                tel.queue_changed(group, self._in_flight, len(self._items) - self._cursor)
+        elapsed = clock.monotonic() - started
+        if permit is not None and self.circuit_breaker is not None:
+            if error is None:
+                self.circuit_breaker.record_success(permit)
+            else:
+                self.circuit_breaker.record_failure(permit)
+        if error is None:
+            tel.item_finished(handle, group, Outcome.COMPLETED, None)
+            self._complete(item, value, elapsed)
+            return
+        retry = self._retry
+        if (
+            retry is not None
+            and not self._stop
+            and retry.should_retry(error)
+            and item.attempts < retry.max_attempts
+        ):
+            delay = retry.calculate_delay(item.attempts, error, self._rng)
+            tel.item_finished(handle, group, Outcome.FAILED, error)
+            await self._schedule_retry(item, value, error, delay)
+            return
+        outcome = Outcome.REJECTED if isinstance(error, CircuitOpenError) else Outcome.FAILED
+        tel.item_finished(handle, group, outcome, error)
+        self._fail(item, value, error, elapsed)
+
+    def _complete(self, item: _Item, value: Any, elapsed: float) -> None:
+        if isinstance(value, ExecutionResult):
+            result = value
+            result.index = item.index
+            result.name = item.name
+            result.attempts = item.attempts
+        else:
+            result = ExecutionResult(
+                result=value, ok=True, execution_time=elapsed, index=item.index,
+                name=item.name, attempts=item.attempts, status=ExecutionStatus.COMPLETED,
+            )
+        self._slots[item.index] = result
+        self.group.completed += 1
+        if self._queue is not None:
+            self._queue.put_nowait(item.index)
+
+    def _fail(self, item: _Item, value: Any, error: BaseException, elapsed: float) -> None:
+        if isinstance(value, ExecutionResult):
+            result = value
+            result.index = item.index
+            result.name = item.name
+            result.attempts = item.attempts
+            message = value.error_message or str(error)
+            error_type = value.error_type or type(error).__name__
+        else:
+            message = str(error) or type(error).__name__
+            error_type = type(error).__name__
+            result = ExecutionResult(
+                ok=False, error_message=message, error_type=error_type,
+                execution_time=elapsed, index=item.index, name=item.name,
+                attempts=item.attempts, status=ExecutionStatus.FAILED, exception=error,
+            )
+        self._slots[item.index] = result
+        self.group.failed += 1
+        self.group._record_failure(error_type, message)
+        if self.error_strategy is ErrorStrategy.FAIL_FAST:
+            if self._failure is None:
+                if isinstance(error, EventFailedError) and value is not None:
+                    error = EventFailedError(
+                        f"Item {item.index} ('{item.name}') of parallel group "
+                        f"'{self._label}' failed: {message}",
+                        value,
+                    )
+                self._failure = error
+            self._stop = True
+            me = asyncio.current_task()
+            for worker in self._workers:
+                if worker is not me:
+                    worker.cancel()
+        elif self._queue is not None:
+            self._queue.put_nowait(item.index)
+
+    async def _schedule_retry(
+        self, item: _Item, value: Any, error: BaseException, delay: float
+    ) -> None:
+        self.group.retries += 1
+        item.ready_at = self._clock.monotonic() + delay
+        heapq.heappush(self._delayed, (item.ready_at, item.index, item))
+        message = (
+            value.error_message if isinstance(value, ExecutionResult) and value.error_message
+            else (str(error) or type(error).__name__)
+        )
+        address = value.address if isinstance(value, ExecutionResult) else None
+        actor = None
+        if isinstance(value, ExecutionResult):
+            actor = value.metadata.get("actor")
+        assert self._frame is not None
+        label = actor or item.name
+        self.execution_state.instrumentation.item_retrying(
+            None, self.group, label, item.attempts, delay, error
+        )
+        event: ExecutionEvent[Any] = ExecutionEvent(
+            actor=_placeholder_actor(label),
+            actor_name=label,
+            address=address or f"{self._frame.address}[{item.index}]",
+            execution_status=ExecutionStatus.RETRYING,
+            group_id=self.group.group_id,
+            parallel_index=item.index,
+            is_parallel=True,
+            retry_attempt=item.attempts,
+            is_retry=True,
+            retry_delay=delay,
+            original_error=message,
+            error_type=type(error).__name__,
+            message=f"Attempt {item.attempts} failed; retrying in {delay:.2f}s: {message}",
+            metadata={"item": item.name},
+        )
+        await self.execution_state.publish_event(event)
+
+    def _group_event(self, status: ExecutionStatus) -> ExecutionEvent[Any]:
+        g = self.group
+        label = g.name or "group"
+        return ExecutionEvent(
+            actor=_placeholder_actor(f"parallel:{label}"),
+            kind=EventKind.GROUP,
+            actor_name=f"parallel:{label}",
+            address=g.address,
+            execution_status=status,
+            group_id=g.group_id,
+            is_parallel=True,
+            execution_time=g.execution_time,
+            message=g.error_summary() or None,
+            metadata={
+                "group_name": g.name,
+                "total": g.total,
+                "completed": g.completed,
+                "failed": g.failed,
+                "cancelled": g.cancelled,
+                "retries": g.retries,
+                "max_workers": g.max_workers,
+                "error_strategy": g.error_strategy.value,
+                "timeout": g.timeout,
+                "timed_out": g.timed_out or self._timed_out,
+                "status": g.status.value,
+            },
+        )
+
+    async def _publish_group(self, status: ExecutionStatus) -> None:
+        self.group.timed_out = self._timed_out
+        await self.execution_state.publish_event(self._group_event(status))
