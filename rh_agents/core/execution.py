@@ -41,7 +41,7 @@ from rh_agents.core.errors import (
 )
 from rh_agents.core.events import EventKind, ExecutionEvent
 from rh_agents.core.history import HistorySet, event_to_record
-from rh_agents.core.hooks import NOOP, Instrumentation
+from rh_agents.core.hooks import NOOP, Instrumentation, ambient_telemetry
 from rh_agents.core.state_recovery import (
     ReplayMode,
     StateMetadata,
@@ -199,7 +199,9 @@ class EventStream:
         return self
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
@@ -263,6 +265,8 @@ class ExecutionState:
         self.artifact_refs: dict[str, str] = {}
         self.metadata = metadata or StateMetadata()
         self.clock: Clock = clock or SYSTEM_CLOCK
+        if telemetry is None:
+            telemetry = ambient_telemetry.get()
         self.telemetry = telemetry
         self.instrumentation: Instrumentation = (
             getattr(telemetry, "instrumentation", NOOP) if telemetry is not None else NOOP
@@ -428,8 +432,9 @@ class ExecutionState:
             return
         info = {"address": event.address, "expected": expected, "actual": actual}
         self.divergences.append(info)
-        logger.warning("Replay divergence at %s: recorded %r, now %r", event.address,
-                       expected, actual)
+        logger.warning(
+            "Replay divergence at %s: recorded %r, now %r", event.address, expected, actual
+        )
         warning: ExecutionEvent[Any] = ExecutionEvent(
             kind=EventKind.DIVERGENCE,
             address=event.address,
@@ -531,8 +536,12 @@ class ExecutionState:
                 update={"execution_state": {**snapshot.execution_state, "events": records}}
             )
         return cls.from_snapshot(
-            snapshot, state_backend=state_backend, artifact_backend=artifact_backend,
-            event_bus=event_bus, replay_mode=replay_mode, **options,
+            snapshot,
+            state_backend=state_backend,
+            artifact_backend=artifact_backend,
+            event_bus=event_bus,
+            replay_mode=replay_mode,
+            **options,
         )
 
     # ------------------------------------------------------------------ parallel

@@ -10,12 +10,20 @@ so both calls happen in the same task.
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from rh_agents.core.events import ExecutionEvent
 
-__all__ = ["NOOP", "GroupInfo", "Instrumentation", "NoopInstrumentation", "Outcome"]
+__all__ = [
+    "NOOP",
+    "GroupInfo",
+    "Instrumentation",
+    "NoopInstrumentation",
+    "Outcome",
+    "ambient_telemetry",
+]
 
 
 class Outcome:
@@ -51,15 +59,23 @@ class Instrumentation(Protocol):
         ...
 
     def event_retrying(
-        self, handle: Any, event: ExecutionEvent[Any], attempt: int, delay: float,
+        self,
+        handle: Any,
+        event: ExecutionEvent[Any],
+        attempt: int,
+        delay: float,
         error: BaseException,
     ) -> None:
         """An attempt failed and will be retried after ``delay`` seconds."""
         ...
 
     def event_finished(
-        self, handle: Any, event: ExecutionEvent[Any], outcome: str,
-        error: BaseException | None, duration: float,
+        self,
+        handle: Any,
+        event: ExecutionEvent[Any],
+        outcome: str,
+        error: BaseException | None,
+        duration: float,
     ) -> None:
         """The invocation ended with ``outcome`` (see :class:`Outcome`)."""
         ...
@@ -69,8 +85,13 @@ class Instrumentation(Protocol):
         ...
 
     def group_finished(
-        self, handle: Any, group: GroupInfo, status: str, cancelled: int,
-        duration: float, timed_out: bool,
+        self,
+        handle: Any,
+        group: GroupInfo,
+        status: str,
+        cancelled: int,
+        duration: float,
+        timed_out: bool,
     ) -> None:
         """A parallel group ended with ``status``."""
         ...
@@ -79,23 +100,33 @@ class Instrumentation(Protocol):
         """An item of a group got a worker slot after ``wait`` seconds; returns a handle."""
         ...
 
-    def item_attempt(self, item: Any, attempt: int) -> Any:
-        """Attempt ``attempt`` (1-based) of a retried item starts; returns a handle."""
+    def attempt_started(self, handle: Any, attempt: int) -> Any:
+        """Attempt ``attempt`` (1-based) of an actor with a retry_config starts."""
         ...
 
-    def item_attempt_finished(self, attempt_handle: Any, error: BaseException | None) -> None:
-        """An attempt ended."""
+    def attempt_finished(self, attempt_handle: Any, error: BaseException | None) -> None:
+        """That attempt ended (``error`` None on success)."""
         ...
 
     def item_retrying(
-        self, item: Any, group: GroupInfo, name: str, attempt: int, delay: float,
+        self,
+        group: GroupInfo,
+        name: str,
+        operation: str | None,
+        attempt: int,
+        delay: float,
         error: BaseException,
     ) -> None:
-        """An item failed and will be retried after ``delay`` seconds."""
+        """A group item failed and will be retried after ``delay`` seconds."""
         ...
 
-    def item_finished(self, item: Any, group: GroupInfo, outcome: str,
-                      error: BaseException | None) -> None:
+    def watch_breaker(self, breaker: Any) -> None:
+        """A circuit breaker is used by a group: record its trips, state and rejections."""
+        ...
+
+    def item_finished(
+        self, item: Any, group: GroupInfo, outcome: str, error: BaseException | None
+    ) -> None:
         """An item ended."""
         ...
 
@@ -113,14 +144,22 @@ class NoopInstrumentation:
         return None
 
     def event_retrying(
-        self, handle: Any, event: ExecutionEvent[Any], attempt: int, delay: float,
+        self,
+        handle: Any,
+        event: ExecutionEvent[Any],
+        attempt: int,
+        delay: float,
         error: BaseException,
     ) -> None:
         return None
 
     def event_finished(
-        self, handle: Any, event: ExecutionEvent[Any], outcome: str,
-        error: BaseException | None, duration: float,
+        self,
+        handle: Any,
+        event: ExecutionEvent[Any],
+        outcome: str,
+        error: BaseException | None,
+        duration: float,
     ) -> None:
         return None
 
@@ -128,28 +167,42 @@ class NoopInstrumentation:
         return None
 
     def group_finished(
-        self, handle: Any, group: GroupInfo, status: str, cancelled: int,
-        duration: float, timed_out: bool,
+        self,
+        handle: Any,
+        group: GroupInfo,
+        status: str,
+        cancelled: int,
+        duration: float,
+        timed_out: bool,
     ) -> None:
         return None
 
     def item_started(self, handle: Any, group: GroupInfo, index: int, wait: float) -> Any:
         return None
 
-    def item_attempt(self, item: Any, attempt: int) -> Any:
+    def attempt_started(self, handle: Any, attempt: int) -> Any:
         return None
 
-    def item_attempt_finished(self, attempt_handle: Any, error: BaseException | None) -> None:
+    def attempt_finished(self, attempt_handle: Any, error: BaseException | None) -> None:
         return None
 
     def item_retrying(
-        self, item: Any, group: GroupInfo, name: str, attempt: int, delay: float,
+        self,
+        group: GroupInfo,
+        name: str,
+        operation: str | None,
+        attempt: int,
+        delay: float,
         error: BaseException,
     ) -> None:
         return None
 
-    def item_finished(self, item: Any, group: GroupInfo, outcome: str,
-                      error: BaseException | None) -> None:
+    def watch_breaker(self, breaker: Any) -> None:
+        return None
+
+    def item_finished(
+        self, item: Any, group: GroupInfo, outcome: str, error: BaseException | None
+    ) -> None:
         return None
 
     def queue_changed(self, group: GroupInfo, in_flight: int, queued: int) -> None:
@@ -157,3 +210,6 @@ class NoopInstrumentation:
 
 
 NOOP: Instrumentation = NoopInstrumentation()
+
+ambient_telemetry: ContextVar[Any] = ContextVar("rh_agents_ambient_telemetry", default=None)
+"""Telemetry used by ExecutionStates created without one (set by test helpers)."""
