@@ -96,6 +96,7 @@ class OTelInstrumentation:
         self.metrics = metrics
         self._failed_hooks: set[str] = set()
         self._breakers: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._groups: dict[int, _GroupHandle] = {}
 
     def _fault(self, hook: str) -> None:
         if hook not in self._failed_hooks:
@@ -253,6 +254,7 @@ class OTelInstrumentation:
                     )
                 handle.span = span
                 handle.ctx = trace.set_span_in_context(span)
+                self._groups[id(group)] = handle
         except Exception:
             self._fault("group_started")
         return handle
@@ -312,13 +314,13 @@ class OTelInstrumentation:
                 m = self.metrics
                 op = _OPERATION_OF.get(operation or "", "parallel_item")
                 m.child(m.retries, op, name).inc()
-            info = _current_item.get()
-            span = info.group.span if info is not None and info.group is not None else None
+            handle = self._groups.get(id(group))
+            span = handle.span if handle is not None else None
             if span is not None and span.is_recording():
                 span.add_event(
                     "retry",
                     {
-                        "rh_agents.parallel.index": info.index if info else -1,
+                        "rh_agents.parallel.item": name,
                         "rh_agents.retry.attempt": attempt,
                         "rh_agents.retry.delay": delay,
                         "error.type": type(error).__name__,
@@ -338,6 +340,7 @@ class OTelInstrumentation:
     ) -> None:
         label = handle.label if handle is not None else (group.name or "unnamed")
         span = handle.span if handle is not None else None
+        self._groups.pop(id(group), None)
         try:
             if span is not None:
                 if span.is_recording():

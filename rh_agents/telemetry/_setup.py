@@ -167,7 +167,7 @@ def setup(
         metrics_port: serve /metrics on this port (0 picks a free one); None for none.
         metrics_addr: the address to bind /metrics to (loopback by default).
         trace_file: a JSON-lines span file; used by default (``.rh_agents/spans.jsonl``)
-            when no OTLP endpoint is configured.
+            when neither an OTLP endpoint nor ``exporters`` are configured.
         registry: the Prometheus registry (default: prometheus_client's).
         set_global: also install the provider as OpenTelemetry's global one, so other
             instrumentation (HTTP clients, ...) nests under rh_agents spans.
@@ -192,7 +192,7 @@ def setup(
 
         chosen.append(OTLPSpanExporter(endpoint=endpoint, timeout=export_timeout))
     file_path: Path | None = None
-    if trace_file is not None or not endpoint:
+    if trace_file is not None or not (endpoint or exporters):
         file_path = Path(trace_file) if trace_file is not None else DEFAULT_TRACE_FILE
         chosen.append(JsonLinesSpanExporter(file_path))
     for exporter in chosen:

@@ -6,7 +6,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.context import Context
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import CollectorRegistry
@@ -15,6 +16,21 @@ from rh_agents.core.hooks import ambient_telemetry
 from rh_agents.telemetry import Telemetry
 
 __all__ = ["TelemetryCapture", "capture_telemetry"]
+
+
+class _OpenSpans(SpanProcessor):
+    """Tracks spans started and not yet ended."""
+
+    def __init__(self) -> None:
+        self.open: dict[int, str] = {}
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        if span.context is not None:
+            self.open[span.context.span_id] = span.name
+
+    def on_end(self, span: ReadableSpan) -> None:
+        if span.context is not None:
+            self.open.pop(span.context.span_id, None)
 
 
 class TelemetryCapture:
@@ -31,6 +47,8 @@ class TelemetryCapture:
     def __init__(self) -> None:
         self.exporter = InMemorySpanExporter()
         self.tracer_provider = TracerProvider()
+        self._open = _OpenSpans()
+        self.tracer_provider.add_span_processor(self._open)
         self.tracer_provider.add_span_processor(SimpleSpanProcessor(self.exporter))
         self.registry = CollectorRegistry()
         self.telemetry = Telemetry(self.tracer_provider, self.registry)
@@ -111,9 +129,18 @@ class TelemetryCapture:
             walk(root, 0)
         return "\n".join(lines)
 
+    def open_spans(self) -> list[str]:
+        """Names of spans started and not ended (empty after a clean run)."""
+        return sorted(self._open.open.values())
+
+    def assert_no_open_spans(self) -> None:
+        """Fail, naming them, if any span was left open."""
+        if self._open.open:
+            raise AssertionError(f"Spans left open: {self.open_spans()}")
+
     # ----------------------------------------------------------------- metrics
 
-    def metric_value(self, name: str, **labels: str) -> float:
+    def metric_value(self, name: str, /, **labels: str) -> float:
         """The value of sample ``name`` (e.g. ``rh_agents_events_total``) summed over the
         samples matching ``labels``; 0.0 when none matches."""
         total = 0.0
@@ -125,15 +152,15 @@ class TelemetryCapture:
                     total += sample.value
         return total
 
-    def histogram_count(self, name: str, **labels: str) -> float:
+    def histogram_count(self, name: str, /, **labels: str) -> float:
         """Observations of histogram ``name`` (without suffix) matching ``labels``."""
         return self.metric_value(f"{name}_count", **labels)
 
-    def histogram_sum(self, name: str, **labels: str) -> float:
+    def histogram_sum(self, name: str, /, **labels: str) -> float:
         """Sum of the observations of histogram ``name`` matching ``labels``."""
         return self.metric_value(f"{name}_sum", **labels)
 
-    def samples(self, name: str) -> list[tuple[dict[str, str], float]]:
+    def samples(self, name: str, /) -> list[tuple[dict[str, str], float]]:
         """Every (labels, value) of sample ``name``, for clear assertion messages."""
         return [
             (dict(s.labels), s.value)
@@ -142,7 +169,7 @@ class TelemetryCapture:
             if s.name == name
         ]
 
-    def assert_metric(self, name: str, expected: float, **labels: str) -> None:
+    def assert_metric(self, name: str, expected: float, /, **labels: str) -> None:
         """Assert a metric value, showing every sample of that name when it differs."""
         value = self.metric_value(name, **labels)
         if value != expected:
