@@ -37,7 +37,8 @@ import math
 import re
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from contextvars import ContextVar
 from enum import Enum
 from functools import lru_cache
 from types import TracebackType
@@ -166,8 +167,9 @@ class ParallelEventGroup(BaseModel):
         return self.completed / self.total if self.total else 1.0
 
     def _record_failure(self, error_type: str, message: str) -> None:
-        self.errors.append(f"{error_type}: {message}" if message else error_type)
-        self._kinds.append((error_type, _normalize(message) if message != error_type else ""))
+        detail = message if message and message != error_type else ""
+        self.errors.append(f"{error_type}: {detail}" if detail else error_type)
+        self._kinds.append((error_type, _normalize(detail)))
 
     def categorized_errors(self) -> list[tuple[str, str, int]]:
         """(error type, normalized message, count), most frequent first."""
@@ -226,9 +228,12 @@ class ParallelGroupTracker(BaseModel):
         return max(0, self.started - self.completed - self.failed - self.cancelled)
 
 
-class ParallelGroupError(RhAgentsError, ExceptionGroup):  # type: ignore[misc]
+class ParallelGroupError(RhAgentsError, ExceptionGroup[Exception]):
     """Raised by :meth:`ParallelExecutionManager.raise_for_failures`: every failure of a
     group, with the categorized summary as its message."""
+
+    group: ParallelEventGroup | None
+    """The group's final state (None when built by hand)."""
 
     def __new__(
         cls, message: str, exceptions: Sequence[Exception], group: ParallelEventGroup | None = None
@@ -274,7 +279,10 @@ class _Item:
     __slots__ = ("attempts", "coro", "factory", "index", "name", "ready_at", "started")
 
     def __init__(
-        self, index: int, name: str, factory: Callable[[], Awaitable[Any]] | None,
+        self,
+        index: int,
+        name: str,
+        factory: Callable[[], Awaitable[Any]] | None,
         coro: Awaitable[Any] | None,
     ) -> None:
         self.index = index
@@ -310,10 +318,39 @@ class _Item:
             close()
 
 
+class _Hold:
+    """A limiter permit held by one running item.
+
+    While the item waits for a nested group that uses the same limiter, the permit is
+    lent to that group (released, then taken back when the nested group ends): an item
+    waiting for its children does not use the resource itself, and keeping the permit
+    would deadlock as soon as every permit is held by a waiting parent.
+    """
+
+    __slots__ = ("held", "lent", "limiter")
+
+    def __init__(self, limiter: Limiter) -> None:
+        self.limiter = limiter
+        self.held = True
+        self.lent = 0
+
+
+_holds: ContextVar[tuple[_Hold, ...]] = ContextVar("rh_agents_limiter_holds", default=())
+"""The limiter permits held by the items enclosing the current code, outermost first."""
+
+
+async def _stop_runner(runner: asyncio.Task[None]) -> None:
+    """Cancel a stream's runner task and wait for it; never leave its error unretrieved."""
+    if not runner.done():
+        await cancel_and_wait([runner])
+    elif not runner.cancelled():
+        runner.exception()
+
+
 @lru_cache(maxsize=256)
 def _placeholder_actor(name: str) -> BaseActor:
     async def _not_run(input_data: Any, extra_context: Any, state: Any) -> None:
-        return None
+        return None  # pragma: no cover - never called
 
     return BaseActor(name=name, description="parallel group bookkeeping", handler=_not_run)
 
@@ -373,9 +410,7 @@ class ParallelExecutionManager:
         executor: ItemExecutor | None = None,
         rng: random.Random | None = None,
     ) -> None:
-        _check_positive_int(
-            "max_workers", max_workers, "Use 1 to run the items one at a time."
-        )
+        _check_positive_int("max_workers", max_workers, "Use 1 to run the items one at a time.")
         try:
             strategy = ErrorStrategy(error_strategy)
         except ValueError:
@@ -394,17 +429,14 @@ class ParallelExecutionManager:
             )
         if name is not None and not isinstance(name, str):
             raise InvalidArgumentError(f"name must be a string or None, got {name!r}.")
-        self._retry = (
-            RetryConfig.for_group(max_retries, retry_delay, retry_on, non_retryable)
-            if max_retries
-            else None
-        )
-        if max_retries and not isinstance(max_retries, int):  # pragma: no cover - for_group
-            raise InvalidArgumentError("max_retries must be an integer.")
         if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
             raise InvalidArgumentError(
-                f"max_retries must be an integer >= 0, got {max_retries!r}."
+                f"max_retries must be an integer >= 0 (retries after the first attempt), "
+                f"got {max_retries!r}. Use 0 for no retries."
             )
+        # Built even without retries, so a bad retry_delay or retry_on is reported at once.
+        retry = RetryConfig.for_group(max_retries, retry_delay, retry_on, non_retryable)
+        self._retry = retry if max_retries else None
         self.execution_state = execution_state
         self.max_workers = max_workers
         self.error_strategy = strategy
@@ -420,6 +452,8 @@ class ParallelExecutionManager:
         self.group = ParallelEventGroup(
             name=name, max_workers=max_workers, error_strategy=strategy, timeout=self.timeout
         )
+        if self.circuit_breaker is not None:
+            execution_state.instrumentation.watch_breaker(self.circuit_breaker)
         self.results: list[ExecutionResult[Any]] = []
         self._items: list[_Item] = []
         self._names: set[str] = set()
@@ -439,9 +473,14 @@ class ParallelExecutionManager:
         self._runner: asyncio.Task[None] | None = None
         self._span: Any = None
         self._started_at = 0.0
+        self._lent: list[_Hold] = []
+        self._streams: list[AsyncGenerator[ExecutionResult[Any], None]] = []
 
     def _resolve_breaker(
-        self, breaker: CircuitBreaker | str | None, threshold: int | None, cooldown: float,
+        self,
+        breaker: CircuitBreaker | str | None,
+        threshold: int | None,
+        cooldown: float,
         name: str | None,
     ) -> CircuitBreaker | None:
         registry = self.execution_state.circuit_breakers
@@ -449,7 +488,9 @@ class ParallelExecutionManager:
             return breaker
         if isinstance(breaker, str):
             return registry.get(
-                breaker, failure_threshold=threshold or 5, recovery_timeout=cooldown,
+                breaker,
+                failure_threshold=threshold or 5,
+                recovery_timeout=cooldown,
                 clock=self._clock,
             )
         if breaker is not None:
@@ -461,8 +502,10 @@ class ParallelExecutionManager:
             return None
         _check_positive_int("circuit_breaker_threshold", threshold, "Or pass None for none.")
         return CircuitBreaker(
-            f"parallel:{name or 'group'}", failure_threshold=threshold,
-            recovery_timeout=cooldown, clock=self._clock,
+            f"parallel:{name or 'group'}",
+            failure_threshold=threshold,
+            recovery_timeout=cooldown,
+            clock=self._clock,
         )
 
     # ---------------------------------------------------------------- lifecycle
@@ -482,7 +525,9 @@ class ParallelExecutionManager:
         return self
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool:
         try:
@@ -491,11 +536,17 @@ class ParallelExecutionManager:
                     await self.gather()
                 else:
                     await self._abandon()
-            elif self._runner is not None and not self._runner.done():
-                # A stream was left early (break) or the body raised while streaming.
-                await cancel_and_wait([self._runner])
+            else:
+                # A stream left early (break) or the body raised while streaming: close
+                # the stream here rather than leave it to the garbage collector, so its
+                # work is cancelled and awaited before the block exits.
+                for stream in self._streams:
+                    await stream.aclose()
+                if self._runner is not None:
+                    await _stop_runner(self._runner)
         finally:
             self._phase = _Phase.CLOSED
+            await self._reclaim()
         return False
 
     async def _abandon(self) -> None:
@@ -505,6 +556,7 @@ class ParallelExecutionManager:
             item.close()
         self._slots = [None] * n
         self._finish_slots()
+        self.results = [r for r in self._slots if r is not None]
         self.group.status = GroupStatus.CANCELLED
         self.group.start_time = self.group.end_time = time.time()
         await uninterrupted(self._publish_group(ExecutionStatus.CANCELLED))
@@ -539,6 +591,10 @@ class ParallelExecutionManager:
         index = len(self._items)
         if name is None:
             name = f"item_{index}"
+            suffix = 1
+            while name in self._names:  # a caller already chose this name for another item
+                name = f"item_{index}#{suffix}"
+                suffix += 1
         elif not isinstance(name, str) or not name:
             self._close_rejected(work)
             raise InvalidArgumentError(f"An item name must be a non-empty string, got {name!r}.")
@@ -604,7 +660,11 @@ class ParallelExecutionManager:
         self._check_collectable("gather")
         if self._phase is _Phase.OPEN:
             self._phase = _Phase.RUNNING
-            await self._run()
+            self._lend()
+            try:
+                await self._run()
+            finally:
+                await self._reclaim()
         if self._error is not None:
             raise self._error
         return list(self.results)
@@ -614,13 +674,25 @@ class ParallelExecutionManager:
         results = await self.gather()
         return {item.name: result for item, result in zip(self._items, results, strict=True)}
 
-    async def stream(self) -> AsyncIterator[ExecutionResult[Any]]:
+    def stream(self) -> AsyncGenerator[ExecutionResult[Any], None]:
         """Yield results as items finish (completion order, failures included).
 
         Leaving the loop early cancels the remaining work when the group's ``async
-        with`` block exits (or at once with ``aclose()``). With a timeout, results that
-        completed are yielded before the :class:`ParallelTimeoutError` is raised.
+        with`` block exits (or at once with ``aclose()``, e.g. through
+        ``contextlib.aclosing``). With a timeout, results that completed are yielded
+        before the :class:`ParallelTimeoutError` is raised.
+
+        Raises:
+            LifecycleError: (on first iteration) outside ``async with``, or when the
+                group's results are already being or have been collected.
         """
+        stream = self._stream()
+        # The group keeps the generator, so that leaving the loop early does not hand
+        # its cleanup to the garbage collector: the block's exit closes it.
+        self._streams.append(stream)
+        return stream
+
+    async def _stream(self) -> AsyncGenerator[ExecutionResult[Any], None]:
         self._check_collectable("stream")
         if self._phase is not _Phase.OPEN:
             raise LifecycleError(
@@ -630,6 +702,7 @@ class ParallelExecutionManager:
         self._phase = _Phase.RUNNING
         queue: asyncio.Queue[int | None] = asyncio.Queue()
         self._queue = queue
+        self._lend()
         runner = asyncio.create_task(self._run())
         self._runner = runner
         try:
@@ -640,12 +713,34 @@ class ParallelExecutionManager:
                 slot = self._slots[index]
                 assert slot is not None
                 yield slot
-            await runner
-            if self._error is not None:
-                raise self._error
+            await runner  # raises the group's error (FAIL_FAST, timeout), if any
         finally:
-            if not runner.done():
-                await cancel_and_wait([runner])
+            await _stop_runner(runner)
+            await self._reclaim()
+
+    def _lend(self) -> None:
+        """Lend the enclosing items' permits of this group's limiter (see _Hold)."""
+        limiter = self.limiter
+        if limiter is None:
+            return
+        for hold in _holds.get():
+            if hold.limiter is limiter and (hold.held or hold.lent):
+                if hold.held:
+                    hold.held = False
+                    limiter.release()
+                hold.lent += 1
+                self._lent.append(hold)
+
+    async def _reclaim(self) -> None:
+        """Take back the permits lent by :meth:`_lend` (not while being cancelled)."""
+        lent, self._lent = self._lent, []
+        task = asyncio.current_task()
+        cancelling = task is not None and task.cancelling() > 0
+        for hold in lent:
+            hold.lent -= 1
+            if hold.lent == 0 and not hold.held and not cancelling:
+                await hold.limiter.acquire()
+                hold.held = True
 
     def raise_for_failures(self) -> None:
         """Raise :class:`ParallelGroupError` if any item failed (FAIL_SLOW inspection)."""
@@ -694,9 +789,7 @@ class ParallelExecutionManager:
             await state.publish_event(self._group_event(ExecutionStatus.STARTED))
             if tel.enabled:
                 tel.queue_changed(group, 0, n)
-            workers = [
-                asyncio.create_task(self._worker()) for _ in range(min(self.max_workers, n))
-            ]
+            workers = [asyncio.create_task(self._worker()) for _ in range(min(self.max_workers, n))]
             self._workers = workers
             if self.timeout is not None and n:
                 watchdog = asyncio.create_task(self._watchdog(self.timeout))
@@ -706,10 +799,21 @@ class ParallelExecutionManager:
             cancelled = True
             raise
         finally:
-            errors = await cancel_and_wait([*workers, watchdog])
+            # Workers check _stop between items, so one whose item swallowed the
+            # cancellation still ends instead of running the rest of the queue.
+            self._stop = True
+            interrupted = False
+            try:
+                errors = await cancel_and_wait([*workers, watchdog])
+            except asyncio.CancelledError:
+                # Cancelled (again) while waiting for the workers: they are finished
+                # all the same, and the group must still record how it ended.
+                cancelled = interrupted = True
             for item in items:
                 item.close()
             await uninterrupted(self._finish(cancelled, tel))
+            if interrupted:
+                raise asyncio.CancelledError
         fatal = [e for e in errors if not isinstance(e, Exception)]
         if fatal:
             raise fatal[0]
@@ -777,19 +881,30 @@ class ParallelExecutionManager:
                 message = f"Item {item.index} ('{item.name}') was cancelled before it started."
                 error_type = "CancelledError"
             self._slots[item.index] = ExecutionResult(
-                ok=False, error_message=message, error_type=error_type, index=item.index,
-                name=item.name, attempts=item.attempts, status=ExecutionStatus.CANCELLED,
+                ok=False,
+                error_message=message,
+                error_type=error_type,
+                index=item.index,
+                name=item.name,
+                attempts=item.attempts,
+                status=ExecutionStatus.CANCELLED,
             )
             group.cancelled += 1
 
-    async def _watchdog(self, timeout: float) -> None:
-        await self._clock.sleep(timeout)
+    async def _watchdog(self, seconds: float) -> None:
+        await self._clock.sleep(seconds)
+        if all(slot is not None for slot in self._slots):
+            return  # everything finished at the deadline itself: not a timeout
         self._timed_out = True
         self._stop = True
         for worker in self._workers:
             worker.cancel()
 
     def _next(self) -> _Item | None:
+        # A retry whose backoff has passed goes before items that have not started yet,
+        # so a long queue does not postpone it indefinitely.
+        if self._delayed and self._delayed[0][0] <= self._clock.monotonic():
+            return heapq.heappop(self._delayed)[2]
         if self._cursor < len(self._items):
             item = self._items[self._cursor]
             self._cursor += 1
@@ -807,7 +922,7 @@ class ParallelExecutionManager:
             delay = item.ready_at - clock.monotonic()
             if delay > 0:
                 await clock.sleep(delay)
-                if self._stop:
+                if self._stop:  # pragma: no cover - stopping cancels the sleep first
                     return
             await self._attempt(item)
 
@@ -818,9 +933,11 @@ class ParallelExecutionManager:
         group = self.group
         wait = clock.monotonic() - item.ready_at
         limiter = self.limiter
+        hold: _Hold | None = None
         if limiter is not None:
             before = clock.monotonic()
             await limiter.acquire()
+            hold = _Hold(limiter)
             wait += clock.monotonic() - before
         permit: CircuitPermit | None = None
         value: Any = None
@@ -829,6 +946,7 @@ class ParallelExecutionManager:
         item.started = True
         assert self._frame is not None
         token = current_frame.set(self._frame.item(item.index, group.group_id))
+        holds_token = _holds.set((*_holds.get(), hold)) if hold is not None else None
         self._in_flight += 1
         if self._in_flight > self._peak:
             self._peak = self._in_flight
@@ -849,20 +967,28 @@ class ParallelExecutionManager:
                 error = value.exception or EventFailedError(
                     value.error_message or "The event failed.", value
                 )
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as exc:
             if permit is not None and self.circuit_breaker is not None:
                 self.circuit_breaker.release(permit)
                 permit = None
-            tel.item_finished(handle, group, Outcome.CANCELLED, None)
-            handle = None
-            raise
+            task = asyncio.current_task()
+            if task is None or task.cancelling() or self._stop:
+                tel.item_finished(handle, group, Outcome.CANCELLED, None)
+                handle = None
+                raise
+            # Nobody cancelled the group: the item itself raised CancelledError (e.g.
+            # from a task of its own). That is the item's failure, not the group's end.
+            error = exc
         except Exception as exc:
             error = exc
         finally:
             current_frame.reset(token)
+            if holds_token is not None:
+                _holds.reset(holds_token)
             self._in_flight -= 1
-            if limiter is not None:
-                limiter.release()
+            if hold is not None and hold.held:
+                hold.held = False
+                hold.limiter.release()
             if tel.enabled:
                 tel.queue_changed(group, self._in_flight, len(self._items) - self._cursor)
         elapsed = clock.monotonic() - started
@@ -898,8 +1024,13 @@ class ParallelExecutionManager:
             result.attempts = item.attempts
         else:
             result = ExecutionResult(
-                result=value, ok=True, execution_time=elapsed, index=item.index,
-                name=item.name, attempts=item.attempts, status=ExecutionStatus.COMPLETED,
+                result=value,
+                ok=True,
+                execution_time=elapsed,
+                index=item.index,
+                name=item.name,
+                attempts=item.attempts,
+                status=ExecutionStatus.COMPLETED,
             )
         self._slots[item.index] = result
         self.group.completed += 1
@@ -918,22 +1049,22 @@ class ParallelExecutionManager:
             message = str(error) or type(error).__name__
             error_type = type(error).__name__
             result = ExecutionResult(
-                ok=False, error_message=message, error_type=error_type,
-                execution_time=elapsed, index=item.index, name=item.name,
-                attempts=item.attempts, status=ExecutionStatus.FAILED, exception=error,
+                ok=False,
+                error_message=message,
+                error_type=error_type,
+                execution_time=elapsed,
+                index=item.index,
+                name=item.name,
+                attempts=item.attempts,
+                status=ExecutionStatus.FAILED,
+                exception=error,
             )
         self._slots[item.index] = result
         self.group.failed += 1
         self.group._record_failure(error_type, message)
         if self.error_strategy is ErrorStrategy.FAIL_FAST:
             if self._failure is None:
-                if isinstance(error, EventFailedError) and value is not None:
-                    error = EventFailedError(
-                        f"Item {item.index} ('{item.name}') of parallel group "
-                        f"'{self._label}' failed: {message}",
-                        value,
-                    )
-                self._failure = error
+                self._failure = self._fail_fast_error(item, value, error, message)
             self._stop = True
             me = asyncio.current_task()
             for worker in self._workers:
@@ -942,6 +1073,25 @@ class ParallelExecutionManager:
         elif self._queue is not None:
             self._queue.put_nowait(item.index)
 
+    def _fail_fast_error(
+        self, item: _Item, value: Any, error: BaseException, message: str
+    ) -> BaseException:
+        """What FAIL_FAST raises: the item's own exception, or EventFailedError for an
+        ExecutionEvent that returned ``ok=False`` (its handler's exception as cause)."""
+        where = f"Item {item.index} ('{item.name}') of parallel group '{self._label}'"
+        if isinstance(value, ExecutionResult):
+            failure = EventFailedError(f"{where} failed: {message}", value)
+            failure.__cause__ = value.exception
+            return failure
+        if not isinstance(error, Exception):
+            failure = EventFailedError(
+                f"{where} raised {type(error).__name__} although the group was not "
+                "cancelled; an item must not let a cancellation of its own escape."
+            )
+            failure.__cause__ = error
+            return failure
+        return error
+
     async def _schedule_retry(
         self, item: _Item, value: Any, error: BaseException, delay: float
     ) -> None:
@@ -949,7 +1099,8 @@ class ParallelExecutionManager:
         item.ready_at = self._clock.monotonic() + delay
         heapq.heappush(self._delayed, (item.ready_at, item.index, item))
         message = (
-            value.error_message if isinstance(value, ExecutionResult) and value.error_message
+            value.error_message
+            if isinstance(value, ExecutionResult) and value.error_message
             else (str(error) or type(error).__name__)
         )
         address = value.address if isinstance(value, ExecutionResult) else None
@@ -958,8 +1109,9 @@ class ParallelExecutionManager:
             actor = value.metadata.get("actor")
         assert self._frame is not None
         label = actor or item.name
+        operation = value.metadata.get("event_type") if isinstance(value, ExecutionResult) else None
         self.execution_state.instrumentation.item_retrying(
-            None, self.group, label, item.attempts, delay, error
+            self.group, label, operation, item.attempts, delay, error
         )
         event: ExecutionEvent[Any] = ExecutionEvent(
             actor=_placeholder_actor(label),

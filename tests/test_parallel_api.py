@@ -1,0 +1,601 @@
+"""The add / gather / gather_dict / stream API of parallel groups, and its usage errors."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import math
+import warnings
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+
+from rh_agents import (
+    ErrorStrategy,
+    ExecutionEvent,
+    ExecutionResult,
+    ExecutionState,
+    ExecutionStatus,
+    GroupStatus,
+    ParallelExecutionManager,
+    Tool,
+)
+from rh_agents.core.errors import (
+    DuplicateNameError,
+    InvalidArgumentError,
+    InvalidWorkError,
+    LifecycleError,
+)
+from rh_agents.core.executors import WorkItem
+from rh_agents.testing.clock import FakeClock
+
+
+@contextmanager
+def no_unawaited_coroutines() -> Iterator[None]:
+    """Fail if a coroutine object was dropped without being awaited or closed."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+        gc.collect()
+    leaked = [w for w in caught if "was never awaited" in str(w.message)]
+    assert not leaked, [str(w.message) for w in leaked]
+
+
+async def sleepy(clock: FakeClock, seconds: float, value: Any) -> Any:
+    await clock.sleep(seconds)
+    return value
+
+
+async def test_seed_basic_parallel() -> None:
+    state = ExecutionState()
+
+    async def dummy_task(n: int) -> int:
+        await asyncio.sleep(0.001)
+        return n * 2
+
+    async with state.parallel(max_workers=3) as p:
+        p.add(dummy_task(1))
+        p.add(dummy_task(2))
+        p.add(dummy_task(3))
+        results = await p.gather()
+
+    assert len(results) == 3
+    assert [r.result for r in results] == [2, 4, 6]
+    assert all(r.ok and r.status is ExecutionStatus.COMPLETED for r in results)
+
+
+async def test_gather_returns_add_order_whatever_the_completion_order() -> None:
+    async with FakeClock() as clock:
+        state = ExecutionState(clock=clock)
+        finished: list[int] = []
+
+        async def work(i: int) -> int:
+            await clock.sleep(10 - i)
+            finished.append(i)
+            return i
+
+        async with state.parallel(max_workers=10) as p:
+            for i in range(10):
+                p.add(work(i))
+            results = await p.gather()
+
+    assert finished == list(reversed(range(10)))
+    assert [r.result for r in results] == list(range(10))
+    assert [r.index for r in results] == list(range(10))
+    assert [r.name for r in results] == [f"item_{i}" for i in range(10)]
+    assert all(r.attempts == 1 for r in results)
+
+
+async def test_gather_dict_keys_results_by_name_with_stable_default_names() -> None:
+    state = ExecutionState()
+
+    async def value(v: str) -> str:
+        return v
+
+    async with state.parallel(max_workers=2) as p:
+        assert p.add(value("a"), name="first") == 0
+        assert p.add(value("b")) == 1
+        assert p.add(lambda: value("c"), name="third") == 2
+        results = await p.gather_dict()
+
+    assert list(results) == ["first", "item_1", "third"]
+    assert {k: r.result for k, r in results.items()} == {
+        "first": "a",
+        "item_1": "b",
+        "third": "c",
+    }
+    assert results["item_1"].index == 1
+
+
+async def test_default_name_never_collides_with_a_chosen_one() -> None:
+    state = ExecutionState()
+
+    async def value(v: int) -> int:
+        return v
+
+    async with state.parallel() as p:
+        p.add(value(0), name="item_1")
+        p.add(value(1))
+        results = await p.gather_dict()
+
+    assert {k: r.result for k, r in results.items()} == {"item_1": 0, "item_1#1": 1}
+
+
+async def test_stream_yields_in_completion_order_including_failures() -> None:
+    async with FakeClock() as clock:
+        state = ExecutionState(clock=clock)
+
+        async def work(i: int) -> int:
+            await clock.sleep([3, 1, 2, 4][i])
+            if i == 2:
+                raise ValueError("bad input")
+            return i
+
+        seen: list[tuple[int | None, bool]] = []
+        async with state.parallel(max_workers=4) as p:
+            for i in range(4):
+                p.add(work(i))
+            async for result in p.stream():
+                seen.append((result.index, result.ok))
+
+    assert seen == [(1, True), (2, False), (0, True), (3, True)]
+    assert [r.index for r in p.results] == [0, 1, 2, 3]
+    assert p.results[2].error_message == "bad input"
+    assert p.results[2].error_type == "ValueError"
+
+
+async def test_stream_of_the_seed() -> None:
+    state = ExecutionState()
+
+    async def dummy_task(n: int) -> int:
+        await asyncio.sleep(0)
+        return n
+
+    async with state.parallel(max_workers=3) as p:
+        for i in range(5):
+            p.add(dummy_task(i))
+        results = [r async for r in p.stream()]
+    assert sorted(r.result for r in results) == [0, 1, 2, 3, 4]
+
+
+async def test_exiting_the_block_without_collecting_gathers() -> None:
+    state = ExecutionState()
+    ran: list[int] = []
+
+    async def work(i: int) -> int:
+        ran.append(i)
+        return i
+
+    async with state.parallel() as p:
+        p.add(work(0))
+        p.add(lambda: work(1))
+
+    assert ran == [0, 1]
+    assert [r.result for r in p.results] == [0, 1]
+    assert p.group.status is GroupStatus.COMPLETED
+    assert await p.gather() == p.results
+
+
+async def test_gather_twice_returns_the_same_results() -> None:
+    state = ExecutionState()
+    calls = 0
+
+    async def work() -> int:
+        nonlocal calls
+        calls += 1
+        return calls
+
+    async with state.parallel() as p:
+        p.add(work)
+        first = await p.gather()
+        second = await p.gather()
+        as_dict = await p.gather_dict()
+
+    assert calls == 1
+    assert first == second
+    assert first[0] is second[0]
+    assert as_dict["item_0"] is first[0]
+
+
+async def test_empty_group() -> None:
+    state = ExecutionState()
+    async with state.parallel(name="nothing") as p:
+        assert await p.gather() == []
+    assert p.group.status is GroupStatus.COMPLETED
+    assert p.group.total == 0
+    assert p.group.success_rate == 1.0
+
+    async with state.parallel() as p2:
+        assert await p2.gather_dict() == {}
+    async with state.parallel() as p3:
+        assert [r async for r in p3.stream()] == []
+    async with state.parallel():
+        pass
+
+
+async def test_single_item_group() -> None:
+    state = ExecutionState()
+
+    async def work() -> str:
+        return "only"
+
+    async with state.parallel(max_workers=5) as p:
+        p.add(work(), name="solo")
+        [result] = await p.gather()
+    assert result.ok and result.result == "only" and result.name == "solo"
+    assert p.group.completed == 1 and p.group.total == 1
+    assert p.group.execution_time is not None and p.group.execution_time >= 0
+
+
+async def test_factories_start_lazily_and_never_exceed_max_workers_alive() -> None:
+    state = ExecutionState()
+    total = 100_000
+    created = 0
+    finished = 0
+    peak_alive = 0  # coroutines created and not finished, whether started or not
+
+    async def work(i: int) -> int:
+        nonlocal finished
+        try:
+            await asyncio.sleep(0)
+            return i
+        finally:
+            finished += 1
+
+    def factory(i: int) -> Callable[[], Awaitable[int]]:
+        def make() -> Awaitable[int]:
+            nonlocal created, peak_alive
+            created += 1
+            peak_alive = max(peak_alive, created - finished)
+            return work(i)
+
+        return make
+
+    async with state.parallel(max_workers=8, circuit_breaker_threshold=None) as p:
+        for i in range(total):
+            p.add(factory(i))
+        assert created == 0  # nothing starts before results are collected
+        results = await p.gather()
+
+    assert created == finished == total
+    assert peak_alive == 8
+    assert p.statistics()["peak_in_flight"] == 8
+    assert len(results) == total
+    assert results[-1].result == total - 1
+
+
+async def test_factories_are_called_only_when_a_worker_is_free() -> None:
+    async with FakeClock() as clock:
+        state = ExecutionState(clock=clock)
+        created_at: list[float] = []
+
+        def make(i: int) -> Callable[[], Awaitable[int]]:
+            def factory() -> Awaitable[int]:
+                created_at.append(clock.monotonic())
+                return sleepy(clock, 1.0, i)
+
+            return factory
+
+        async with state.parallel(max_workers=2) as p:
+            for i in range(6):
+                p.add(make(i))
+
+    assert created_at == [0.0, 0.0, 1.0, 1.0, 2.0, 2.0]
+
+
+async def test_coroutine_object_in_a_retrying_group_is_rejected_at_add() -> None:
+    state = ExecutionState()
+
+    async def work() -> int:
+        return 1
+
+    with no_unawaited_coroutines():
+        async with state.parallel(max_retries=2) as p:
+            with pytest.raises(TypeError, match=r"factory") as info:
+                p.add(work(), name="w")
+            assert isinstance(info.value, InvalidWorkError)
+            assert "lambda" in str(info.value)
+            p.add(work, name="ok")
+        assert [r.result for r in p.results] == [1]
+
+
+@pytest.mark.parametrize("bad", [42, None, "text", [1, 2]])
+async def test_non_awaitable_work_is_rejected(bad: Any) -> None:
+    state = ExecutionState()
+    async with state.parallel() as p:
+        with pytest.raises(TypeError, match="coroutine object or a zero-argument callable"):
+            p.add(bad)
+    assert p.results == []
+
+
+async def test_factory_returning_a_non_awaitable_fails_that_item_only() -> None:
+    state = ExecutionState()
+
+    async def fine() -> int:
+        return 1
+
+    async with state.parallel(max_retries=3, retry_delay=0) as p:
+        p.add(lambda: 42, name="wrong")
+        p.add(fine, name="fine")
+        wrong, ok = await p.gather()
+
+    assert not wrong.ok
+    assert wrong.error_type == "InvalidWorkError"
+    assert "returned int, not an awaitable" in (wrong.error_message or "")
+    assert wrong.attempts == 1  # a usage error is never retried
+    assert ok.ok and ok.result == 1
+
+
+async def test_duplicate_names_are_rejected_and_the_coroutine_closed() -> None:
+    state = ExecutionState()
+
+    async def work() -> int:
+        return 1
+
+    with no_unawaited_coroutines():
+        async with state.parallel(name="dups") as p:
+            p.add(work(), name="a")
+            with pytest.raises(ValueError, match="already has an item named 'a'") as info:
+                p.add(work(), name="a")
+            assert isinstance(info.value, DuplicateNameError)
+            for bad_name in ("", 5):
+                with pytest.raises(ValueError, match="non-empty string"):
+                    p.add(work(), name=bad_name)  # type: ignore[arg-type]
+    assert len(p.results) == 1
+
+
+async def test_add_outside_the_block_or_after_collection_is_a_lifecycle_error() -> None:
+    state = ExecutionState()
+
+    async def work() -> int:
+        return 1
+
+    with no_unawaited_coroutines():
+        p = state.parallel()
+        with pytest.raises(RuntimeError, match="inside `async with"):
+            p.add(work())
+        async with p:
+            p.add(work())
+            await p.gather()
+            with pytest.raises(RuntimeError, match="after its results were collected") as info:
+                p.add(work())
+            assert isinstance(info.value, LifecycleError)
+        with pytest.raises(LifecycleError):
+            p.add(work())
+
+
+async def test_collecting_outside_the_block_is_a_lifecycle_error() -> None:
+    state = ExecutionState()
+    p = state.parallel()
+    with pytest.raises(RuntimeError, match=r"gather\(\) must be called inside"):
+        await p.gather()
+    with pytest.raises(LifecycleError, match=r"gather\(\) must be called inside"):
+        await p.gather_dict()
+    with pytest.raises(LifecycleError, match=r"stream\(\) must be called inside"):
+        async for _ in p.stream():
+            pass
+
+
+async def test_a_group_can_be_entered_only_once() -> None:
+    state = ExecutionState()
+    p = state.parallel()
+    async with p:
+        pass
+    with pytest.raises(LifecycleError, match="entered only once"):
+        async with p:
+            pass
+
+
+async def test_stream_can_be_used_once_and_not_after_gather() -> None:
+    state = ExecutionState()
+
+    async def work() -> int:
+        return 1
+
+    async with state.parallel() as p:
+        p.add(work)
+        assert [r.result async for r in p.stream()] == [1]
+        with pytest.raises(LifecycleError, match="once per group"):
+            async for _ in p.stream():
+                pass
+        assert [r.result for r in await p.gather()] == [1]
+
+    async with state.parallel() as p2:
+        p2.add(work)
+        await p2.gather()
+        with pytest.raises(LifecycleError, match="already run"):
+            async for _ in p2.stream():
+                pass
+
+
+async def test_collecting_twice_at_once_is_a_lifecycle_error() -> None:
+    state = ExecutionState()
+
+    async def work() -> int:
+        await asyncio.sleep(0)
+        return 1
+
+    async with state.parallel() as p:
+        p.add(work)
+        p.add(work)
+        async for _ in p.stream():
+            with pytest.raises(LifecycleError, match="already running"):
+                await p.gather()
+            with pytest.raises(LifecycleError):
+                async for _ in p.stream():
+                    pass
+            with pytest.raises(LifecycleError, match="while it runs"):
+                p.add(work)
+
+
+# ------------------------------------------------------------------ bad arguments
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"max_workers": 0}, "max_workers must be a positive integer, got 0"),
+        ({"max_workers": -3}, "max_workers must be a positive integer, got -3"),
+        ({"max_workers": 2.5}, "max_workers must be a positive integer, got 2.5"),
+        ({"max_workers": "4"}, "max_workers must be a positive integer, got '4'"),
+        ({"max_workers": True}, "max_workers must be a positive integer"),
+        ({"timeout": -1.0}, "timeout must be a positive number of seconds or None"),
+        ({"timeout": 0}, "timeout must be a positive number"),
+        ({"timeout": math.nan}, "timeout must be a positive number"),
+        ({"timeout": math.inf}, "timeout must be a positive number"),
+        ({"timeout": "5"}, "timeout must be a positive number"),
+        ({"error_strategy": "fail_sometimes"}, "Unknown error_strategy 'fail_sometimes'"),
+        ({"max_retries": -1}, "max_retries must be an integer >= 0"),
+        ({"max_retries": 1.5}, "max_retries must be an integer >= 0"),
+        ({"retry_delay": -0.5}, "retry_delay must be a finite number"),
+        ({"retry_delay": math.nan, "max_retries": 2}, "retry_delay must be a finite number"),
+        ({"name": 12}, "name must be a string or None"),
+        ({"circuit_breaker": 12}, "circuit_breaker must be a CircuitBreaker"),
+        ({"circuit_breaker_threshold": 0}, "circuit_breaker_threshold must be a positive"),
+    ],
+)
+def test_bad_arguments_are_reported_clearly(kwargs: dict[str, Any], match: str) -> None:
+    state = ExecutionState()
+    with pytest.raises(ValueError, match=match) as info:
+        state.parallel(**kwargs)
+    assert isinstance(info.value, InvalidArgumentError)
+
+
+def test_error_strategy_accepts_its_string_values() -> None:
+    state = ExecutionState()
+    assert state.parallel(error_strategy="fail_fast").error_strategy is ErrorStrategy.FAIL_FAST
+    assert state.parallel().error_strategy is ErrorStrategy.FAIL_SLOW
+    p = ParallelExecutionManager(state, error_strategy="fail_slow", timeout=2)
+    assert p.error_strategy is ErrorStrategy.FAIL_SLOW
+    assert p.timeout == 2.0
+    assert p.group.timeout == 2.0 and p.group.max_workers == 5
+
+
+# ------------------------------------------------------------------ results
+
+
+async def test_results_carry_item_and_event_metadata() -> None:
+    state = ExecutionState()
+
+    async def search(query: Any, extra: Any, st: Any) -> str:
+        if query == "bad":
+            raise LookupError("no hits")
+        return f"hits for {query}"
+
+    tool = Tool(name="search", handler=search)
+    async with state.parallel(name="queries") as p:
+        p.add(ExecutionEvent(actor=tool)("cats", {}, state), name="cats")
+        p.add(ExecutionEvent(actor=tool)("bad", {}, state), name="bad")
+        ok, failed = await p.gather()
+
+    gid = p.group.group_id
+    assert ok.ok and ok.result == "hits for cats"
+    assert (ok.index, ok.name, ok.attempts) == (0, "cats", 1)
+    assert ok.metadata["address"] == "parallel:queries[0]/search"
+    assert ok.metadata["group_id"] == gid
+    assert ok.metadata["parallel_index"] == 0
+    assert ok.address == "parallel:queries[0]/search"
+
+    assert not failed.ok
+    assert (failed.index, failed.name, failed.attempts) == (1, "bad", 1)
+    assert failed.error_type == "LookupError"
+    assert failed.erro_message == "no hits"  # the seed's spelling
+    assert failed.metadata["address"] == "parallel:queries[1]/search"
+    assert failed.metadata["parallel_index"] == 1
+    assert failed.metadata["group_id"] == gid
+    assert p.group.failed == 1 and p.group.completed == 1
+
+
+async def test_items_run_through_a_custom_executor() -> None:
+    state = ExecutionState()
+    seen: list[tuple[int, str, str, int]] = []
+
+    class RecordingExecutor:
+        async def run(self, item: WorkItem) -> Any:
+            seen.append((item.index, item.name, item.group_id, item.attempt))
+            return await item.factory()
+
+    async def work(i: int) -> int:
+        return i * 10
+
+    async with state.parallel(executor=RecordingExecutor(), name="ex") as p:
+        p.add(work(1), name="a")
+        p.add(lambda: work(2), name="b")
+        results = await p.gather()
+
+    assert [r.result for r in results] == [10, 20]
+    gid = p.group.group_id
+    assert seen == [(0, "a", gid, 1), (1, "b", gid, 1)]
+
+
+async def test_statistics_report_live_counts() -> None:
+    async with FakeClock() as clock:
+        state = ExecutionState(clock=clock)
+        snapshots: list[dict[str, int]] = []
+        p = state.parallel(max_workers=2)
+
+        async def work() -> None:
+            await clock.sleep(1)
+            snapshots.append(p.statistics())
+
+        async with p:
+            for _ in range(5):
+                p.add(work)
+            assert p.statistics() == {
+                "in_flight": 0,
+                "peak_in_flight": 0,
+                "queued": 5,
+                "delayed": 0,
+            }
+
+    assert snapshots[0]["in_flight"] == 2 and snapshots[0]["queued"] == 3
+    assert p.statistics() == {"in_flight": 0, "peak_in_flight": 2, "queued": 0, "delayed": 0}
+
+
+async def test_a_plain_execution_result_is_passed_through() -> None:
+    state = ExecutionState()
+
+    async def precomputed() -> ExecutionResult[int]:
+        return ExecutionResult(result=7, execution_time=0.5)
+
+    async with state.parallel() as p:
+        p.add(precomputed(), name="pre")
+        [result] = await p.gather()
+    assert result.result == 7 and result.execution_time == 0.5
+    assert (result.index, result.name, result.attempts) == (0, "pre", 1)
+
+
+async def test_an_executor_cannot_run_a_coroutine_item_twice() -> None:
+    state = ExecutionState()
+
+    class Twice:
+        async def run(self, item: WorkItem) -> Any:
+            await item.factory()
+            return await item.factory()
+
+    async def work() -> int:
+        return 1
+
+    async with state.parallel(executor=Twice()) as p:
+        p.add(work(), name="once")
+        p.add(work, name="factory")
+    once, factory = p.results
+    assert once.error_type == "InvalidWorkError"
+    assert "was already awaited; pass a factory" in (once.error_message or "")
+    assert factory.ok
+
+
+def test_group_tracker_progress() -> None:
+    from rh_agents.core.parallel import ParallelGroupTracker
+
+    tracker = ParallelGroupTracker(group_id="g-1", name="docs")
+    assert not tracker.is_complete and tracker.completion_percentage == 0.0
+    tracker.total, tracker.started, tracker.completed, tracker.failed = 4, 3, 1, 1
+    assert tracker.in_flight == 1
+    assert tracker.completion_percentage == 50.0 and not tracker.is_complete
+    tracker.cancelled = 2
+    assert tracker.is_complete and tracker.completion_percentage == 100.0
+    empty = ParallelGroupTracker(group_id="g-2", status=GroupStatus.COMPLETED)
+    assert empty.is_complete and empty.completion_percentage == 100.0
