@@ -457,3 +457,16 @@ async def test_collecting_again_after_a_failure_raises_it_again() -> None:
             await p.gather_dict()
     assert first.value is second.value
     assert len(p.results) == 1
+
+
+async def test_error_categories_use_the_first_sentence_of_a_message() -> None:
+    state = ExecutionState()
+
+    async def work(i: int) -> None:
+        raise OSError(f"Disk {i} is full. Free some space on volume {i}; then retry.")
+
+    async with state.parallel() as p:
+        for i in range(2):
+            p.add(work(i))
+    assert p.group.categorized_errors() == [("OSError", "Disk N is full", 2)]
+    assert p.group.errors[0] == "OSError: Disk 0 is full. Free some space on volume 0; then retry."

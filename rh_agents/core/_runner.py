@@ -57,10 +57,14 @@ async def run_event(
             "parallel_index": parent.parallel_index,
             "is_parallel": parent.group_id is not None,
             "result": None,
+            "message": None,
             "error_type": None,
             "execution_time": None,
             "from_cache": False,
             "is_replayed": False,
+            # A reused event object must not pass on a previous call's outcome (a
+            # replayed call leaves skip_republish=True on it).
+            "skip_republish": False,
             "timestamp": time.time(),
         }
     )
@@ -75,6 +79,7 @@ async def run_event(
     started = time.perf_counter()
     outcome = Outcome.FAILED
     error: BaseException | None = None
+    terminal = False  # a terminal status is in the history (appended before publishing)
     try:
         await state.add_event(ev, _S.STARTED)
         try:
@@ -98,27 +103,40 @@ async def run_event(
         ev.execution_time = elapsed
         if error is None:
             ev.result = value
+            terminal = True
             await state.add_event(ev, _S.COMPLETED)
             if recorded is not None:
                 await state._check_divergence(ev, recorded)
             result: ExecutionResult[Any] = ExecutionResult(
-                result=value, ok=True, execution_time=elapsed, address=ev.address,
+                result=value,
+                ok=True,
+                execution_time=elapsed,
+                address=ev.address,
                 status=_S.COMPLETED,
             )
         else:
             message = _describe(error)
             ev.message = message
             ev.error_type = type(error).__name__
+            terminal = True
             await state.add_event(ev, _S.FAILED)
+            if recorded is not None:
+                await state._check_divergence(ev, recorded)
             result = ExecutionResult(
-                ok=False, error_message=message, error_type=type(error).__name__,
-                execution_time=elapsed, address=ev.address, status=_S.FAILED, exception=error,
+                ok=False,
+                error_message=message,
+                error_type=type(error).__name__,
+                execution_time=elapsed,
+                address=ev.address,
+                status=_S.FAILED,
+                exception=error,
             )
     except asyncio.CancelledError as exc:
         outcome, error = Outcome.CANCELLED, exc
-        ev.execution_time = time.perf_counter() - started
-        ev.message = "cancelled"
-        await uninterrupted(state.add_event(ev, _S.CANCELLED))
+        if not terminal:
+            ev.execution_time = time.perf_counter() - started
+            ev.message = "cancelled"
+            await uninterrupted(state.add_event(ev, _S.CANCELLED))
         raise
     finally:
         current_frame.reset(token)
@@ -154,7 +172,8 @@ async def _execute(
         key = make_cache_key(actor.name, actor.version, data)
         value, hit = await state.result_cache.get_or_compute(key, actor.cache_ttl, compute)
         ev.from_cache = hit
-        return value
+        # A persistent cache returns the JSON form of the stored result.
+        return _validate_output(actor, value) if hit else value
     value, _ = await compute()
     return value
 
@@ -274,8 +293,11 @@ async def _replay(
         tel.event_finished(handle, ev, Outcome.REPLAYED, None, 0.0)
         _copy_back(template, ev)
     result: ExecutionResult[Any] = ExecutionResult(
-        result=value, ok=True, execution_time=recorded.execution_time or 0.0,
-        address=ev.address, status=_S.RECOVERED,
+        result=value,
+        ok=True,
+        execution_time=recorded.execution_time or 0.0,
+        address=ev.address,
+        status=_S.RECOVERED,
     )
     if ev.is_parallel:
         result.metadata = _parallel_metadata(ev)
@@ -286,9 +308,20 @@ def _copy_back(template: ExecutionEvent[Any], ev: ExecutionEvent[Any]) -> None:
     # Callers read the event object after the call; concurrent calls of one template
     # each leave their own outcome, the last one to finish wins.
     for name in (
-        "address", "actor_name", "event_type", "execution_status", "execution_time",
-        "message", "error_type", "result", "from_cache", "is_replayed", "skip_republish",
-        "group_id", "parallel_index", "is_parallel",
+        "address",
+        "actor_name",
+        "event_type",
+        "execution_status",
+        "execution_time",
+        "message",
+        "error_type",
+        "result",
+        "from_cache",
+        "is_replayed",
+        "skip_republish",
+        "group_id",
+        "parallel_index",
+        "is_parallel",
     ):
         setattr(template, name, getattr(ev, name))
 

@@ -35,6 +35,7 @@ class Frame:
         depth: number of frames above this one.
         group_id: set on the item frames of a parallel group.
         parallel_index: the item's index in its group (item frames only).
+        pushed: set on frames added with ``ExecutionState.push_context``.
     """
 
     root: Frame | None
@@ -43,7 +44,9 @@ class Frame:
     depth: int = 0
     group_id: str | None = None
     parallel_index: int | None = None
+    pushed: bool = False
     _counters: dict[str, int] = field(default_factory=dict)
+    _pushed: dict[str, Frame] = field(default_factory=dict)
 
     @classmethod
     def new_root(cls, address: str = "") -> Frame:
@@ -70,6 +73,24 @@ class Frame:
             parent=self,
             depth=self.depth + 1,
         )
+
+    def pushed_child(self, name: str) -> Frame:
+        """The frame of ``push_context(name)`` under this frame.
+
+        Pushing the same name again under the same frame re-enters the same frame, so
+        its children keep counting ordinals and never reuse an address.
+        """
+        frame = self._pushed.get(name)
+        if frame is None:
+            frame = Frame(
+                root=self.root,
+                address=self.join(name),
+                parent=self,
+                depth=self.depth + 1,
+                pushed=True,
+            )
+            self._pushed[name] = frame
+        return frame
 
     def item(self, index: int, group_id: str) -> Frame:
         """The frame of item ``index`` of the parallel group whose frame this is."""

@@ -127,7 +127,7 @@ class EventBus:
             except Exception:
                 self._report(sub)
         for stream in self._streams:
-            stream._queue.put_nowait(event)
+            stream._offer(event)
 
     def _report(self, sub: _Subscriber) -> None:
         sub.errors += 1
@@ -163,7 +163,7 @@ class EventBus:
     def close(self) -> None:
         """End every open stream after the events already queued."""
         for stream in list(self._streams):
-            stream._queue.put_nowait(_END)
+            stream._end()
             self._drop(stream)
 
 
@@ -177,6 +177,27 @@ class EventStream:
         self._bus = bus
         self._queue: asyncio.Queue[Any] = asyncio.Queue(maxsize)
         self._closed = False
+        self.dropped = 0
+        """Events not delivered because the stream's queue (``maxsize``) was full."""
+
+    def _offer(self, event: Any) -> None:
+        # A full stream (a reader that fell behind) must never fail the publisher.
+        try:
+            self._queue.put_nowait(event)
+        except asyncio.QueueFull:
+            self.dropped += 1
+            if self.dropped == 1:
+                logger.warning(
+                    "An event stream is full (maxsize=%d); events are dropped for it "
+                    "until its reader catches up.",
+                    self._queue.maxsize,
+                )
+
+    def _end(self) -> None:
+        try:
+            self._queue.put_nowait(_END)
+        except asyncio.QueueFull:
+            self._closed = True  # the reader ends once it has drained the queue
 
     def __aiter__(self) -> AsyncIterator[Any]:
         return self
@@ -281,9 +302,16 @@ class ExecutionState:
         self._replay_index: dict[str, ExecutionEvent[Any]] = {}
         self._journal: EventJournal | None = None
         if state_backend is not None and callable(getattr(state_backend, "append_event", None)):
-            self._journal = state_backend  # type: ignore[assignment]
+            journal: EventJournal = state_backend  # type: ignore[assignment]
+            self._journal = journal
             if not state_backend.exists(self.state_id):
                 state_backend.save_state(self.to_snapshot())
+            if len(self.history) and not journal.load_events(self.state_id):
+                # A restored history entering a journal that does not hold it yet (a
+                # snapshot moved to another backend, or saved without its journal): the
+                # journal is what load_from_state_id reads, so it must start with it.
+                for record in self.history.to_records():
+                    journal.append_event(self.state_id, record)
 
     # ----------------------------------------------------------------- addresses
 
@@ -301,16 +329,16 @@ class ExecutionState:
         """
         if not name:
             raise InvalidArgumentError("push_context() needs a non-empty name.")
-        frame = self._frame()
-        current_frame.set(
-            Frame(root=self._root, address=frame.join(name), parent=frame, depth=frame.depth + 1)
-        )
+        current_frame.set(self._frame().pushed_child(name))
 
     def pop_context(self) -> str:
         """Remove the innermost name added with :meth:`push_context` and return it."""
         frame = self._frame()
-        if frame is self._root or frame.parent is None:
-            raise LifecycleError("pop_context() was called more often than push_context().")
+        if not frame.pushed or frame.parent is None:
+            raise LifecycleError(
+                "pop_context() was called more often than push_context() (here, in "
+                f"'{frame.address or '<root>'}'); pop only what this task pushed."
+            )
         current_frame.set(frame.parent)
         return frame.segments[-1]
 
@@ -427,13 +455,26 @@ class ExecutionState:
         self, event: ExecutionEvent[Any], recorded: ExecutionEvent[Any]
     ) -> None:
         expected = recorded._record_result
-        actual = event._record_result
-        if expected == actual:
+        failed = event.execution_status is not ExecutionStatus.COMPLETED
+        actual = None if failed else event._record_result
+        if not failed and expected == actual:
             return
-        info = {"address": event.address, "expected": expected, "actual": actual}
+        info = {
+            "address": event.address,
+            "expected": expected,
+            "actual": actual,
+            "expected_status": ExecutionStatus.COMPLETED.value,
+            "actual_status": event.execution_status.value,
+        }
+        if failed:
+            info["error"] = event.message
         self.divergences.append(info)
         logger.warning(
-            "Replay divergence at %s: recorded %r, now %r", event.address, expected, actual
+            "Replay divergence at %s: recorded %r, now %r (%s)",
+            event.address,
+            expected,
+            actual,
+            event.execution_status.value,
         )
         warning: ExecutionEvent[Any] = ExecutionEvent(
             kind=EventKind.DIVERGENCE,

@@ -113,10 +113,16 @@ class ParallelDisplayMode(str, Enum):
 
 
 _NUMBERS = re.compile(r"\b0x[0-9a-f]+\b|\d+(?:\.\d+)?", re.IGNORECASE)
+_SENTENCE_END = re.compile(r"[.;](?:\s|$)")
 
 
 def _normalize(message: str) -> str:
-    text = _NUMBERS.sub("N", message.strip().splitlines()[0] if message.strip() else "")
+    """The category key of an error message: its first sentence, numbers as ``N``."""
+    text = message.strip().splitlines()[0] if message.strip() else ""
+    end = _SENTENCE_END.search(text)
+    if end is not None and end.start() > 0:
+        text = text[: end.start()]
+    text = _NUMBERS.sub("N", text)
     return text if len(text) <= 80 else text[:77] + "..."
 
 
