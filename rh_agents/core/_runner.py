@@ -189,7 +189,9 @@ async def _run_handler(
     config = actor.retry_config
     attempt = 1
     first_try = state.clock.monotonic()
+    tel = state.instrumentation
     while True:
+        attempt_span = tel.attempt_started(handle, attempt) if config is not None else None
         try:
             value = await actor.handler(data, extra, state)
             value = _validate_output(actor, value)
@@ -199,9 +201,13 @@ async def _run_handler(
                         f"Postcondition {position} of actor '{actor.name}' "
                         f"({_callable_name(check)}) returned False for its result."
                     )
+            if config is not None:
+                tel.attempt_finished(attempt_span, None)
             return value
-        except Exception as exc:
-            if config is None or not config.should_retry(exc):
+        except BaseException as exc:
+            if config is not None:
+                tel.attempt_finished(attempt_span, exc)
+            if not isinstance(exc, Exception) or config is None or not config.should_retry(exc):
                 raise
             if config.attempts_exhausted(attempt, first_try, state.clock.monotonic()):
                 raise
@@ -215,7 +221,7 @@ async def _run_handler(
                     "error_type": type(exc).__name__,
                 }
             )
-            state.instrumentation.event_retrying(handle, ev, attempt, delay, exc)
+            tel.event_retrying(handle, ev, attempt, delay, exc)
             await state.add_event(retry, _S.RETRYING)
             await state.clock.sleep(delay)
             attempt += 1

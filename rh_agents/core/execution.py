@@ -595,7 +595,7 @@ class ExecutionState:
         name: str | None = None,
         max_retries: int = 0,
         retry_delay: float = 1.0,
-        circuit_breaker_threshold: int = 5,
+        circuit_breaker_threshold: int | None = None,
         circuit_breaker_timeout: float = 60.0,
         limiter: Limiter | None = None,
         circuit_breaker: Any = None,
