@@ -128,3 +128,23 @@ def test_toolset_lookup() -> None:
 def test_toolset_rejects_duplicate_names() -> None:
     with pytest.raises(ValueError, match="two tools named 'search'"):
         ToolSet(tools=[Tool(name="search", handler=echo), Tool(name="search", handler=echo)])
+
+
+@pytest.mark.parametrize("name", ["a/b", "t#1", "x[0]", "y]"])
+def test_names_with_address_characters_are_rejected(name: str) -> None:
+    async def handler(data: object, ctx: object, state: object) -> None:
+        return None
+
+    with pytest.raises(ValueError, match="structure addresses"):
+        Tool(name=name, handler=handler)
+
+
+async def test_tags_with_address_characters_are_rejected() -> None:
+    from rh_agents import ExecutionEvent, ExecutionState
+
+    async def handler(data: object, ctx: object, state: object) -> None:
+        return None
+
+    tool = Tool(name="t", handler=handler)
+    with pytest.raises(ValueError, match="structure addresses"):
+        await ExecutionEvent(actor=tool, tag="a/b")(None, {}, ExecutionState())

@@ -14,10 +14,12 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ValidationError
 
 from rh_agents.core._aio import uninterrupted
+from rh_agents.core.actors import RESERVED_ADDRESS_CHARS
 from rh_agents.core.context import current_frame
 from rh_agents.core.errors import (
     ConditionFailedError,
     InputValidationError,
+    InvalidArgumentError,
     OutputValidationError,
     ResultSerializationError,
     StateError,
@@ -45,7 +47,13 @@ async def run_event(
     actor = template.actor
     assert actor is not None
     parent = state._frame()
-    key = f"{actor.name}[{template.tag}]" if template.tag else actor.name
+    tag = template.tag
+    if tag and any(c in RESERVED_ADDRESS_CHARS for c in tag):
+        raise InvalidArgumentError(
+            f"Tag {tag!r} of the call of actor '{actor.name}' contains one of "
+            f"{RESERVED_ADDRESS_CHARS!r}, which structure addresses; use another tag."
+        )
+    key = f"{actor.name}[{tag}]" if tag else actor.name
     frame = parent.child(key)
     ev = template.model_copy(
         update={

@@ -25,7 +25,19 @@ from rh_agents.core.errors import InvalidArgumentError, InvalidWorkError
 from rh_agents.core.retry import RetryConfig
 from rh_agents.core.types import EventType
 
-__all__ = ["LLM", "Agent", "BaseActor", "Condition", "Handler", "Tool", "ToolSet"]
+__all__ = [
+    "LLM",
+    "RESERVED_ADDRESS_CHARS",
+    "Agent",
+    "BaseActor",
+    "Condition",
+    "Handler",
+    "Tool",
+    "ToolSet",
+]
+
+RESERVED_ADDRESS_CHARS = "/#[]"
+"""Characters that structure addresses; not allowed in actor names and tags."""
 
 Handler = Callable[..., Awaitable[Any]]
 """``async def handler(input_data, extra_context, execution_state) -> result``."""
@@ -80,6 +92,13 @@ class BaseActor(BaseModel):
     def _check_name(cls, value: str) -> str:
         if not value or not value.strip():
             raise InvalidArgumentError("An actor needs a non-empty name.")
+        bad = sorted(set(value) & set(RESERVED_ADDRESS_CHARS))
+        if bad:
+            raise InvalidArgumentError(
+                f"Actor name {value!r} contains {''.join(bad)!r}; the characters "
+                f"{RESERVED_ADDRESS_CHARS!r} structure addresses (a tool named 't#1' would "
+                "collide with the second call of 't'). Use letters, digits, '-', '_', '.'."
+            )
         return value
 
     @field_validator("handler", mode="plain")
