@@ -31,6 +31,8 @@ from rh_agents.core.errors import (
 from rh_agents.core.executors import WorkItem
 from rh_agents.testing.clock import FakeClock
 
+pytestmark = pytest.mark.filterwarnings("error::RuntimeWarning")
+
 
 @contextmanager
 def no_unawaited_coroutines() -> Iterator[None]:
@@ -599,3 +601,32 @@ def test_group_tracker_progress() -> None:
     assert tracker.is_complete and tracker.completion_percentage == 100.0
     empty = ParallelGroupTracker(group_id="g-2", status=GroupStatus.COMPLETED)
     assert empty.is_complete and empty.completion_percentage == 100.0
+
+
+async def test_never_started_coroutine_objects_are_closed_on_every_exit_path() -> None:
+    async def work(seconds: float, fail: bool = False) -> None:
+        await asyncio.sleep(seconds)
+        if fail:
+            raise ValueError("first failure")
+
+    with no_unawaited_coroutines():
+        async with FakeClock() as clock:
+            state = ExecutionState(clock=clock)
+            with pytest.raises(ValueError):
+                async with state.parallel(max_workers=1, error_strategy="fail_fast") as p:
+                    p.add(work(0, fail=True))
+                    p.add(work(0))
+                    p.add(work(0))
+            with pytest.raises(TimeoutError):
+                async with state.parallel(max_workers=1, timeout=1) as p:
+                    p.add(clock.sleep(5))
+                    p.add(clock.sleep(5))
+            with pytest.raises(KeyError):
+                async with state.parallel() as p:
+                    p.add(work(0))
+                    raise KeyError("body")
+            async with state.parallel(max_workers=1) as p:
+                p.add(clock.sleep(5))
+                p.add(clock.sleep(5))
+                async for _ in p.stream():
+                    break

@@ -25,6 +25,8 @@ from rh_agents import (
 from rh_agents.core.events import EventKind
 from rh_agents.testing.clock import FakeClock
 
+pytestmark = pytest.mark.filterwarnings("error::RuntimeWarning")
+
 
 @dataclass
 class Probe:

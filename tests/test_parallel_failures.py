@@ -23,6 +23,8 @@ from rh_agents import (
 from rh_agents.core.events import EventKind
 from rh_agents.testing.clock import FakeClock
 
+pytestmark = pytest.mark.filterwarnings("error::RuntimeWarning")
+
 
 def group_events(state: ExecutionState) -> list[ExecutionEvent[Any]]:
     return [e for e in state.history.get_event_list() if e.kind == EventKind.GROUP]

@@ -20,6 +20,8 @@ from rh_agents import (
 from rh_agents.core.events import EventKind
 from rh_agents.state_backends import SQLiteStateBackend
 
+pytestmark = pytest.mark.filterwarnings("error::RuntimeWarning")
+
 DOCS = [f"doc-{i}" for i in range(6)]
 
 

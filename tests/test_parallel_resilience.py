@@ -22,6 +22,8 @@ from rh_agents import (
 from rh_agents.core.hooks import NoopInstrumentation
 from rh_agents.testing.clock import FakeClock
 
+pytestmark = pytest.mark.filterwarnings("error::RuntimeWarning")
+
 
 class Recorder(NoopInstrumentation):
     """Instrumentation that records the wait of every item start."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 from typing import Any
 
+import pytest
+
 from rh_agents import (
     ExecutionEvent,
     ExecutionState,
@@ -14,6 +16,8 @@ from rh_agents import (
 )
 from rh_agents.core.events import EventKind
 from rh_agents.testing.clock import FakeClock
+
+pytestmark = pytest.mark.filterwarnings("error::RuntimeWarning")
 
 
 def invocations(state: ExecutionState) -> list[ExecutionEvent[Any]]:
