@@ -384,3 +384,28 @@ async def test_a_base_exception_from_an_item_propagates() -> None:
             p.add(fatal)
     assert asyncio.all_tasks() == before
     assert p.statistics()["in_flight"] == 0
+
+
+async def test_a_stream_consumed_by_another_task_is_stopped_when_the_body_fails() -> None:
+    async with FakeClock() as clock:
+        state = ExecutionState(clock=clock)
+        seen: list[int | None] = []
+        first = asyncio.Event()
+        before = asyncio.all_tasks()
+
+        async def consume(p: ParallelExecutionManager) -> None:
+            async for result in p.stream():
+                seen.append(result.index)
+                first.set()
+
+        with pytest.raises(KeyError):
+            async with state.parallel(max_workers=2) as p:
+                for i in range(4):
+                    p.add(lambda i=i: clock.sleep(i + 1))
+                consumer = asyncio.create_task(consume(p))
+                await first.wait()
+                raise KeyError("the body gave up")
+        await consumer  # the stream ended when the group was cancelled
+        assert asyncio.all_tasks() == before
+    assert seen == [0]
+    assert p.group.status is GroupStatus.CANCELLED

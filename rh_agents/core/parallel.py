@@ -30,6 +30,7 @@ Design:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import inspect
 import logging
@@ -547,7 +548,8 @@ class ParallelExecutionManager:
                 # the stream here rather than leave it to the garbage collector, so its
                 # work is cancelled and awaited before the block exits.
                 for stream in self._streams:
-                    await stream.aclose()
+                    with contextlib.suppress(RuntimeError):  # being iterated by another task
+                        await stream.aclose()
                 if self._runner is not None:
                     await _stop_runner(self._runner)
         finally:
@@ -686,7 +688,8 @@ class ParallelExecutionManager:
         Leaving the loop early cancels the remaining work when the group's ``async
         with`` block exits (or at once with ``aclose()``, e.g. through
         ``contextlib.aclosing``). With a timeout, results that completed are yielded
-        before the :class:`ParallelTimeoutError` is raised.
+        before the :class:`ParallelTimeoutError` is raised. A stream consumed by another
+        task ends when the group is cancelled under it.
 
         Raises:
             LifecycleError: (on first iteration) outside ``async with``, or when the
@@ -719,7 +722,12 @@ class ParallelExecutionManager:
                 slot = self._slots[index]
                 assert slot is not None
                 yield slot
-            await runner  # raises the group's error (FAIL_FAST, timeout), if any
+            await asyncio.wait([runner])
+            if runner.cancelled():
+                # The group was cancelled by its owner (its block exited) while another
+                # task consumed this stream: the stream just ends; p.results tells why.
+                return
+            runner.result()  # raises the group's error (FAIL_FAST, timeout), if any
         finally:
             await _stop_runner(runner)
             await self._reclaim()
