@@ -1,0 +1,305 @@
+"""``python -m rh_agents.demo`` end to end, as a user runs it (in a subprocess)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rh_agents.state_backends import SQLiteStateBackend
+
+TINY_SPEED = "0.02"
+"""Latencies, retry delays and the breaker cooldown scaled down 50x."""
+
+
+def _env() -> dict[str, str]:
+    """The environment without OTEL_* variables, so traces go to the local span file."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+
+
+def _command(state_dir: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "rh_agents.demo", "--state-dir", str(state_dir), *args]
+
+
+def _run(state_dir: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        _command(state_dir, *args),
+        capture_output=True,
+        text=True,
+        env=_env(),
+        cwd=state_dir.parent,
+        timeout=timeout,
+    )
+
+
+def _number(pattern: str, text: str) -> int:
+    match = re.search(pattern, text)
+    assert match, f"{pattern!r} not found in:\n{text}"
+    return int(match.group(1))
+
+
+def _spans(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _events(state_dir: Path) -> list[dict[str, Any]]:
+    last = json.loads((state_dir / "last_run").read_text())
+    with SQLiteStateBackend(state_dir / "history.db", integrity_check=False) as backend:
+        return backend.load_events(last["state_id"])
+
+
+def _wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.02)
+
+
+@pytest.fixture(scope="module")
+def demo_run(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    state_dir = tmp_path_factory.mktemp("demo") / "state"
+    return state_dir, _run(state_dir, "--speed", TINY_SPEED)
+
+
+def test_demo_prints_a_summary_of_outcomes_retries_and_breaker_trips(
+    demo_run: tuple[Path, subprocess.CompletedProcess[str]],
+) -> None:
+    state_dir, proc = demo_run
+    out = proc.stdout
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+    assert "rh_agents demo: 6 documents x 4 chunks, seed 7" in out
+    assert re.search(r"Run [0-9a-f-]{36} completed in", out)
+    assert "6 of 6 completed" in out
+    completed = _number(r"events\s+completed (\d+)", out)
+    failed = _number(r"events\s+completed \d+, failed (\d+)", out)
+    assert completed > 1 + 6 + 24  # the agents, every chunk summary and some searches
+    assert failed > 0  # transient LLM errors and the search outage
+    assert _number(r"retries\s+(\d+)", out) > 0
+    assert _number(r"breaker\s+search-api: (\d+) trips?", out) >= 1
+    assert _number(r"search-api: \d+ trips?, (\d+) calls rejected", out) >= 1
+    assert "slowest    actor" in out
+    assert re.search(r"replayed\s+0 items from the history", out)
+    spans = state_dir / "spans.jsonl"
+    assert f"traces  -> {spans}" in out
+    assert re.search(r"metrics -> http://127\.0\.0\.1:\d+/metrics", out)
+    assert f"history    {state_dir / 'history.db'}" in out
+
+    # Piped output: plain lines, no escape codes; progress lines came before the summary.
+    assert "\x1b" not in out
+    assert re.search(r"breaker\s+search-api: closed -> open", out)
+    assert re.search(r"document\s+\[6/6\] doc-\d+ completed", out)
+
+
+def test_demo_writes_spans_with_the_expected_tree(
+    demo_run: tuple[Path, subprocess.CompletedProcess[str]],
+) -> None:
+    state_dir, proc = demo_run
+    assert proc.returncode == 0, proc.stderr
+    spans = _spans(state_dir / "spans.jsonl")
+    names = {s["name"] for s in spans}
+    assert {
+        "invoke_agent orchestrator",
+        "parallel documents",
+        "invoke_agent document",
+        "parallel chunks",
+        "parallel search",
+        "execute_tool search",
+    } <= names
+    assert any(n.startswith("chat ") for n in names), names
+
+    by_id = {s["span_id"]: s for s in spans}
+
+    def parent_name(span: dict[str, Any]) -> str | None:
+        parent = by_id.get(span["parent_span_id"] or "")
+        return parent["name"] if parent else None
+
+    (root,) = [s for s in spans if s["name"] == "invoke_agent orchestrator"]
+    assert root["parent_span_id"] is None
+    assert {parent_name(s) for s in spans if s["name"] == "parallel documents"} == {
+        "invoke_agent orchestrator"
+    }
+    assert {parent_name(s) for s in spans if s["name"].startswith("chat ")} == {"parallel chunks"}
+    assert {parent_name(s) for s in spans if s["name"] == "execute_tool search"} == {
+        "parallel search"
+    }
+    assert len({s["trace_id"] for s in spans}) == 1
+    errors = {s["attributes"].get("error.type") for s in spans if s["status"] == "ERROR"}
+    assert {"ModelOverloadedError", "SearchUnavailableError"} <= errors
+
+
+def test_demo_keeps_a_completed_history_in_sqlite(
+    demo_run: tuple[Path, subprocess.CompletedProcess[str]],
+) -> None:
+    state_dir, proc = demo_run
+    assert proc.returncode == 0, proc.stderr
+    last = json.loads((state_dir / "last_run").read_text())
+    assert last["status"] == "completed"
+    assert last["workload"] == {"documents": 6, "chunks": 4, "seed": 7}
+    with SQLiteStateBackend(state_dir / "history.db") as backend:
+        snapshot = backend.load_state(last["state_id"])
+        events = backend.load_events(last["state_id"])
+    assert snapshot is not None and snapshot.status.value == "completed"
+    completed = {e["address"] for e in events if e["status"] == "completed"}
+    assert "orchestrator" in completed
+    documents = re.compile(r"orchestrator/parallel:documents\[\d\]/document\[doc-\d\]")
+    assert sum(1 for address in completed if documents.fullmatch(address)) == 6
+
+
+def test_realtime_printer_prints_every_call_as_plain_lines(tmp_path: Path) -> None:
+    proc = _run(
+        tmp_path / "state",
+        "--speed",
+        TINY_SPEED,
+        "--documents",
+        "2",
+        "--chunks",
+        "2",
+        "--printer",
+        "realtime",
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "\x1b" not in proc.stdout
+    assert re.search(r"call\s+stub-llm doc-1 chunk-0 completed in \d+ ms", proc.stdout)
+    assert re.search(r"group\s+chunks of doc-2: 2/2 completed", proc.stdout)
+
+
+def test_no_progress_prints_only_the_summary(tmp_path: Path) -> None:
+    proc = _run(
+        tmp_path / "state",
+        "--speed",
+        TINY_SPEED,
+        "--documents",
+        "1",
+        "--chunks",
+        "1",
+        "--no-progress",
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert not re.search(r"^\s+\d+\.\d+s\s", proc.stdout, re.MULTILINE)
+    assert "1 of 1 completed" in proc.stdout
+
+
+def test_interrupted_run_can_be_resumed_and_replays_completed_work(tmp_path: Path) -> None:
+    state_dir = tmp_path / "state"
+    # Slow enough that the run is still going when the first calls have completed.
+    proc = subprocess.Popen(
+        _command(state_dir, "--speed", "0.5", "--documents", "8", "--no-progress"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+        cwd=tmp_path,
+    )
+    try:
+        _wait_for(lambda: (state_dir / "last_run").exists(), 30, "the run to start")
+
+        def some_calls_completed() -> bool:
+            done = [e for e in _events(state_dir) if e["status"] == "completed"]
+            return len(done) >= 3
+
+        _wait_for(some_calls_completed, 30, "completed events in the history")
+        assert proc.poll() is None, "the run finished before it could be interrupted"
+        proc.send_signal(signal.SIGINT)
+        sent = time.monotonic()
+        out, err = proc.communicate(timeout=15)
+        took = time.monotonic() - sent
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+    assert proc.returncode == 130, out + err
+    assert took < 5, f"the demo took {took:.1f}s to stop after SIGINT"
+    assert "Interrupted (SIGINT)" in out
+    assert f"Resume with: python -m rh_agents.demo --resume --state-dir {state_dir}" in out
+    assert "Traceback" not in err, err
+    assert "\x1b" not in out
+
+    # The history is consistent: every invocation that started has ended.
+    events = _events(state_dir)
+    open_calls = {e["address"] for e in events if e["kind"] == "event"}
+    ended = {
+        e["address"]
+        for e in events
+        if e["kind"] == "event" and e["status"] in {"completed", "failed", "cancelled"}
+    }
+    assert open_calls == ended
+    assert any(e["status"] == "cancelled" for e in events)
+    assert json.loads((state_dir / "last_run").read_text())["status"] == "interrupted"
+    spans = _spans(state_dir / "spans.jsonl")
+    assert any(s["name"] == "invoke_agent orchestrator" for s in spans), "spans not flushed"
+
+    resumed = _run(state_dir, "--resume", "--speed", TINY_SPEED)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "resuming" in resumed.stdout
+    assert re.search(r"Resumed run [0-9a-f-]{36} completed", resumed.stdout)
+    assert "8 of 8 completed" in resumed.stdout
+    assert _number(r"replayed\s+(\d+) items from the history", resumed.stdout) > 0
+    events = _events(state_dir)
+    assert any(e["status"] == "recovered" for e in events)
+    assert events[-1]["address"] == "orchestrator" and events[-1]["status"] == "completed"
+
+
+def test_resume_without_a_previous_run_says_what_to_do(tmp_path: Path) -> None:
+    proc = _run(tmp_path / "state", "--resume")
+    assert proc.returncode == 2
+    assert "There is no run to resume" in proc.stderr
+    assert "python -m rh_agents.demo" in proc.stderr
+
+
+def test_serve_runs_rounds_until_terminated(tmp_path: Path) -> None:
+    state_dir = tmp_path / "state"
+    proc = subprocess.Popen(
+        _command(
+            state_dir,
+            "--serve",
+            "--speed",
+            TINY_SPEED,
+            "--documents",
+            "2",
+            "--chunks",
+            "2",
+            "--pause",
+            "0",
+            "--no-progress",
+        ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+        cwd=tmp_path,
+    )
+    seen: set[str] = set()
+
+    def two_rounds_started() -> bool:
+        if (state_dir / "last_run").exists():
+            try:
+                seen.add(json.loads((state_dir / "last_run").read_text())["state_id"])
+            except ValueError:  # pragma: no cover - read while being replaced
+                pass
+        return len(seen) >= 2
+
+    try:
+        _wait_for(two_rounds_started, 30, "a second round")
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 143, out + err
+    assert re.search(r"^round 1: completed in", out, re.MULTILINE)
+    assert re.search(r"Stopped \(SIGTERM\) after \d+ round\(s\)", out)
