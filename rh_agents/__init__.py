@@ -6,6 +6,8 @@ the stable contract.
 
 from __future__ import annotations
 
+import logging
+
 from rh_agents.core.actors import LLM, Agent, BaseActor, Tool, ToolSet
 from rh_agents.core.circuit_breaker import CircuitBreaker, CircuitBreakerRegistry, CircuitState
 from rh_agents.core.clock import Clock, SystemClock
@@ -33,6 +35,10 @@ from rh_agents.core.state_recovery import ReplayMode, StateMetadata, StateSnapsh
 from rh_agents.core.types import EventType, ExecutionStatus
 
 __version__ = "0.1.0"
+
+# A library logs but never configures logging: without this, warnings (a failed group,
+# an isolated subscriber error) would go to stderr of applications that set up nothing.
+logging.getLogger("rh_agents").addHandler(logging.NullHandler())
 
 __all__ = [
     "LLM",

@@ -49,8 +49,9 @@ Condition = Callable[..., Any]
 def _is_async_callable(fn: object) -> bool:
     if inspect.iscoroutinefunction(fn):
         return True
-    call = getattr(fn, "__call__", None)  # noqa: B004 - callable objects with async __call__
-    return call is not None and inspect.iscoroutinefunction(call)
+    # callable objects whose __call__ is async count too
+    target: Any = fn
+    return callable(target) and inspect.iscoroutinefunction(target.__call__)
 
 
 class BaseActor(BaseModel):

@@ -46,7 +46,7 @@ __all__ = [
 _logger = logging.getLogger("rh_agents.circuit_breaker")
 
 
-class CircuitState(str, Enum):  # noqa: UP042 - str mix-in kept for the project-wide enum style
+class CircuitState(str, Enum):
     """The state of a :class:`CircuitBreaker`."""
 
     CLOSED = "closed"

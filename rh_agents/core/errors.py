@@ -99,7 +99,7 @@ class CircuitOpenError(ExecutionFailure):
     """A call was rejected without running because its circuit breaker is open."""
 
     def __init__(self, breaker: str, retry_after: float | None = None) -> None:
-        wait = f" Retry in {retry_after:.1f}s" if retry_after is not None else " Retry later"
+        wait = f" Retry in {retry_after:.3g}s" if retry_after is not None else " Retry later"
         super().__init__(
             f"Circuit breaker '{breaker}' is open after repeated failures; the call was "
             f"rejected without running.{wait}, or raise the breaker's threshold."

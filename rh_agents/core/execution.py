@@ -69,8 +69,10 @@ class _Subscriber:
     def __init__(self, key: Any, fn: Callable[[Any], Any]) -> None:
         self.key = key
         self.fn = fn
-        call = getattr(fn, "__call__", None)  # noqa: B004
-        self.is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(call)
+        target: Any = fn
+        self.is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+            target.__call__
+        )
         self.errors = 0
 
 

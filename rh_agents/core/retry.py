@@ -62,7 +62,7 @@ way on every attempt.
 """
 
 
-class BackoffStrategy(str, Enum):  # noqa: UP042 - str mix-in kept for the project-wide enum style
+class BackoffStrategy(str, Enum):
     """How the wait between attempts grows with the attempt number.
 
     With ``initial_delay=d`` and ``backoff_multiplier=m``, the wait after failed attempt

@@ -34,7 +34,7 @@ SCHEMA_VERSION = 1
 """The snapshot schema version this release writes and reads."""
 
 
-class ReplayMode(str, Enum):  # noqa: UP042  (same style as core.types)
+class ReplayMode(str, Enum):
     """How a resumed run treats invocations that already completed in the stored history.
 
     Attributes:
@@ -51,7 +51,7 @@ class ReplayMode(str, Enum):  # noqa: UP042  (same style as core.types)
     VALIDATION = "validation"
 
 
-class StateStatus(str, Enum):  # noqa: UP042
+class StateStatus(str, Enum):
     """The lifecycle status of a stored run."""
 
     RUNNING = "running"
