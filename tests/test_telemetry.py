@@ -267,7 +267,9 @@ async def test_group_retries_and_breaker_are_counted(rh_telemetry: TelemetryCapt
             results = await p.gather()
     assert [r.ok for r in results] == [True, True, True]
     assert results[0].attempts == 2
-    rh_telemetry.assert_metric("rh_agents_retries_total", 1, name="item_0")
+    rh_telemetry.assert_metric(
+        "rh_agents_retries_total", 1, name="retried", operation="parallel_item"
+    )
     group = rh_telemetry.one("parallel retried")
     assert [e.name for e in group.events] == ["retry"]
 

@@ -1124,8 +1124,15 @@ class ParallelExecutionManager:
         assert self._frame is not None
         label = actor or item.name
         operation = value.metadata.get("event_type") if isinstance(value, ExecutionResult) else None
+        # Metric labels must stay low-cardinality: an item that never reached an actor
+        # (a plain coroutine, a breaker rejection) is counted under its group's name.
         self.execution_state.instrumentation.item_retrying(
-            self.group, label, operation, item.attempts, delay, error
+            self.group,
+            actor or self.group.name or "unnamed",
+            operation,
+            item.attempts,
+            delay,
+            error,
         )
         event: ExecutionEvent[Any] = ExecutionEvent(
             actor=_placeholder_actor(label),
