@@ -235,15 +235,21 @@ async def _run_handler(
             attempt += 1
 
 
+def _coerce(model: type[BaseModel] | None, value: Any) -> Any:
+    """``value`` as an instance of ``model`` (unchanged without a model or when it is one)."""
+    if model is None or isinstance(value, model):
+        return value
+    if isinstance(value, BaseModel):
+        return model.model_validate(value.model_dump())
+    return model.model_validate(value)
+
+
 def _validate_input(actor: BaseActor, input_data: Any) -> Any:
     model = actor.input_model
-    if model is None or isinstance(input_data, model):
-        return input_data
     try:
-        if isinstance(input_data, BaseModel):
-            return model.model_validate(input_data.model_dump())
-        return model.model_validate(input_data)
+        return _coerce(model, input_data)
     except ValidationError as exc:
+        assert model is not None
         raise InputValidationError(
             f"Input for actor '{actor.name}' does not match its input_model "
             f"{model.__name__}; the handler was not called: {exc}"
@@ -252,13 +258,10 @@ def _validate_input(actor: BaseActor, input_data: Any) -> Any:
 
 def _validate_output(actor: BaseActor, value: Any) -> Any:
     model = actor.output_model
-    if model is None or isinstance(value, model):
-        return value
     try:
-        if isinstance(value, BaseModel):
-            return model.model_validate(value.model_dump())
-        return model.model_validate(value)
+        return _coerce(model, value)
     except ValidationError as exc:
+        assert model is not None
         raise OutputValidationError(
             f"Actor '{actor.name}' returned a {type(value).__name__} that does not match "
             f"its output_model {model.__name__}: {exc.error_count()} validation error(s): "

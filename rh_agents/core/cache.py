@@ -21,7 +21,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import math
 import os
 import sqlite3
 import threading
@@ -35,6 +34,7 @@ from typing import Any, Protocol, runtime_checkable
 from pydantic import BaseModel
 from pydantic_core import PydanticSerializationError, to_jsonable_python
 
+from rh_agents.core._validate import is_finite_at_least, is_int_at_least
 from rh_agents.core.clock import SYSTEM_CLOCK, Clock
 from rh_agents.core.errors import (
     InvalidArgumentError,
@@ -192,7 +192,9 @@ SYSTEM_WALL_CLOCK = SystemWallClock()
 def _expires_at(now: float, ttl: float | None) -> float | None:
     if ttl is None:
         return None
-    if isinstance(ttl, bool) or not isinstance(ttl, int | float) or math.isnan(ttl) or ttl <= 0:
+    if not is_finite_at_least(ttl, 0, strict=True) and not (
+        isinstance(ttl, float) and ttl == float("inf")
+    ):
         raise InvalidArgumentError(
             f"A cache TTL must be a positive number of seconds or None (never expires), "
             f"got {ttl!r}."
@@ -216,7 +218,7 @@ class InMemoryCacheBackend:
     """
 
     def __init__(self, clock: Clock = SYSTEM_CLOCK, max_entries: int = 10_000) -> None:
-        if isinstance(max_entries, bool) or not isinstance(max_entries, int) or max_entries < 1:
+        if not is_int_at_least(max_entries, 1):
             raise InvalidArgumentError(
                 f"max_entries must be a positive integer, got {max_entries!r}."
             )

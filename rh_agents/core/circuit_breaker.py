@@ -23,13 +23,13 @@ owns; this module keeps no global state.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Iterator
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from enum import Enum
 from types import TracebackType
 
+from rh_agents.core._validate import is_finite_at_least, is_int_at_least
 from rh_agents.core.clock import SYSTEM_CLOCK, Clock
 from rh_agents.core.errors import CircuitOpenError, InvalidArgumentError, LifecycleError
 
@@ -514,21 +514,12 @@ def _check_settings(name: object, failure_threshold: object, recovery_timeout: o
             f"A circuit breaker needs a non-empty name, got {name!r}. Name it after the "
             f"dependency it protects, such as 'openai'."
         )
-    if (
-        isinstance(failure_threshold, bool)
-        or not isinstance(failure_threshold, int)
-        or failure_threshold < 1
-    ):
+    if not is_int_at_least(failure_threshold, 1):
         raise InvalidArgumentError(
             f"failure_threshold of circuit breaker {name!r} must be an integer >= 1, got "
             f"{failure_threshold!r}."
         )
-    if (
-        isinstance(recovery_timeout, bool)
-        or not isinstance(recovery_timeout, (int, float))
-        or not math.isfinite(recovery_timeout)
-        or recovery_timeout < 0
-    ):
+    if not is_finite_at_least(recovery_timeout, 0):
         raise InvalidArgumentError(
             f"recovery_timeout of circuit breaker {name!r} must be a finite number of "
             f"seconds >= 0, got {recovery_timeout!r}."

@@ -17,6 +17,7 @@ from collections import deque
 from dataclasses import dataclass
 from types import TracebackType
 
+from rh_agents.core._validate import is_finite_at_least, is_int_at_least
 from rh_agents.core.clock import SYSTEM_CLOCK, Clock
 from rh_agents.core.errors import InvalidArgumentError, LifecycleError
 
@@ -259,25 +260,17 @@ def _check_settings(name: object, max_concurrency: object, rate: object, burst: 
             f"A limiter needs a non-empty name, got {name!r}. Name it after the resource "
             f"it protects, such as 'openai'."
         )
-    if (
-        isinstance(max_concurrency, bool)
-        or not isinstance(max_concurrency, int)
-        or max_concurrency < 1
-    ):
+    if not is_int_at_least(max_concurrency, 1):
         raise InvalidArgumentError(
             f"max_concurrency of limiter {name!r} must be an integer >= 1, got {max_concurrency!r}."
         )
-    if rate is not None and (
-        isinstance(rate, bool)
-        or not isinstance(rate, (int, float))
-        or not math.isfinite(rate)
-        or rate <= 0
-    ):
+    if rate is not None and not is_finite_at_least(rate, 0, strict=True):
         raise InvalidArgumentError(
             f"rate of limiter {name!r} must be a finite number of acquisitions per second "
             f"> 0, or None for no rate limit, got {rate!r}."
         )
-    if isinstance(burst, bool) or not isinstance(burst, int) or not 1 <= burst <= max_concurrency:
+    assert isinstance(max_concurrency, int)
+    if not is_int_at_least(burst, 1) or burst > max_concurrency:  # type: ignore[operator]
         raise InvalidArgumentError(
             f"burst of limiter {name!r} must be an integer from 1 to max_concurrency "
             f"({max_concurrency}), got {burst!r}."

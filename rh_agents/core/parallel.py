@@ -34,7 +34,6 @@ import contextlib
 import heapq
 import inspect
 import logging
-import math
 import re
 import time
 from collections import Counter
@@ -48,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, Field, PrivateAttr
 
 from rh_agents.core._aio import cancel_and_wait, uninterrupted
+from rh_agents.core._validate import is_finite_at_least, is_int_at_least
 from rh_agents.core.actors import BaseActor
 from rh_agents.core.circuit_breaker import CircuitBreaker, CircuitPermit
 from rh_agents.core.context import Frame, current_frame, group_id_for
@@ -363,9 +363,9 @@ def _placeholder_actor(name: str) -> BaseActor:
 
 
 def _check_positive_int(name: str, value: Any, hint: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if not is_int_at_least(value, 1):
         raise InvalidArgumentError(f"{name} must be a positive integer, got {value!r}. {hint}")
-    return value
+    return int(value)
 
 
 class ParallelExecutionManager:
@@ -425,18 +425,13 @@ class ParallelExecutionManager:
                 f"Unknown error_strategy {error_strategy!r}; use ErrorStrategy.FAIL_SLOW "
                 "or ErrorStrategy.FAIL_FAST."
             ) from None
-        if timeout is not None and (
-            isinstance(timeout, bool)
-            or not isinstance(timeout, int | float)
-            or not math.isfinite(timeout)
-            or timeout <= 0
-        ):
+        if timeout is not None and not is_finite_at_least(timeout, 0, strict=True):
             raise InvalidArgumentError(
                 f"timeout must be a positive number of seconds or None, got {timeout!r}."
             )
         if name is not None and not isinstance(name, str):
             raise InvalidArgumentError(f"name must be a string or None, got {name!r}.")
-        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+        if not is_int_at_least(max_retries, 0):
             raise InvalidArgumentError(
                 f"max_retries must be an integer >= 0 (retries after the first attempt), "
                 f"got {max_retries!r}. Use 0 for no retries."

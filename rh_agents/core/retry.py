@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
 
+from rh_agents.core._validate import is_finite_at_least, is_int_at_least
 from rh_agents.core.errors import InvalidArgumentError, UsageError
 
 __all__ = ["BackoffStrategy", "RetryConfig"]
@@ -146,7 +147,7 @@ class RetryConfig(BaseModel):
     @field_validator("max_attempts", mode="before")
     @classmethod
     def _check_max_attempts(cls, value: Any) -> Any:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        if not is_int_at_least(value, 1):
             raise ValueError(
                 f"max_attempts must be an integer >= 1 (the first attempt counts), "
                 f"got {value!r}. Use max_attempts=1 to disable retries."
@@ -245,17 +246,12 @@ class RetryConfig(BaseModel):
 
             RetryConfig.for_group(2, 0.5, retry_on=(TimeoutError,))
         """
-        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+        if not is_int_at_least(max_retries, 0):
             raise InvalidArgumentError(
                 f"max_retries must be an integer >= 0 (the number of retries after the "
                 f"first attempt), got {max_retries!r}."
             )
-        if (
-            isinstance(retry_delay, bool)
-            or not isinstance(retry_delay, (int, float))
-            or not math.isfinite(retry_delay)
-            or retry_delay < 0
-        ):
+        if not is_finite_at_least(retry_delay, 0):
             raise InvalidArgumentError(
                 f"retry_delay must be a finite number of seconds >= 0, got {retry_delay!r}."
             )
@@ -323,7 +319,7 @@ class RetryConfig(BaseModel):
         Raises:
             InvalidArgumentError: ``attempt`` is not an integer >= 1.
         """
-        if isinstance(attempt, bool) or not isinstance(attempt, int) or attempt < 1:
+        if not is_int_at_least(attempt, 1):
             raise InvalidArgumentError(
                 f"attempt must be the 1-based number of the attempt that failed, got {attempt!r}."
             )
