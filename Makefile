@@ -33,5 +33,21 @@ demo: $(STAMP)
 soak: $(STAMP)
 	$(BIN)/pytest -m soak -s
 
+# Benchmarks (docs/performance.md) in their own environment, bench/.venv: the project plus
+# the bench-only competitors of bench/requirements.txt. Writes bench/results.md and .json.
+# `make bench BENCH_ARGS=--quick` runs in under a minute.
+BENCH_VENV := bench/.venv
+BENCH_STAMP := $(BENCH_VENV)/.installed
+BENCH_ARGS ?=
+
+$(BENCH_STAMP): pyproject.toml bench/requirements.txt
+	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(BENCH_VENV)/bin/python -m pip install --quiet -e . -r bench/requirements.txt
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	$(BENCH_VENV)/bin/python -m bench $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) .rh_agents .pytest_cache .mypy_cache .ruff_cache .coverage

@@ -1,0 +1,137 @@
+"""P2: what full telemetry costs per event, against a hand-written floor."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+from bench import competitors as c
+from bench._common import (
+    BenchResult,
+    Config,
+    Contender,
+    Target,
+    measured,
+    median,
+    paired_ratio,
+    side_by_side,
+)
+from bench._telemetry import Floor, SdkTracing, variants
+from bench.workloads import ECHO, event_factories, trivial_factories
+from rh_agents import ExecutionState
+
+ID = "P2"
+TITLE = "Full telemetry per event"
+MEASURES = (
+    "Wall time per trivial ExecutionEvent in a group with SDK tracing (batch processor, "
+    "in-memory exporter) and Prometheus metrics on, vs a raw-asyncio floor doing only the "
+    "essential work (one span, four metric updates, one history append); spans flushed "
+    "and counted."
+)
+
+VS_FLOOR = Target("<=", 1.3)
+WORKERS = 100
+
+
+def _rh(
+    label: str, make: Callable[..., tuple[Any, Any]], n: int, exported: dict[str, list[int]]
+) -> Contender:
+    async def run() -> float:
+        telemetry, sdk = make()
+        state = ExecutionState(telemetry=telemetry)
+        factories = event_factories(ECHO, state, list(range(n)))
+        start = time.perf_counter()
+        results = await c.rh_group(state, factories, WORKERS)
+        if sdk is not None:
+            sdk.flush()
+        took = time.perf_counter() - start
+        assert len(results) == n and all(r.ok for r in results)
+        if sdk is not None:
+            exported.setdefault(label, []).append(sdk.exported())
+            sdk.close()
+        return took
+
+    return run
+
+
+def _floor(label: str, n: int, telemetry: bool, exported: dict[str, list[int]]) -> Contender:
+    async def run() -> float:
+        sdk = SdkTracing() if telemetry else None
+        floor = Floor(sdk)
+        factories = trivial_factories(n)
+        start = time.perf_counter()
+        results = await floor.run(factories, WORKERS, telemetry)
+        if sdk is not None:
+            sdk.flush()
+        took = time.perf_counter() - start
+        assert len(results) == n and len(floor.history) == n
+        if sdk is not None:
+            exported.setdefault(label, []).append(sdk.exported())
+            sdk.close()
+        return took
+
+    return run
+
+
+FULL = "full: SDK tracing + metrics"
+FLOOR = "floor: raw asyncio, span + 4 metrics + history"
+BARE = "floor: raw asyncio, history append only"
+
+
+def run(cfg: Config) -> BenchResult:
+    result = BenchResult(ID, TITLE, MEASURES)
+    n = cfg.pick(2_000, 10_000)
+    rounds = cfg.n_rounds(3, 5)
+    exported: dict[str, list[int]] = {}
+    contenders: dict[str, Contender] = {
+        f"rh_agents, {label}": _rh(f"rh_agents, {label}", make, n, exported)
+        for label, make in variants().items()
+    }
+    contenders[FLOOR] = _floor(FLOOR, n, True, exported)
+    contenders[BARE] = _floor(BARE, n, False, exported)
+    times = asyncio.run(side_by_side(contenders, rounds))
+    exported = {k: v[-rounds:] for k, v in exported.items()}  # drop the warm-up's counts
+    per_event = {name: median(t) / n * 1e6 for name, t in times.items()}
+    result.data = {"n": n, "max_workers": WORKERS, "seconds": times, "us_per_event": per_event}
+    result.data["spans_exported"] = exported
+    full = times[f"rh_agents, {FULL}"]
+    result.rows.append(
+        measured(
+            f"{n:,} events, W={WORKERS}: rh_agents full telemetry / floor",
+            paired_ratio(full, times[FLOOR]),
+            "x",
+            VS_FLOOR,
+            f"rh_agents {per_event[f'rh_agents, {FULL}']:.1f} µs/event, "
+            f"floor {per_event[FLOOR]:.1f} µs/event",
+        )
+    )
+    expected = n + 1  # the events' spans and the group's
+    for label in (f"rh_agents, {FULL}", FLOOR):
+        counts = exported.get(label, [0])
+        result.rows.append(
+            measured(
+                f"spans exported by {label.split(',')[0].split(':')[0]} (fewest of "
+                f"{len(counts)} runs)",
+                float(min(counts)),
+                "spans",
+                Target("==", float(expected), "spans"),
+                f"expected {expected:,} = {n:,} events + 1 group",
+            )
+        )
+    none = per_event["rh_agents, no telemetry"]
+    for label in variants():
+        us = per_event[f"rh_agents, {label}"]
+        extra = "" if label == "no telemetry" else f"; {us - none:+.1f} µs over no telemetry"
+        result.rows.append(
+            measured(f"rh_agents per event, {label}", us, "µs/event", None, extra[2:])
+        )
+    for label in (FLOOR, BARE):
+        result.rows.append(measured(f"per event, {label}", per_event[label], "µs/event"))
+    result.notes.append(
+        "Each run builds its own TracerProvider/registry outside the timed part; the timed "
+        "part covers building the events, running the group and force_flush() of the span "
+        "processor. Per-event figures are medians of the run's time divided by N."
+    )
+    return result
