@@ -25,6 +25,7 @@ from rh_agents.core.errors import (
     StateError,
 )
 from rh_agents.core.events import ExecutionEvent, ExecutionResult
+from rh_agents.core.executors import call_handler
 from rh_agents.core.hooks import Outcome
 from rh_agents.core.state_recovery import ReplayMode
 from rh_agents.core.types import ExecutionStatus
@@ -201,7 +202,7 @@ async def _run_handler(
     while True:
         attempt_span = tel.attempt_started(handle, attempt) if config is not None else None
         try:
-            value = await actor.handler(data, extra, state)
+            value = await call_handler(actor, ev.address, data, extra, state, attempt)
             value = _validate_output(actor, value)
             for position, check in enumerate(actor.postconditions, 1):
                 if not await _check(check, value, extra, state):

@@ -62,7 +62,7 @@ from rh_agents.core.errors import (
     RhAgentsError,
 )
 from rh_agents.core.events import EventKind, ExecutionEvent, ExecutionResult
-from rh_agents.core.executors import ItemExecutor, WorkItem
+from rh_agents.core.executors import ItemExecutor, WorkItem, remote_traceback_of, run_item
 from rh_agents.core.hooks import Outcome
 from rh_agents.core.retry import RetryConfig
 from rh_agents.core.types import ExecutionStatus
@@ -954,7 +954,8 @@ class ParallelExecutionManager:
         item.attempts += 1
         item.started = True
         assert self._frame is not None
-        token = current_frame.set(self._frame.item(item.index, group.group_id))
+        item_frame = self._frame.item(item.index, group.group_id)
+        token = current_frame.set(item_frame)
         holds_token = _holds.set((*_holds.get(), hold)) if hold is not None else None
         self._in_flight += 1
         if self._in_flight > self._peak:
@@ -969,9 +970,15 @@ class ParallelExecutionManager:
             if self.executor is None:
                 value = await item.awaitable()
             else:
-                value = await self.executor.run(
-                    WorkItem(item.index, item.name, group.group_id, item.attempts, item.awaitable)
+                work = WorkItem(
+                    item.index,
+                    item.name,
+                    group.group_id,
+                    item.attempts,
+                    item.awaitable,
+                    work=item.factory,
                 )
+                value = await run_item(self.executor, work, item_frame, state)
             if isinstance(value, ExecutionResult) and not value.ok:
                 error = value.exception or EventFailedError(
                     value.error_message or "The event failed.", value
@@ -1052,6 +1059,7 @@ class ParallelExecutionManager:
             result.index = item.index
             result.name = item.name
             result.attempts = item.attempts
+            result.traceback = result.traceback or remote_traceback_of(error)
             message = value.error_message or str(error)
             error_type = value.error_type or type(error).__name__
         else:
@@ -1067,6 +1075,7 @@ class ParallelExecutionManager:
                 attempts=item.attempts,
                 status=ExecutionStatus.FAILED,
                 exception=error,
+                traceback=remote_traceback_of(error),
             )
         self._slots[item.index] = result
         self.group.failed += 1
