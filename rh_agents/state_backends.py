@@ -46,13 +46,14 @@ import re
 import sqlite3
 import tempfile
 import threading
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol, runtime_checkable
 
 from pydantic import ValidationError
-from pydantic_core import PydanticSerializationError
+from pydantic_core import PydanticSerializationError, to_jsonable_python
 
 from rh_agents.core.errors import (
     InvalidArgumentError,
@@ -244,10 +245,48 @@ def _status_filter(status: StateStatus | str | None) -> StateStatus | None:
         ) from None
 
 
+_SEAL = '{"_crc":'
+"""Stored JSON objects start with a CRC-32 of the object as written: ``{"_crc":N,...}``.
+
+A flipped byte in a record (disk or file damage that leaves valid JSON, e.g. one digit
+of a result) would otherwise load as a different value; with the checksum it is
+reported as :class:`StateCorruptedError`. Objects stored without one (by earlier
+releases) load unchecked.
+"""
+
+
+def _seal(text: str) -> str:
+    """Prefix the JSON object ``text`` with its checksum (same schema, one more key)."""
+    crc = zlib.crc32(text.encode("utf-8", "surrogatepass"))
+    body = text[1:]
+    return f"{_SEAL}{crc:010d}{'' if body == '}' else ','}{body}"
+
+
+def _unseal(text: str | bytes) -> tuple[str | bytes, bool]:
+    """The JSON object as written, and whether its checksum matches (True if none)."""
+    if isinstance(text, bytes):
+        if not text.startswith(_SEAL.encode()):
+            return text, True
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError:
+            return text, False
+    elif not text.startswith(_SEAL):
+        return text, True
+    digits, separator, body = text[8:18], text[18:19], text[19:]
+    original = "{}" if separator == "}" else "{" + body
+    if not digits.isdigit() or separator not in (",", "}"):
+        return original, False
+    return original, int(digits) == zlib.crc32(original.encode("utf-8", "surrogatepass"))
+
+
 def _dump_snapshot(snapshot: StateSnapshot) -> str:
     try:
-        return snapshot.model_dump_json()
-    except (PydanticSerializationError, ValueError, TypeError) as exc:
+        # Not model_dump_json(): it writes infinite and NaN floats as null, so a result
+        # of inf would come back as None. JSON readers here accept Infinity and NaN.
+        data = snapshot.model_dump(mode="python")
+        return _seal(json.dumps(data, default=to_jsonable_python, separators=(",", ":")))
+    except (PydanticSerializationError, ValueError, TypeError, RecursionError) as exc:
         raise ResultSerializationError(
             f"The snapshot of state {snapshot.state_id!r} cannot be written to the history "
             f"because it is not JSON-serializable ({exc}). Keep only JSON-serializable "
@@ -256,6 +295,13 @@ def _dump_snapshot(snapshot: StateSnapshot) -> str:
 
 
 def _parse_snapshot(state_id: str, text: str | bytes, where: str) -> StateSnapshot:
+    text, intact = _unseal(text)
+    if not intact:
+        raise StateCorruptedError(
+            f"The stored snapshot of state {state_id!r} in {where} fails its checksum: it "
+            "was changed after it was written (disk or file damage). Restore it from a "
+            "backup, or delete the state with delete_state() to discard it."
+        )
     try:
         return StateSnapshot.model_validate_json(text)
     except ValidationError as exc:
@@ -273,7 +319,7 @@ def _dump_record(state_id: str, record: dict[str, Any]) -> str:
             f"{state_id!r}. Pass the record as a JSON-serializable dict."
         )
     try:
-        return json.dumps(record, separators=(",", ":"))
+        return _seal(json.dumps(record, separators=(",", ":")))
     except (TypeError, ValueError) as exc:
         raise ResultSerializationError(
             f"An event record of state {state_id!r} cannot be written to the history because "
@@ -287,13 +333,17 @@ def _parse_record(state_id: str, text: object, position: str, where: str) -> dic
     try:
         if not isinstance(text, str | bytes):
             raise TypeError(f"stored value has type {type(text).__name__}")
+        text, intact = _unseal(text)
         value = json.loads(text)
     except (TypeError, ValueError) as exc:
         problem = f"is not valid JSON ({exc})"
     else:
-        if isinstance(value, dict):
+        if not intact:
+            problem = "fails its checksum: it was changed after it was written (disk damage)"
+        elif isinstance(value, dict):
             return value
-        problem = f"is a JSON {type(value).__name__}, not an object"
+        else:
+            problem = f"is a JSON {type(value).__name__}, not an object"
     raise StateCorruptedError(
         f"Event record {position} of state {state_id!r} in {where} {problem}. The journal "
         "is damaged: restore it from a backup, or delete the state with delete_state() "
@@ -434,7 +484,10 @@ CREATE INDEX states_by_status ON states (status, pipeline_name);
 
 def _is_corruption(exc: sqlite3.Error) -> bool:
     name = getattr(exc, "sqlite_errorname", "") or ""
-    return name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB"))
+    if name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")):
+        return True
+    # A damaged text value that is not UTF-8 any more (raised by Python's sqlite3).
+    return "Could not decode to UTF-8" in str(exc)
 
 
 class SQLiteStateBackend:

@@ -74,13 +74,14 @@ async def run_event(
             # A reused event object must not pass on a previous call's outcome (a
             # replayed call leaves skip_republish=True on it).
             "skip_republish": False,
+            "input_hash": None,
             "timestamp": time.time(),
         }
     )
 
     recorded = state._replay_source(frame.address)
     if recorded is not None and state.replay_mode is not ReplayMode.VALIDATION:
-        return await _replay(template, ev, recorded, state)
+        return await _replay(template, ev, recorded, state, input_data)
 
     token = current_frame.set(frame)
     tel = state.instrumentation
@@ -165,6 +166,7 @@ async def _execute(
     handle: Any,
 ) -> Any:
     data = _validate_input(actor, input_data)
+    ev.input_hash = state._input_hash(data)
     for position, check in enumerate(actor.preconditions, 1):
         if not await _check(check, data, extra, state):
             raise ConditionFailedError(
@@ -253,7 +255,8 @@ def _validate_input(actor: BaseActor, input_data: Any) -> Any:
         assert model is not None
         raise InputValidationError(
             f"Input for actor '{actor.name}' does not match its input_model "
-            f"{model.__name__}; the handler was not called: {exc}"
+            f"{model.__name__}; the handler was not called. Pass a {model.__name__} or data "
+            f"that validates into it: {exc}"
         ) from exc
 
 
@@ -292,9 +295,13 @@ async def _replay(
     ev: ExecutionEvent[Any],
     recorded: ExecutionEvent[Any],
     state: ExecutionState,
+    input_data: Any,
 ) -> ExecutionResult[Any]:
     actor = template.actor
     assert actor is not None
+    ev.input_hash = state._verify_replay(
+        actor, recorded, lambda: _validate_input(actor, input_data)
+    )
     value = state._revalidate(actor, recorded)
     ev.result = value
     ev.is_replayed = True

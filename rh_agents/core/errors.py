@@ -1,32 +1,43 @@
 """The exception tree of rh_agents.
 
 Usage errors (a mistake in the calling code, fix the code) are kept apart from run
-failures (something went wrong while the work ran). Usage errors also subclass the
-built-in exception a Python programmer would expect (``TypeError``, ``ValueError``,
-``RuntimeError``), so ``except TypeError`` keeps working::
+failures (something went wrong while the work ran) and from errors of the stored
+history. Usage errors also subclass the built-in exception a Python programmer would
+expect (``TypeError``, ``ValueError``, ``RuntimeError``), so ``except TypeError`` keeps
+working. Classes defined outside this module are marked with their module::
 
     RhAgentsError
     ├── UsageError
-    │   ├── InvalidArgumentError (ValueError)
-    │   ├── InvalidWorkError (TypeError)
+    │   ├── InvalidArgumentError (ValueError)        a value the library cannot use
+    │   │   ├── UncacheableInputError (TypeError)    core.cache
+    │   │   └── MetricsPortInUseError (OSError)      telemetry: the /metrics port is taken
+    │   ├── InvalidWorkError (TypeError)             not awaitable, not retryable
+    │   │   └── UnpicklableWorkError                 core.executors
     │   ├── DuplicateNameError (ValueError)
-    │   └── LifecycleError (RuntimeError)
+    │   └── LifecycleError (RuntimeError)            used in the wrong state
     ├── ExecutionFailure
-    │   ├── EventFailedError             an ok=False result under FAIL_FAST
-    │   ├── ConditionFailedError         a pre- or postcondition said no
-    │   ├── InputValidationError (ValueError)  an input that does not match input_model
-    │   ├── OutputValidationError (TypeError)  a result that does not match output_model
-    │   ├── CircuitOpenError             a call rejected by an open circuit breaker
-    │   ├── ParallelTimeoutError (TimeoutError)
-    │   ├── ParallelGroupError (ExceptionGroup)
-    │   └── ResultSerializationError     a result that cannot go into the history
-    └── StateError
+    │   ├── EventFailedError                         an ok=False result under FAIL_FAST
+    │   ├── ConditionFailedError                     a pre- or postcondition said no
+    │   ├── InputValidationError (ValueError)        an input that does not match input_model
+    │   ├── OutputValidationError (TypeError)        a result that does not match output_model
+    │   ├── CircuitOpenError                         rejected by an open circuit breaker
+    │   ├── ResultSerializationError (TypeError)     a result the history cannot store
+    │   ├── ParallelTimeoutError (TimeoutError)      core.parallel: a group's deadline passed
+    │   └── RemoteExecutionError                     core.executors: remote work failed
+    │       ├── WorkerLostError                      core.executors
+    │       └── RemoteCancelledError                 core.executors
+    ├── ParallelGroupError (ExceptionGroup)          core.parallel: raise_for_failures()
+    └── StateError                                   the stored history cannot be used
         ├── StateNotFoundError (KeyError)
-        ├── StateCorruptedError
-        ├── SchemaVersionError
-        └── SnapshotMismatchError
+        │   └── ArtifactNotFoundError                state_backends
+        ├── StateCorruptedError                      damaged, truncated or foreign
+        ├── SchemaVersionError                       written by another schema version
+        ├── SnapshotMismatchError                    written by another program
+        └── StateStorageError                        state_backends: disk full, I/O error
 
 Every message is a full sentence that says what happened and what to do.
+docs/errors.md explains each one; tests/test_reliability_misuse.py checks that this
+tree matches the classes.
 """
 
 from __future__ import annotations
@@ -144,4 +155,8 @@ class SchemaVersionError(StateError):
 
 
 class SnapshotMismatchError(StateError):
-    """A stored state belongs to another program than the one trying to resume it."""
+    """A stored state belongs to another program than the one trying to resume it.
+
+    Raised instead of replaying a recorded result that does not belong to the call: the
+    pipeline name, the actor, the kind of call or the input fingerprint differs.
+    """

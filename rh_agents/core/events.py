@@ -125,6 +125,9 @@ class ExecutionEvent(BaseModel, Generic[T]):
     is_retry: bool = False
     original_error: str | None = None
     retry_delay: float | None = None
+    input_hash: str | None = None
+    """Fingerprint of the validated input, recorded when the history can be resumed; a
+    resumed run refuses to replay a result recorded for a different input."""
 
     # The JSON form of ``result`` once computed (shared by the journal and snapshots).
     _record_result: Any = PrivateAttr(default=None)

@@ -19,28 +19,33 @@ import importlib
 import inspect
 import json
 import logging
+import math
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
 from pydantic_core import PydanticSerializationError, to_jsonable_python
 
+from rh_agents.core._aio import cancel_and_wait
 from rh_agents.core.cache import CacheBackend, InMemoryCacheBackend, ResultCache
 from rh_agents.core.circuit_breaker import CircuitBreakerRegistry
 from rh_agents.core.clock import SYSTEM_CLOCK, Clock
 from rh_agents.core.context import Frame, current_frame
 from rh_agents.core.errors import (
+    InputValidationError,
     InvalidArgumentError,
     LifecycleError,
     ResultSerializationError,
     SnapshotMismatchError,
+    StateCorruptedError,
     StateError,
     StateNotFoundError,
 )
 from rh_agents.core.events import EventKind, ExecutionEvent
-from rh_agents.core.history import HistorySet, event_to_record
+from rh_agents.core.history import HistorySet, event_to_record, input_fingerprint
 from rh_agents.core.hooks import NOOP, Instrumentation, ambient_telemetry
 from rh_agents.core.state_recovery import (
     ReplayMode,
@@ -56,7 +61,15 @@ if TYPE_CHECKING:
     from rh_agents.core.parallel import ErrorStrategy, ParallelExecutionManager
     from rh_agents.state_backends import ArtifactBackend, EventJournal, StateBackend
 
-__all__ = ["EventBus", "EventStream", "ExecutionState", "HistorySet"]
+__all__ = [
+    "DEFAULT_MAX_RESULT_BYTES",
+    "DEFAULT_SUBSCRIBER_QUEUE_SIZE",
+    "DEFAULT_SUBSCRIBER_TIMEOUT",
+    "EventBus",
+    "EventStream",
+    "ExecutionState",
+    "HistorySet",
+]
 
 logger = logging.getLogger("rh_agents.execution")
 
@@ -64,7 +77,18 @@ Subscriber = Callable[[Any], Any]
 
 
 class _Subscriber:
-    __slots__ = ("errors", "fn", "is_async", "key")
+    __slots__ = (
+        "detached",
+        "dropped",
+        "errors",
+        "fn",
+        "inline_seconds",
+        "is_async",
+        "key",
+        "queue",
+        "task",
+        "timeouts",
+    )
 
     def __init__(self, key: Any, fn: Callable[[Any], Any]) -> None:
         self.key = key
@@ -74,6 +98,19 @@ class _Subscriber:
             target.__call__
         )
         self.errors = 0
+        self.timeouts = 0
+        self.dropped = 0
+        self.inline_seconds = 0.0
+        self.detached = False
+        self.queue: deque[Any] = deque()
+        self.task: asyncio.Task[None] | None = None
+
+
+DEFAULT_SUBSCRIBER_TIMEOUT = 5.0
+"""Seconds one async subscriber may hold up a run in total before it is detached."""
+
+DEFAULT_SUBSCRIBER_QUEUE_SIZE = 10_000
+"""Events buffered per detached subscriber before further events are dropped for it."""
 
 
 class EventBus:
@@ -85,16 +122,68 @@ class EventBus:
     and isolated: it never fails the actor, never causes a re-run and never stops the
     other subscribers.
 
+    A subscriber cannot hold a run hostage. An async subscriber is awaited inline, so it
+    has seen an event before the run goes on, until it has held up publishing for
+    ``subscriber_timeout`` seconds in total (a call that reaches that budget is cut
+    off). It is then logged once and *detached*: from then on it receives the events in
+    the background, in order, from a queue of at most ``subscriber_queue_size`` events
+    drained by a task the bus owns (each delivery still cut off after
+    ``subscriber_timeout``); when that queue is full, further events are dropped for that
+    subscriber only and counted. So an async subscriber adds at most
+    ``subscriber_timeout`` seconds to a run, however slow or stuck it is. Sync
+    subscribers run inline on the event loop and cannot be interrupted: keep them fast.
+    :meth:`aclose` stops the background deliveries cleanly.
+
+    Args:
+        subscriber_timeout: the budget in seconds per async subscriber (default 5);
+            None awaits async subscribers without any bound.
+        subscriber_queue_size: events buffered per detached subscriber (default 10 000).
+
     Example:
         >>> bus = EventBus()
         >>> seen = []
         >>> _ = bus.subscribe(seen.append)
     """
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        subscriber_timeout: float | None = DEFAULT_SUBSCRIBER_TIMEOUT,
+        subscriber_queue_size: int = DEFAULT_SUBSCRIBER_QUEUE_SIZE,
+    ) -> None:
+        if subscriber_timeout is not None and (
+            isinstance(subscriber_timeout, bool)
+            or not isinstance(subscriber_timeout, int | float)
+            or not math.isfinite(subscriber_timeout)
+            or subscriber_timeout <= 0
+        ):
+            raise InvalidArgumentError(
+                f"subscriber_timeout must be a positive number of seconds or None (no "
+                f"bound), got {subscriber_timeout!r}. The default is "
+                f"{DEFAULT_SUBSCRIBER_TIMEOUT:g}."
+            )
+        if (
+            isinstance(subscriber_queue_size, bool)
+            or not isinstance(subscriber_queue_size, int)
+            or subscriber_queue_size < 1
+        ):
+            raise InvalidArgumentError(
+                f"subscriber_queue_size must be a positive integer, got "
+                f"{subscriber_queue_size!r}. The default is {DEFAULT_SUBSCRIBER_QUEUE_SIZE}."
+            )
+        self.subscriber_timeout = (
+            float(subscriber_timeout) if subscriber_timeout is not None else None
+        )
+        self.subscriber_queue_size = subscriber_queue_size
         self._subscribers: tuple[_Subscriber, ...] = ()
         self._streams: list[EventStream] = []
+        self._tasks: set[asyncio.Task[None]] = set()
         self.subscriber_errors = 0
+        """Exceptions raised by subscribers, over all of them."""
+        self.subscriber_timeouts = 0
+        """Deliveries cut off (that event is lost for that subscriber): inline when the
+        subscriber's budget ran out, or in the background after ``subscriber_timeout``."""
+        self.dropped_events = 0
+        """Events not delivered to a detached subscriber because its queue was full."""
 
     def subscribe(self, handler: Any) -> Any:
         """Add a subscriber; returns it, so this works as a decorator."""
@@ -108,7 +197,10 @@ class EventBus:
         return handler
 
     def unsubscribe(self, handler: Any) -> None:
-        """Remove a subscriber added with :meth:`subscribe` (no error if absent)."""
+        """Remove a subscriber added with :meth:`subscribe` (no error if absent).
+
+        Events already queued for a detached subscriber are still delivered.
+        """
         self._subscribers = tuple(s for s in self._subscribers if s.key is not handler)
 
     @property
@@ -116,20 +208,113 @@ class EventBus:
         """The current subscribers, in subscription order."""
         return [s.key for s in self._subscribers]
 
+    def subscriber_stats(self) -> list[dict[str, Any]]:
+        """Per subscriber: errors, timeouts, inline seconds, detached, queued, dropped."""
+        return [
+            {
+                "subscriber": s.key,
+                "errors": s.errors,
+                "timeouts": s.timeouts,
+                "inline_seconds": s.inline_seconds,
+                "detached": s.detached,
+                "queued": len(s.queue),
+                "dropped": s.dropped,
+            }
+            for s in self._subscribers
+        ]
+
     async def publish(self, event: Any) -> None:
         """Deliver ``event`` to every subscriber and every open stream."""
         for sub in self._subscribers:
+            if sub.detached:
+                self._enqueue(sub, event)
+                continue
             try:
                 if sub.is_async:
-                    await sub.fn(event)
+                    await self._inline(sub, sub.fn(event))
                 else:
                     outcome = sub.fn(event)
                     if inspect.isawaitable(outcome):
-                        await outcome
+                        await self._inline(sub, outcome)
             except Exception:
                 self._report(sub)
         for stream in self._streams:
             stream._offer(event)
+
+    async def _inline(self, sub: _Subscriber, awaitable: Awaitable[Any]) -> None:
+        limit = self.subscriber_timeout
+        if limit is None:
+            await awaitable
+            return
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        scope = asyncio.timeout(max(0.0, limit - sub.inline_seconds))
+        try:
+            async with scope:
+                await awaitable
+        except TimeoutError:
+            if not scope.expired():
+                raise  # the subscriber's own TimeoutError: reported as an error
+            sub.inline_seconds = limit
+            self._timed_out(sub)
+            self._detach(sub)
+        else:
+            sub.inline_seconds += loop.time() - started
+            if sub.inline_seconds >= limit:
+                self._detach(sub)
+
+    def _timed_out(self, sub: _Subscriber) -> None:
+        sub.timeouts += 1
+        self.subscriber_timeouts += 1
+        if sub.timeouts > 1:
+            logger.debug("Event subscriber %r was cut off again", sub.key)
+
+    def _detach(self, sub: _Subscriber) -> None:
+        if not sub.detached:
+            sub.detached = True
+            logger.warning(
+                "Event subscriber %r held up the run for %gs in total (subscriber_timeout); "
+                "it now receives events in the background (at most %d queued, further "
+                "events dropped for it) so it cannot stall the run.",
+                sub.key,
+                self.subscriber_timeout,
+                self.subscriber_queue_size,
+            )
+
+    def _enqueue(self, sub: _Subscriber, event: Any) -> None:
+        if len(sub.queue) >= self.subscriber_queue_size:
+            sub.dropped += 1
+            self.dropped_events += 1
+            if sub.dropped == 1:
+                logger.warning(
+                    "Event subscriber %r is too slow: its queue of %d events is full, so "
+                    "events are dropped for it (counted in EventBus.dropped_events).",
+                    sub.key,
+                    self.subscriber_queue_size,
+                )
+            return
+        sub.queue.append(event)
+        if sub.task is None or sub.task.done():
+            task = asyncio.get_running_loop().create_task(
+                self._drain(sub), name=f"rh_agents subscriber {sub.key!r:.40}"
+            )
+            sub.task = task
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _drain(self, sub: _Subscriber) -> None:
+        limit = self.subscriber_timeout
+        while sub.queue:
+            event = sub.queue.popleft()
+            try:
+                async with asyncio.timeout(limit):
+                    outcome = sub.fn(event)
+                    if inspect.isawaitable(outcome):
+                        await outcome
+            except TimeoutError:
+                self._timed_out(sub)
+            except Exception:
+                self._report(sub)
 
     def _report(self, sub: _Subscriber) -> None:
         sub.errors += 1
@@ -142,6 +327,36 @@ class EventBus:
             )
         else:
             logger.debug("Event subscriber %r raised again", sub.key, exc_info=True)
+
+    def _drainers(self) -> list[asyncio.Task[None]]:
+        return [task for task in self._tasks if not task.done()]
+
+    async def drain(self, within: float | None = None) -> bool:
+        """Wait until detached subscribers have received their queued events.
+
+        Returns False when ``within`` seconds passed first (nothing is cancelled).
+        """
+        tasks = self._drainers()
+        if not tasks:
+            return True
+        _, pending = await asyncio.wait(tasks, timeout=within)
+        return not pending
+
+    async def aclose(self, grace: float = 0.0) -> None:
+        """End every stream and stop the background deliveries cleanly.
+
+        Queued events of detached subscribers get ``grace`` seconds (default none) to
+        be delivered; what is left is dropped, and the delivery tasks are cancelled and
+        awaited, so none outlives this call.
+        """
+        self.close()
+        if grace > 0:
+            await self.drain(grace)
+        for sub in self._subscribers:
+            sub.queue.clear()
+        await cancel_and_wait(self._drainers())
+        for sub in self._subscribers:
+            sub.queue.clear()  # a delivery cut short by the cancellation
 
     def stream(self, maxsize: int = 0) -> EventStream:
         """An async iterator over events published from now on.
@@ -230,6 +445,10 @@ class EventStream:
         await self.aclose()
 
 
+DEFAULT_MAX_RESULT_BYTES = 16 * 1024 * 1024
+"""The default largest JSON-encoded result a journal accepts (16 MiB)."""
+
+
 class ExecutionState:
     """Everything one run of a pipeline needs, and what it has done so far.
 
@@ -249,6 +468,13 @@ class ExecutionState:
         clock: the time source for backoff, cooldowns and deadlines.
         metadata: description of the run stored with its snapshots.
         circuit_breakers: a registry shared by states that call the same dependencies.
+        max_result_bytes: the largest result, in bytes of its JSON form, that may go
+            into the journal (default 16 MiB); a larger one fails its invocation with
+            :class:`~rh_agents.core.errors.ResultSerializationError`. None for no limit.
+        record_input_hashes: whether every invocation records a fingerprint of its
+            input, which a resumed run compares before returning a recorded result
+            (see docs/errors.md). None (default): when the state has a journal or was
+            restored, i.e. whenever the history can be resumed.
 
     Example:
         >>> state = ExecutionState()
@@ -271,7 +497,25 @@ class ExecutionState:
         clock: Clock | None = None,
         metadata: StateMetadata | None = None,
         circuit_breakers: CircuitBreakerRegistry | None = None,
+        max_result_bytes: int | None = DEFAULT_MAX_RESULT_BYTES,
+        record_input_hashes: bool | None = None,
     ) -> None:
+        if max_result_bytes is not None and (
+            isinstance(max_result_bytes, bool)
+            or not isinstance(max_result_bytes, int)
+            or max_result_bytes < 1
+        ):
+            raise InvalidArgumentError(
+                f"max_result_bytes must be a positive integer (bytes) or None for no limit, "
+                f"got {max_result_bytes!r}. The default is {DEFAULT_MAX_RESULT_BYTES} (16 MiB)."
+            )
+        if record_input_hashes is not None and not isinstance(record_input_hashes, bool):
+            raise InvalidArgumentError(
+                f"record_input_hashes must be True, False or None (automatic), got "
+                f"{record_input_hashes!r}."
+            )
+        self.max_result_bytes = max_result_bytes
+        self.record_input_hashes = record_input_hashes
         try:
             self.replay_mode = ReplayMode(replay_mode)
         except ValueError:
@@ -358,28 +602,30 @@ class ExecutionState:
     async def add_event(
         self, event: ExecutionEvent[Any], status: ExecutionStatus | None = None
     ) -> None:
-        """Record a status change: history, journal, then the event bus.
+        """Record a status change: journal, history, then the event bus.
 
-        The history and the bus receive one immutable copy of ``event``.
+        The history and the bus receive one immutable copy of ``event``. The journal
+        comes first, so the in-memory history never holds an entry the journal refused.
 
         Raises:
             StateError: the journal could not store the entry (e.g. disk full); what was
-                recorded before is intact.
+                recorded before is intact, and the entry is not in the history either.
         """
         if status is not None:
             event.execution_status = status
         snapshot = event.model_copy(update={"metadata": dict(event.metadata)})
-        self._seq += 1
-        self.history.append(snapshot)
+        seq = self._seq + 1
         if self._journal is not None:
-            self._append(snapshot)
+            self._append(snapshot, seq)
+        self._seq = seq
+        self.history.append(snapshot)
         if not snapshot.skip_republish:
             await self.event_bus.publish(snapshot)
 
-    def _append(self, snapshot: ExecutionEvent[Any]) -> None:
+    def _append(self, snapshot: ExecutionEvent[Any], seq: int) -> None:
         assert self._journal is not None
         try:
-            self._journal.append_event(self.state_id, event_to_record(snapshot, self._seq))
+            self._journal.append_event(self.state_id, event_to_record(snapshot, seq))
         except StateError:
             raise
         except Exception as exc:
@@ -395,7 +641,15 @@ class ExecutionState:
         await self.add_event(event)
 
     def _encode_result(self, actor: BaseActor, value: Any, event: ExecutionEvent[Any]) -> None:
-        if value is None or isinstance(value, str | int | float | bool):
+        limit = self.max_result_bytes if self._journal is not None else None
+        if value is None or isinstance(value, int | float | bool):
+            event._record_result = value
+            event._result_type = None
+            return
+        if isinstance(value, str):
+            # JSON escapes a character into at most 6 bytes; measure only when it matters.
+            if limit is not None and len(value) * 6 + 2 > limit:
+                self._check_size(actor, value, len(json.dumps(value)), limit)
             event._record_result = value
             event._result_type = None
             return
@@ -403,21 +657,95 @@ class ExecutionState:
             if isinstance(value, BaseModel):
                 encoded = value.model_dump(mode="json")
                 cls = type(value)
-                event._result_type = f"{cls.__module__}:{cls.__qualname__}"
+                result_type: str | None = f"{cls.__module__}:{cls.__qualname__}"
             else:
                 encoded = to_jsonable_python(value)
-                event._result_type = None
+                result_type = None
             if self._journal is not None:
-                json.dumps(encoded)
+                size = len(json.dumps(encoded))
+                if limit is not None:
+                    self._check_size(actor, value, size, limit)
         except (PydanticSerializationError, ValueError, TypeError, RecursionError) as exc:
+            circular = "circular" in str(exc).lower() or isinstance(exc, RecursionError)
+            hint = (
+                "It refers to itself (a cycle); return a copy without the back-reference."
+                if circular
+                else "Return a pydantic model, primitives, lists or dicts."
+            )
             raise ResultSerializationError(
                 f"The result of actor '{actor.name}' is a {type(value).__name__} that "
-                f"cannot be stored in the history ({exc}), so the run could not be resumed. "
-                "Return a pydantic model, primitives, lists or dicts."
+                f"cannot be stored in the history ({type(exc).__name__}: {exc}), so the run "
+                f"could not be resumed. {hint}"
             ) from exc
         event._record_result = encoded
+        event._result_type = result_type
+
+    @staticmethod
+    def _check_size(actor: BaseActor, value: Any, size: int, limit: int) -> None:
+        if size > limit:
+            raise ResultSerializationError(
+                f"The result of actor '{actor.name}' is {_mib(size)} when encoded for the "
+                f"history, over max_result_bytes={limit} ({_mib(limit)}). Store large data "
+                "in an artifact (ExecutionState(artifact_backend=...)) and return its "
+                "reference, or raise ExecutionState(max_result_bytes=...)."
+            )
 
     # -------------------------------------------------------------------- replay
+
+    def _input_hash(self, data: Any) -> str | None:
+        """The input fingerprint to record, or None when this state records none."""
+        wanted = self.record_input_hashes
+        if wanted is None:
+            wanted = self._journal is not None or bool(self._replay_index)
+        return input_fingerprint(data) if wanted else None
+
+    def _verify_replay(
+        self, actor: BaseActor, recorded: ExecutionEvent[Any], validate: Callable[[], Any]
+    ) -> str | None:
+        """Refuse to replay a result recorded by another actor or for another input.
+
+        ``validate`` returns the validated input of the call (it is called only when the
+        history recorded an input fingerprint). Returns the input fingerprint, to carry
+        on the replayed entry.
+
+        Raises:
+            SnapshotMismatchError: the stored run was recorded by a different program.
+        """
+        where = f"'{recorded.address}'"
+        fix = (
+            "Start a fresh run (a new state_id), or resume this one with the program and "
+            "inputs that wrote it."
+        )
+        if recorded.actor_name is not None and recorded.actor_name != actor.name:
+            raise SnapshotMismatchError(
+                f"The stored history has actor '{recorded.actor_name}' at {where}, but this "
+                f"program calls actor '{actor.name}' there: the history was written by a "
+                f"different program, so its result cannot be replayed. {fix}"
+            )
+        if recorded.event_type is not None and recorded.event_type is not actor.event_type:
+            raise SnapshotMismatchError(
+                f"The stored history has a {recorded.event_type.value} at {where}, but this "
+                f"program makes a {actor.event_type.value} there (actor '{actor.name}'): the "
+                f"history was written by a different program. {fix}"
+            )
+        if recorded.input_hash is None:
+            return None
+        try:
+            data = validate()
+        except InputValidationError as exc:
+            raise SnapshotMismatchError(
+                f"Actor '{actor.name}' completed at {where} in the stored history, but the "
+                f"input it is called with now does not validate into its input_model: the "
+                f"history was written by a different program. {fix}"
+            ) from exc
+        current = input_fingerprint(data)
+        if current != recorded.input_hash:
+            raise SnapshotMismatchError(
+                f"Actor '{actor.name}' completed at {where} in the stored history with a "
+                f"different input (fingerprint {recorded.input_hash}, now {current}), so its "
+                f"recorded result would be wrong for this call. {fix}"
+            )
+        return current
 
     def _replay_source(self, address: str) -> ExecutionEvent[Any] | None:
         if not self._replay_index:
@@ -459,7 +787,12 @@ class ExecutionState:
         expected = recorded._record_result
         failed = event.execution_status is not ExecutionStatus.COMPLETED
         actual = None if failed else event._record_result
-        if not failed and expected == actual:
+        input_changed = (
+            recorded.input_hash is not None
+            and event.input_hash is not None
+            and recorded.input_hash != event.input_hash
+        )
+        if not failed and expected == actual and not input_changed:
             return
         info = {
             "address": event.address,
@@ -468,6 +801,8 @@ class ExecutionState:
             "expected_status": ExecutionStatus.COMPLETED.value,
             "actual_status": event.execution_status.value,
         }
+        if input_changed:
+            info["input_changed"] = True
         if failed:
             info["error"] = event.message
         self.divergences.append(info)
@@ -514,22 +849,52 @@ class ExecutionState:
         artifact_backend: ArtifactBackend | None = None,
         event_bus: EventBus | None = None,
         replay_mode: ReplayMode | str = ReplayMode.NORMAL,
+        pipeline_name: str | None = None,
         **options: Any,
     ) -> ExecutionState:
         """Restore a state; invocations that completed in it will be replayed.
 
         ``options`` are passed to the constructor (clock, telemetry, cache_backend, ...).
+
+        Args:
+            pipeline_name: the program that resumes; when the snapshot records another
+                ``metadata.pipeline_name``, nothing is restored (a snapshot that records
+                none adopts this one).
+
+        Raises:
+            SnapshotMismatchError: the snapshot belongs to another pipeline.
+            StateCorruptedError: the snapshot's history cannot be read.
         """
+        metadata = snapshot.metadata
+        if pipeline_name is not None:
+            recorded = metadata.pipeline_name
+            if recorded is not None and recorded != pipeline_name:
+                raise SnapshotMismatchError(
+                    f"State '{snapshot.state_id}' was written by pipeline '{recorded}', not "
+                    f"by '{pipeline_name}' which tries to resume it; replaying its results "
+                    "would give wrong answers. Resume it with pipeline "
+                    f"'{recorded}', or start a fresh run (a new state_id)."
+                )
+            if recorded is None:
+                metadata = metadata.model_copy(update={"pipeline_name": pipeline_name})
         body = snapshot.execution_state
+        events = body.get("events", [])
+        storage = body.get("storage") or {}
+        if not isinstance(events, list) or not isinstance(storage, dict):
+            raise StateCorruptedError(
+                f"The snapshot of state '{snapshot.state_id}' has no readable history (events "
+                f"is a {type(events).__name__}, storage a {type(storage).__name__}); it was "
+                "written by another program or is damaged. Start a fresh run."
+            )
         state = cls(
             state_id=snapshot.state_id,
             event_bus=event_bus,
-            history=HistorySet.from_records(body.get("events", [])),
-            storage=dict(body.get("storage") or {}),
+            history=HistorySet.from_records(events),
+            storage=dict(storage),
             replay_mode=replay_mode,
             state_backend=state_backend,
             artifact_backend=artifact_backend,
-            metadata=snapshot.metadata,
+            metadata=metadata,
             **options,
         )
         state.artifact_refs = dict(snapshot.artifact_refs)
@@ -554,12 +919,16 @@ class ExecutionState:
         artifact_backend: ArtifactBackend | None = None,
         event_bus: EventBus | None = None,
         replay_mode: ReplayMode | str = ReplayMode.NORMAL,
+        pipeline_name: str | None = None,
         **options: Any,
     ) -> ExecutionState:
         """Restore the state ``state_id`` from a backend, journal included.
 
         Raises:
             StateNotFoundError: the backend has no such state.
+            SnapshotMismatchError: ``pipeline_name`` differs from the stored one.
+            StateCorruptedError / SchemaVersionError: the stored history is damaged or
+                was written by another schema version.
         """
         snapshot = state_backend.load_state(state_id)
         records: list[dict[str, Any]] = []
@@ -584,6 +953,7 @@ class ExecutionState:
             artifact_backend=artifact_backend,
             event_bus=event_bus,
             replay_mode=replay_mode,
+            pipeline_name=pipeline_name,
             **options,
         )
 
@@ -626,6 +996,10 @@ class ExecutionState:
 
     def __repr__(self) -> str:
         return f"ExecutionState(state_id={self.state_id!r}, events={len(self.history)})"
+
+
+def _mib(size: int) -> str:
+    return f"{size / (1024 * 1024):.1f} MiB" if size >= 1024 * 1024 else f"{size} bytes"
 
 
 def _import_model(path: str) -> type[BaseModel] | None:

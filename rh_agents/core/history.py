@@ -8,16 +8,19 @@ to journals and snapshots; :func:`event_to_record` and :func:`record_to_event` c
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from pydantic import BaseModel
 from pydantic_core import to_jsonable_python
 
 from rh_agents.core.errors import StateCorruptedError
 from rh_agents.core.events import EventKind, ExecutionEvent
 from rh_agents.core.types import EventType, ExecutionStatus
 
-__all__ = ["HistorySet", "event_to_record", "record_to_event"]
+__all__ = ["HistorySet", "event_to_record", "input_fingerprint", "record_to_event"]
 
 _DONE = (ExecutionStatus.COMPLETED, ExecutionStatus.RECOVERED)
 
@@ -144,11 +147,21 @@ def event_to_record(event: ExecutionEvent[Any], seq: int) -> dict[str, Any]:
         "metadata": _jsonable(event.metadata) if event.metadata else {},
         "result": result,
         "result_type": event._result_type,
+        "input_hash": event.input_hash,
     }
 
 
 def record_to_event(record: dict[str, Any], position: int = 0) -> ExecutionEvent[Any]:
-    """Rebuild a history entry from its record (the actor object is not restored)."""
+    """Rebuild a history entry from its record (the actor object is not restored).
+
+    Raises:
+        StateCorruptedError: the record is not a readable history entry.
+    """
+    if not isinstance(record, dict):
+        raise StateCorruptedError(
+            f"History record {position} is a {type(record).__name__}, not an object; the "
+            "history was written by another program or is damaged."
+        )
     try:
         event: ExecutionEvent[Any] = ExecutionEvent(
             kind=record.get("kind", EventKind.EVENT),
@@ -172,8 +185,9 @@ def record_to_event(record: dict[str, Any], position: int = 0) -> ExecutionEvent
             original_error=record.get("original_error"),
             metadata=record.get("metadata") or {},
             result=record.get("result"),
+            input_hash=record.get("input_hash"),
         )
-    except (KeyError, ValueError, TypeError) as exc:
+    except (KeyError, ValueError, TypeError, AttributeError) as exc:
         raise StateCorruptedError(
             f"History record {position} cannot be read ({type(exc).__name__}: {exc}); "
             "the history was written by another program or is damaged."
@@ -181,3 +195,58 @@ def record_to_event(record: dict[str, Any], position: int = 0) -> ExecutionEvent
     event._record_result = record.get("result")
     event._result_type = record.get("result_type")
     return event
+
+
+def _canonical(value: Any) -> Any:
+    """A JSON value that is the same for equal inputs in every process.
+
+    Dict keys are sorted when dumped and sets are sorted here, because their iteration
+    order depends on the process's hash seed.
+    """
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    if isinstance(value, BaseModel):
+        return _canonical(value.model_dump())
+    if isinstance(value, dict):
+        return {str(key): _canonical(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_canonical(item) for item in value]
+    if isinstance(value, set | frozenset):
+        items = [_canonical(item) for item in value]
+        return sorted(items, key=lambda item: json.dumps(item, sort_keys=True))
+    return _canonical(to_jsonable_python(value))
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, set | frozenset):
+        return _canonical(value)
+    if isinstance(value, BaseModel):
+        return value.model_dump()
+    return to_jsonable_python(value)
+
+
+_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=_json_default)
+"""Built once: ``json.dumps`` with options builds a new encoder on every call."""
+
+
+def input_fingerprint(value: Any) -> str | None:
+    """A short stable hash of an (already validated) input; None when it has no JSON form.
+
+    Equal inputs give equal fingerprints across processes and runs: pydantic models
+    hash by their field values, dict key order and set order do not matter.
+
+    Example:
+        >>> input_fingerprint({"b": 1, "a": [1, 2]}) == input_fingerprint({"a": [1, 2], "b": 1})
+        True
+    """
+    data = value.model_dump() if isinstance(value, BaseModel) else value
+    try:
+        text = _ENCODER.encode(data)
+    except TypeError:  # e.g. dict keys of mixed types, which sort_keys cannot order
+        try:
+            text = _ENCODER.encode(_canonical(value))
+        except Exception:  # no JSON form (unusual objects, cycles): nothing to compare
+            return None
+    except Exception:
+        return None
+    return hashlib.blake2b(text.encode("ascii"), digest_size=12).hexdigest()

@@ -60,6 +60,7 @@ from rh_agents.core.errors import (
     InvalidWorkError,
     LifecycleError,
     RhAgentsError,
+    StateError,
 )
 from rh_agents.core.events import EventKind, ExecutionEvent, ExecutionResult
 from rh_agents.core.executors import ItemExecutor, WorkItem, remote_traceback_of, run_item
@@ -605,7 +606,8 @@ class ParallelExecutionManager:
             self._close_rejected(work)
             raise DuplicateNameError(
                 f"Parallel group '{self._label}' already has an item named '{name}'; "
-                "item names must be unique."
+                "item names must be unique: choose another name, or leave name= out for "
+                "an automatic one."
             )
         if inspect.isawaitable(work):
             if self._retry is not None:
@@ -1018,8 +1020,12 @@ class ParallelExecutionManager:
             self._complete(item, value, elapsed)
             return
         retry = self._retry
+        # An error of the history itself (disk full, another program's history) is not
+        # the item's failure: retrying or going on cannot help, so it stops the group.
+        fatal = isinstance(error, StateError)
         if (
             retry is not None
+            and not fatal
             and not self._stop
             and retry.should_retry(error)
             and item.attempts < retry.max_attempts
@@ -1030,7 +1036,7 @@ class ParallelExecutionManager:
             return
         outcome = Outcome.REJECTED if isinstance(error, CircuitOpenError) else Outcome.FAILED
         tel.item_finished(handle, group, outcome, error)
-        self._fail(item, value, error, elapsed)
+        self._fail(item, value, error, elapsed, fatal)
 
     def _complete(self, item: _Item, value: Any, elapsed: float) -> None:
         if isinstance(value, ExecutionResult):
@@ -1053,7 +1059,9 @@ class ParallelExecutionManager:
         if self._queue is not None:
             self._queue.put_nowait(item.index)
 
-    def _fail(self, item: _Item, value: Any, error: BaseException, elapsed: float) -> None:
+    def _fail(
+        self, item: _Item, value: Any, error: BaseException, elapsed: float, fatal: bool = False
+    ) -> None:
         if isinstance(value, ExecutionResult):
             result = value
             result.index = item.index
@@ -1080,7 +1088,7 @@ class ParallelExecutionManager:
         self._slots[item.index] = result
         self.group.failed += 1
         self.group._record_failure(error_type, message)
-        if self.error_strategy is ErrorStrategy.FAIL_FAST:
+        if self.error_strategy is ErrorStrategy.FAIL_FAST or fatal:
             if self._failure is None:
                 self._failure = self._fail_fast_error(item, value, error, message)
             self._stop = True
