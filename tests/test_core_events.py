@@ -562,3 +562,32 @@ async def test_journal_failure_stops_the_run_with_a_state_error() -> None:
         await ExecutionEvent(actor=tool)(None, {}, state)
     # what was recorded before is intact
     assert [r["status"] for r in backend.load_events(state.state_id)] == ["started"]
+
+
+def test_the_cores_unvalidated_results_equal_validated_ones() -> None:
+    from rh_agents.core.events import make_result
+
+    error = ValueError("boom")
+    fields: dict[str, Any] = {
+        "result": {"a": 1},
+        "ok": False,
+        "error_message": "boom",
+        "error_type": "ValueError",
+        "execution_time": 0.5,
+        "address": "a/b",
+        "index": 3,
+        "name": "third",
+        "attempts": 2,
+        "status": ExecutionStatus.FAILED,
+        "metadata": {"actor": "x"},
+        "traceback": "Traceback ...",
+        "exception": error,
+    }
+    # Every field is covered, in declaration order (make_result relies on that order).
+    assert list(fields) == list(ExecutionResult.model_fields)
+    fast = make_result(**fields)
+    assert fast == ExecutionResult(**fields)
+    assert fast.model_dump() == ExecutionResult(**fields).model_dump()
+    assert make_result() == ExecutionResult()
+    fast.ok = True  # still an ordinary, mutable model
+    assert fast.ok and fast.model_fields_set == {"ok"}

@@ -125,6 +125,35 @@ async def test_default_name_never_collides_with_a_chosen_one() -> None:
     assert {k: r.result for k, r in results.items()} == {"item_1": 0, "item_1#1": 1}
 
 
+async def test_a_chosen_name_may_not_take_an_earlier_automatic_one() -> None:
+    state = ExecutionState()
+
+    async def value(v: int) -> int:
+        return v
+
+    async with state.parallel() as p:
+        p.add(value(0))
+        p.add(value(1), name="item_5")  # no item 5 yet: allowed
+        with pytest.raises(DuplicateNameError, match="item_0"):
+            p.add(value(2), name="item_0")
+        p.add(value(3), name="later")
+        p.add(value(4))
+        p.add(value(5))  # index 4: its automatic name item_4 is free
+        p.add(value(6))  # index 5: item_5 is taken, so item_5#1
+        with pytest.raises(DuplicateNameError, match="item_5#1"):
+            p.add(value(7), name="item_5#1")
+        results = await p.gather_dict()
+
+    assert {k: r.result for k, r in results.items()} == {
+        "item_0": 0,
+        "item_5": 1,
+        "later": 3,
+        "item_3": 4,
+        "item_4": 5,
+        "item_5#1": 6,
+    }
+
+
 async def test_stream_yields_in_completion_order_including_failures() -> None:
     async with FakeClock() as clock:
         state = ExecutionState(clock=clock)

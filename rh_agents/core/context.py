@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 __all__ = ["SEPARATOR", "Frame", "current_frame", "group_id_for"]
 
@@ -45,8 +45,9 @@ class Frame:
     group_id: str | None = None
     parallel_index: int | None = None
     pushed: bool = False
-    _counters: dict[str, int] = field(default_factory=dict)
-    _pushed: dict[str, Frame] = field(default_factory=dict)
+    # Created on first use: most frames (an item's, a leaf call's) never have children.
+    _counters: dict[str, int] | None = None
+    _pushed: dict[str, Frame] | None = None
 
     @classmethod
     def new_root(cls, address: str = "") -> Frame:
@@ -57,8 +58,11 @@ class Frame:
 
     def next_segment(self, key: str) -> str:
         """Reserve the next ordinal for ``key`` under this frame and return the segment."""
-        ordinal = self._counters.get(key, 0)
-        self._counters[key] = ordinal + 1
+        counters = self._counters
+        if counters is None:
+            counters = self._counters = {}
+        ordinal = counters.get(key, 0)
+        counters[key] = ordinal + 1
         return key if ordinal == 0 else f"{key}#{ordinal}"
 
     def join(self, segment: str) -> str:
@@ -80,7 +84,10 @@ class Frame:
         Pushing the same name again under the same frame re-enters the same frame, so
         its children keep counting ordinals and never reuse an address.
         """
-        frame = self._pushed.get(name)
+        pushed = self._pushed
+        if pushed is None:
+            pushed = self._pushed = {}
+        frame = pushed.get(name)
         if frame is None:
             frame = Frame(
                 root=self.root,
@@ -89,25 +96,32 @@ class Frame:
                 depth=self.depth + 1,
                 pushed=True,
             )
-            self._pushed[name] = frame
+            pushed[name] = frame
         return frame
 
     def item(self, index: int, group_id: str) -> Frame:
         """The frame of item ``index`` of the parallel group whose frame this is."""
-        return Frame(
-            root=self.root,
-            address=f"{self.address}[{index}]",
-            parent=self,
-            depth=self.depth + 1,
-            group_id=group_id,
-            parallel_index=index,
-        )
+        # Built field by field: one item frame per group item makes this a hot path, and
+        # the generated __init__ costs twice as much.
+        frame = _new_frame(Frame)
+        frame.root = self.root
+        frame.address = f"{self.address}[{index}]"
+        frame.parent = self
+        frame.depth = self.depth + 1
+        frame.group_id = group_id
+        frame.parallel_index = index
+        frame.pushed = False
+        frame._counters = None
+        frame._pushed = None
+        return frame
 
     @property
     def segments(self) -> list[str]:
         """The address split into its segments."""
         return self.address.split(SEPARATOR) if self.address else []
 
+
+_new_frame = object.__new__
 
 current_frame: ContextVar[Frame | None] = ContextVar("rh_agents_current_frame", default=None)
 

@@ -85,6 +85,78 @@ class ExecutionResult(BaseModel, Generic[T]):
         return self.error_message
 
 
+_setattr = object.__setattr__
+_new_result = ExecutionResult.__new__
+
+
+def make_result(
+    result: Any = None,
+    *,
+    ok: bool = True,
+    error_message: str | None = None,
+    error_type: str | None = None,
+    execution_time: float = 0.0,
+    address: str | None = None,
+    index: int | None = None,
+    name: str | None = None,
+    attempts: int = 1,
+    status: ExecutionStatus | None = None,
+    metadata: dict[str, Any] | None = None,
+    traceback: str | None = None,
+    exception: BaseException | None = None,
+) -> ExecutionResult[Any]:
+    """An :class:`ExecutionResult` of values the core already holds, without validation.
+
+    The core builds one result per invocation and per group item, so this is a hot path:
+    validation would only re-check values of the right types, and setting the fields one
+    by one in declaration order lets CPython share one key table between all results
+    (about 600 B per result instead of 1 380 B). The order must follow the field
+    declarations (a test checks that the result equals a validated one).
+    """
+    r = _new_result(ExecutionResult)
+    _setattr(r, "result", result)  # creates the instance dict with the shared key table
+    fields = r.__dict__
+    fields["ok"] = ok
+    fields["error_message"] = error_message
+    fields["error_type"] = error_type
+    fields["execution_time"] = execution_time
+    fields["address"] = address
+    fields["index"] = index
+    fields["name"] = name
+    fields["attempts"] = attempts
+    fields["status"] = status
+    fields["metadata"] = {} if metadata is None else metadata
+    fields["traceback"] = traceback
+    fields["exception"] = exception
+    _setattr(r, "__pydantic_fields_set__", set())
+    _setattr(r, "__pydantic_extra__", None)
+    _setattr(r, "__pydantic_private__", None)
+    return r
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def clone(model: M, **changes: Any) -> M:
+    """A shallow copy of ``model`` with ``changes``, without validation.
+
+    What ``model.model_copy(update=changes)`` does, at half the cost: the core copies an
+    event at each status change (its working copy, the immutable snapshots the history and
+    subscribers receive), and only ever with values of the right types.
+    """
+    cls = type(model)
+    copy = cls.__new__(cls)
+    fields = model.__dict__.copy()
+    if changes:
+        fields.update(changes)
+    _setattr(copy, "__dict__", fields)
+    _setattr(copy, "__pydantic_fields_set__", set(model.__pydantic_fields_set__))
+    _setattr(copy, "__pydantic_extra__", None)
+    private = model.__pydantic_private__
+    _setattr(copy, "__pydantic_private__", None if private is None else dict(private))
+    return copy
+
+
 class ExecutionEvent(BaseModel, Generic[T]):
     """One invocation of an actor, and each status change of it on the event bus.
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import heapq
 import inspect
 import logging
@@ -41,7 +42,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from contextvars import ContextVar
 from enum import Enum
 from functools import lru_cache
-from types import TracebackType
+from types import CoroutineType, FunctionType, MethodType, TracebackType
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field, PrivateAttr
@@ -62,7 +63,7 @@ from rh_agents.core.errors import (
     RhAgentsError,
     StateError,
 )
-from rh_agents.core.events import EventKind, ExecutionEvent, ExecutionResult
+from rh_agents.core.events import EventKind, ExecutionEvent, ExecutionResult, make_result
 from rh_agents.core.executors import ItemExecutor, WorkItem, remote_traceback_of, run_item
 from rh_agents.core.hooks import Outcome
 from rh_agents.core.retry import RetryConfig
@@ -284,22 +285,28 @@ class _Phase(Enum):
 
 
 class _Item:
-    __slots__ = ("attempts", "coro", "factory", "index", "name", "ready_at", "started")
+    __slots__ = ("_name", "attempts", "coro", "factory", "index", "ready_at", "started")
 
     def __init__(
         self,
         index: int,
-        name: str,
+        name: str | None,
         factory: Callable[[], Awaitable[Any]] | None,
         coro: Awaitable[Any] | None,
     ) -> None:
         self.index = index
-        self.name = name
+        self._name = name
         self.factory = factory
         self.coro = coro
         self.attempts = 0
         self.started = False
         self.ready_at = 0.0
+
+    @property
+    def name(self) -> str:
+        """The item's name; unnamed items are ``item_<index>`` (see ``add``)."""
+        name = self._name
+        return f"item_{self.index}" if name is None else name
 
     def awaitable(self) -> Awaitable[Any]:
         if self.factory is None:
@@ -311,7 +318,7 @@ class _Item:
                 )
             return coro
         work = self.factory()
-        if not inspect.isawaitable(work):
+        if type(work) is not CoroutineType and not inspect.isawaitable(work):
             raise InvalidWorkError(
                 f"The factory of item {self.index} ('{self.name}') returned "
                 f"{type(work).__name__}, not an awaitable; pass a zero-argument callable "
@@ -343,6 +350,9 @@ class _Hold:
         self.lent = 0
 
 
+_FACTORY_TYPES = (FunctionType, MethodType, functools.partial)
+"""Callable types that are never awaitable themselves (the common factories)."""
+
 _holds: ContextVar[tuple[_Hold, ...]] = ContextVar("rh_agents_limiter_holds", default=())
 """The limiter permits held by the items enclosing the current code, outermost first."""
 
@@ -361,6 +371,11 @@ def _placeholder_actor(name: str) -> BaseActor:
         return None  # pragma: no cover - never called
 
     return BaseActor(name=name, description="parallel group bookkeeping", handler=_not_run)
+
+
+def _bump(group: ParallelEventGroup, count: str) -> None:
+    """``group.<count> += 1`` without pydantic's assignment machinery (once per item)."""
+    group.__dict__[count] += 1
 
 
 def _check_positive_int(name: str, value: Any, hint: str) -> int:
@@ -459,7 +474,8 @@ class ParallelExecutionManager:
             execution_state.instrumentation.watch_breaker(self.circuit_breaker)
         self.results: list[ExecutionResult[Any]] = []
         self._items: list[_Item] = []
-        self._names: set[str] = set()
+        self._names: set[str] = set()  # explicit names (all names once _all_named)
+        self._all_named = False
         self._phase = _Phase.NEW
         self._frame: Frame | None = None
         self._slots: list[ExecutionResult[Any] | None] = []
@@ -593,28 +609,35 @@ class ParallelExecutionManager:
                 "collected or while it runs; open a new group for more work."
             )
         index = len(self._items)
-        if name is None:
+        if name is not None:
+            if not isinstance(name, str) or not name:
+                self._close_rejected(work)
+                raise InvalidArgumentError(
+                    f"An item name must be a non-empty string, got {name!r}."
+                )
+            if not self._all_named and name.startswith("item_"):
+                self._name_all()  # it may be an automatic name: check against all of them
+            if name in self._names:
+                self._close_rejected(work)
+                raise DuplicateNameError(
+                    f"Parallel group '{self._label}' already has an item named '{name}'; "
+                    "item names must be unique: choose another name, or leave name= out "
+                    "for an automatic one."
+                )
+        elif self._all_named:
             name = f"item_{index}"
             suffix = 1
             while name in self._names:  # a caller already chose this name for another item
                 name = f"item_{index}#{suffix}"
                 suffix += 1
-        elif not isinstance(name, str) or not name:
-            self._close_rejected(work)
-            raise InvalidArgumentError(f"An item name must be a non-empty string, got {name!r}.")
-        if name in self._names:
-            self._close_rejected(work)
-            raise DuplicateNameError(
-                f"Parallel group '{self._label}' already has an item named '{name}'; "
-                "item names must be unique: choose another name, or leave name= out for "
-                "an automatic one."
-            )
-        if inspect.isawaitable(work):
+        # Most items are functions or partials; the awaitable check is for the others.
+        kind = type(work)
+        if kind is CoroutineType or (kind not in _FACTORY_TYPES and inspect.isawaitable(work)):
             if self._retry is not None:
                 self._close_rejected(work)
                 raise InvalidWorkError(
-                    f"Item '{name}' is a coroutine object, which can run only once, but "
-                    f"group '{self._label}' retries failed items (max_retries="
+                    f"Item '{name or f'item_{index}'}' is a coroutine object, which can run "
+                    f"only once, but group '{self._label}' retries failed items (max_retries="
                     f"{self.max_retries}). Pass a factory instead: p.add(lambda: work(x))."
                 )
             item = _Item(index, name, None, work)
@@ -625,9 +648,23 @@ class ParallelExecutionManager:
                 f"p.add() takes a coroutine object or a zero-argument callable returning "
                 f"an awaitable, got {type(work).__name__} {work!r:.60}."
             )
-        self._names.add(name)
+        if name is not None:
+            self._names.add(name)
         self._items.append(item)
         return index
+
+    def _name_all(self) -> None:
+        """Give every unnamed item its automatic name now, and name new ones at once.
+
+        Automatic names (``item_<index>``) are derived on demand, so a group of unnamed
+        items keeps no name per item; an explicit name of that form is the only one
+        that can clash with them, and from then on every name is recorded when added.
+        """
+        self._all_named = True
+        for item in self._items:
+            if item._name is None:
+                item._name = item.name
+                self._names.add(item._name)
 
     @staticmethod
     def _close_rejected(work: Any) -> None:
@@ -891,7 +928,7 @@ class ParallelExecutionManager:
             else:
                 message = f"Item {item.index} ('{item.name}') was cancelled before it started."
                 error_type = "CancelledError"
-            self._slots[item.index] = ExecutionResult(
+            self._slots[item.index] = make_result(
                 ok=False,
                 error_message=message,
                 error_type=error_type,
@@ -900,7 +937,7 @@ class ParallelExecutionManager:
                 attempts=item.attempts,
                 status=ExecutionStatus.CANCELLED,
             )
-            group.cancelled += 1
+            _bump(group, "cancelled")
 
     async def _watchdog(self, seconds: float) -> None:
         await self._clock.sleep(seconds)
@@ -930,26 +967,26 @@ class ParallelExecutionManager:
             item = self._next()
             if item is None:
                 return
-            delay = item.ready_at - clock.monotonic()
-            if delay > 0:
-                await clock.sleep(delay)
-                if self._stop:  # pragma: no cover - stopping cancels the sleep first
-                    return
+            if item.attempts:  # a retry, ready after its backoff (first attempts are ready)
+                delay = item.ready_at - clock.monotonic()
+                if delay > 0:
+                    await clock.sleep(delay)
+                    if self._stop:  # pragma: no cover - stopping cancels the sleep first
+                        return
             await self._attempt(item)
 
     async def _attempt(self, item: _Item) -> None:
         state = self.execution_state
         tel = state.instrumentation
+        traced = tel.enabled
         clock = self._clock
         group = self.group
-        wait = clock.monotonic() - item.ready_at
         limiter = self.limiter
         hold: _Hold | None = None
         if limiter is not None:
-            before = clock.monotonic()
             await limiter.acquire()
             hold = _Hold(limiter)
-            wait += clock.monotonic() - before
+        started = clock.monotonic()
         permit: CircuitPermit | None = None
         value: Any = None
         error: BaseException | None = None
@@ -962,10 +999,11 @@ class ParallelExecutionManager:
         self._in_flight += 1
         if self._in_flight > self._peak:
             self._peak = self._in_flight
-        if tel.enabled:
+        handle = None
+        if traced:
             tel.queue_changed(group, self._in_flight, len(self._items) - self._cursor)
-        handle = tel.item_started(self._span, group, item.index, wait)
-        started = clock.monotonic()
+            # The wait for a worker slot (and the limiter): from ready to running.
+            handle = tel.item_started(self._span, group, item.index, started - item.ready_at)
         try:
             if self.circuit_breaker is not None:
                 permit = self.circuit_breaker.admit()
@@ -991,8 +1029,8 @@ class ParallelExecutionManager:
                 permit = None
             task = asyncio.current_task()
             if task is None or task.cancelling() or self._stop:
-                tel.item_finished(handle, group, Outcome.CANCELLED, None)
-                handle = None
+                if traced:
+                    tel.item_finished(handle, group, Outcome.CANCELLED, None)
                 raise
             # Nobody cancelled the group: the item itself raised CancelledError (e.g.
             # from a task of its own). That is the item's failure, not the group's end.
@@ -1007,7 +1045,7 @@ class ParallelExecutionManager:
             if hold is not None and hold.held:
                 hold.held = False
                 hold.limiter.release()
-            if tel.enabled:
+            if traced:
                 tel.queue_changed(group, self._in_flight, len(self._items) - self._cursor)
         elapsed = clock.monotonic() - started
         if permit is not None and self.circuit_breaker is not None:
@@ -1016,7 +1054,8 @@ class ParallelExecutionManager:
             else:
                 self.circuit_breaker.record_failure(permit)
         if error is None:
-            tel.item_finished(handle, group, Outcome.COMPLETED, None)
+            if traced:
+                tel.item_finished(handle, group, Outcome.COMPLETED, None)
             self._complete(item, value, elapsed)
             return
         retry = self._retry
@@ -1031,23 +1070,25 @@ class ParallelExecutionManager:
             and item.attempts < retry.max_attempts
         ):
             delay = retry.calculate_delay(item.attempts, error, self._rng)
-            tel.item_finished(handle, group, Outcome.FAILED, error)
+            if traced:
+                tel.item_finished(handle, group, Outcome.FAILED, error)
             await self._schedule_retry(item, value, error, delay)
             return
         outcome = Outcome.REJECTED if isinstance(error, CircuitOpenError) else Outcome.FAILED
-        tel.item_finished(handle, group, outcome, error)
+        if traced:
+            tel.item_finished(handle, group, outcome, error)
         self._fail(item, value, error, elapsed, fatal)
 
     def _complete(self, item: _Item, value: Any, elapsed: float) -> None:
         if isinstance(value, ExecutionResult):
             result = value
-            result.index = item.index
-            result.name = item.name
-            result.attempts = item.attempts
+            fields = result.__dict__  # the core's own result: no validation to run
+            fields["index"] = item.index
+            fields["name"] = item.name
+            fields["attempts"] = item.attempts
         else:
-            result = ExecutionResult(
-                result=value,
-                ok=True,
+            result = make_result(
+                value,
                 execution_time=elapsed,
                 index=item.index,
                 name=item.name,
@@ -1055,7 +1096,7 @@ class ParallelExecutionManager:
                 status=ExecutionStatus.COMPLETED,
             )
         self._slots[item.index] = result
-        self.group.completed += 1
+        _bump(self.group, "completed")
         if self._queue is not None:
             self._queue.put_nowait(item.index)
 
@@ -1064,16 +1105,17 @@ class ParallelExecutionManager:
     ) -> None:
         if isinstance(value, ExecutionResult):
             result = value
-            result.index = item.index
-            result.name = item.name
-            result.attempts = item.attempts
-            result.traceback = result.traceback or remote_traceback_of(error)
+            fields = result.__dict__
+            fields["index"] = item.index
+            fields["name"] = item.name
+            fields["attempts"] = item.attempts
+            fields["traceback"] = result.traceback or remote_traceback_of(error)
             message = value.error_message or str(error)
             error_type = value.error_type or type(error).__name__
         else:
             message = str(error) or type(error).__name__
             error_type = type(error).__name__
-            result = ExecutionResult(
+            result = make_result(
                 ok=False,
                 error_message=message,
                 error_type=error_type,
@@ -1086,7 +1128,7 @@ class ParallelExecutionManager:
                 traceback=remote_traceback_of(error),
             )
         self._slots[item.index] = result
-        self.group.failed += 1
+        _bump(self.group, "failed")
         self.group._record_failure(error_type, message)
         if self.error_strategy is ErrorStrategy.FAIL_FAST or fatal:
             if self._failure is None:
