@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from rh_agents.core.actors import Tool
-from rh_agents.core.errors import InvalidArgumentError
+from rh_agents.core.errors import ImmutableEventError, InvalidArgumentError
 from rh_agents.core.events import ExecutionEvent
 from rh_agents.core.execution import EventBus, ExecutionState, HistorySet
 from rh_agents.core.types import ExecutionStatus
@@ -193,6 +193,64 @@ async def test_subscribers_receive_immutable_snapshots() -> None:
     assert completed.execution_status is S.COMPLETED
     assert "changed" not in completed.metadata
     assert state.history["t"].execution_status is S.COMPLETED
+
+
+async def test_a_subscriber_cannot_change_what_others_and_the_history_see() -> None:
+    seen_by_second: list[tuple[str, str, dict[str, Any]]] = []
+    refused: list[str] = []
+
+    def vandal(ev: Any) -> None:
+        for change in (
+            lambda: setattr(ev, "execution_status", S.FAILED),
+            lambda: setattr(ev, "address", "hijacked"),
+            lambda: ev.metadata.__setitem__("injected", True),
+            lambda: ev.metadata.update(injected=True),
+            lambda: delattr(ev, "message"),
+        ):
+            try:
+                change()
+            except ImmutableEventError as exc:
+                refused.append(type(exc).__name__)
+        ev.execution_status = S.FAILED  # raises out of the subscriber: isolated
+
+    state = ExecutionState()
+    state.event_bus.subscribe(vandal)
+    state.event_bus.subscribe(
+        lambda ev: seen_by_second.append(
+            (ev.address, ev.execution_status.value, dict(ev.metadata))
+        )
+    )
+    result = await ExecutionEvent(actor=Tool(name="t", handler=Counter()))(3, {}, state)
+
+    assert result.ok and result.result == {"n": 3}
+    assert len(refused) == 10  # five changes refused, at STARTED and at COMPLETED
+    assert state.event_bus.subscriber_errors == 2
+    assert seen_by_second == [("t", "started", {}), ("t", "completed", {})]
+    statuses = [(e.address, e.execution_status) for e in state.history.get_event_list()]
+    assert statuses == [("t", S.STARTED), ("t", S.COMPLETED)]
+    assert state.to_snapshot().execution_state["events"][1]["metadata"] == {}
+
+
+async def test_a_copy_of_a_published_event_is_an_ordinary_event() -> None:
+    import copy
+    import pickle
+
+    state = ExecutionState()
+    await ExecutionEvent(actor=Tool(name="t", handler=Counter()), metadata={"k": 1})(
+        1, {}, state
+    )
+    entry = state.history["t"]
+    copies = (entry.model_copy(update={"tag": "x"}), copy.copy(entry), copy.deepcopy(entry))
+    for changed in copies:
+        changed.message = "mine"
+        changed.metadata["k"] = 2
+        assert type(changed) is ExecutionEvent
+    assert entry.message is None and entry.metadata == {"k": 1}
+    restored = pickle.loads(pickle.dumps(entry))
+    assert restored.model_dump(exclude={"actor"}) == entry.model_dump(exclude={"actor"})
+    with pytest.raises(ImmutableEventError):
+        restored.tag = "x"
+    assert repr(entry).startswith("ExecutionEvent(")
 
 
 async def test_stream_receives_published_events() -> None:

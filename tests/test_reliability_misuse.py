@@ -22,6 +22,7 @@ from pydantic import BaseModel
 from rh_agents.core.actors import Tool
 from rh_agents.core.errors import (
     DuplicateNameError,
+    ImmutableEventError,
     InputValidationError,
     InvalidArgumentError,
     InvalidWorkError,
@@ -229,6 +230,12 @@ def not_a_history(tmp: Any) -> None:
     conn.commit()
     conn.close()
     SQLiteStateBackend(path)
+
+
+async def change_a_history_entry() -> None:
+    state = _state()
+    await ExecutionEvent(actor=Tool(name="t", handler=_echo))(1, {}, state)
+    state.history["t"].result = 2
 
 
 @dataclass(frozen=True)
@@ -488,6 +495,13 @@ MISUSES = [
         InvalidArgumentError,
         r"max_concurrency of limiter 'llm'",
         r"must be an integer >= 1",
+    ),
+    Misuse(
+        "changing a history entry",
+        change_a_history_entry,
+        ImmutableEventError,
+        r"Cannot set 'result' on the event of 't' \(completed\)",
+        r"Change a copy: event.model_copy",
     ),
     Misuse(
         "FakeClock slept outside its block",

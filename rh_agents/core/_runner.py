@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import operator
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +25,7 @@ from rh_agents.core.errors import (
     ResultSerializationError,
     StateError,
 )
-from rh_agents.core.events import ExecutionEvent, ExecutionResult
+from rh_agents.core.events import ExecutionEvent, ExecutionResult, clone, make_result
 from rh_agents.core.executors import call_handler
 from rh_agents.core.hooks import Outcome
 from rh_agents.core.state_recovery import ReplayMode
@@ -56,28 +57,31 @@ async def run_event(
         )
     key = f"{actor.name}[{tag}]" if tag else actor.name
     frame = parent.child(key)
-    ev = template.model_copy(
-        update={
-            "address": frame.address,
-            "actor_name": actor.name,
-            "event_type": actor.event_type,
-            "execution_status": _S.STARTED,
-            "group_id": parent.group_id,
-            "parallel_index": parent.parallel_index,
-            "is_parallel": parent.group_id is not None,
-            "result": None,
-            "message": None,
-            "error_type": None,
-            "execution_time": None,
-            "from_cache": False,
-            "is_replayed": False,
-            # A reused event object must not pass on a previous call's outcome (a
-            # replayed call leaves skip_republish=True on it).
-            "skip_republish": False,
-            "input_hash": None,
-            "timestamp": time.time(),
-        }
+    group_id = parent.group_id
+    # The working copy of this call; the core writes its fields directly (no validation
+    # to run: every value is of the right type) and snapshots it at each status change.
+    ev = clone(
+        template,
+        address=frame.address,
+        actor_name=actor.name,
+        event_type=actor.event_type,
+        execution_status=_S.STARTED,
+        group_id=group_id,
+        parallel_index=parent.parallel_index,
+        is_parallel=group_id is not None,
+        result=None,
+        message=None,
+        error_type=None,
+        execution_time=None,
+        from_cache=False,
+        is_replayed=False,
+        # A reused event object must not pass on a previous call's outcome (a replayed
+        # call leaves skip_republish=True on it).
+        skip_republish=False,
+        input_hash=None,
+        timestamp=time.time(),
     )
+    fields = ev.__dict__
 
     recorded = state._replay_source(frame.address)
     if recorded is not None and state.replay_mode is not ReplayMode.VALIDATION:
@@ -85,7 +89,7 @@ async def run_event(
 
     token = current_frame.set(frame)
     tel = state.instrumentation
-    handle = tel.event_started(ev, None)
+    handle = tel.event_started(ev, None) if tel.enabled else None
     started = time.perf_counter()
     outcome = Outcome.FAILED
     error: BaseException | None = None
@@ -110,50 +114,52 @@ async def run_event(
             else:
                 outcome = Outcome.CACHED if ev.from_cache else Outcome.COMPLETED
         elapsed = time.perf_counter() - started
-        ev.execution_time = elapsed
+        fields["execution_time"] = elapsed
+        metadata = _parallel_metadata(ev) if group_id is not None else None
         if error is None:
-            ev.result = value
+            fields["result"] = value
             terminal = True
             await state.add_event(ev, _S.COMPLETED)
             if recorded is not None:
                 await state._check_divergence(ev, recorded)
-            result: ExecutionResult[Any] = ExecutionResult(
-                result=value,
-                ok=True,
+            result = make_result(
+                value,
                 execution_time=elapsed,
                 address=ev.address,
                 status=_S.COMPLETED,
+                metadata=metadata,
             )
         else:
             message = _describe(error)
-            ev.message = message
-            ev.error_type = type(error).__name__
+            error_type = type(error).__name__
+            fields["message"] = message
+            fields["error_type"] = error_type
             terminal = True
             await state.add_event(ev, _S.FAILED)
             if recorded is not None:
                 await state._check_divergence(ev, recorded)
-            result = ExecutionResult(
+            result = make_result(
                 ok=False,
                 error_message=message,
-                error_type=type(error).__name__,
+                error_type=error_type,
                 execution_time=elapsed,
                 address=ev.address,
                 status=_S.FAILED,
+                metadata=metadata,
                 exception=error,
             )
     except asyncio.CancelledError as exc:
         outcome, error = Outcome.CANCELLED, exc
         if not terminal:
-            ev.execution_time = time.perf_counter() - started
-            ev.message = "cancelled"
+            fields["execution_time"] = time.perf_counter() - started
+            fields["message"] = "cancelled"
             await uninterrupted(state.add_event(ev, _S.CANCELLED))
         raise
     finally:
         current_frame.reset(token)
-        tel.event_finished(handle, ev, outcome, error, time.perf_counter() - started)
+        if tel.enabled:
+            tel.event_finished(handle, ev, outcome, error, time.perf_counter() - started)
         _copy_back(template, ev)
-    if ev.is_parallel:
-        result.metadata = _parallel_metadata(ev)
     return result
 
 
@@ -166,7 +172,7 @@ async def _execute(
     handle: Any,
 ) -> Any:
     data = _validate_input(actor, input_data)
-    ev.input_hash = state._input_hash(data)
+    ev.__dict__["input_hash"] = state._input_hash(data)
     for position, check in enumerate(actor.preconditions, 1):
         if not await _check(check, data, extra, state):
             raise ConditionFailedError(
@@ -174,19 +180,19 @@ async def _execute(
                 f"({_callable_name(check)}) returned False; the handler was not called."
             )
 
+    if not actor.cacheable or state.result_cache is None:
+        return await _run_handler(actor, ev, data, extra, state, handle)
+
     async def compute() -> tuple[Any, bool]:
         return await _run_handler(actor, ev, data, extra, state, handle), True
 
-    if actor.cacheable and state.result_cache is not None:
-        from rh_agents.core.cache import make_cache_key
+    from rh_agents.core.cache import make_cache_key
 
-        key = make_cache_key(actor.name, actor.version, data)
-        value, hit = await state.result_cache.get_or_compute(key, actor.cache_ttl, compute)
-        ev.from_cache = hit
-        # A persistent cache returns the JSON form of the stored result.
-        return _validate_output(actor, value) if hit else value
-    value, _ = await compute()
-    return value
+    key = make_cache_key(actor.name, actor.version, data)
+    value, hit = await state.result_cache.get_or_compute(key, actor.cache_ttl, compute)
+    ev.__dict__["from_cache"] = hit
+    # A persistent cache returns the JSON form of the stored result.
+    return _validate_output(actor, value) if hit else value
 
 
 async def _run_handler(
@@ -223,14 +229,13 @@ async def _run_handler(
             if config.attempts_exhausted(attempt, first_try, state.clock.monotonic()):
                 raise
             delay = config.calculate_delay(attempt, exc)
-            retry = ev.model_copy(
-                update={
-                    "retry_attempt": attempt,
-                    "is_retry": True,
-                    "retry_delay": delay,
-                    "original_error": _describe(exc),
-                    "error_type": type(exc).__name__,
-                }
+            retry = clone(
+                ev,
+                retry_attempt=attempt,
+                is_retry=True,
+                retry_delay=delay,
+                original_error=_describe(exc),
+                error_type=type(exc).__name__,
             )
             tel.event_retrying(handle, ev, attempt, delay, exc)
             await state.add_event(retry, _S.RETRYING)
@@ -317,38 +322,40 @@ async def _replay(
     finally:
         tel.event_finished(handle, ev, Outcome.REPLAYED, None, 0.0)
         _copy_back(template, ev)
-    result: ExecutionResult[Any] = ExecutionResult(
-        result=value,
-        ok=True,
+    return make_result(
+        value,
         execution_time=recorded.execution_time or 0.0,
         address=ev.address,
         status=_S.RECOVERED,
+        metadata=_parallel_metadata(ev) if ev.is_parallel else None,
     )
-    if ev.is_parallel:
-        result.metadata = _parallel_metadata(ev)
-    return result
+
+
+_COPIED_BACK = (
+    "address",
+    "actor_name",
+    "event_type",
+    "execution_status",
+    "execution_time",
+    "message",
+    "error_type",
+    "result",
+    "from_cache",
+    "is_replayed",
+    "skip_republish",
+    "group_id",
+    "parallel_index",
+    "is_parallel",
+)
+
+
+_copied_back = operator.itemgetter(*_COPIED_BACK)
 
 
 def _copy_back(template: ExecutionEvent[Any], ev: ExecutionEvent[Any]) -> None:
     # Callers read the event object after the call; concurrent calls of one template
     # each leave their own outcome, the last one to finish wins.
-    for name in (
-        "address",
-        "actor_name",
-        "event_type",
-        "execution_status",
-        "execution_time",
-        "message",
-        "error_type",
-        "result",
-        "from_cache",
-        "is_replayed",
-        "skip_republish",
-        "group_id",
-        "parallel_index",
-        "is_parallel",
-    ):
-        setattr(template, name, getattr(ev, name))
+    template.__dict__.update(zip(_COPIED_BACK, _copied_back(ev.__dict__), strict=True))
 
 
 def _parallel_metadata(ev: ExecutionEvent[Any]) -> dict[str, Any]:

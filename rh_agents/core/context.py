@@ -71,12 +71,18 @@ class Frame:
 
     def child(self, key: str) -> Frame:
         """A new child frame with the next ordinal for ``key``."""
-        return Frame(
-            root=self.root,
-            address=self.join(self.next_segment(key)),
-            parent=self,
-            depth=self.depth + 1,
-        )
+        segment = self.next_segment(key)
+        frame = _new_frame(Frame)  # field by field: once per invocation (see item())
+        frame.root = self.root
+        frame.address = f"{self.address}{SEPARATOR}{segment}" if self.address else segment
+        frame.parent = self
+        frame.depth = self.depth + 1
+        frame.group_id = None
+        frame.parallel_index = None
+        frame.pushed = False
+        frame._counters = None
+        frame._pushed = None
+        return frame
 
     def pushed_child(self, name: str) -> Frame:
         """The frame of ``push_context(name)`` under this frame.

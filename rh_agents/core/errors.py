@@ -14,6 +14,7 @@ working. Classes defined outside this module are marked with their module::
     │   ├── InvalidWorkError (TypeError)             not awaitable, not retryable
     │   │   └── UnpicklableWorkError                 core.executors
     │   ├── DuplicateNameError (ValueError)
+    │   ├── ImmutableEventError (AttributeError)     a history entry or published event changed
     │   └── LifecycleError (RuntimeError)            used in the wrong state
     ├── ExecutionFailure
     │   ├── EventFailedError                         an ok=False result under FAIL_FAST
@@ -50,6 +51,7 @@ __all__ = [
     "DuplicateNameError",
     "EventFailedError",
     "ExecutionFailure",
+    "ImmutableEventError",
     "InputValidationError",
     "InvalidArgumentError",
     "InvalidWorkError",
@@ -84,6 +86,14 @@ class InvalidWorkError(UsageError, TypeError):
 
 class DuplicateNameError(UsageError, ValueError):
     """A name that must be unique was used twice."""
+
+
+class ImmutableEventError(UsageError, AttributeError):
+    """Code tried to change a history entry or an event a subscriber received.
+
+    Those are snapshots shared by the history and every subscriber; change a copy
+    (``event.model_copy(update=...)``) instead.
+    """
 
 
 class LifecycleError(UsageError, RuntimeError):

@@ -14,13 +14,16 @@ the restored history returns the recorded result without calling the handler
 
 from __future__ import annotations
 
+import copy
+import functools
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, PrivateAttr
 
 from rh_agents.core.actors import BaseActor
-from rh_agents.core.errors import InvalidArgumentError
+from rh_agents.core.errors import ImmutableEventError, InvalidArgumentError
 from rh_agents.core.types import EventType, ExecutionStatus
 
 if TYPE_CHECKING:
@@ -87,6 +90,14 @@ class ExecutionResult(BaseModel, Generic[T]):
 
 _setattr = object.__setattr__
 _new_result = ExecutionResult.__new__
+
+
+@functools.cache
+def _run_event() -> Callable[..., Awaitable[ExecutionResult[Any]]]:
+    # Imported on first call: the runner imports this module.
+    from rh_agents.core._runner import run_event
+
+    return run_event
 
 
 def make_result(
@@ -233,6 +244,132 @@ class ExecutionEvent(BaseModel, Generic[T]):
                 f"Calling the event for actor '{self.actor.name}' needs the ExecutionState: "
                 "await event(input_data, extra_context, execution_state)."
             )
-        from rh_agents.core._runner import run_event
+        return await _run_event()(self, input_data, extra_context or {}, execution_state)
 
-        return await run_event(self, input_data, extra_context or {}, execution_state)
+
+def _refuse_change(self: Any, *args: Any, **kwargs: Any) -> Any:
+    raise ImmutableEventError(
+        "The metadata of a history entry (the event subscribers receive) cannot be "
+        "changed; copy it with dict(event.metadata) and change the copy."
+    )
+
+
+class _ReadOnlyDict(dict[str, Any]):
+    """The metadata of an event snapshot: a dict for reading, refusing every change."""
+
+    __slots__ = ()
+
+    __setitem__ = __delitem__ = __ior__ = _refuse_change
+    clear = pop = popitem = setdefault = update = _refuse_change
+
+    def copy(self) -> dict[str, Any]:
+        return dict(self)
+
+    def __copy__(self) -> _ReadOnlyDict:
+        return self  # immutable: a copy can be the same object
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _ReadOnlyDict:
+        return _ReadOnlyDict(copy.deepcopy(dict(self), memo))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_ReadOnlyDict, (dict(self),))
+
+
+_NO_METADATA = _ReadOnlyDict()
+_fields_sets: dict[frozenset[str], frozenset[str]] = {}
+
+
+class _EventSnapshot(ExecutionEvent[Any]):
+    """An immutable copy of an ExecutionEvent at one status change.
+
+    The history keeps these and every subscriber receives the same one, so nothing can
+    change what another part of the program has seen: setting an attribute or changing
+    the metadata raises :class:`~rh_agents.core.errors.ImmutableEventError`. Its
+    ``result`` is the value itself, shared with the caller (not copied): treat it as
+    read-only. ``model_copy()`` returns an ordinary, mutable ExecutionEvent.
+    """
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise ImmutableEventError(
+            f"Cannot set {name!r} on the event of '{self.address}' "
+            f"({self.execution_status.value}): history entries and the events subscribers "
+            "receive are immutable snapshots. Change a copy: "
+            "event.model_copy(update={...})."
+        )
+
+    def __delattr__(self, name: str) -> None:
+        self.__setattr__(name, None)
+
+    def __copy__(self) -> ExecutionEvent[Any]:  # type: ignore[override]
+        return thaw(self)
+
+    def __deepcopy__(  # type: ignore[override]
+        self, memo: dict[int, Any] | None = None
+    ) -> ExecutionEvent[Any]:
+        fields = copy.deepcopy(self.__dict__, memo)
+        fields["metadata"] = dict(fields["metadata"])
+        return _rebuild(ExecutionEvent, fields, self, set(self.__pydantic_fields_set__))
+
+    def __reduce__(self) -> Any:
+        return (_unpickle_snapshot, (self.__dict__, self.__pydantic_private__))
+
+    def __repr_name__(self) -> str:
+        return "ExecutionEvent"
+
+
+def _rebuild(
+    cls: type[ExecutionEvent[Any]],
+    fields: dict[str, Any],
+    source: ExecutionEvent[Any],
+    fields_set: set[str] | frozenset[str],
+) -> ExecutionEvent[Any]:
+    event = cls.__new__(cls)
+    _setattr(event, "__dict__", fields)
+    _setattr(event, "__pydantic_fields_set__", fields_set)
+    _setattr(event, "__pydantic_extra__", None)
+    private = source.__pydantic_private__
+    _setattr(event, "__pydantic_private__", None if private is None else dict(private))
+    return event
+
+
+def _unpickle_snapshot(
+    fields: dict[str, Any], private: dict[str, Any] | None
+) -> ExecutionEvent[Any]:
+    event = _EventSnapshot.__new__(_EventSnapshot)
+    fields = dict(fields)
+    fields["metadata"] = _ReadOnlyDict(fields["metadata"])
+    _setattr(event, "__dict__", fields)
+    _setattr(event, "__pydantic_fields_set__", frozenset(fields))
+    _setattr(event, "__pydantic_extra__", None)
+    _setattr(event, "__pydantic_private__", None if private is None else dict(private))
+    return event
+
+
+def freeze(event: ExecutionEvent[Any]) -> ExecutionEvent[Any]:
+    """An immutable snapshot of ``event`` as it is now (the event itself if it is one).
+
+    One snapshot is taken per status change and shared by the history, the journal and
+    every subscriber; it holds no mutable container of its own (the metadata is a
+    read-only copy), so a later change of the event never alters it.
+    """
+    if type(event) is _EventSnapshot:
+        return event
+    fields = event.__dict__.copy()
+    metadata = fields["metadata"]
+    fields["metadata"] = _ReadOnlyDict(metadata) if metadata else _NO_METADATA
+    # Snapshots never change, so equal field sets can be one shared object.
+    key = frozenset(event.__pydantic_fields_set__)
+    fields_set = _fields_sets.setdefault(key, key) if len(_fields_sets) < 1024 else key
+    return _rebuild(_EventSnapshot, fields, event, fields_set)
+
+
+def thaw(event: ExecutionEvent[Any]) -> ExecutionEvent[Any]:
+    """An ordinary (mutable) ExecutionEvent with the fields of ``event``."""
+    fields = event.__dict__.copy()
+    fields["metadata"] = dict(fields["metadata"])
+    return _rebuild(ExecutionEvent, fields, event, set(event.__pydantic_fields_set__))
+
+
+def is_snapshot(event: Any) -> bool:
+    """Whether ``event`` is an immutable snapshot (a history entry or published event)."""
+    return type(event) is _EventSnapshot

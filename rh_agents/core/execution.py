@@ -44,7 +44,7 @@ from rh_agents.core.errors import (
     StateError,
     StateNotFoundError,
 )
-from rh_agents.core.events import EventKind, ExecutionEvent
+from rh_agents.core.events import EventKind, ExecutionEvent, freeze, is_snapshot, thaw
 from rh_agents.core.history import HistorySet, event_to_record, input_fingerprint
 from rh_agents.core.hooks import NOOP, Instrumentation, ambient_telemetry
 from rh_agents.core.state_recovery import (
@@ -222,6 +222,10 @@ class EventBus:
             }
             for s in self._subscribers
         ]
+
+    def _listening(self) -> bool:
+        """Whether publishing can reach anyone (a subclass may publish elsewhere)."""
+        return bool(self._subscribers or self._streams) or type(self) is not EventBus
 
     async def publish(self, event: Any) -> None:
         """Deliver ``event`` to every subscriber and every open stream."""
@@ -611,16 +615,19 @@ class ExecutionState:
             StateError: the journal could not store the entry (e.g. disk full); what was
                 recorded before is intact, and the entry is not in the history either.
         """
-        if status is not None:
-            event.execution_status = status
-        snapshot = event.model_copy(update={"metadata": dict(event.metadata)})
+        if status is not None and event.execution_status is not status:
+            if is_snapshot(event):
+                event = thaw(event)  # record a new status of a copy, never of the entry
+            event.__dict__["execution_status"] = status
+        snapshot = freeze(event)
         seq = self._seq + 1
         if self._journal is not None:
             self._append(snapshot, seq)
         self._seq = seq
         self.history.append(snapshot)
-        if not snapshot.skip_republish:
-            await self.event_bus.publish(snapshot)
+        bus = self.event_bus
+        if not snapshot.skip_republish and bus._listening():
+            await bus.publish(snapshot)
 
     def _append(self, snapshot: ExecutionEvent[Any], seq: int) -> None:
         assert self._journal is not None
@@ -642,16 +649,18 @@ class ExecutionState:
 
     def _encode_result(self, actor: BaseActor, value: Any, event: ExecutionEvent[Any]) -> None:
         limit = self.max_result_bytes if self._journal is not None else None
+        private = event.__pydantic_private__
+        assert private is not None
         if value is None or isinstance(value, int | float | bool):
-            event._record_result = value
-            event._result_type = None
+            private["_record_result"] = value
+            private["_result_type"] = None
             return
         if isinstance(value, str):
             # JSON escapes a character into at most 6 bytes; measure only when it matters.
             if limit is not None and len(value) * 6 + 2 > limit:
                 self._check_size(actor, value, len(json.dumps(value)), limit)
-            event._record_result = value
-            event._result_type = None
+            private["_record_result"] = value
+            private["_result_type"] = None
             return
         try:
             if isinstance(value, BaseModel):
@@ -677,8 +686,8 @@ class ExecutionState:
                 f"cannot be stored in the history ({type(exc).__name__}: {exc}), so the run "
                 f"could not be resumed. {hint}"
             ) from exc
-        event._record_result = encoded
-        event._result_type = result_type
+        private["_record_result"] = encoded
+        private["_result_type"] = result_type
 
     @staticmethod
     def _check_size(actor: BaseActor, value: Any, size: int, limit: int) -> None:
