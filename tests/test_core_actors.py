@@ -148,3 +148,24 @@ async def test_tags_with_address_characters_are_rejected() -> None:
     tool = Tool(name="t", handler=handler)
     with pytest.raises(ValueError, match="structure addresses"):
         await ExecutionEvent(actor=tool, tag="a/b")(None, {}, ExecutionState())
+
+
+def test_assigning_a_sync_handler_later_is_refused_too() -> None:
+    async def ok(data: Any, extra: Any, state: Any) -> Any:
+        return data
+
+    tool = Tool(name="t", handler=ok)
+    with pytest.raises(TypeError, match="handler of actor 't' must be an async function"):
+        tool.handler = lambda data, extra, state: data  # type: ignore[assignment,return-value]
+    assert tool.handler is ok
+
+
+def test_an_agent_takes_a_plain_list_of_tools() -> None:
+    async def ok(data: Any, extra: Any, state: Any) -> Any:
+        return data
+
+    search, fetch = Tool(name="search", handler=ok), Tool(name="fetch", handler=ok)
+    agent = Agent(name="a", handler=ok, tools=[search, fetch])
+    assert isinstance(agent.tools, ToolSet)
+    assert [t.name for t in agent.tools] == ["search", "fetch"]
+    assert agent.tools["fetch"].name == "fetch"

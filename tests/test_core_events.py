@@ -591,3 +591,26 @@ def test_the_cores_unvalidated_results_equal_validated_ones() -> None:
     assert make_result() == ExecutionResult()
     fast.ok = True  # still an ordinary, mutable model
     assert fast.ok and fast.model_fields_set == {"ok"}
+
+
+@pytest.mark.parametrize("stop", [KeyboardInterrupt, SystemExit])
+async def test_a_process_stop_inside_a_handler_is_recorded_as_interrupted(
+    stop: type[BaseException],
+) -> None:
+    async def handler(data: Any, extra: Any, state: Any) -> Any:
+        raise stop
+
+    state = ExecutionState()
+    with pytest.raises(stop):
+        await ExecutionEvent(actor=Tool(name="t", handler=handler))(None, {}, state)
+    statuses = [e.execution_status for e in state.history.get_event_list()]
+    assert statuses == [ExecutionStatus.STARTED, ExecutionStatus.INTERRUPTED]
+    assert not state.history.has_completed_event("t")  # a resumed run runs it again
+
+
+def test_the_state_backend_is_also_readable_as_backend() -> None:
+    from rh_agents.state_backends import InMemoryStateBackend
+
+    backend = InMemoryStateBackend()
+    assert ExecutionState(state_backend=backend).backend is backend
+    assert ExecutionState().backend is None

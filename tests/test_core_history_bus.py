@@ -216,9 +216,7 @@ async def test_a_subscriber_cannot_change_what_others_and_the_history_see() -> N
     state = ExecutionState()
     state.event_bus.subscribe(vandal)
     state.event_bus.subscribe(
-        lambda ev: seen_by_second.append(
-            (ev.address, ev.execution_status.value, dict(ev.metadata))
-        )
+        lambda ev: seen_by_second.append((ev.address, ev.execution_status.value, dict(ev.metadata)))
     )
     result = await ExecutionEvent(actor=Tool(name="t", handler=Counter()))(3, {}, state)
 
@@ -236,9 +234,7 @@ async def test_a_copy_of_a_published_event_is_an_ordinary_event() -> None:
     import pickle
 
     state = ExecutionState()
-    await ExecutionEvent(actor=Tool(name="t", handler=Counter()), metadata={"k": 1})(
-        1, {}, state
-    )
+    await ExecutionEvent(actor=Tool(name="t", handler=Counter()), metadata={"k": 1})(1, {}, state)
     entry = state.history["t"]
     copies = (entry.model_copy(update={"tag": "x"}), copy.copy(entry), copy.deepcopy(entry))
     for changed in copies:
@@ -299,3 +295,22 @@ async def test_full_stream_never_fails_the_actor(caplog: pytest.LogCaptureFixtur
     assert "stream is full" in caplog.text
     state.event_bus.close()  # a full stream still ends after what it holds
     assert [e.execution_status.value async for e in stream] == ["started"]
+
+
+async def test_a_subscriber_raising_cancelled_error_is_isolated_like_any_error() -> None:
+    def rude(ev: Any) -> None:
+        raise asyncio.CancelledError  # its own, not a cancellation of the run
+
+    async def rude_async(ev: Any) -> None:
+        raise asyncio.CancelledError
+
+    state = ExecutionState()
+    state.event_bus.subscribe(rude)
+    state.event_bus.subscribe(rude_async)
+    result = await ExecutionEvent(actor=Tool(name="t", handler=Counter()))(1, {}, state)
+    assert result.ok
+    assert state.event_bus.subscriber_errors == 4
+    assert [e.execution_status for e in state.history.get_event_list()] == [
+        S.STARTED,
+        S.COMPLETED,
+    ]

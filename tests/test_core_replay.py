@@ -522,3 +522,169 @@ def test_load_from_empty_backend_says_none_known() -> None:
 def test_save_checkpoint_without_backend_is_a_clear_error() -> None:
     with pytest.raises(LifecycleError, match="needs a state_backend"):
         ExecutionState().save_checkpoint()
+
+
+async def _fan_out(
+    state: ExecutionState, tool: Tool, texts: list[str], order: list[int], tagged: bool = False
+) -> Any:
+    """Branches gathered with asyncio.gather that each wait before calling ``tool``; they
+    are released in ``order``, so the calls take their ordinals in that order."""
+    import asyncio
+
+    gates = [asyncio.Event() for _ in texts]
+
+    async def branch(i: int) -> Any:
+        await gates[i].wait()
+        tag = texts[i] if tagged else ""
+        return await ExecutionEvent(actor=tool, tag=tag)(Query(text=texts[i]), {}, state)
+
+    async def release() -> None:
+        for i in order:
+            gates[i].set()
+            await asyncio.sleep(0)  # let branch i take its ordinal
+
+    results, _ = await asyncio.gather(
+        asyncio.gather(*(branch(i) for i in range(len(texts)))), release()
+    )
+    return results
+
+
+async def test_concurrent_siblings_started_in_another_order_still_replay() -> None:
+    texts = ["a", "b", "c", "d"]
+    tool = make_tool()
+    state = ExecutionState()
+    first = await _fan_out(state, tool, texts, [0, 1, 2, 3])
+    assert [r.result.answer for r in first] == [f"about {t}" for t in texts]
+    # the addresses follow the start order: search (a), search#1 (b), ...
+    assert [r.address for r in first] == ["search", "search#1", "search#2", "search#3"]
+
+    resumed = ExecutionState.from_snapshot(state.to_snapshot())
+    again = await _fan_out(resumed, tool, texts, [2, 0, 3, 1])
+
+    assert len(calls_of(tool)) == 4  # nothing ran again
+    assert [r.result.answer for r in again] == [f"about {t}" for t in texts]
+    assert all(r.status is S.RECOVERED for r in again)
+    # each call got the result recorded for its own input, under its new address
+    assert [r.address for r in again] == ["search#1", "search#3", "search", "search#2"]
+
+
+async def test_a_fan_out_resumed_after_a_crash_in_another_order_needs_tags() -> None:
+    # Untagged, the first call of the resumed run takes the address whose record has
+    # another input: that is refused (it may be another program's history) ...
+    tool = make_tool()
+    state = ExecutionState()
+    await ExecutionEvent(actor=tool)(Query(text="c"), {}, state)  # only "c" completed
+    resumed = ExecutionState.from_snapshot(state.to_snapshot())
+    with pytest.raises(SnapshotMismatchError, match="different input"):
+        await _fan_out(resumed, tool, ["a", "b", "c"], [0, 1, 2])
+
+    # ... with a tag per call (or in a parallel group, where the index is the address)
+    # the addresses do not depend on the start order: completed calls replay, the rest run.
+    tool = make_tool()
+    state = ExecutionState()
+    await ExecutionEvent(actor=tool, tag="c")(Query(text="c"), {}, state)
+    resumed = ExecutionState.from_snapshot(state.to_snapshot())
+    results = await _fan_out(resumed, tool, ["a", "b", "c"], [0, 1, 2], tagged=True)
+    assert [r.result.answer for r in results] == ["about a", "about b", "about c"]
+    assert [r.status for r in results] == [S.COMPLETED, S.COMPLETED, S.RECOVERED]
+    assert [c.text for c in calls_of(tool)] == ["c", "a", "b"]
+
+
+async def test_a_different_input_with_no_recorded_sibling_is_still_refused() -> None:
+    tool = make_tool()
+    state = ExecutionState()
+    await ExecutionEvent(actor=tool)(Query(text="a"), {}, state)
+    resumed = ExecutionState.from_snapshot(state.to_snapshot())
+
+    with pytest.raises(SnapshotMismatchError, match="different input"):
+        await ExecutionEvent(actor=tool)(Query(text="z"), {}, resumed)
+    assert len(calls_of(tool)) == 1
+
+
+async def test_in_memory_states_record_input_fingerprints_too() -> None:
+    tool = make_tool()
+    state = ExecutionState()  # no backend, no journal
+    await ExecutionEvent(actor=tool)(Query(text="a"), {}, state)
+    assert state.history["search"].input_hash is not None
+    off = ExecutionState(record_input_hashes=False)
+    await ExecutionEvent(actor=tool)(Query(text="a"), {}, off)
+    assert off.history["search"].input_hash is None
+
+
+class Doc(BaseModel):
+    title: str
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        (1, "two", 3.0),
+        {1, 2, 3},
+        frozenset({"a"}),
+        [Doc(title="a"), Doc(title="b")],
+        (Doc(title="a"),),
+        {"x": Doc(title="a"), "y": Doc(title="b")},
+        [Doc(title="a"), {"mixed": True}],
+        [],
+        {},
+    ],
+    ids=[
+        "tuple",
+        "set",
+        "frozenset",
+        "list-of-models",
+        "tuple-of-models",
+        "dict-of-models",
+        "mixed-list",
+        "empty-list",
+        "empty-dict",
+    ],
+)
+async def test_results_without_output_model_replay_with_their_type(
+    value: Any, tmp_path: Path
+) -> None:
+    tool = Tool(name="t", handler=Calls(lambda data: value))
+    with SQLiteStateBackend(tmp_path / "h.db") as backend:
+        state = ExecutionState(state_id="run", state_backend=backend)
+        first = await ExecutionEvent(actor=tool)(None, {}, state)
+        resumed = ExecutionState.load_from_state_id("run", backend)
+        again = await ExecutionEvent(actor=tool)(None, {}, resumed)
+    assert again.status is S.RECOVERED and len(calls_of(tool)) == 1
+    expected = value
+    if value == [Doc(title="a"), {"mixed": True}]:
+        expected = [{"title": "a"}, {"mixed": True}]  # no one model: the JSON form
+    assert first.result == value
+    assert again.result == expected
+    assert type(again.result) is type(value)
+
+
+@pytest.mark.parametrize("make", [lambda: iter([1, 2]), lambda: (i for i in range(3))])
+async def test_a_generator_result_is_refused_not_consumed(make: Any) -> None:
+    produced = make()
+    tool = Tool(name="t", handler=Calls(lambda data: produced))
+    state = ExecutionState()
+    result = await ExecutionEvent(actor=tool)(None, {}, state)
+    assert not result.ok and result.error_type == "ResultSerializationError"
+    assert "return a list" in (result.error_message or "")
+    assert next(produced) in (0, 1)  # not consumed by the attempt to store it
+
+
+async def test_an_unstorable_result_of_a_cacheable_actor_is_not_cached() -> None:
+    tool = Tool(name="t", cacheable=True, handler=Calls(lambda data: object()))
+    state = ExecutionState()
+    first = await ExecutionEvent(actor=tool)(None, {}, state)
+    second = await ExecutionEvent(actor=tool)(None, {}, state)
+    assert not first.ok and not second.ok
+    assert first.error_type == second.error_type == "ResultSerializationError"
+    assert len(calls_of(tool)) == 2  # the failed value was not served from the cache
+
+
+def test_a_fresh_state_may_not_reuse_the_id_of_a_stored_history(tmp_path: Path) -> None:
+    import asyncio
+
+    with SQLiteStateBackend(tmp_path / "h.db") as backend:
+        state = ExecutionState(state_id="run", state_backend=backend)
+        asyncio.run(ExecutionEvent(actor=make_tool())(Query(text="a"), {}, state))
+        with pytest.raises(LifecycleError, match=r"already holds a history for state 'run'"):
+            ExecutionState(state_id="run", state_backend=backend)
+        assert ExecutionState.load_from_state_id("run", backend).is_restored

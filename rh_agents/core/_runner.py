@@ -22,7 +22,6 @@ from rh_agents.core.errors import (
     InputValidationError,
     InvalidArgumentError,
     OutputValidationError,
-    ResultSerializationError,
     StateError,
 )
 from rh_agents.core.events import ExecutionEvent, ExecutionResult, clone, make_result
@@ -83,9 +82,16 @@ async def run_event(
     )
     fields = ev.__dict__
 
-    recorded = state._replay_source(frame.address)
-    if recorded is not None and state.replay_mode is not ReplayMode.VALIDATION:
-        return await _replay(template, ev, recorded, state, input_data)
+    recorded: ExecutionEvent[Any] | None = None
+    if state._replay_index:
+        if state.replay_mode is ReplayMode.VALIDATION:
+            recorded = state._replay_source(frame.address)  # compared after running
+        else:
+            match, input_hash = state._match_replay(
+                actor, frame.address, lambda: _validate_input(actor, input_data)
+            )
+            if match is not None:
+                return await _replay(template, ev, match, state, input_hash)
 
     token = current_frame.set(frame)
     tel = state.instrumentation
@@ -107,12 +113,7 @@ async def run_event(
         except Exception as exc:
             outcome, error = Outcome.FAILED, exc
         else:
-            try:
-                state._encode_result(actor, value, ev)
-            except ResultSerializationError as exc:
-                outcome, error = Outcome.FAILED, exc
-            else:
-                outcome = Outcome.CACHED if ev.from_cache else Outcome.COMPLETED
+            outcome = Outcome.CACHED if fields["from_cache"] else Outcome.COMPLETED
         elapsed = time.perf_counter() - started
         fields["execution_time"] = elapsed
         metadata = _parallel_metadata(ev) if group_id is not None else None
@@ -155,6 +156,15 @@ async def run_event(
             fields["message"] = "cancelled"
             await uninterrupted(state.add_event(ev, _S.CANCELLED))
         raise
+    except (KeyboardInterrupt, SystemExit) as exc:
+        # The process is being stopped from inside the call: the history says so (a
+        # resumed run runs it again) instead of leaving a start without an end.
+        outcome, error = Outcome.CANCELLED, exc
+        if not terminal:
+            fields["execution_time"] = time.perf_counter() - started
+            fields["message"] = f"interrupted ({type(exc).__name__})"
+            await uninterrupted(state.add_event(ev, _S.INTERRUPTED))
+        raise
     finally:
         current_frame.reset(token)
         if tel.enabled:
@@ -181,18 +191,27 @@ async def _execute(
             )
 
     if not actor.cacheable or state.result_cache is None:
-        return await _run_handler(actor, ev, data, extra, state, handle)
+        value = await _run_handler(actor, ev, data, extra, state, handle)
+        state._encode_result(actor, value, ev)
+        return value
 
     async def compute() -> tuple[Any, bool]:
-        return await _run_handler(actor, ev, data, extra, state, handle), True
+        value = await _run_handler(actor, ev, data, extra, state, handle)
+        # Encoded before it is cached, so a result the history cannot store is never
+        # handed to later calls from the cache.
+        state._encode_result(actor, value, ev)
+        return value, True
 
     from rh_agents.core.cache import make_cache_key
 
     key = make_cache_key(actor.name, actor.version, data)
     value, hit = await state.result_cache.get_or_compute(key, actor.cache_ttl, compute)
     ev.__dict__["from_cache"] = hit
-    # A persistent cache returns the JSON form of the stored result.
-    return _validate_output(actor, value) if hit else value
+    if hit:
+        # A persistent cache returns the JSON form of the stored result.
+        value = _validate_output(actor, value)
+        state._encode_result(actor, value, ev)
+    return value
 
 
 async def _run_handler(
@@ -300,13 +319,11 @@ async def _replay(
     ev: ExecutionEvent[Any],
     recorded: ExecutionEvent[Any],
     state: ExecutionState,
-    input_data: Any,
+    input_hash: str | None,
 ) -> ExecutionResult[Any]:
     actor = template.actor
     assert actor is not None
-    ev.input_hash = state._verify_replay(
-        actor, recorded, lambda: _validate_input(actor, input_data)
-    )
+    ev.input_hash = input_hash
     value = state._revalidate(actor, recorded)
     ev.result = value
     ev.is_replayed = True

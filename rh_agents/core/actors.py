@@ -71,9 +71,11 @@ class BaseActor(BaseModel):
         preconditions / postconditions: checks run before the handler (on the input) and
             after it (on the result); ``False`` or an exception fails the invocation.
         retry_config: opt-in retries of this actor's handler (None: no retries).
+
+    Assignments are validated like construction (``actor.handler = sync_fn`` is refused).
     """
 
-    model_config = ConfigDict(arbitrary_types_allowed=True)
+    model_config = ConfigDict(arbitrary_types_allowed=True, validate_assignment=True)
 
     name: str
     description: str = ""
@@ -195,3 +197,11 @@ class Agent(BaseActor):
     event_type: EventType = EventType.AGENT_CALL
     tools: ToolSet = Field(default_factory=ToolSet)
     llm: LLM | None = None
+
+    @field_validator("tools", mode="before")
+    @classmethod
+    def _tool_list(cls, value: Any) -> Any:
+        """``Agent(tools=[search, fetch])`` is a ToolSet of those tools."""
+        if isinstance(value, list | tuple):
+            return ToolSet(tools=list(value))
+        return value

@@ -22,7 +22,7 @@ import logging
 import math
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -240,6 +240,10 @@ class EventBus:
                     outcome = sub.fn(event)
                     if inspect.isawaitable(outcome):
                         await self._inline(sub, outcome)
+            except asyncio.CancelledError:
+                if _being_cancelled():
+                    raise
+                self._report(sub)  # the subscriber's own cancellation is its error
             except Exception:
                 self._report(sub)
         for stream in self._streams:
@@ -317,6 +321,10 @@ class EventBus:
                         await outcome
             except TimeoutError:
                 self._timed_out(sub)
+            except asyncio.CancelledError:
+                if _being_cancelled():
+                    raise
+                self._report(sub)
             except Exception:
                 self._report(sub)
 
@@ -389,6 +397,12 @@ class EventBus:
 
 
 _END = object()
+
+
+def _being_cancelled() -> bool:
+    """Whether the current task has been asked to stop (not a CancelledError of its own)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 class EventStream:
@@ -477,8 +491,8 @@ class ExecutionState:
             :class:`~rh_agents.core.errors.ResultSerializationError`. None for no limit.
         record_input_hashes: whether every invocation records a fingerprint of its
             input, which a resumed run compares before returning a recorded result
-            (see docs/errors.md). None (default): when the state has a journal or was
-            restored, i.e. whenever the history can be resumed.
+            (see docs/errors.md). None (default) and True record them; False turns them
+            off (a resumed run then trusts the addresses alone).
 
     Example:
         >>> state = ExecutionState()
@@ -550,18 +564,35 @@ class ExecutionState:
         self._root = Frame.new_root()
         self._seq = len(self.history)
         self._replay_index: dict[str, ExecutionEvent[Any]] = {}
+        # Completions by (parent address, actor key), and those already replayed.
+        self._siblings: dict[tuple[str, str], list[ExecutionEvent[Any]]] = {}
+        self._claimed: set[str] = set()
         self._journal: EventJournal | None = None
         if state_backend is not None and callable(getattr(state_backend, "append_event", None)):
             journal: EventJournal = state_backend  # type: ignore[assignment]
             self._journal = journal
             if not state_backend.exists(self.state_id):
                 state_backend.save_state(self.to_snapshot())
+            elif not len(self.history) and journal.load_events(self.state_id):
+                # A fresh state under the id of a stored run would append a second history
+                # to it, and a later resume would mix the two runs.
+                raise LifecycleError(
+                    f"{type(state_backend).__name__} already holds a history for state "
+                    f"'{self.state_id}'. Resume it with ExecutionState.load_from_state_id("
+                    f"{self.state_id!r}, backend), or start a new run with another "
+                    "state_id (or none, for a fresh one)."
+                )
             if len(self.history) and not journal.load_events(self.state_id):
                 # A restored history entering a journal that does not hold it yet (a
                 # snapshot moved to another backend, or saved without its journal): the
                 # journal is what load_from_state_id reads, so it must start with it.
                 for record in self.history.to_records():
                     journal.append_event(self.state_id, record)
+
+    @property
+    def backend(self) -> StateBackend | None:
+        """The state backend (the same as :attr:`state_backend`)."""
+        return self.state_backend
 
     # ----------------------------------------------------------------- addresses
 
@@ -665,11 +696,16 @@ class ExecutionState:
         try:
             if isinstance(value, BaseModel):
                 encoded = value.model_dump(mode="json")
-                cls = type(value)
-                result_type: str | None = f"{cls.__module__}:{cls.__qualname__}"
+                result_type: str | None = _model_path(type(value))
             else:
+                if isinstance(value, Iterator | AsyncIterator) or inspect.isawaitable(value):
+                    raise ResultSerializationError(
+                        f"The result of actor '{actor.name}' is a {type(value).__name__}, "
+                        "which storing in the history would consume (and a resumed run "
+                        "could not replay); return a list (or another value) instead."
+                    )
                 encoded = to_jsonable_python(value)
-                result_type = None
+                result_type = _container_type(value)
             if self._journal is not None:
                 size = len(json.dumps(encoded))
                 if limit is not None:
@@ -703,58 +739,77 @@ class ExecutionState:
 
     def _input_hash(self, data: Any) -> str | None:
         """The input fingerprint to record, or None when this state records none."""
-        wanted = self.record_input_hashes
-        if wanted is None:
-            wanted = self._journal is not None or bool(self._replay_index)
-        return input_fingerprint(data) if wanted else None
+        return input_fingerprint(data) if self.record_input_hashes is not False else None
 
-    def _verify_replay(
-        self, actor: BaseActor, recorded: ExecutionEvent[Any], validate: Callable[[], Any]
-    ) -> str | None:
-        """Refuse to replay a result recorded by another actor or for another input.
+    def _match_replay(
+        self, actor: BaseActor, address: str, validate: Callable[[], Any]
+    ) -> tuple[ExecutionEvent[Any] | None, str | None]:
+        """The recorded completion this call replays (None: run it), and its fingerprint.
 
-        ``validate`` returns the validated input of the call (it is called only when the
-        history recorded an input fingerprint). Returns the input fingerprint, to carry
-        on the replayed entry.
+        A call replays the completion recorded at its own address when the input is the
+        same. Calls of one actor under one parent take their ordinals when they start, so
+        siblings started concurrently (``asyncio.gather`` of branches that await first)
+        may get each other's addresses in another run: a call whose input differs from
+        its own address's record replays the sibling completion (same parent, actor and
+        tag) recorded with its input instead. Each completion is replayed at most once.
+        ``validate`` returns the validated input (called only when fingerprints matter).
 
         Raises:
             SnapshotMismatchError: the stored run was recorded by a different program.
         """
-        where = f"'{recorded.address}'"
+        own = self._replay_index.get(address)
+        if own is not None and own.address in self._claimed:
+            own = None  # a sibling call replayed it already
+        group = self._siblings.get(_sibling_key(address))
+        if own is None and not group:
+            return None, None
+        where = f"'{address}'"
         fix = (
             "Start a fresh run (a new state_id), or resume this one with the program and "
             "inputs that wrote it."
         )
-        if recorded.actor_name is not None and recorded.actor_name != actor.name:
-            raise SnapshotMismatchError(
-                f"The stored history has actor '{recorded.actor_name}' at {where}, but this "
-                f"program calls actor '{actor.name}' there: the history was written by a "
-                f"different program, so its result cannot be replayed. {fix}"
-            )
-        if recorded.event_type is not None and recorded.event_type is not actor.event_type:
-            raise SnapshotMismatchError(
-                f"The stored history has a {recorded.event_type.value} at {where}, but this "
-                f"program makes a {actor.event_type.value} there (actor '{actor.name}'): the "
-                f"history was written by a different program. {fix}"
-            )
-        if recorded.input_hash is None:
-            return None
+        if own is not None:
+            if own.actor_name is not None and own.actor_name != actor.name:
+                raise SnapshotMismatchError(
+                    f"The stored history has actor '{own.actor_name}' at {where}, but this "
+                    f"program calls actor '{actor.name}' there: the history was written by "
+                    f"a different program, so its result cannot be replayed. {fix}"
+                )
+            if own.event_type is not None and own.event_type is not actor.event_type:
+                raise SnapshotMismatchError(
+                    f"The stored history has a {own.event_type.value} at {where}, but this "
+                    f"program makes a {actor.event_type.value} there (actor '{actor.name}'): "
+                    f"the history was written by a different program. {fix}"
+                )
+            if own.input_hash is None:
+                self._claimed.add(own.address)
+                return own, None
         try:
             data = validate()
         except InputValidationError as exc:
+            if own is None:
+                return None, None  # the call itself reports the invalid input
             raise SnapshotMismatchError(
                 f"Actor '{actor.name}' completed at {where} in the stored history, but the "
                 f"input it is called with now does not validate into its input_model: the "
                 f"history was written by a different program. {fix}"
             ) from exc
         current = input_fingerprint(data)
-        if current != recorded.input_hash:
+        if own is not None and own.input_hash == current:
+            self._claimed.add(own.address)
+            return own, current
+        for sibling in group or ():
+            if sibling.input_hash == current and sibling.address not in self._claimed:
+                self._claimed.add(sibling.address)
+                return sibling, current
+        if own is not None:
             raise SnapshotMismatchError(
                 f"Actor '{actor.name}' completed at {where} in the stored history with a "
-                f"different input (fingerprint {recorded.input_hash}, now {current}), so its "
-                f"recorded result would be wrong for this call. {fix}"
+                f"different input (fingerprint {own.input_hash}, now {current}), and no "
+                f"sibling call of it completed with this input, so its recorded result "
+                f"would be wrong for this call. {fix}"
             )
-        return current
+        return None, current
 
     def _replay_source(self, address: str) -> ExecutionEvent[Any] | None:
         if not self._replay_index:
@@ -763,10 +818,15 @@ class ExecutionState:
 
     def _index_for_replay(self) -> None:
         self._replay_index = {}
+        self._siblings = {}
+        self._claimed = set()
         for address in self.history.completed_addresses():
             event = self.history.get_completed_event(address)
-            if event is not None:
-                self._replay_index[address] = event
+            if event is None:
+                continue
+            self._replay_index[address] = event
+            if event.input_hash is not None:
+                self._siblings.setdefault(_sibling_key(address), []).append(event)
 
     @property
     def is_restored(self) -> bool:
@@ -776,16 +836,20 @@ class ExecutionState:
     def _revalidate(self, actor: BaseActor, recorded: ExecutionEvent[Any]) -> Any:
         raw = recorded._record_result if recorded._record_result is not None else recorded.result
         model: type[BaseModel] | None = actor.output_model
-        if model is None and recorded._result_type:
-            model = _import_model(recorded._result_type)
-        if model is None or raw is None:
+        kind = recorded._result_type
+        if model is None and kind and "[" not in kind and ":" in kind:
+            model = _import_model(kind)
+        if raw is None or (model is None and not kind):
             return raw
         try:
+            if model is None:
+                return _restore_container(kind or "", raw)
             return model.model_validate(raw)
         except ValidationError as exc:
+            target = model.__name__ if model is not None else kind
             raise SnapshotMismatchError(
                 f"The recorded result at '{recorded.address}' no longer validates into "
-                f"{model.__name__} ({exc.error_count()} error(s)); the history was written "
+                f"{target} ({exc.error_count()} error(s)); the history was written "
                 "by a different version of the program. Start a fresh run instead of "
                 "resuming this one."
             ) from exc
@@ -1005,6 +1069,61 @@ class ExecutionState:
 
     def __repr__(self) -> str:
         return f"ExecutionState(state_id={self.state_id!r}, events={len(self.history)})"
+
+
+def _model_path(cls: type[BaseModel]) -> str:
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+_CONTAINERS: dict[type, str] = {tuple: "tuple", set: "set", frozenset: "frozenset"}
+
+
+def _container_type(value: Any) -> str | None:
+    """How to give a result without output_model back its Python type on replay.
+
+    JSON has lists and string-keyed objects only: a tuple or a set, or a list or dict of
+    one pydantic model, would replay as lists and plain dicts. Only the outer container
+    is recorded (e.g. ``"list[app.models:Doc]"``); inside it, values come back in their
+    JSON form, so declare an output_model for anything deeper.
+    """
+    kind = _CONTAINERS.get(type(value))
+    if isinstance(value, list | tuple) and value:
+        first = type(value[0])
+        if issubclass(first, BaseModel) and all(type(v) is first for v in value):
+            return f"{kind or 'list'}[{_model_path(first)}]"
+    elif isinstance(value, dict) and value:
+        first = type(next(iter(value.values())))
+        if (
+            issubclass(first, BaseModel)
+            and all(type(k) is str for k in value)
+            and all(type(v) is first for v in value.values())
+        ):
+            return f"dict[{_model_path(first)}]"
+    return kind
+
+
+def _restore_container(kind: str, raw: Any) -> Any:
+    """The inverse of :func:`_container_type` (raw is the recorded JSON form)."""
+    outer, _, inner = kind.partition("[")
+    model = _import_model(inner[:-1]) if inner else None
+    if outer == "dict" and isinstance(raw, dict):
+        return {k: model.model_validate(v) for k, v in raw.items()} if model else raw
+    if not isinstance(raw, list):
+        return raw
+    items = [model.model_validate(v) for v in raw] if model else raw
+    if outer == "tuple":
+        return tuple(items)
+    if outer == "set":
+        return set(items)
+    if outer == "frozenset":
+        return frozenset(items)
+    return items
+
+
+def _sibling_key(address: str) -> tuple[str, str]:
+    """(parent address, actor key) of an invocation: its address without the ordinal."""
+    parent, _, segment = address.rpartition("/")
+    return parent, segment.partition("#")[0]
 
 
 def _mib(size: int) -> str:
