@@ -1,4 +1,4 @@
-"""Run a real Prometheus server for tests.
+"""Run a real Prometheus server, and the rh_agents demo workload it scrapes, for tests.
 
 ``PrometheusServer`` starts the ``prometheus`` binary (Debian package ``prometheus``) on
 a free loopback port with a configuration generated from ``telemetry/prometheus.yml``:
@@ -11,12 +11,18 @@ a free loopback port with a configuration generated from ``telemetry/prometheus.
 * the TSDB lives in a temporary directory that is removed on stop.
 
 It waits for ``/-/ready``, offers ``query``, ``query_exemplars``, ``series`` and
-``wait_for`` helpers, and always stops the process it started, by its pid (SIGTERM,
-then SIGKILL), also when starting or the test fails::
+``wait_for`` helpers (``poll`` is the same without a server), and always stops the
+process it started, by its pid (SIGTERM, then SIGKILL), also when starting or the test
+fails.
 
-    with PrometheusServer(["127.0.0.1:9464"]) as prom:
+``DemoWorkload`` runs ``python -m rh_agents.demo --serve`` the same way: /metrics on a
+free loopback port, spans written to ``spans.jsonl`` in its state directory (the OTLP
+variables are removed from its environment), stopped by its pid::
+
+    with DemoWorkload(tmp_path) as demo, PrometheusServer([demo.address]) as prom:
         prom.wait_for(lambda: prom.query("up") or None, description="first scrape")
         print(prom.query("rate(rh_agents_events_total[15s])"))
+        print(len(demo.exported_trace_ids()))
 """
 
 from __future__ import annotations
@@ -24,8 +30,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
@@ -67,6 +75,29 @@ def free_loopback_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def stop_process(process: subprocess.Popen[bytes] | None, *, grace: float = 10.0) -> None:
+    """Stop ``process`` by its pid: SIGTERM, then SIGKILL after ``grace`` seconds.
+
+    Waits for it, so that no zombie is left; does nothing when it has already exited.
+    """
+    if process is None or process.poll() is not None:
+        return
+    try:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    try:
+        text = path.read_text("utf-8", errors="replace")
+    except OSError:
+        return "(no log)"
+    return "\n".join(text.splitlines()[-lines:])
 
 
 def render_config(
@@ -127,6 +158,7 @@ class PrometheusServer:
         binary: str | None = None,
         startup_timeout: float = 30.0,
         extra_args: Sequence[str] = (),
+        watch: Callable[[], None] | None = None,
     ) -> None:
         self.targets = list(targets)
         self.config_source = Path(config)
@@ -136,8 +168,12 @@ class PrometheusServer:
         self.binary = binary or find_binary("prometheus")
         self.startup_timeout = startup_timeout
         self.extra_args = list(extra_args)
+        # Called before every attempt of wait_for; raises to give up early (e.g. when the
+        # scraped process died: waiting for its data would only time out).
+        self.watch = watch
         self.port: int | None = None
         self.process: subprocess.Popen[bytes] | None = None
+        self.pids: list[int] = []  # every process started, also failed attempts
         self._tmpdir: str | None = None
         self._log_file: Any = None
 
@@ -214,6 +250,7 @@ class PrometheusServer:
             stderr=subprocess.STDOUT,
             cwd=self.workdir,
         )
+        self.pids.append(self.process.pid)
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.startup_timeout
@@ -237,15 +274,7 @@ class PrometheusServer:
     def _terminate(self) -> None:
         """Stop the process by its pid: SIGTERM, then SIGKILL."""
         process, self.process = self.process, None
-        if process is None:
-            return
-        if process.poll() is None:
-            try:
-                process.terminate()
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
+        stop_process(process)
 
     def stop(self) -> None:
         """Stop Prometheus (if running) and remove its temporary directory."""
@@ -272,11 +301,9 @@ class PrometheusServer:
         self.stop()
 
     def log_tail(self, lines: int = 40) -> str:
-        try:
-            text = (self.workdir / "prometheus.log").read_text("utf-8", errors="replace")
-        except (OSError, PrometheusError):
+        if self._tmpdir is None:
             return "(no log)"
-        return "\n".join(text.splitlines()[-lines:])
+        return _tail(self.workdir / "prometheus.log", lines)
 
     # -- HTTP API ---------------------------------------------------------------------
 
@@ -341,23 +368,239 @@ class PrometheusServer:
         """Poll ``predicate`` until it returns a truthy value, and return that value.
 
         A PrometheusError raised by the predicate counts as "not yet". On timeout,
-        raises TimeoutError with the last error and the tail of Prometheus' log.
+        raises TimeoutError with the last error and the tail of Prometheus' log; gives
+        up early when Prometheus exits or ``watch`` raises.
         """
-        deadline = time.monotonic() + timeout
-        last_error: Exception | None = None
-        while True:
+
+        def check_running() -> None:
             if self.process is None or self.process.poll() is not None:
                 raise PrometheusError(f"prometheus is not running:\n{self.log_tail()}")
+            if self.watch is not None:
+                self.watch()
+
+        try:
+            return poll(
+                predicate,
+                timeout=timeout,
+                interval=interval,
+                description=description,
+                not_yet=(PrometheusError,),
+                check=check_running,
+            )
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}\n{self.log_tail()}") from None
+
+
+def poll(
+    predicate: Callable[[], T | None],
+    *,
+    timeout: float,
+    interval: float = 0.25,
+    description: str = "condition",
+    not_yet: tuple[type[Exception], ...] = (),
+    check: Callable[[], None] | None = None,
+) -> T:
+    """Call ``predicate`` every ``interval`` seconds until it returns a truthy value.
+
+    Exceptions of the ``not_yet`` types count as "not yet"; ``check`` runs before every
+    attempt and raises to give up early (e.g. when a process died). On timeout, raises
+    TimeoutError naming ``description`` and the last "not yet" error.
+    """
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while True:
+        if check is not None:
+            check()
+        try:
+            value = predicate()
+            if value:
+                return value
+        except not_yet as exc:
+            last_error = exc
+        if time.monotonic() >= deadline:
+            raise TimeoutError(
+                f"timed out after {timeout}s waiting for {description}"
+                + (f" (last error: {last_error})" if last_error else "")
+            )
+        time.sleep(interval)
+
+
+class DemoError(RuntimeError):
+    """The demo workload could not be started, or stopped serving."""
+
+
+class DemoWorkload:
+    """``python -m rh_agents.demo --serve`` with /metrics on a free loopback port.
+
+    Spans go to ``<state_dir>/spans.jsonl`` (one JSON object per span, as written by
+    ``rh_agents.telemetry.JsonLinesSpanExporter``): the OTLP variables are removed from
+    the demo's environment, so that it writes the file instead of exporting elsewhere.
+    The checkout's ``rh_agents`` is imported (``PYTHONPATH``), and the process is stopped
+    by its pid with SIGTERM (which the demo handles like Ctrl-C, flushing its spans),
+    then SIGKILL.
+    """
+
+    SPAN_FILE = "spans.jsonl"
+
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        speed: float = 0.2,
+        python: str = sys.executable,
+        startup_timeout: float = 30.0,
+        extra_args: Sequence[str] = (),
+    ) -> None:
+        self.state_dir = Path(state_dir)
+        self.speed = speed
+        self.python = python
+        self.startup_timeout = startup_timeout
+        self.extra_args = list(extra_args)
+        self.port: int | None = None
+        self.process: subprocess.Popen[bytes] | None = None
+        self.pids: list[int] = []  # every process started, also failed attempts
+        self.started_at: float | None = None  # wall clock, when /metrics first answered
+        self._log_file: Any = None
+
+    @property
+    def address(self) -> str:
+        if self.port is None:
+            raise DemoError("the demo is not running")
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self.address}/metrics"
+
+    @property
+    def span_file(self) -> Path:
+        return self.state_dir / self.SPAN_FILE
+
+    @property
+    def log_path(self) -> Path:
+        return self.state_dir / "demo.log"
+
+    def start(self) -> DemoWorkload:
+        if self.process is not None:
+            raise DemoError("already started")
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            # A port found free may be taken before the demo binds it: retry a few times.
+            last_error: Exception | None = None
+            for _attempt in range(3):
+                try:
+                    self._launch()
+                    self._wait_ready()
+                    self.started_at = time.time()
+                    return self
+                except DemoError as exc:
+                    last_error = exc
+                    stop_process(self.process)
+            raise DemoError(f"the demo did not start: {last_error}")
+        except BaseException:
+            self.stop()
+            raise
+
+    def _launch(self) -> None:
+        self.port = free_loopback_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_EXPORTER_OTLP")}
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p
+        )
+        env["PYTHONUNBUFFERED"] = "1"
+        if self._log_file is not None:
+            self._log_file.close()
+        self._log_file = open(self.log_path, "ab")
+        args = [
+            self.python,
+            "-m",
+            "rh_agents.demo",
+            "--serve",
+            "--speed",
+            str(self.speed),
+            "--metrics-port",
+            str(self.port),
+            "--metrics-addr",
+            "127.0.0.1",
+            "--state-dir",
+            str(self.state_dir),
+            "--no-progress",
+            *self.extra_args,
+        ]
+        self.process = subprocess.Popen(
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            cwd=self.state_dir,
+            env=env,
+        )
+        self.pids.append(self.process.pid)
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            self.check_running()
             try:
-                value = predicate()
-                if value:
-                    return value
-            except PrometheusError as exc:
-                last_error = exc
-            if time.monotonic() >= deadline:
-                raise TimeoutError(
-                    f"timed out after {timeout}s waiting for {description}"
-                    + (f" (last error: {last_error})" if last_error else "")
-                    + f"\n{self.log_tail()}"
-                )
-            time.sleep(interval)
+                with urllib.request.urlopen(self.metrics_url, timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+                pass
+            time.sleep(0.1)
+        raise DemoError(f"/metrics not served after {self.startup_timeout}s:\n{self.log_tail()}")
+
+    def check_running(self) -> None:
+        """Raise DemoError (with the demo's output) when the process has exited."""
+        if self.process is None:
+            raise DemoError("the demo is not running")
+        if self.process.poll() is not None:
+            raise DemoError(
+                f"the demo exited with code {self.process.returncode}:\n{self.log_tail()}"
+            )
+
+    def stop(self) -> None:
+        """Stop the demo (if running), by its pid; the state directory is kept."""
+        try:
+            stop_process(self.process, grace=15.0)
+        finally:
+            if self._log_file is not None:
+                self._log_file.close()
+                self._log_file = None
+
+    def __enter__(self) -> DemoWorkload:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def log_tail(self, lines: int = 40) -> str:
+        return _tail(self.log_path, lines)
+
+    def metrics_text(self) -> str:
+        """The /metrics exposition in the Prometheus text format (no Accept header)."""
+        self.check_running()
+        with urllib.request.urlopen(self.metrics_url, timeout=10) as response:
+            text: str = response.read().decode("utf-8")
+            return text
+
+    def exported_spans(self) -> list[dict[str, Any]]:
+        """The spans written to the span file so far (a line being written is skipped)."""
+        try:
+            text = self.span_file.read_text("utf-8")
+        except FileNotFoundError:
+            return []
+        spans: list[dict[str, Any]] = []
+        for line in text.splitlines(keepends=True):
+            if line.endswith("\n") and line.strip():
+                spans.append(json.loads(line))
+        return spans
+
+    def exported_trace_ids(self) -> set[str]:
+        """The trace ids of the spans written to the span file so far."""
+        return {span["trace_id"] for span in self.exported_spans() if span.get("trace_id")}
