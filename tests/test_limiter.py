@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import math
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from rh_agents.core.errors import InvalidArgumentError, LifecycleError
 from rh_agents.core.limiter import Limiter, LimiterStatistics
@@ -270,6 +274,112 @@ async def test_rate_limited_callers_keep_fifo_order() -> None:
         await asyncio.gather(*tasks)
         assert order == [0, 1, 2, 3, 4]
         assert clock.monotonic() == 4.25
+
+
+@pytest.mark.parametrize("order", ["first_to_last", "last_to_first", "all_at_once"])
+async def test_every_cancelled_token_waiter_gives_its_token_back(order: str) -> None:
+    # What a cancelled group does to a rate-limited limiter: all its waiters go at once.
+    async with FakeClock() as clock:
+        limiter = Limiter("api", max_concurrency=5, rate=1.0, clock=clock)
+        await limiter.acquire()  # t=0: the only token that is used
+        waiters = [asyncio.create_task(limiter.acquire()) for _ in range(4)]
+        await _settle()
+        assert limiter.waiting == 4  # holding slots, waiting for tokens at t=1, 2, 3, 4
+        await clock.sleep(0.1)
+
+        if order == "all_at_once":
+            for waiter in waiters:
+                waiter.cancel()
+            await asyncio.gather(*waiters, return_exceptions=True)
+        else:
+            for waiter in waiters if order == "first_to_last" else reversed(waiters):
+                waiter.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await waiter
+        assert (limiter.in_use, limiter.waiting) == (1, 0)
+
+        limiter.release()
+        await limiter.acquire()
+        assert clock.monotonic() == 1.0  # the next token after t=0's, not after t=4's
+        limiter.release()
+
+
+async def test_a_cancelled_middle_waiter_never_brings_two_starts_closer_than_the_rate() -> None:
+    async with FakeClock() as clock:
+        limiter = Limiter("api", max_concurrency=10, rate=1.0, clock=clock)
+        starts: dict[str, float] = {}
+
+        async def call(name: str) -> None:
+            async with limiter:
+                starts[name] = clock.monotonic()
+
+        tasks = {name: asyncio.create_task(call(name)) for name in "abcd"}
+        await _settle()  # a at t=0; b, c, d reserved t=1, 2, 3
+        tasks["c"].cancel()
+        tasks["e"] = asyncio.create_task(call("e"))
+        await asyncio.gather(*tasks.values(), return_exceptions=True)
+    # d keeps its place; e goes after it rather than into c's freed start next to d.
+    assert starts == {"a": 0.0, "b": 1.0, "d": 3.0, "e": 4.0}
+
+
+Caller = tuple[float, float | None]  # (arrives at, cancelled this long after arriving)
+
+callers = st.lists(
+    st.tuples(
+        st.integers(0, 16).map(lambda q: q / 4),
+        st.none() | st.integers(0, 12).map(lambda q: q / 4),
+    ),
+    min_size=1,
+    max_size=8,
+)
+
+
+async def run_rate_plan(rate: float, burst: int, plan: list[Caller]) -> tuple[list[float], float]:
+    """Start times of the callers that got a token, then of one more caller after all."""
+    async with FakeClock() as clock:
+        limiter = Limiter("api", max_concurrency=16, rate=rate, clock=clock, burst=burst)
+        starts: list[float] = []
+
+        async def take() -> None:
+            await limiter.acquire()
+            starts.append(clock.monotonic())
+            limiter.release()
+
+        async def caller(arrives: float, cancel_after: float | None) -> None:
+            await clock.sleep(arrives)
+            task = asyncio.create_task(take())
+            if cancel_after is not None:
+                await clock.sleep(cancel_after)
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+        await asyncio.gather(*(caller(*c) for c in plan))
+        assert (limiter.in_use, limiter.waiting) == (0, 0)
+        quiet_until = clock.monotonic()
+        await limiter.acquire()
+        starts.append(clock.monotonic())
+        limiter.release()
+        return starts, quiet_until
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.sampled_from([0.5, 1.0, 2.0, 4.0]), st.integers(1, 3), callers)
+def test_cancellations_never_break_the_rate_nor_lose_tokens(
+    rate: float, burst: int, plan: list[Caller]
+) -> None:
+    starts, quiet_until = asyncio.run(run_rate_plan(rate, burst, plan))
+    interval = 1.0 / rate
+    # Token bucket conformance: n + burst starts take at least n intervals.
+    for i, early in enumerate(starts):
+        for j in range(i + 1, len(starts)):
+            assert starts[j] - early >= (j - i - (burst - 1)) * interval - 1e-9
+    if burst == 1:
+        # No token is lost to a cancelled waiter: once nobody waits, the next caller
+        # needs to wait only for the last start's interval to pass.
+        *taken, fresh = starts
+        expected = max(quiet_until, max(taken, default=-math.inf) + interval)
+        assert fresh == pytest.approx(expected)
 
 
 # --- validation ----------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import math
 import warnings
@@ -28,6 +29,7 @@ from rh_agents.core.errors import (
     InvalidWorkError,
     LifecycleError,
 )
+from rh_agents.core.events import EventKind
 from rh_agents.core.executors import WorkItem
 from rh_agents.testing.clock import FakeClock
 
@@ -483,6 +485,12 @@ async def test_collecting_twice_at_once_is_a_lifecycle_error() -> None:
         ({"retry_delay": -0.5}, "retry_delay must be a finite number"),
         ({"retry_delay": math.nan, "max_retries": 2}, "retry_delay must be a finite number"),
         ({"name": 12}, "name must be a string or None"),
+        ({"name": ""}, "A parallel group's name must not be empty or blank, got ''"),
+        ({"name": "   "}, "must not be empty or blank, got '   '"),
+        ({"name": "x#1"}, "Parallel group name 'x#1' contains '#'"),
+        ({"name": "y[0]"}, r"Parallel group name 'y\[0\]' contains '\[\]'"),
+        ({"limiter": "openai"}, "got the string 'openai'; limiters are shared by passing"),
+        ({"limiter": 3}, "limiter must be a rh_agents Limiter or None, got int"),
         ({"circuit_breaker": 12}, "circuit_breaker must be a CircuitBreaker"),
         ({"circuit_breaker_threshold": 0}, "circuit_breaker_threshold must be a positive"),
     ],
@@ -659,3 +667,174 @@ async def test_never_started_coroutine_objects_are_closed_on_every_exit_path() -
                 p.add(clock.sleep(5))
                 async for _ in p.stream():
                     break
+
+
+# ------------------------------------------------------------ names and odd work
+
+
+async def test_group_names_with_a_slash_run_and_stay_distinct_from_similar_ones() -> None:
+    state = ExecutionState()
+    async with state.parallel(name="a/b") as slashed:
+        slashed.add(asyncio.sleep(0, result=1))
+    async with state.parallel(name="a_b") as underscored:
+        underscored.add(asyncio.sleep(0, result=2))
+
+    assert [r.result for r in slashed.results + underscored.results] == [1, 2]
+    assert slashed.group.status is underscored.group.status is GroupStatus.COMPLETED
+    # '/' separates address segments, so it becomes '_'; the ordinal keeps them apart.
+    assert (slashed.group.address, underscored.group.address) == ("parallel:a_b", "parallel:a_b#1")
+    assert slashed.group.group_id != underscored.group.group_id
+    # The events keep the real name, on the event and on its placeholder actor.
+    ends = [e for e in state.history.get_event_list() if e.kind == EventKind.GROUP]
+    assert [(e.actor_name, e.execution_status) for e in ends] == [
+        ("parallel:a/b", ExecutionStatus.STARTED),
+        ("parallel:a/b", ExecutionStatus.COMPLETED),
+        ("parallel:a_b", ExecutionStatus.STARTED),
+        ("parallel:a_b", ExecutionStatus.COMPLETED),
+    ]
+    assert ends[0].actor is not None and ends[0].actor.name == "parallel:a/b"
+
+
+@pytest.mark.parametrize("name", ["docs/a.txt", "q#2", "row[3]", None])
+async def test_retried_items_may_have_address_characters_in_their_names(
+    name: str | None,
+) -> None:
+    async with FakeClock() as clock:
+        state = ExecutionState(clock=clock)
+        calls = 0
+
+        async def flaky() -> str:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                raise ConnectionError("refused")
+            return "ok"
+
+        async with state.parallel(max_retries=2, retry_delay=0.1) as p:
+            # Unnamed, the item's automatic name 'item_1#1' contains '#' too.
+            p.add(lambda: asyncio.sleep(0), name="item_1")
+            p.add(flaky, name=name)
+
+    expected = name or "item_1#1"
+    assert [(r.name, r.ok, r.attempts) for r in p.results] == [
+        ("item_1", True, 1),
+        (expected, True, 2),
+    ]
+    retries = [e for e in state.history.get_event_list() if e.is_retry]
+    assert [(e.actor_name, e.metadata["item"]) for e in retries] == [(expected, expected)]
+    assert retries[0].actor is not None and retries[0].actor.name == expected
+
+
+async def test_a_running_task_or_future_is_rejected_at_add() -> None:
+    state = ExecutionState()
+    release = asyncio.Event()
+    task = asyncio.create_task(release.wait())
+    future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    try:
+        async with state.parallel(max_workers=1) as p:
+            with pytest.raises(InvalidWorkError, match=r"is an asyncio Task, which is already"):
+                p.add(task)
+            with pytest.raises(TypeError, match=r"Pass a factory that starts the work"):
+                p.add(future, name="f")
+            p.add(release.wait)  # what to do instead: a factory
+            release.set()
+        assert p.group.total == 1 and p.results[0].ok
+        # The group never took the task over: it is still the caller's to await.
+        assert not task.cancelled()
+        await task
+    finally:
+        task.cancel()
+        future.cancel()
+
+
+async def test_the_same_coroutine_object_added_twice_is_rejected_at_add() -> None:
+    state = ExecutionState()
+
+    async def work() -> int:
+        return 1
+
+    with no_unawaited_coroutines():
+        coro = work()
+        async with state.parallel() as p:
+            p.add(coro, name="first")
+            with pytest.raises(InvalidWorkError, match=r"'second' is the same coroutine object"):
+                p.add(coro, name="second")
+            p.add(work(), name="third")
+    assert [(r.name, r.ok) for r in p.results] == [("first", True), ("third", True)]
+
+
+async def test_a_factory_that_needs_arguments_fails_at_once_and_is_not_retried() -> None:
+    async def needs(x: int) -> int:
+        return x
+
+    async with FakeClock() as clock:
+        state = ExecutionState(clock=clock)
+        async with state.parallel(max_retries=3, retry_delay=1) as p:
+            p.add(needs, name="function")
+            p.add(functools.partial(needs), name="partial")
+    for result in p.results:
+        assert (result.ok, result.error_type, result.attempts) == (False, "InvalidWorkError", 1)
+        assert "cannot be called without arguments" in (result.error_message or "")
+        assert "functools.partial(work, x)" in (result.error_message or "")
+        assert isinstance(result.exception, InvalidWorkError)
+        assert isinstance(result.exception.__cause__, TypeError)
+    assert clock.sleeps == [] and p.group.retries == 0
+
+
+async def test_a_type_error_raised_inside_a_factory_is_the_item_s_own_failure() -> None:
+    calls = 0
+
+    def factory() -> Awaitable[int]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise TypeError("bad input")  # from inside the factory: retried as usual
+        return asyncio.sleep(0, result=5)
+
+    async with FakeClock() as clock:
+        state = ExecutionState(clock=clock)
+        async with state.parallel(max_retries=1, retry_delay=1) as p:
+            p.add(factory)
+    assert (p.results[0].ok, p.results[0].result, p.results[0].attempts) == (True, 5, 2)
+
+
+# ------------------------------------------------------------ returned results
+
+
+async def test_one_execution_result_returned_by_two_items_keeps_each_item_apart() -> None:
+    state = ExecutionState()
+    memoized: ExecutionResult[str] = ExecutionResult(result="same")
+
+    async def cached() -> ExecutionResult[str]:
+        return memoized
+
+    async with state.parallel() as p:
+        p.add(cached, name="a")
+        p.add(cached, name="b")
+        results = await p.gather()
+        by_name = await p.gather_dict()
+    assert [(r.index, r.name, r.result) for r in results] == [(0, "a", "same"), (1, "b", "same")]
+    assert {k: (v.index, v.name) for k, v in by_name.items()} == {"a": (0, "a"), "b": (1, "b")}
+    assert results[0] is not results[1]
+
+
+async def test_returning_a_nested_group_s_result_leaves_that_group_s_result_intact() -> None:
+    state = ExecutionState()
+    inner_groups: list[ParallelExecutionManager] = []
+
+    async def outer_item() -> ExecutionResult[Any]:
+        async with state.parallel(name="inner") as q:
+            q.add(asyncio.sleep(0, result="x"), name="first")
+            q.add(asyncio.sleep(0, result="y"), name="second")
+        inner_groups.append(q)
+        return q.results[1]
+
+    async with state.parallel(name="outer") as p:
+        p.add(outer_item, name="outer-item")
+    (inner,) = inner_groups
+    assert [(r.index, r.name) for r in inner.results] == [(0, "first"), (1, "second")]
+    assert (p.results[0].index, p.results[0].name, p.results[0].result) == (
+        0,
+        "outer-item",
+        "y",
+    )

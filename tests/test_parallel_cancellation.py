@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -103,6 +104,72 @@ async def stream_break(
     return p
 
 
+async def stream_break_stops_at_once(
+    state: ExecutionState, limiter: Limiter, probe: Probe
+) -> ParallelExecutionManager:
+    async with state.parallel(max_workers=2, limiter=limiter) as p:
+        for i in range(6):
+            p.add(probe.item(i, i + 1))
+        async for _ in p.stream():
+            break
+        started = list(probe.started)
+        await probe.clock.sleep(100)  # time enough for every queued item, were it allowed
+        # Still inside the block: the running items were cancelled, nothing else started.
+        assert probe.started == started
+        assert sorted(probe.cleaned) == sorted(started)
+        assert p.statistics()["in_flight"] == 0
+        assert p.group.status is GroupStatus.CANCELLED
+    return p
+
+
+async def gather_in_another_task(
+    state: ExecutionState, limiter: Limiter, probe: Probe
+) -> ParallelExecutionManager:
+    async with state.parallel(max_workers=2, limiter=limiter) as p:
+        for i in range(5):
+            p.add(probe.item(i, 10))
+        collector = asyncio.create_task(p.gather())
+        await probe.first_started.wait()
+    # The block owns the group: its exit cancelled and awaited the work.
+    assert [r.status for r in await collector] == [ExecutionStatus.CANCELLED] * 5
+    assert p.group.status is GroupStatus.CANCELLED
+    return p
+
+
+async def gather_in_another_task_body_error(
+    state: ExecutionState, limiter: Limiter, probe: Probe
+) -> ParallelExecutionManager:
+    p = state.parallel(max_workers=2, limiter=limiter)
+    with pytest.raises(KeyError):
+        async with p:
+            for i in range(5):
+                p.add(probe.item(i, 10))
+            collector = asyncio.create_task(p.gather())
+            await probe.first_started.wait()
+            raise KeyError("body")
+    await collector
+    assert p.group.status is GroupStatus.CANCELLED
+    return p
+
+
+async def worker_crash(
+    state: ExecutionState, limiter: Limiter, probe: Probe
+) -> ParallelExecutionManager:
+    def buggy(exc: BaseException) -> bool:
+        raise RuntimeError("predicate bug")
+
+    p = state.parallel(max_workers=2, limiter=limiter, max_retries=1, retry_on=buggy)
+    with pytest.raises(RuntimeError, match="predicate bug"):
+        async with p:
+            p.add(probe.item(0, 5))
+            p.add(probe.item(1, 1, fail=True))
+            for i in range(2, 6):
+                p.add(probe.item(i, 1))
+    assert probe.started == [0, 1]
+    assert p.group.status is GroupStatus.FAILED
+    return p
+
+
 async def stream_aclose(
     state: ExecutionState, limiter: Limiter, probe: Probe
 ) -> ParallelExecutionManager:
@@ -197,11 +264,15 @@ async def external_cancel_in_body(
         fail_fast,
         timeout,
         stream_break,
+        stream_break_stops_at_once,
         stream_aclose,
         body_error,
         body_error_while_streaming,
         external_cancel,
         external_cancel_in_body,
+        gather_in_another_task,
+        gather_in_another_task_body_error,
+        worker_crash,
     ],
 )
 async def test_no_task_or_permit_outlives_the_group(scenario: Scenario) -> None:
@@ -409,3 +480,79 @@ async def test_a_stream_consumed_by_another_task_is_stopped_when_the_body_fails(
         assert asyncio.all_tasks() == before
     assert seen == [0]
     assert p.group.status is GroupStatus.CANCELLED
+
+
+async def test_a_stream_left_early_in_another_task_stops_the_work_too() -> None:
+    async with FakeClock() as clock:
+        state = ExecutionState(clock=clock)
+        probe = Probe(clock)
+        async with state.parallel(max_workers=2) as p:
+            for i in range(6):
+                p.add(probe.item(i, i + 1))
+
+            async def first_result() -> int | None:
+                async for result in p.stream():
+                    return result.index
+                return None  # pragma: no cover
+
+            assert await asyncio.create_task(first_result()) == 0
+            started = list(probe.started)
+            await clock.sleep(100)
+            assert probe.started == started
+            assert p.statistics()["in_flight"] == 0
+    assert sorted(probe.cleaned) == sorted(probe.started)
+    assert p.group.status is GroupStatus.CANCELLED
+
+
+@pytest.mark.parametrize("body_raises", [False, True])
+async def test_leaving_the_block_ends_a_gather_running_in_another_task(body_raises: bool) -> None:
+    async with FakeClock() as clock:
+        state = ExecutionState(clock=clock)
+        probe = Probe(clock)
+        before = asyncio.all_tasks()
+        failing = pytest.raises(KeyError) if body_raises else contextlib.nullcontext()
+        with failing:
+            async with state.parallel(max_workers=2) as p:
+                for i in range(4):
+                    p.add(probe.item(i, 10))
+                collector = asyncio.create_task(p.gather())
+                await probe.first_started.wait()
+                if body_raises:
+                    raise KeyError("body")
+        # Nothing of the group is left, at most the caller's own task, about to return.
+        assert asyncio.all_tasks() - before <= {collector}
+        assert clock.monotonic() == 0
+        assert sorted(probe.cleaned) == sorted(probe.started) == [0, 1]
+        assert p.group.status is GroupStatus.CANCELLED
+        results = await collector
+    assert [r.error_message for r in results] == [
+        "Item 0 ('item_0') was cancelled while running.",
+        "Item 1 ('item_1') was cancelled while running.",
+        "Item 2 ('item_2') was cancelled before it started.",
+        "Item 3 ('item_3') was cancelled before it started.",
+    ]
+    assert results == p.results
+
+
+async def test_a_gather_in_another_task_cancelled_before_its_first_step_ends_cleanly() -> None:
+    state = ExecutionState()
+
+    async def work() -> int:
+        return 1
+
+    async with state.parallel() as p:
+        p.add(work())
+        p.add(work())
+        collector = asyncio.create_task(p.gather())
+        # The collector starts the group's runner task, which has not run yet when the
+        # block exits and cancels it.
+        await asyncio.sleep(0)
+    results = await collector
+    assert [r.error_message for r in results] == [
+        "Item 0 ('item_0') was cancelled before it started.",
+        "Item 1 ('item_1') was cancelled before it started.",
+    ]
+    assert p.group.status is GroupStatus.CANCELLED
+    groups = [e for e in state.history.get_event_list() if e.kind == EventKind.GROUP]
+    assert [e.execution_status for e in groups] == [ExecutionStatus.CANCELLED]
+    gc.collect()  # the never-started coroutines were closed: no "never awaited" warning

@@ -15,11 +15,13 @@ from rh_agents import (
     ExecutionState,
     ExecutionStatus,
     GroupStatus,
+    Limiter,
     ParallelExecutionManager,
     ParallelGroupError,
     ParallelTimeoutError,
     Tool,
 )
+from rh_agents.core.errors import StateError
 from rh_agents.core.events import EventKind
 from rh_agents.testing.clock import FakeClock
 
@@ -397,6 +399,26 @@ async def test_timeout_cancels_the_rest_and_reports_partial_results() -> None:
     assert state.history["parallel:crawl[5]/fetch"].execution_status is ExecutionStatus.CANCELLED
     last = group_events(state)[-1]
     assert last.execution_status is ExecutionStatus.FAILED and last.metadata["timed_out"]
+    assert last.message == str(error)  # a pure timeout: nothing failed, it just ran out
+
+
+async def test_the_final_event_of_a_timed_out_group_with_failures_says_both() -> None:
+    async with FakeClock() as clock:
+        state = ExecutionState(clock=clock)
+
+        async def bad() -> None:
+            raise ValueError("bad row")
+
+        with pytest.raises(ParallelTimeoutError):
+            async with state.parallel(timeout=1.0, name="rows") as p:
+                p.add(bad)
+                p.add(clock.sleep(5))
+    assert group_events(state)[-1].message == (
+        "Parallel group 'rows' timed out after 1.0s. Completed 0/2 events. Consider "
+        "increasing timeout or max_workers. 1 of 2 events failed with 1 error type: "
+        "ValueError 'bad row' (1)"
+    )
+    assert group_events(state)[0].message is None  # STARTED: nothing to say yet
 
 
 async def test_stream_with_timeout_yields_completed_results_first() -> None:
@@ -472,3 +494,126 @@ async def test_error_categories_use_the_first_sentence_of_a_message() -> None:
             p.add(work(i))
     assert p.group.categorized_errors() == [("OSError", "Disk N is full", 2)]
     assert p.group.errors[0] == "OSError: Disk 0 is full. Free some space on volume 0; then retry."
+
+
+# ------------------------------------------- errors outside an item's own work
+
+
+class PredicateBug(Exception):
+    pass
+
+
+def buggy_predicate(exc: BaseException) -> bool:
+    raise PredicateBug("the predicate has a bug")
+
+
+class BrokenLimiter(Limiter):
+    """A limiter whose acquire fails once ``fail`` is set (e.g. a lost connection)."""
+
+    fail = False
+
+    async def acquire(self) -> None:
+        if self.fail:
+            raise PredicateBug("limiter backend unreachable")
+        await super().acquire()
+
+
+@pytest.mark.parametrize("strategy", [ErrorStrategy.FAIL_SLOW, ErrorStrategy.FAIL_FAST])
+async def test_a_raising_retry_predicate_stops_the_group(strategy: ErrorStrategy) -> None:
+    async with FakeClock() as clock:
+        state = ExecutionState(clock=clock)
+        started: list[int] = []
+        cleaned: list[int] = []
+
+        async def bad() -> None:
+            raise ConnectionError("refused")
+
+        async def good(i: int) -> int:
+            started.append(i)
+            try:
+                await clock.sleep(10)
+                return i
+            finally:
+                cleaned.append(i)
+
+        p = state.parallel(
+            max_workers=2, max_retries=1, retry_on=buggy_predicate, error_strategy=strategy
+        )
+        with pytest.raises(PredicateBug) as info:
+            async with p:
+                p.add(lambda: good(0))
+                p.add(bad)
+                for i in range(2, 5):
+                    p.add(lambda i=i: good(i))
+        # The group did not wait for the running item, and started nothing after it.
+        assert clock.monotonic() == 0
+    assert started == cleaned == [0]
+    assert any("parallel group" in note and "item 1" in note for note in info.value.__notes__)
+    assert p.group.status is GroupStatus.FAILED
+    assert [(r.ok, r.status) for r in p.results] == [
+        (False, ExecutionStatus.CANCELLED),
+        (False, ExecutionStatus.FAILED),
+        *[(False, ExecutionStatus.CANCELLED)] * 3,
+    ]
+    assert p.results[1].error_type == "PredicateBug" and p.results[1].exception is info.value
+    assert p.group.errors == ["PredicateBug: the predicate has a bug"]
+    assert group_events(state)[-1].execution_status is ExecutionStatus.FAILED
+    assert p.statistics()["in_flight"] == 0
+
+
+async def test_a_failing_limiter_stops_the_group_and_leaks_no_permit() -> None:
+    async with FakeClock() as clock:
+        state = ExecutionState(clock=clock)
+        limiter = BrokenLimiter("svc", max_concurrency=2, clock=clock)
+
+        async def second_item() -> int:
+            limiter.fail = True  # from now on, every acquire fails
+            await clock.sleep(5)
+            return 1
+
+        before = asyncio.all_tasks()
+        with pytest.raises(PredicateBug, match="limiter backend unreachable"):
+            async with state.parallel(max_workers=1, limiter=limiter) as p:
+                p.add(second_item)
+                p.add(asyncio.sleep(0))
+                p.add(asyncio.sleep(0))
+        assert asyncio.all_tasks() == before
+    assert limiter.in_use == 0 and limiter.waiting == 0
+    assert p.group.status is GroupStatus.FAILED
+    assert [r.status for r in p.results] == [
+        ExecutionStatus.COMPLETED,
+        ExecutionStatus.FAILED,
+        ExecutionStatus.CANCELLED,
+    ]
+
+
+async def test_a_history_refusing_the_retry_event_stops_the_group(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with FakeClock() as clock:
+        state = ExecutionState(clock=clock)
+        publish = state.publish_event
+
+        async def refuse_retries(event: ExecutionEvent[Any]) -> None:
+            if event.is_retry:
+                raise StateError("The history could not record the retry: disk full.")
+            await publish(event)
+
+        monkeypatch.setattr(state, "publish_event", refuse_retries)
+        ran: list[int] = []
+
+        async def flaky() -> None:
+            raise ConnectionError("refused")
+
+        async def later(i: int) -> int:
+            ran.append(i)
+            return i
+
+        with pytest.raises(StateError, match="disk full"):
+            async with state.parallel(max_workers=1, max_retries=2, retry_delay=1) as p:
+                p.add(flaky)
+                for i in range(3):
+                    p.add(lambda i=i: later(i))
+    assert ran == []
+    assert p.group.status is GroupStatus.FAILED
+    assert group_events(state)[-1].execution_status is ExecutionStatus.FAILED

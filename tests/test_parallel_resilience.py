@@ -213,6 +213,50 @@ async def test_retries_exhausted_give_a_failed_result() -> None:
     assert p.group.retries == 2 and p.group.failed == 1
 
 
+@pytest.mark.parametrize("queued_behind", [False, True])
+async def test_fail_fast_records_an_item_in_backoff_as_waiting_to_retry(
+    queued_behind: bool,
+) -> None:
+    # Without other work the retry waits out its backoff in a worker; with a slow item
+    # queued behind it, it waits in the delayed queue. Either way it is not running.
+    async with FakeClock() as clock:
+        state = ExecutionState(clock=clock)
+
+        async def flaky() -> None:
+            raise ConnectionError("try again")
+
+        async def fatal() -> None:
+            await clock.sleep(1)
+            raise ValueError("not worth retrying")
+
+        p = state.parallel(
+            max_workers=2,
+            error_strategy="fail_fast",
+            max_retries=1,
+            retry_delay=10,
+            non_retryable=(ValueError,),
+        )
+        with pytest.raises(ValueError):
+            async with p:
+                p.add(flaky, name="flaky")
+                p.add(fatal, name="fatal")
+                if queued_behind:
+                    p.add(lambda: clock.sleep(5), name="slow")
+        assert clock.monotonic() == 1
+    waiting = p.results[0]
+    assert (waiting.ok, waiting.status, waiting.error_type, waiting.attempts) == (
+        False,
+        ExecutionStatus.CANCELLED,
+        "CancelledError",
+        1,
+    )
+    assert waiting.error_message == (
+        "Item 0 ('flaky') was cancelled while waiting to retry (after 1 failed attempt)."
+    )
+    if queued_behind:
+        assert p.results[2].error_message == "Item 2 ('slow') was cancelled while running."
+
+
 async def test_the_worker_is_released_during_the_backoff() -> None:
     async with FakeClock() as clock:
         state = ExecutionState(clock=clock)

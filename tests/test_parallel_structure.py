@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 from typing import Any
 
@@ -15,6 +16,7 @@ from rh_agents import (
     Tool,
 )
 from rh_agents.core.events import EventKind
+from rh_agents.core.parallel import ParallelEventGroup
 from rh_agents.testing.clock import FakeClock
 
 pytestmark = pytest.mark.filterwarnings("error::RuntimeWarning")
@@ -297,3 +299,67 @@ async def test_group_events_are_recorded_in_history_without_shadowing_invocation
     assert [e.kind for e in state.history.get_event_list()] == ["group", "group"]
     assert "parallel:docs" not in state.history  # lookups by address see invocations only
     assert p.group.start_time is not None and p.group.end_time is not None
+
+
+async def test_execution_time_is_measured_on_the_state_clock() -> None:
+    async with FakeClock() as clock:
+        state = ExecutionState(clock=clock)
+        async with state.parallel(name="slow") as p:
+            p.add(clock.sleep(100))
+            p.add(clock.sleep(40))
+    assert p.group.execution_time == 100.0
+    assert p.results[0].execution_time == 100.0
+    # start/end stay wall-clock timestamps, for display.
+    assert p.group.start_time is not None and p.group.end_time is not None
+    assert 0 <= p.group.end_time - p.group.start_time < 100
+    assert [e.execution_time for e in group_events(state)] == [None, 100.0]
+
+
+async def test_a_group_that_never_ran_took_no_time() -> None:
+    state = ExecutionState()
+    with pytest.raises(KeyError):
+        async with state.parallel() as p:
+            p.add(lambda: asyncio.sleep(0))
+            raise KeyError("body")
+    assert p.group.execution_time == 0.0
+    assert [e.execution_time for e in group_events(state)] == [0.0]
+
+
+async def test_a_group_survives_a_json_round_trip_with_its_error_summary() -> None:
+    state = ExecutionState()
+
+    async def refused(port: int) -> None:
+        raise ConnectionError(f"refused on port {port}")
+
+    async def silent() -> None:
+        raise TimeoutError()
+
+    async with state.parallel(name="g") as p:
+        p.add(refused(80))
+        p.add(refused(8080))
+        p.add(silent())
+        p.add(asyncio.sleep(0))
+    live = p.group
+    restored = ParallelEventGroup.model_validate_json(live.model_dump_json())
+
+    assert restored == live
+    assert restored.execution_time == live.execution_time
+    assert (
+        restored.categorized_errors()
+        == live.categorized_errors()
+        == [
+            ("ConnectionError", "refused on port N", 2),
+            ("TimeoutError", "", 1),
+        ]
+    )
+    assert (
+        restored.error_summary()
+        == live.error_summary()
+        == (
+            "3 of 4 events failed with 2 error types: ConnectionError 'refused on port N' (2), "
+            "TimeoutError (1)"
+        )
+    )
+    # Entries added to a restored group are categorized as well.
+    restored._record_failure("ValueError", "bad")
+    assert restored.categorized_errors()[-1] == ("ValueError", "bad", 1)

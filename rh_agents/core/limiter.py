@@ -7,6 +7,8 @@ group: create it once, hand the same instance to every group that calls the reso
 
 Waiters are served strictly first come, first served, and cancelling a waiter never
 leaks a permit, even when the cancellation lands at the moment a permit is handed over.
+With a rate limit, a waiter cancelled before its start gives its token back too (see
+``Limiter``), so cancelling a whole group of waiters does not delay the next caller.
 """
 
 from __future__ import annotations
@@ -58,7 +60,10 @@ class Limiter:
     burst, up to ``max_concurrency``, lets that many start together after a quiet
     period, then settles to ``rate`` per second. A caller takes its concurrency slot
     first and then waits for its token through ``clock.sleep``, so starts are spaced
-    even when many slots free up at once, and the FIFO order is kept.
+    even when many slots free up at once, and the FIFO order is kept. A caller
+    cancelled while it waits for its token gives the token back; if callers behind it
+    still wait, they keep their start times (the freed start is skipped rather than
+    letting two starts come closer than ``1/rate``).
 
     Do not hold a permit while awaiting other work that needs the same limiter (for
     example a nested group sharing it): with every slot held by outer callers the inner
@@ -108,8 +113,14 @@ class Limiter:
         self._peak = 0
         self._total = 0
         # Token bucket as a "theoretical arrival time": the clock time at which the
-        # bucket would be empty again if no more tokens were taken.
+        # bucket would be empty again if no more tokens were taken. It counts the
+        # tokens of callers still waiting for theirs (reservations) as taken.
         self._tat = -math.inf
+        # The tat as of the tokens actually handed out, and the tat each waiting caller
+        # reserved: a cancelled reservation is given back by recomputing the tat from
+        # what remains, whatever order the waiters are cancelled in.
+        self._taken_tat = -math.inf
+        self._reserved: set[float] = set()
 
     @property
     def name(self) -> str:
@@ -236,21 +247,34 @@ class Limiter:
             self._waiters.popleft()
 
     async def _take_token(self, rate: float) -> None:
-        """Wait until the token bucket allows one more acquisition."""
+        """Wait until the token bucket allows one more acquisition.
+
+        A caller that is cancelled while waiting gives its token back: the tat becomes
+        the latest of the tokens handed out and the reservations still waiting. When
+        every waiter is cancelled (a cancelled group) the bucket is exactly as if they
+        had never asked. When later callers still wait, they keep their places, so the
+        cancelled reservation is a gap that nobody uses rather than two starts closer
+        together than ``1/rate``.
+        """
         interval = 1.0 / rate
         now = self._clock.monotonic()
-        previous_tat = self._tat
-        start_at = max(now, previous_tat - (self._burst - 1) * interval)
-        reserved_tat = max(previous_tat, start_at) + interval
+        start_at = max(now, self._tat - (self._burst - 1) * interval)
+        reserved_tat = max(self._tat, start_at) + interval
         self._tat = reserved_tat
+        if now >= start_at:
+            self._taken_tat = reserved_tat
+            return
+        reserved = self._reserved
+        reserved.add(reserved_tat)
         try:
             while (now := self._clock.monotonic()) < start_at:
                 await self._clock.sleep(start_at - now)
         except BaseException:
-            # Give the token back if nobody has reserved one after us.
-            if self._tat == reserved_tat:
-                self._tat = previous_tat
+            reserved.discard(reserved_tat)
+            self._tat = max(self._taken_tat, max(reserved, default=-math.inf))
             raise
+        reserved.discard(reserved_tat)
+        self._taken_tat = max(self._taken_tat, reserved_tat)
 
 
 def _check_settings(name: object, max_concurrency: object, rate: object, burst: object) -> None:

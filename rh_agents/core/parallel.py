@@ -20,11 +20,14 @@ Design:
   run, which is what makes replay possible.
 * Failures: FAIL_SLOW (default) records them as ``ok=False`` results; FAIL_FAST cancels
   the running items, never starts queued ones and re-raises the first error. An
-  ExecutionEvent call returning ``ok=False`` is a failure like an exception.
+  ExecutionEvent call returning ``ok=False`` is a failure like an exception. An error of
+  the group's own machinery (a raising ``retry_on`` predicate, a failing limiter, a
+  history that cannot be written) stops the group under either strategy.
 * Retries back off exponentially with jitter (through the injectable clock) without
   holding a worker; circuit breakers reject calls without running them while open.
 * Every exit path (success, FAIL_FAST, timeout, leaving ``stream()``, an exception in the
-  ``async with`` body, external cancellation) cancels and awaits all work of the group.
+  ``async with`` body, external cancellation) cancels and awaits all work of the group,
+  also when another task runs ``gather()``: the block owns the group.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ import logging
 import re
 import time
 from collections import Counter
-from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Sequence
 from contextvars import ContextVar
 from enum import Enum
 from functools import lru_cache
@@ -63,9 +66,16 @@ from rh_agents.core.errors import (
     RhAgentsError,
     StateError,
 )
-from rh_agents.core.events import EventKind, ExecutionEvent, ExecutionResult, make_result
+from rh_agents.core.events import (
+    EventKind,
+    ExecutionEvent,
+    ExecutionResult,
+    clone,
+    make_result,
+)
 from rh_agents.core.executors import ItemExecutor, WorkItem, remote_traceback_of, run_item
 from rh_agents.core.hooks import Outcome
+from rh_agents.core.limiter import Limiter
 from rh_agents.core.retry import RetryConfig
 from rh_agents.core.types import ExecutionStatus
 
@@ -73,7 +83,6 @@ if TYPE_CHECKING:
     import random
 
     from rh_agents.core.execution import ExecutionState
-    from rh_agents.core.limiter import Limiter
 
 __all__ = [
     "ErrorStrategy",
@@ -139,8 +148,13 @@ class ParallelEventGroup(BaseModel):
         total / completed / failed / cancelled: item counts.
         retries: retries scheduled so far.
         status: PENDING, RUNNING, then COMPLETED, FAILED or CANCELLED.
-        start_time / end_time: wall-clock seconds (``time.time()``).
-        errors: "Type: message" of every failed item, in completion order.
+        start_time / end_time: wall-clock timestamps (``time.time()``), for display.
+        execution_time: seconds the group ran, measured on the state's clock (so a
+            :class:`~rh_agents.testing.FakeClock` gives virtual seconds); None until the
+            group has ended.
+        errors: "Type: message" of every failed item, in completion order. The error
+            categories are derived from it, so a group restored from JSON
+            (``model_validate_json(group.model_dump_json())``) summarizes the same way.
         timed_out: whether the group's deadline passed.
     """
 
@@ -155,20 +169,20 @@ class ParallelEventGroup(BaseModel):
     status: GroupStatus = GroupStatus.PENDING
     start_time: float | None = None
     end_time: float | None = None
+    execution_time: float | None = None
     error_strategy: ErrorStrategy = ErrorStrategy.FAIL_SLOW
     max_workers: int = 5
     timeout: float | None = None
     timed_out: bool = False
     errors: list[str] = Field(default_factory=list)
 
+    # (type, normalized message) of each entry of ``errors``, in the same order: a cache,
+    # built from ``errors`` when a group is restored, and whenever the two disagree.
     _kinds: list[tuple[str, str]] = PrivateAttr(default_factory=list)
 
-    @property
-    def execution_time(self) -> float | None:
-        """Seconds from start to end (None while not finished)."""
-        if self.start_time is None or self.end_time is None:
-            return None
-        return self.end_time - self.start_time
+    def model_post_init(self, context: Any, /) -> None:
+        if self.errors:
+            self._kinds = [_kind_of(entry) for entry in self.errors]
 
     @property
     def success_rate(self) -> float:
@@ -182,6 +196,8 @@ class ParallelEventGroup(BaseModel):
 
     def categorized_errors(self) -> list[tuple[str, str, int]]:
         """(error type, normalized message, count), most frequent first."""
+        if len(self._kinds) != len(self.errors):
+            self._kinds = [_kind_of(entry) for entry in self.errors]
         counts = Counter(self._kinds)
         return [(kind, msg, n) for (kind, msg), n in counts.most_common()]
 
@@ -197,6 +213,12 @@ class ParallelEventGroup(BaseModel):
             f"{self.failed} of {self.total} events failed with {len(kinds)} error "
             f"{plural}: " + ", ".join(parts)
         )
+
+
+def _kind_of(entry: str) -> tuple[str, str]:
+    """The category of an ``errors`` entry ("Type: message" or "Type")."""
+    error_type, _, detail = entry.partition(": ")
+    return error_type, _normalize(detail)
 
 
 class ParallelGroupTracker(BaseModel):
@@ -317,7 +339,19 @@ class _Item:
                     "awaited; pass a factory (e.g. `lambda: work(x)`) to run it again."
                 )
             return coro
-        work = self.factory()
+        try:
+            work = self.factory()
+        except TypeError as exc:
+            tb = exc.__traceback__
+            if tb is not None and tb.tb_next is None:
+                # Raised by the call itself, not inside the factory: it needs arguments.
+                # That fails the same way on every attempt, so it is a usage error.
+                raise InvalidWorkError(
+                    f"The factory of item {self.index} ('{self.name}') cannot be called "
+                    f"without arguments ({exc}); p.add() calls it with none. Bind the "
+                    "arguments first: p.add(lambda: work(x)) or functools.partial(work, x)."
+                ) from exc
+            raise
         if type(work) is not CoroutineType and not inspect.isawaitable(work):
             raise InvalidWorkError(
                 f"The factory of item {self.index} ('{self.name}') returned "
@@ -365,17 +399,129 @@ async def _stop_runner(runner: asyncio.Task[None]) -> None:
         runner.exception()
 
 
+async def _not_run(input_data: Any, extra_context: Any, state: Any) -> None:
+    return None  # pragma: no cover - never called
+
+
 @lru_cache(maxsize=256)
 def _placeholder_actor(name: str) -> BaseActor:
-    async def _not_run(input_data: Any, extra_context: Any, state: Any) -> None:
-        return None  # pragma: no cover - never called
+    """The actor of a group's bookkeeping events (group lifecycle, item retries).
 
-    return BaseActor(name=name, description="parallel group bookkeeping", handler=_not_run)
+    It carries the group's or item's name so that a subscriber printing
+    ``event.actor.name`` works, and it is never run. Those names are free text (an item
+    may be called ``docs/a.txt``, a group ``a/b``), while an actor name must not contain
+    address characters, so the actor is built without validation: the name check
+    protects the addresses of invocations, and these events take no address from it.
+    """
+    return BaseActor.model_construct(
+        name=name, description="parallel group bookkeeping", handler=_not_run
+    )
+
+
+def _own(result: ExecutionResult[Any]) -> ExecutionResult[Any]:
+    """``result``, or a copy of it if it is already some item's result.
+
+    Results are stamped with the item's index, name and attempts in place: the core's
+    own results (an ExecutionEvent call's) are fresh objects. One that already has an
+    index belongs to another item (a memoized result returned twice, an item of a
+    nested group): stamping it again would change that item's result too.
+    """
+    return result if result.__dict__["index"] is None else clone(result)
 
 
 def _bump(group: ParallelEventGroup, count: str) -> None:
     """``group.<count> += 1`` without pydantic's assignment machinery (once per item)."""
     group.__dict__[count] += 1
+
+
+_GROUP_NAME_RESERVED = "#[]"
+"""Characters a group name must not contain: its address would be another one's."""
+
+
+def _check_group_name(name: object) -> None:
+    """Reject group names that cannot be told apart from other addresses.
+
+    ``/`` is allowed: it is replaced by ``_`` in the address, and the per-parent ordinal
+    keeps a group ``a/b`` and a group ``a_b`` apart (``parallel:a_b``,
+    ``parallel:a_b#1``). ``#`` and ``[ ]`` are not: ``x#1`` would take the address of the
+    second group named ``x``, and ``y[0]`` that of item 0 of group ``y``.
+    """
+    if name is None:
+        return
+    if not isinstance(name, str):
+        raise InvalidArgumentError(f"name must be a string or None, got {name!r}.")
+    if not name.strip():
+        raise InvalidArgumentError(
+            f"A parallel group's name must not be empty or blank, got {name!r}; give it a "
+            "name such as 'docs', or leave name= out for an unnamed group."
+        )
+    bad = sorted(set(name) & set(_GROUP_NAME_RESERVED))
+    if bad:
+        raise InvalidArgumentError(
+            f"Parallel group name {name!r} contains {''.join(bad)!r}; '#', '[' and ']' "
+            "structure addresses (a group named 'x#1' would get the address of the second "
+            "group named 'x', and 'y[0]' that of item 0 of group 'y'). Use letters, "
+            "digits, spaces, '-', '_', '.' or '/'."
+        )
+
+
+def _bad_limiter_message(limiter: object) -> str:
+    if isinstance(limiter, str):
+        return (
+            f"limiter must be a Limiter object, got the string {limiter!r}; limiters are "
+            "shared by passing the same object, not by name. Create it once, e.g. "
+            f"`shared = Limiter({limiter!r}, max_concurrency=8)`, and pass `limiter=shared` "
+            "to every group that calls the resource."
+        )
+    return (
+        f"limiter must be a rh_agents Limiter or None, got {type(limiter).__name__}; "
+        "create one with Limiter(name, max_concurrency=...)."
+    )
+
+
+class _Stream(AsyncGenerator[ExecutionResult[Any], None]):
+    """What :meth:`ParallelExecutionManager.stream` returns: the group's generator,
+    plus a prompt stop of the group's work when the caller drops it (``break``)."""
+
+    __slots__ = ("_gen", "_group", "_started")
+
+    def __init__(
+        self,
+        group: ParallelExecutionManager,
+        gen: AsyncGenerator[ExecutionResult[Any], None],
+        started: list[asyncio.Task[None]],
+    ) -> None:
+        self._group = group
+        self._gen = gen
+        # The runner, once this stream started the group (shared with the generator,
+        # which must not reference the wrapper: that would keep it alive).
+        self._started = started
+
+    def __aiter__(self) -> _Stream:
+        return self
+
+    def __anext__(self) -> Coroutine[Any, Any, ExecutionResult[Any]]:
+        return self._gen.__anext__()
+
+    def asend(self, value: None) -> Coroutine[Any, Any, ExecutionResult[Any]]:
+        return self._gen.asend(value)
+
+    def athrow(
+        self, typ: Any, val: Any = None, tb: TracebackType | None = None, /
+    ) -> Coroutine[Any, Any, ExecutionResult[Any]]:
+        if val is None and tb is None:
+            return self._gen.athrow(typ)
+        return self._gen.athrow(typ, val, tb)  # pragma: no cover - the legacy form
+
+    def aclose(self) -> Coroutine[Any, Any, None]:
+        return self._gen.aclose()
+
+    def __del__(self) -> None:
+        if self._started:
+            # An exception here could only be reported as "unraisable"; the block's exit
+            # stops the work anyway.
+            with contextlib.suppress(Exception):
+                self._group._stream_released(self._started[0])
 
 
 def _check_positive_int(name: str, value: Any, hint: str) -> int:
@@ -393,14 +539,16 @@ class ParallelExecutionManager:
         error_strategy: FAIL_SLOW (default) or FAIL_FAST (also as strings).
         timeout: deadline in seconds for the whole group, counted from the start of
             execution; None for no deadline.
-        name: shown in printers, spans and metrics; part of the group id.
+        name: shown in printers, spans and metrics; part of the group id. Not empty or
+            blank, and without ``#``, ``[`` or ``]`` (they structure addresses); a ``/``
+            becomes ``_`` in the address.
         max_retries: retries per item after the first attempt (items must be factories).
         retry_delay: first backoff delay in seconds (exponential, with jitter).
         circuit_breaker_threshold: consecutive failures that open the group's own
             breaker; None (default) for no breaker unless ``circuit_breaker`` is given.
         circuit_breaker_timeout: seconds an open breaker waits before a probe.
         limiter: a shared :class:`~rh_agents.core.limiter.Limiter` capping concurrency
-            across groups.
+            across groups: the object itself, passed to every group that shares it.
         circuit_breaker: a :class:`~rh_agents.core.circuit_breaker.CircuitBreaker` or
             the name of one in ``execution_state.circuit_breakers`` (shared by name).
         retry_on: exception classes, or a predicate, deciding what is retried.
@@ -445,8 +593,9 @@ class ParallelExecutionManager:
             raise InvalidArgumentError(
                 f"timeout must be a positive number of seconds or None, got {timeout!r}."
             )
-        if name is not None and not isinstance(name, str):
-            raise InvalidArgumentError(f"name must be a string or None, got {name!r}.")
+        _check_group_name(name)
+        if limiter is not None and not isinstance(limiter, Limiter):
+            raise InvalidArgumentError(_bad_limiter_message(limiter))
         if not is_int_at_least(max_retries, 0):
             raise InvalidArgumentError(
                 f"max_retries must be an integer >= 0 (retries after the first attempt), "
@@ -494,6 +643,9 @@ class ParallelExecutionManager:
         self._started_at = 0.0
         self._lent: list[_Hold] = []
         self._streams: list[AsyncGenerator[ExecutionResult[Any], None]] = []
+        self._owner: asyncio.Task[Any] | None = None  # the task that entered the block
+        self._coros: dict[Any, int] = {}  # coroutine object -> index, while adding
+        self._backing_off: set[int] = set()  # items waiting out a retry backoff
 
     def _resolve_breaker(
         self,
@@ -540,6 +692,7 @@ class ParallelExecutionManager:
         self._frame = parent.child(f"parallel:{label}")
         self.group.address = self._frame.address
         self.group.group_id = group_id_for(self._frame.address)
+        self._owner = asyncio.current_task()
         self._phase = _Phase.OPEN
         return self
 
@@ -556,29 +709,36 @@ class ParallelExecutionManager:
                 else:
                     await self._abandon()
             else:
-                # A stream left early (break) or the body raised while streaming: close
-                # the stream here rather than leave it to the garbage collector, so its
-                # work is cancelled and awaited before the block exits.
+                # A stream left early (break) or the body raised while streaming, or
+                # another task still runs gather(): close the stream here rather than
+                # leave it to the garbage collector, and cancel the group's runner task,
+                # so all work is cancelled and awaited before the block exits.
                 for stream in self._streams:
                     with contextlib.suppress(RuntimeError):  # being iterated by another task
                         await stream.aclose()
                 if self._runner is not None:
                     await _stop_runner(self._runner)
+                if self.group.status is GroupStatus.PENDING:
+                    # The runner was cancelled before its first step: nothing ran.
+                    await self._abandon()
         finally:
             self._phase = _Phase.CLOSED
             await self._reclaim()
         return False
 
     async def _abandon(self) -> None:
+        """End a group that never started: every item cancelled before it started."""
         n = len(self._items)
         self.group.total = n
         for item in self._items:
             item.close()
         self._slots = [None] * n
         self._finish_slots()
+        self._coros.clear()
         self.results = [r for r in self._slots if r is not None]
         self.group.status = GroupStatus.CANCELLED
         self.group.start_time = self.group.end_time = time.time()
+        self.group.execution_time = 0.0
         await uninterrupted(self._publish_group(ExecutionStatus.CANCELLED))
 
     # --------------------------------------------------------------------- adding
@@ -594,8 +754,10 @@ class ParallelExecutionManager:
 
         Raises:
             LifecycleError: outside ``async with``, or after execution started.
-            InvalidWorkError: ``work`` is not awaitable, or is a coroutine object in a
-                group with retries.
+            InvalidWorkError: ``work`` is not awaitable; a coroutine object in a group
+                with retries; the same coroutine object as an earlier item; or an
+                ``asyncio.Task`` / ``Future``, which already runs outside the group's
+                control (pass a factory that creates the work instead).
             DuplicateNameError: ``name`` is already used in this group.
         """
         if self._phase is not _Phase.OPEN:
@@ -633,12 +795,29 @@ class ParallelExecutionManager:
         # Most items are functions or partials; the awaitable check is for the others.
         kind = type(work)
         if kind is CoroutineType or (kind not in _FACTORY_TYPES and inspect.isawaitable(work)):
+            if kind is not CoroutineType and isinstance(work, asyncio.Future):
+                # A Task already runs: the group could neither limit, time out nor cancel
+                # it, and it would outlive the block. Not ours to cancel either.
+                raise InvalidWorkError(
+                    f"Item '{name or f'item_{index}'}' is an asyncio {type(work).__name__}, "
+                    f"which is already running outside the control of group '{self._label}' "
+                    "(max_workers, timeout and cancellation cannot apply to it). Pass a "
+                    "factory that starts the work instead: p.add(lambda: work(x))."
+                )
             if self._retry is not None:
                 self._close_rejected(work)
                 raise InvalidWorkError(
                     f"Item '{name or f'item_{index}'}' is a coroutine object, which can run "
                     f"only once, but group '{self._label}' retries failed items (max_retries="
                     f"{self.max_retries}). Pass a factory instead: p.add(lambda: work(x))."
+                )
+            # Only coroutine objects: another awaitable may well be awaitable again.
+            first = self._coros.setdefault(work, index) if kind is CoroutineType else index
+            if first != index:
+                raise InvalidWorkError(
+                    f"Item '{name or f'item_{index}'}' is the same coroutine object as item "
+                    f"{first} of group '{self._label}'; a coroutine object can run only "
+                    "once. Create one per item, or pass a factory: p.add(lambda: work(x))."
                 )
             item = _Item(index, name, None, work)
         elif callable(work):
@@ -695,21 +874,49 @@ class ParallelExecutionManager:
             One :class:`ExecutionResult` per item; failed items have ``ok=False``.
             Calling it again returns the same results.
 
+        Called from another task than the one running the ``async with`` block (e.g.
+        ``asyncio.create_task(p.gather())``), the group still ends with the block: the
+        block's exit cancels whatever has not finished and waits for it, and this call
+        then returns the results, the unfinished ones cancelled.
+
         Raises:
             ParallelTimeoutError: the group's timeout passed (partial results attached).
-            Exception: under FAIL_FAST, the first failure (its own type).
+            Exception: under FAIL_FAST, the first failure (its own type); also an error
+                of the group's own machinery (a ``retry_on`` predicate that raised, a
+                failing limiter, a history that cannot be written), which stops the group.
         """
         self._check_collectable("gather")
         if self._phase is _Phase.OPEN:
             self._phase = _Phase.RUNNING
             self._lend()
             try:
-                await self._run()
+                if asyncio.current_task() is self._owner:
+                    await self._run()
+                else:
+                    await self._run_for_other_task()
             finally:
                 await self._reclaim()
         if self._error is not None:
             raise self._error
         return list(self.results)
+
+    async def _run_for_other_task(self) -> None:
+        """Run the group in a task of its own, which the block's exit can cancel.
+
+        Cancelling the calling task would cancel whatever else that task does; the
+        runner task holds only the group's work.
+        """
+        runner = asyncio.create_task(self._run())
+        self._runner = runner
+        try:
+            await asyncio.wait([runner])
+        except asyncio.CancelledError:
+            await _stop_runner(runner)
+            raise
+        if not runner.cancelled():
+            runner.result()  # raises the group's error (FAIL_FAST, timeout), if any
+        elif self.group.status is GroupStatus.PENDING:
+            await self._abandon()  # cancelled by the block's exit before it could start
 
     async def gather_dict(self) -> dict[str, ExecutionResult[Any]]:
         """Like :meth:`gather`, keyed by item name."""
@@ -719,23 +926,49 @@ class ParallelExecutionManager:
     def stream(self) -> AsyncGenerator[ExecutionResult[Any], None]:
         """Yield results as items finish (completion order, failures included).
 
-        Leaving the loop early cancels the remaining work when the group's ``async
-        with`` block exits (or at once with ``aclose()``, e.g. through
-        ``contextlib.aclosing``). With a timeout, results that completed are yielded
-        before the :class:`ParallelTimeoutError` is raised. A stream consumed by another
-        task ends when the group is cancelled under it.
+        Leaving the loop early (``break``, an exception in the loop) cancels the
+        remaining work at once: no further item starts, running ones are cancelled, and
+        the block's exit waits for them. That happens when the loop drops the stream;
+        a stream kept in a variable is stopped by ``aclose()`` (e.g. through
+        ``contextlib.aclosing``) or by the block's exit. With a timeout, results that
+        completed are yielded before the :class:`ParallelTimeoutError` is raised. A
+        stream consumed by another task ends when the group is cancelled under it.
 
         Raises:
             LifecycleError: (on first iteration) outside ``async with``, or when the
                 group's results are already being or have been collected.
         """
-        stream = self._stream()
-        # The group keeps the generator, so that leaving the loop early does not hand
-        # its cleanup to the garbage collector: the block's exit closes it.
+        started: list[asyncio.Task[None]] = []
+        stream = self._stream(started)
+        # The group keeps the generator itself, so that leaving the loop early does not
+        # hand its cleanup to the garbage collector (asyncio would run it in a task of
+        # its own, after the block may have exited): the block's exit closes it. The
+        # caller gets a thin wrapper whose release stops the work synchronously.
         self._streams.append(stream)
-        return stream
+        return _Stream(self, stream, started)
 
-    async def _stream(self) -> AsyncGenerator[ExecutionResult[Any], None]:
+    def _stream_released(self, runner: asyncio.Task[None]) -> None:
+        """The caller let go of the stream that started ``runner``: stop its work, now.
+
+        Runs from ``_Stream.__del__``, so it only does what needs no awaiting: no new
+        item starts, and the running ones (and the runner) are cancelled. Awaiting them
+        is left to the block's exit (or to ``aclose()``).
+        """
+        if runner.done():
+            return  # the stream was consumed to its end, or closed
+        try:
+            if runner.get_loop() is not asyncio.get_running_loop():
+                return
+        except RuntimeError:  # released outside the loop (garbage collected at shutdown)
+            return
+        self._stop = True
+        for worker in self._workers:
+            worker.cancel()
+        runner.cancel()
+
+    async def _stream(
+        self, started: list[asyncio.Task[None]]
+    ) -> AsyncGenerator[ExecutionResult[Any], None]:
         self._check_collectable("stream")
         if self._phase is not _Phase.OPEN:
             raise LifecycleError(
@@ -748,6 +981,7 @@ class ParallelExecutionManager:
         self._lend()
         runner = asyncio.create_task(self._run())
         self._runner = runner
+        started.append(runner)
         try:
             while True:
                 index = await queue.get()
@@ -824,6 +1058,7 @@ class ParallelExecutionManager:
         group.total = n
         group.status = GroupStatus.RUNNING
         group.start_time = time.time()
+        self._coros.clear()
         self._slots = [None] * n
         self._started_at = self._clock.monotonic()
         for item in items:
@@ -842,7 +1077,9 @@ class ParallelExecutionManager:
             if self.timeout is not None and n:
                 watchdog = asyncio.create_task(self._watchdog(self.timeout))
             if workers:
-                await asyncio.wait(workers)
+                # Workers handle their own errors (see _worker); one that dies anyway
+                # (KeyboardInterrupt, ...) ends the wait at once.
+                await asyncio.wait(workers, return_when=asyncio.FIRST_EXCEPTION)
         except asyncio.CancelledError:
             cancelled = True
             raise
@@ -859,36 +1096,34 @@ class ParallelExecutionManager:
                 cancelled = interrupted = True
             for item in items:
                 item.close()
-            await uninterrupted(self._finish(cancelled, tel))
+            await uninterrupted(self._finish(cancelled, tel, crashed=bool(errors)))
             if interrupted:
                 raise asyncio.CancelledError
-        fatal = [e for e in errors if not isinstance(e, Exception)]
-        if fatal:
-            raise fatal[0]
-        if errors:  # pragma: no cover - workers catch item exceptions
+        if errors:  # a worker died of a BaseException its error handling does not take
             raise errors[0]
         if self._error is not None:
             raise self._error
 
-    async def _finish(self, cancelled: bool, tel: Any) -> None:
+    async def _finish(self, cancelled: bool, tel: Any, crashed: bool = False) -> None:
         group = self.group
         self._finish_slots()
         self.results = [r for r in self._slots if r is not None]
         if cancelled:
             status = GroupStatus.CANCELLED
-        elif self._timed_out or self._failure is not None or group.failed:
+        elif self._timed_out or self._failure is not None or group.failed or crashed:
             status = GroupStatus.FAILED
         else:
             status = GroupStatus.COMPLETED
         group.status = status
         group.end_time = time.time()
+        duration = self._clock.monotonic() - self._started_at
+        group.execution_time = duration
         if self._timed_out and not cancelled:
             self._error = ParallelTimeoutError(self._timeout_message(), list(self.results), group)
         elif self._failure is not None and not cancelled:
             self._error = self._failure
         if self._queue is not None:
             self._queue.put_nowait(None)
-        duration = self._clock.monotonic() - self._started_at
         tel.group_finished(
             self._span, group, status.value, group.cancelled, duration, self._timed_out
         )
@@ -922,6 +1157,12 @@ class ParallelExecutionManager:
                     f"{self.timeout}s timeout."
                 )
                 error_type = "TimeoutError"
+            elif item.index in self._backing_off:
+                message = (
+                    f"Item {item.index} ('{item.name}') was cancelled while waiting to retry "
+                    f"(after {item.attempts} failed attempt{'s' if item.attempts != 1 else ''})."
+                )
+                error_type = "CancelledError"
             elif item.started:
                 message = f"Item {item.index} ('{item.name}') was cancelled while running."
                 error_type = "CancelledError"
@@ -963,17 +1204,48 @@ class ParallelExecutionManager:
 
     async def _worker(self) -> None:
         clock = self._clock
-        while not self._stop:
-            item = self._next()
-            if item is None:
-                return
-            if item.attempts:  # a retry, ready after its backoff (first attempts are ready)
-                delay = item.ready_at - clock.monotonic()
-                if delay > 0:
-                    await clock.sleep(delay)
-                    if self._stop:  # pragma: no cover - stopping cancels the sleep first
-                        return
-            await self._attempt(item)
+        item: _Item | None = None
+        try:
+            while not self._stop:
+                item = self._next()
+                if item is None:
+                    return
+                if item.attempts:  # a retry, ready after its backoff (first attempts are)
+                    delay = item.ready_at - clock.monotonic()
+                    if delay > 0:
+                        await clock.sleep(delay)
+                        if self._stop:  # pragma: no cover - stopping cancels the sleep first
+                            return
+                await self._attempt(item)
+        except Exception as exc:
+            # Not the item's work (its errors are results): the group's own machinery
+            # failed around it. Going on would hide the error and run the rest anyway.
+            self._crash(item, exc)
+
+    def _crash(self, item: _Item | None, error: Exception) -> None:
+        """Stop the group for an error raised outside an item's work.
+
+        A ``retry_on`` predicate that raises, a limiter or breaker that fails, the
+        history refusing the retry event: no item can succeed past that, so the group
+        stops as under FAIL_FAST (whatever its strategy), ends FAILED, and collecting
+        raises the error itself, with a note saying where it came from.
+        """
+        what = f"item {item.index} ('{item.name}')" if item is not None else "an item"
+        error.add_note(
+            f"Raised while parallel group '{self._label}' handled {what} outside the "
+            "item's own work (e.g. by a retry_on predicate, a limiter, a circuit breaker "
+            "or the history); the group stopped."
+        )
+        if item is not None and self._slots[item.index] is None:
+            self._fail(item, None, error, 0.0, fatal=True)
+            return
+        if self._failure is None:
+            self._failure = error
+        self._stop = True
+        me = asyncio.current_task()
+        for worker in self._workers:
+            if worker is not me:
+                worker.cancel()
 
     async def _attempt(self, item: _Item) -> None:
         state = self.execution_state
@@ -986,11 +1258,13 @@ class ParallelExecutionManager:
         if limiter is not None:
             await limiter.acquire()
             hold = _Hold(limiter)
-        started = clock.monotonic()
         permit: CircuitPermit | None = None
         value: Any = None
         error: BaseException | None = None
-        item.attempts += 1
+        attempts = item.attempts
+        if attempts:
+            self._backing_off.discard(item.index)
+        item.attempts = attempts + 1
         item.started = True
         assert self._frame is not None
         item_frame = self._frame.item(item.index, group.group_id)
@@ -1000,43 +1274,47 @@ class ParallelExecutionManager:
         if self._in_flight > self._peak:
             self._peak = self._in_flight
         handle = None
-        if traced:
-            tel.queue_changed(group, self._in_flight, len(self._items) - self._cursor)
-            # The wait for a worker slot (and the limiter): from ready to running.
-            handle = tel.item_started(self._span, group, item.index, started - item.ready_at)
+        # The outer finally gives back what was taken above whatever raises, including
+        # the clock and telemetry: a permit or an in-flight count must never leak.
         try:
-            if self.circuit_breaker is not None:
-                permit = self.circuit_breaker.admit()
-            if self.executor is None:
-                value = await item.awaitable()
-            else:
-                work = WorkItem(
-                    item.index,
-                    item.name,
-                    group.group_id,
-                    item.attempts,
-                    item.awaitable,
-                    work=item.factory,
-                )
-                value = await run_item(self.executor, work, item_frame, state)
-            if isinstance(value, ExecutionResult) and not value.ok:
-                error = value.exception or EventFailedError(
-                    value.error_message or "The event failed.", value
-                )
-        except asyncio.CancelledError as exc:
-            if permit is not None and self.circuit_breaker is not None:
-                self.circuit_breaker.release(permit)
-                permit = None
-            task = asyncio.current_task()
-            if task is None or task.cancelling() or self._stop:
-                if traced:
-                    tel.item_finished(handle, group, Outcome.CANCELLED, None)
-                raise
-            # Nobody cancelled the group: the item itself raised CancelledError (e.g.
-            # from a task of its own). That is the item's failure, not the group's end.
-            error = exc
-        except Exception as exc:
-            error = exc
+            started = clock.monotonic()
+            if traced:
+                tel.queue_changed(group, self._in_flight, len(self._items) - self._cursor)
+                # The wait for a worker slot (and the limiter): from ready to running.
+                handle = tel.item_started(self._span, group, item.index, started - item.ready_at)
+            try:
+                if self.circuit_breaker is not None:
+                    permit = self.circuit_breaker.admit()
+                if self.executor is None:
+                    value = await item.awaitable()
+                else:
+                    work = WorkItem(
+                        item.index,
+                        item.name,
+                        group.group_id,
+                        item.attempts,
+                        item.awaitable,
+                        work=item.factory,
+                    )
+                    value = await run_item(self.executor, work, item_frame, state)
+                if isinstance(value, ExecutionResult) and not value.ok:
+                    error = value.exception or EventFailedError(
+                        value.error_message or "The event failed.", value
+                    )
+            except asyncio.CancelledError as exc:
+                if permit is not None and self.circuit_breaker is not None:
+                    self.circuit_breaker.release(permit)
+                    permit = None
+                task = asyncio.current_task()
+                if task is None or task.cancelling() or self._stop:
+                    if traced:
+                        tel.item_finished(handle, group, Outcome.CANCELLED, None)
+                    raise
+                # Nobody cancelled the group: the item itself raised CancelledError (e.g.
+                # from a task of its own). That is the item's failure, not the group's end.
+                error = exc
+            except Exception as exc:
+                error = exc
         finally:
             current_frame.reset(token)
             if holds_token is not None:
@@ -1081,8 +1359,8 @@ class ParallelExecutionManager:
 
     def _complete(self, item: _Item, value: Any, elapsed: float) -> None:
         if isinstance(value, ExecutionResult):
-            result = value
-            fields = result.__dict__  # the core's own result: no validation to run
+            result = _own(value)
+            fields = result.__dict__  # no validation to run: the fields keep their types
             fields["index"] = item.index
             fields["name"] = item.name
             fields["attempts"] = item.attempts
@@ -1104,7 +1382,7 @@ class ParallelExecutionManager:
         self, item: _Item, value: Any, error: BaseException, elapsed: float, fatal: bool = False
     ) -> None:
         if isinstance(value, ExecutionResult):
-            result = value
+            result = _own(value)
             fields = result.__dict__
             fields["index"] = item.index
             fields["name"] = item.name
@@ -1166,6 +1444,7 @@ class ParallelExecutionManager:
         self.group.retries += 1
         item.ready_at = self._clock.monotonic() + delay
         heapq.heappush(self._delayed, (item.ready_at, item.index, item))
+        self._backing_off.add(item.index)
         message = (
             value.error_message
             if isinstance(value, ExecutionResult) and value.error_message
@@ -1209,6 +1488,10 @@ class ParallelExecutionManager:
     def _group_event(self, status: ExecutionStatus) -> ExecutionEvent[Any]:
         g = self.group
         label = g.name or "group"
+        message = g.error_summary() or None
+        if self._timed_out and status is not ExecutionStatus.STARTED:
+            timeout = self._timeout_message()
+            message = f"{timeout} {message}" if message else timeout
         return ExecutionEvent(
             actor=_placeholder_actor(f"parallel:{label}"),
             kind=EventKind.GROUP,
@@ -1218,7 +1501,7 @@ class ParallelExecutionManager:
             group_id=g.group_id,
             is_parallel=True,
             execution_time=g.execution_time,
-            message=g.error_summary() or None,
+            message=message,
             metadata={
                 "group_name": g.name,
                 "total": g.total,
