@@ -7,8 +7,8 @@ Three short scenes with a stub LLM that answers after a few milliseconds:
 1. ``async for result in p.stream()`` yields results in completion order, failures
    included, so a progress line can be printed per answer.
 2. Leaving the loop early (``break``) once enough answers arrived: the rest of the work is
-   cancelled (``contextlib.aclosing`` makes that happen at once; otherwise it happens when
-   the ``async with`` block exits) and recorded as cancelled.
+   cancelled at once and recorded as cancelled (``contextlib.aclosing`` also waits until
+   it has stopped; otherwise the ``async with`` block's exit waits for it).
 3. With a group ``timeout``, completed results are still streamed first, then
    ``ParallelTimeoutError`` (a ``TimeoutError``) reports what did not finish.
 

@@ -232,6 +232,28 @@ def not_a_history(tmp: Any) -> None:
     SQLiteStateBackend(path)
 
 
+async def add_a_running_task() -> None:
+    async def work() -> int:
+        return 1
+
+    async with _state().parallel() as p:
+        task = asyncio.ensure_future(work())
+        try:
+            p.add(task)
+        finally:
+            await task
+
+
+async def add_one_coroutine_twice() -> None:
+    async def work() -> int:
+        return 1
+
+    async with _state().parallel() as p:
+        coro = work()
+        p.add(coro)
+        p.add(coro)
+
+
 async def change_a_history_entry() -> None:
     state = _state()
     await ExecutionEvent(actor=Tool(name="t", handler=_echo))(1, {}, state)
@@ -495,6 +517,41 @@ MISUSES = [
         InvalidArgumentError,
         r"max_concurrency of limiter 'llm'",
         r"must be an integer >= 1",
+    ),
+    Misuse(
+        "blank group name",
+        lambda: _state().parallel(name="  "),
+        InvalidArgumentError,
+        r"group's name must not be empty or blank",
+        r"leave name= out for an unnamed group",
+    ),
+    Misuse(
+        "group name with address characters",
+        lambda: _state().parallel(name="x#1"),
+        InvalidArgumentError,
+        r"group name 'x#1' contains '#'",
+        r"Use letters, digits",
+    ),
+    Misuse(
+        "limiter given by name",
+        lambda: _state().parallel(limiter="openai"),
+        InvalidArgumentError,
+        r"limiter must be a Limiter object, got the string 'openai'",
+        r"pass `limiter=shared` to every group",
+    ),
+    Misuse(
+        "a running Task added to a group",
+        add_a_running_task,
+        InvalidWorkError,
+        r"is an asyncio Task, which is already running",
+        r"Pass a factory that starts the work instead",
+    ),
+    Misuse(
+        "one coroutine object added twice",
+        add_one_coroutine_twice,
+        InvalidWorkError,
+        r"is the same coroutine object as item 0",
+        r"Create one per item, or pass a factory",
     ),
     Misuse(
         "changing a history entry",

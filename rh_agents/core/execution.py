@@ -559,7 +559,9 @@ class ExecutionState:
         self.result_cache: ResultCache | None = ResultCache(
             cache_backend if cache_backend is not None else InMemoryCacheBackend(self.clock)
         )
-        self.circuit_breakers = circuit_breakers or CircuitBreakerRegistry()
+        self.circuit_breakers = (
+            circuit_breakers if circuit_breakers is not None else CircuitBreakerRegistry()
+        )
         self.divergences: list[dict[str, Any]] = []
         self._root = Frame.new_root()
         self._seq = len(self.history)
