@@ -556,3 +556,103 @@ async def test_a_gather_in_another_task_cancelled_before_its_first_step_ends_cle
     groups = [e for e in state.history.get_event_list() if e.kind == EventKind.GROUP]
     assert [e.execution_status for e in groups] == [ExecutionStatus.CANCELLED]
     gc.collect()  # the never-started coroutines were closed: no "never awaited" warning
+
+
+# One worker and no timeout: the group runs its worker in the calling task (no task of
+# its own). Cancellation must behave exactly as with worker tasks.
+
+
+async def test_a_single_worker_group_cancelled_from_outside_stops_and_reraises() -> None:
+    state = ExecutionState()
+    started: list[int] = []
+    release = asyncio.Event()
+
+    async def work(i: int) -> int:
+        started.append(i)
+        await release.wait()
+        return i
+
+    groups: list[ParallelExecutionManager] = []
+
+    async def run() -> None:
+        async with state.parallel(max_workers=1, name="one") as p:
+            groups.append(p)
+            for i in range(3):
+                p.add(lambda i=i: work(i))
+            await p.gather()
+
+    task = asyncio.create_task(run())
+    while not started:
+        await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    (p,) = groups
+    assert started == [0]  # queued items never started
+    assert p.group.status is GroupStatus.CANCELLED
+    assert [r.status for r in p.results] == [ExecutionStatus.CANCELLED] * 3
+    assert [t for t in asyncio.all_tasks() if t is not asyncio.current_task()] == []
+
+
+async def test_a_single_worker_group_stops_when_an_item_swallows_the_cancellation() -> None:
+    state = ExecutionState()
+    started: list[int] = []
+    inside = asyncio.Event()
+
+    async def stubborn() -> str:
+        started.append(0)
+        inside.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            return "swallowed"  # bad manners: the group must still stop
+        return "never"
+
+    async def other(i: int) -> int:
+        started.append(i)
+        return i
+
+    groups: list[ParallelExecutionManager] = []
+
+    async def run() -> None:
+        async with state.parallel(max_workers=1, name="one") as p:
+            groups.append(p)
+            p.add(stubborn)
+            p.add(lambda: other(1))
+            await p.gather()
+
+    task = asyncio.create_task(run())
+    await inside.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert started == [0]
+    assert groups[0].group.status is GroupStatus.CANCELLED
+
+
+async def test_a_single_worker_group_in_a_task_that_swallowed_a_cancellation_earlier() -> None:
+    # The task's cancelling() count stays up after a swallowed CancelledError; the group
+    # must still tell an item's own CancelledError (a failure) from being cancelled.
+    state = ExecutionState()
+
+    async def own_cancel() -> None:
+        raise asyncio.CancelledError  # the item's own, nobody cancelled the group
+
+    async def fine() -> int:
+        return 1
+
+    async def run() -> list[Any]:
+        me = asyncio.current_task()
+        assert me is not None
+        me.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(0)
+        assert me.cancelling() == 1
+        async with state.parallel(max_workers=1) as p:
+            p.add(own_cancel)
+            p.add(fine)
+            return await p.gather()
+
+    results = await asyncio.create_task(run())
+    assert [r.ok for r in results] == [False, True]
+    assert results[0].error_type == "CancelledError"

@@ -391,6 +391,11 @@ _holds: ContextVar[tuple[_Hold, ...]] = ContextVar("rh_agents_limiter_holds", de
 """The limiter permits held by the items enclosing the current code, outermost first."""
 
 
+def _cancel_requested() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 async def _stop_runner(runner: asyncio.Task[None]) -> None:
     """Cancel a stream's runner task and wait for it; never leave its error unretrieved."""
     if not runner.done():
@@ -429,9 +434,18 @@ def _own(result: ExecutionResult[Any]) -> ExecutionResult[Any]:
     return result if result.__dict__["index"] is None else clone(result)
 
 
+_GROUP_EVENT: ExecutionEvent[Any] = ExecutionEvent(kind=EventKind.GROUP, is_parallel=True)
+"""The template of group lifecycle events (see ``_group_event``)."""
+
+
 def _bump(group: ParallelEventGroup, count: str) -> None:
     """``group.<count> += 1`` without pydantic's assignment machinery (once per item)."""
     group.__dict__[count] += 1
+
+
+def _update(group: ParallelEventGroup, **fields: Any) -> None:
+    """Set fields of the group's own model (values of the right types, no validation)."""
+    group.__dict__.update(fields)
 
 
 _GROUP_NAME_RESERVED = "#[]"
@@ -601,9 +615,12 @@ class ParallelExecutionManager:
                 f"max_retries must be an integer >= 0 (retries after the first attempt), "
                 f"got {max_retries!r}. Use 0 for no retries."
             )
-        # Built even without retries, so a bad retry_delay or retry_on is reported at once.
-        retry = RetryConfig.for_group(max_retries, retry_delay, retry_on, non_retryable)
-        self._retry = retry if max_retries else None
+        self._retry: RetryConfig | None = None
+        if max_retries or retry_delay != 1.0 or retry_on is not None or non_retryable:
+            # Built even without retries, so a bad retry_delay or retry_on is reported at
+            # once (the defaults need no check).
+            retry = RetryConfig.for_group(max_retries, retry_delay, retry_on, non_retryable)
+            self._retry = retry if max_retries else None
         self.execution_state = execution_state
         self.max_workers = max_workers
         self.error_strategy = strategy
@@ -646,6 +663,7 @@ class ParallelExecutionManager:
         self._owner: asyncio.Task[Any] | None = None  # the task that entered the block
         self._coros: dict[Any, int] = {}  # coroutine object -> index, while adding
         self._backing_off: set[int] = set()  # items waiting out a retry backoff
+        self._inline = False  # the single worker runs in the group's own task
 
     def _resolve_breaker(
         self,
@@ -690,8 +708,7 @@ class ParallelExecutionManager:
         parent = self.execution_state._frame()
         label = (self.group.name or "group").replace("/", "_")
         self._frame = parent.child(f"parallel:{label}")
-        self.group.address = self._frame.address
-        self.group.group_id = group_id_for(self._frame.address)
+        _update(self.group, address=self._frame.address, group_id=group_id_for(self._frame.address))
         self._owner = asyncio.current_task()
         self._phase = _Phase.OPEN
         return self
@@ -1055,15 +1072,26 @@ class ParallelExecutionManager:
         items = self._items
         n = len(items)
         group = self.group
-        group.total = n
-        group.status = GroupStatus.RUNNING
-        group.start_time = time.time()
+        _update(group, total=n, status=GroupStatus.RUNNING, start_time=time.time())
         self._coros.clear()
         self._slots = [None] * n
         self._started_at = self._clock.monotonic()
         for item in items:
             item.ready_at = self._started_at
         self._span = tel.group_started(group, self.error_strategy.value)
+        # One worker and no deadline: run it in this task. A task of its own would only
+        # add event-loop round trips (most of a small group's fixed cost), and without a
+        # watchdog only this task's own canceller can stop it. Not in a task that has
+        # been cancelled before (a pending or swallowed request): there, a CancelledError
+        # could not be told apart from an item's own.
+        task = asyncio.current_task()
+        inline = (
+            min(self.max_workers, n) == 1
+            and self.timeout is None
+            and task is not None
+            and task.cancelling() == 0
+        )
+        self._inline = inline
         cancelled = False
         workers: list[asyncio.Task[None]] = []
         watchdog: asyncio.Task[None] | None = None
@@ -1072,7 +1100,13 @@ class ParallelExecutionManager:
             await state.publish_event(self._group_event(ExecutionStatus.STARTED))
             if tel.enabled:
                 tel.queue_changed(group, 0, n)
-            workers = [asyncio.create_task(self._worker()) for _ in range(min(self.max_workers, n))]
+            if inline:
+                await self._worker()
+                workers = []
+            else:
+                workers = [
+                    asyncio.create_task(self._worker()) for _ in range(min(self.max_workers, n))
+                ]
             self._workers = workers
             if self.timeout is not None and n:
                 watchdog = asyncio.create_task(self._watchdog(self.timeout))
@@ -1096,7 +1130,12 @@ class ParallelExecutionManager:
                 cancelled = interrupted = True
             for item in items:
                 item.close()
-            await uninterrupted(self._finish(cancelled, tel, crashed=bool(errors)))
+            finish = self._finish(cancelled, tel, crashed=bool(errors))
+            if state.event_bus._listening():
+                # Subscribers may suspend it: the final status must still be recorded.
+                await uninterrupted(finish)
+            else:
+                await finish  # nothing in it can suspend, so nothing can interrupt it
             if interrupted:
                 raise asyncio.CancelledError
         if errors:  # a worker died of a BaseException its error handling does not take
@@ -1114,10 +1153,9 @@ class ParallelExecutionManager:
             status = GroupStatus.FAILED
         else:
             status = GroupStatus.COMPLETED
-        group.status = status
-        group.end_time = time.time()
+        _update(group, status=status, end_time=time.time())
         duration = self._clock.monotonic() - self._started_at
-        group.execution_time = duration
+        _update(group, execution_time=duration)
         if self._timed_out and not cancelled:
             self._error = ParallelTimeoutError(self._timeout_message(), list(self.results), group)
         elif self._failure is not None and not cancelled:
@@ -1205,8 +1243,13 @@ class ParallelExecutionManager:
     async def _worker(self) -> None:
         clock = self._clock
         item: _Item | None = None
+        inline = self._inline
         try:
             while not self._stop:
+                if inline and _cancel_requested():
+                    # An item swallowed the cancellation of the task running the group
+                    # inline: stop here rather than run the rest of the queue.
+                    raise asyncio.CancelledError
                 item = self._next()
                 if item is None:
                     return
@@ -1492,16 +1535,17 @@ class ParallelExecutionManager:
         if self._timed_out and status is not ExecutionStatus.STARTED:
             timeout = self._timeout_message()
             message = f"{timeout} {message}" if message else timeout
-        return ExecutionEvent(
+        # Every field is the group's own, of the right type: no validation to pay for.
+        return clone(
+            _GROUP_EVENT,
             actor=_placeholder_actor(f"parallel:{label}"),
-            kind=EventKind.GROUP,
             actor_name=f"parallel:{label}",
             address=g.address,
             execution_status=status,
             group_id=g.group_id,
-            is_parallel=True,
             execution_time=g.execution_time,
             message=message,
+            timestamp=time.time(),
             metadata={
                 "group_name": g.name,
                 "total": g.total,
@@ -1518,5 +1562,5 @@ class ParallelExecutionManager:
         )
 
     async def _publish_group(self, status: ExecutionStatus) -> None:
-        self.group.timed_out = self._timed_out
+        _update(self.group, timed_out=self._timed_out)
         await self.execution_state.publish_event(self._group_event(status))
