@@ -617,3 +617,18 @@ async def test_a_history_refusing_the_retry_event_stops_the_group(
     assert ran == []
     assert p.group.status is GroupStatus.FAILED
     assert group_events(state)[-1].execution_status is ExecutionStatus.FAILED
+
+
+def test_error_categories_show_numbers_unless_the_messages_differ_only_in_them() -> None:
+    from rh_agents.core.parallel import ParallelEventGroup
+
+    group = ParallelEventGroup(total=5, failed=5)
+    group._record_failure("HTTPError", "HTTP 503 Service Unavailable. Retry later.")
+    group._record_failure("HTTPError", "HTTP 503 Service Unavailable. Retry soon.")
+    group._record_failure("ConnectionError", "refused on port 8080")
+    group._record_failure("ConnectionError", "refused on port 9090")
+    group._record_failure("ConnectionError", "refused on port 9090")
+    assert group.categorized_errors() == [
+        ("ConnectionError", "refused on port N", 3),
+        ("HTTPError", "HTTP 503 Service Unavailable", 2),
+    ]

@@ -583,7 +583,7 @@ async def test_realtime_nested_groups_failures_and_retries() -> None:
     assert all(x.startswith("      [inner") for x in inner_lines)  # depth 3
     assert "    ▶ group 'inner' started: 2 items" in text
     assert "✖ group 'outer' failed" in text
-    assert "errors: 1 of 4 events failed with 1 error type: ValueError 'always N' (1)" in text
+    assert "errors: 1 of 4 events failed with 1 error type: ValueError 'always 2' (1)" in text
     assert text.count("group 'inner' complete") == 1
 
 
@@ -736,7 +736,7 @@ async def test_progress_mode_on_a_terminal_draws_live_bars(
     assert re.search(r"inner █+ 100%  2/2", plain)  # its last frame, before the summary
     assert "✔ group 'inner' complete ██████████ 100%  2/2 completed" in plain
     assert "✖ group 'outer' failed ██████████ 100%  6/7 completed, 1 failed" in plain
-    assert "ConnectionError 'refused N' (1)" in plain
+    assert "ConnectionError 'refused 2' (1)" in plain
     assert "✔ completed search" in plain.splitlines()[-1]
     assert printer.internal_errors == 0
 

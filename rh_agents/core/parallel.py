@@ -128,14 +128,21 @@ _NUMBERS = re.compile(r"\b0x[0-9a-f]+\b|\d+(?:\.\d+)?", re.IGNORECASE)
 _SENTENCE_END = re.compile(r"[.;](?:\s|$)")
 
 
-def _normalize(message: str) -> str:
-    """The category key of an error message: its first sentence, numbers as ``N``."""
+def _first_sentence(message: str) -> str:
     text = message.strip().splitlines()[0] if message.strip() else ""
     end = _SENTENCE_END.search(text)
     if end is not None and end.start() > 0:
         text = text[: end.start()]
-    text = _NUMBERS.sub("N", text)
+    return text
+
+
+def _shorten(text: str) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _normalize(message: str) -> str:
+    """The category key of an error message: its first sentence, numbers as ``N``."""
+    return _shorten(_NUMBERS.sub("N", _first_sentence(message)))
 
 
 class ParallelEventGroup(BaseModel):
@@ -195,11 +202,23 @@ class ParallelEventGroup(BaseModel):
         self._kinds.append((error_type, _normalize(detail)))
 
     def categorized_errors(self) -> list[tuple[str, str, int]]:
-        """(error type, normalized message, count), most frequent first."""
+        """(error type, message, count), most frequent first.
+
+        Messages that differ only in numbers (ids, ports, status codes) form one category,
+        shown with its numbers as ``N`` ("refused on port N"); a category whose messages
+        are all the same shows that message as it is ("HTTP 503 Service Unavailable").
+        """
         if len(self._kinds) != len(self.errors):
             self._kinds = [_kind_of(entry) for entry in self.errors]
         counts = Counter(self._kinds)
-        return [(kind, msg, n) for (kind, msg), n in counts.most_common()]
+        shown: dict[tuple[str, str], set[str]] = {}
+        for kind, entry in zip(self._kinds, self.errors, strict=True):
+            detail = entry.partition(": ")[2]
+            shown.setdefault(kind, set()).add(_shorten(_first_sentence(detail)))
+        return [
+            (kind, next(iter(shown[kind, msg])) if len(shown[kind, msg]) == 1 else msg, n)
+            for (kind, msg), n in counts.most_common()
+        ]
 
     def error_summary(self) -> str:
         """E.g. "3 of 10 events failed with 2 error types: ConnectionError 'refused' (2),
