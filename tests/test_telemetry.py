@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
+from typing import Any
 
 import pytest
 from pydantic import BaseModel
@@ -455,3 +457,366 @@ def test_importing_and_using_the_library_sets_no_global_provider() -> None:
 
     asyncio.run(ExecutionEvent(actor=AGENT)(Q(text="x"), {}, ExecutionState()))
     assert type(trace.get_tracer_provider()).__name__ == "ProxyTracerProvider"
+
+
+async def test_a_span_processor_whose_on_start_raises_leaves_no_span_open(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from opentelemetry.sdk.trace import SpanProcessor
+
+    class BrokenStart(SpanProcessor):
+        def on_start(self, span: object, parent_context: object = None) -> None:  # type: ignore[override]
+            raise RuntimeError("processor down")
+
+    calls = 0
+
+    async def flaky(data: Q, ctx: object, state: object) -> str:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise TimeoutError("slow")
+        return "ok"
+
+    retried = Tool(
+        name="retried",
+        input_model=Q,
+        handler=flaky,
+        retry_config=RetryConfig(max_attempts=2, initial_delay=0.5, jitter=False),
+    )
+    with capture_telemetry() as cap, caplog.at_level(logging.ERROR, "rh_agents.telemetry"):
+        cap.tracer_provider.add_span_processor(BrokenStart())
+        async with FakeClock() as clock:
+            state = ExecutionState(clock=clock)
+            result = await ExecutionEvent(actor=AGENT)(Q(text="x"), {}, state)
+            async with state.parallel(max_workers=2, name="batch") as p:
+                for i in range(3):
+                    p.add(ExecutionEvent(actor=SEARCH)(Q(text=str(i)), {}, state))
+                await p.gather()
+            await ExecutionEvent(actor=retried)(Q(text="x"), {}, state)
+    assert result.ok and result.result == ["found x", "found x!"]
+    # every span was still ended, with its place in the tree
+    cap.assert_no_open_spans()
+    assert cap.span_tree(attributes=()) == (
+        "invoke_agent researcher\n"
+        "  execute_tool search\n"
+        "  execute_tool search\n"
+        "parallel batch\n"
+        "  execute_tool search\n"
+        "  execute_tool search\n"
+        "  execute_tool search\n"
+        "execute_tool retried\n"
+        "  attempt 1 ERROR\n"
+        "  attempt 2"
+    )
+    faults = [r.getMessage() for r in caplog.records if r.name == "rh_agents.telemetry"]
+    # once per hook (events, groups, attempts), not once per span
+    assert sorted(f.split("(span ")[1].split(")")[0] for f in faults) == [
+        "'attempt 1'",
+        "'invoke_agent researcher'",
+        "'parallel batch'",
+    ]
+    assert all("raised in on_start" in f and "the span is kept" in f for f in faults)
+
+
+def _exception_events(spans: list[Any]) -> list[tuple[str, str]]:
+    return [
+        (s.name, str((e.attributes or {})["exception.message"]))
+        for s in sorted(spans, key=lambda s: s.start_time or 0)
+        for e in s.events
+        if e.name == "exception"
+    ]
+
+
+async def test_the_final_exception_of_a_retried_event_is_recorded_once(
+    rh_telemetry: TelemetryCapture,
+) -> None:
+    calls = 0
+
+    async def down(data: Q, ctx: object, state: object) -> str:
+        nonlocal calls
+        calls += 1
+        raise ConnectionError(f"refused {calls}")
+
+    tool = Tool(
+        name="down",
+        input_model=Q,
+        handler=down,
+        retry_config=RetryConfig(max_attempts=3, initial_delay=0.5, jitter=False),
+    )
+    async with FakeClock() as clock:
+        result = await ExecutionEvent(actor=tool)(Q(text="x"), {}, ExecutionState(clock=clock))
+    assert not result.ok and calls == 3
+    assert rh_telemetry.span_tree() == (
+        "execute_tool down [outcome='failed'] ERROR\n"
+        "  attempt 1 ERROR\n"
+        "  attempt 2 ERROR\n"
+        "  attempt 3 ERROR"
+    )
+    # each exception once, on the attempt span that raised it ...
+    assert _exception_events(rh_telemetry.spans) == [
+        ("attempt 1", "refused 1"),
+        ("attempt 2", "refused 2"),
+        ("attempt 3", "refused 3"),
+    ]
+    # ... the event span carries the outcome, status and type, and the retry events
+    event = rh_telemetry.one("execute_tool down")
+    attrs = event.attributes or {}
+    assert attrs["error.type"] == "ConnectionError"
+    assert event.status.description == "refused 3"
+    assert [e.name for e in event.events] == ["retry", "retry"]
+    assert [(e.attributes or {})["exception.message"] for e in event.events] == [
+        "refused 1",
+        "refused 2",
+    ]
+    for attempt in (1, 2, 3):
+        span = rh_telemetry.one(f"attempt {attempt}")
+        assert (span.attributes or {})["rh_agents.retry.attempt"] == attempt
+        assert (span.attributes or {})["error.type"] == "ConnectionError"
+    rh_telemetry.assert_metric("rh_agents_event_errors_total", 1, name="down")
+    rh_telemetry.assert_metric("rh_agents_retries_total", 2, name="down")
+
+
+async def test_an_error_after_the_attempts_is_recorded_on_the_event_span(
+    rh_telemetry: TelemetryCapture,
+) -> None:
+    async def unstorable(data: Q, ctx: object, state: object) -> object:
+        return object()  # the attempt succeeds; the history cannot store the result
+
+    tool = Tool(
+        name="odd",
+        input_model=Q,
+        handler=unstorable,
+        retry_config=RetryConfig(max_attempts=2, initial_delay=0.5, jitter=False),
+    )
+    result = await ExecutionEvent(actor=tool)(Q(text="x"), {}, ExecutionState())
+    assert not result.ok
+    assert rh_telemetry.span_tree() == "execute_tool odd [outcome='failed'] ERROR\n  attempt 1"
+    assert [name for name, _ in _exception_events(rh_telemetry.spans)] == ["execute_tool odd"]
+
+
+async def test_llm_spans_name_the_model_and_provider_only_when_the_actor_declares_them(
+    rh_telemetry: TelemetryCapture,
+) -> None:
+    class ChatModel(LLM):
+        model: str
+        provider: str
+
+    async def answer(data: Q, ctx: object, state: object) -> str:
+        return "42"
+
+    plain = LLM(name="writer", input_model=Q, handler=answer, cacheable=False)
+    declared = ChatModel(
+        name="summarizer",
+        input_model=Q,
+        handler=answer,
+        cacheable=False,
+        model="gpt-4o-mini",
+        provider="openai",
+    )
+
+    async def orchestrate(data: Q, ctx: object, state: ExecutionState) -> str:
+        first = await ExecutionEvent(actor=declared)(data, {}, state)
+        return str(first.result)
+
+    agent = Agent(name="boss", input_model=Q, handler=orchestrate, llm=declared)
+    state = ExecutionState()
+    await ExecutionEvent(actor=plain)(Q(text="q"), {}, state)
+    await ExecutionEvent(actor=agent)(Q(text="q"), {}, state)
+    assert rh_telemetry.span_tree(attributes=()) == (
+        "chat writer\ninvoke_agent boss\n  chat gpt-4o-mini"
+    )
+    # an actor name is not a model name: no gen_ai.request.model without a model
+    attrs = rh_telemetry.one("chat writer").attributes or {}
+    assert attrs["rh_agents.actor.name"] == "writer"
+    assert "gen_ai.request.model" not in attrs and "gen_ai.provider.name" not in attrs
+    chat = rh_telemetry.one("chat gpt-4o-mini")
+    assert chat.kind.name == "CLIENT"
+    assert {k: v for k, v in (chat.attributes or {}).items() if k.startswith("gen_ai.")} == {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.request.model": "gpt-4o-mini",
+        "gen_ai.provider.name": "openai",
+    }
+    assert (chat.attributes or {})["rh_agents.actor.name"] == "summarizer"
+    boss = rh_telemetry.one("invoke_agent boss").attributes or {}
+    assert boss["gen_ai.agent.name"] == "boss"
+    assert boss["gen_ai.request.model"] == "gpt-4o-mini"  # from the agent's llm
+    assert boss["gen_ai.provider.name"] == "openai"
+    # metrics keep the actor name
+    rh_telemetry.assert_metric("rh_agents_events_total", 1, operation="chat", name="summarizer")
+    rh_telemetry.assert_metric("rh_agents_events_total", 1, operation="chat", name="writer")
+
+
+async def test_concurrent_groups_of_the_same_name_add_up_in_the_gauges(
+    rh_telemetry: TelemetryCapture,
+) -> None:
+    state = ExecutionState()
+    gate = asyncio.Event()
+    running = 0
+    all_running = asyncio.Event()
+
+    async def item() -> int:
+        nonlocal running
+        running += 1
+        if running == 21:  # 10 "inner" groups x 2 workers, and the "other" group's item
+            all_running.set()
+        await gate.wait()
+        return 1
+
+    async def one_group(max_workers: int) -> int:
+        async with state.parallel(max_workers=max_workers, name="inner") as p:
+            for _ in range(5):
+                p.add(item)
+            return len(await p.gather())
+
+    async def other_group() -> int:
+        async with state.parallel(max_workers=4, name="other") as p:
+            p.add(item)
+            return len(await p.gather())
+
+    # ten groups named "inner" of 5 items and 2 workers each: 20 running, 30 waiting
+    tasks = [asyncio.create_task(one_group(2)) for _ in range(10)]
+    tasks.append(asyncio.create_task(other_group()))
+    await asyncio.wait_for(all_running.wait(), 10)
+    assert rh_telemetry.samples("rh_agents_parallel_in_flight") == [
+        ({"group": "inner"}, 20.0),
+        ({"group": "other"}, 1.0),
+    ]
+    assert rh_telemetry.samples("rh_agents_parallel_queued") == [
+        ({"group": "inner"}, 30.0),
+        ({"group": "other"}, 0.0),
+    ]
+    assert rh_telemetry.samples("rh_agents_parallel_max_workers") == [
+        ({"group": "inner"}, 20.0),  # the capacity of the ten running groups
+        ({"group": "other"}, 4.0),
+    ]
+    gate.set()
+    assert await asyncio.gather(*tasks) == [5] * 10 + [1]
+    assert rh_telemetry.samples("rh_agents_parallel_in_flight") == [
+        ({"group": "inner"}, 0.0),
+        ({"group": "other"}, 0.0),
+    ]
+    assert rh_telemetry.samples("rh_agents_parallel_queued") == [
+        ({"group": "inner"}, 0.0),
+        ({"group": "other"}, 0.0),
+    ]
+    # none runs: the configured max_workers of the last one
+    assert rh_telemetry.samples("rh_agents_parallel_max_workers") == [
+        ({"group": "inner"}, 2.0),
+        ({"group": "other"}, 4.0),
+    ]
+    rh_telemetry.assert_metric("rh_agents_parallel_groups_total", 10, group="inner")
+
+
+def test_a_second_telemetry_on_a_registry_cannot_silently_change_its_label_cap() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from rh_agents.core.errors import InvalidArgumentError
+    from rh_agents.telemetry import Telemetry
+
+    registry = CollectorRegistry()
+    first = Telemetry(registry=registry, tracing=False, max_label_values=3)
+    with pytest.raises(
+        InvalidArgumentError,
+        match=r"already holds the rh_agents metrics with max_label_values=3, so "
+        r"max_label_values=1000 cannot apply.*its own CollectorRegistry",
+    ):
+        Telemetry(registry=registry, tracing=False, max_label_values=1000)
+    # the same cap, or none, shares the metrics (and the cap)
+    for same in (Telemetry(registry=registry), Telemetry(registry=registry, max_label_values=3)):
+        assert same.metrics is first.metrics
+        assert same.metrics is not None and same.metrics.cap.max_values == 3
+    assert Telemetry(registry=CollectorRegistry()).metrics.cap.max_values == 200  # type: ignore[union-attr]
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(InvalidArgumentError, match="max_label_values must be a positive"):
+            Telemetry(registry=CollectorRegistry(), max_label_values=bad)  # type: ignore[arg-type]
+
+
+def test_event_metrics_keep_the_latest_trace_as_exemplar_of_each_series_and_bucket() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from rh_agents.telemetry.metrics import RhAgentsMetrics
+
+    registry = CollectorRegistry()
+    metrics = RhAgentsMetrics(registry)
+    series = metrics.event_series("execute_tool", "t", "completed")
+    a, b = {"trace_id": "a" * 32}, {"trace_id": "b" * 32}
+    for duration, trace_id, exemplar in [
+        (0.002, 0xA, a),
+        (0.002, 0xB, b),
+        (0.003, 0xA, a),
+        (0.3, 0xB, b),
+        (0.004, 0xB, b),
+        (0.004, 0, None),  # an unsampled span: no exemplar
+    ]:
+        series.record(duration, trace_id, exemplar)
+
+    def exemplar_of(name: str, /, **labels: str) -> tuple[str, float] | None:
+        for metric in registry.collect():
+            for sample in metric.samples:
+                if sample.name == name and all(
+                    sample.labels.get(k) == v for k, v in labels.items()
+                ):
+                    ex = sample.exemplar
+                    return (ex.labels["trace_id"][0], ex.value) if ex is not None else None
+        raise AssertionError(f"no sample {name}{labels}")
+
+    assert exemplar_of("rh_agents_events_total", name="t") == ("b", 1.0)
+    assert exemplar_of("rh_agents_event_duration_seconds_bucket", le="0.005") == ("b", 0.004)
+    assert exemplar_of("rh_agents_event_duration_seconds_bucket", le="0.5") == ("b", 0.3)
+    assert exemplar_of("rh_agents_event_duration_seconds_bucket", le="0.01") is None
+    assert metrics.child(metrics.events, "execute_tool", "t", "completed")._value.get() == 6
+
+
+async def test_a_no_op_tracer_leaves_the_current_context_alone() -> None:
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from prometheus_client import CollectorRegistry
+
+    from rh_agents.telemetry import Telemetry
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(shutdown_on_exit=False)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    user = provider.get_tracer("user")
+
+    async def fetch(data: Q, ctx: object, state: object) -> str:
+        with user.start_as_current_span("GET /search"):
+            return "x"
+
+    tool = Tool(name="http", input_model=Q, handler=fetch)
+    state = ExecutionState(telemetry=Telemetry(trace.NoOpTracerProvider(), CollectorRegistry()))
+    with user.start_as_current_span("request"):
+        assert (await ExecutionEvent(actor=tool)(Q(text="q"), {}, state)).ok
+    spans = {s.name: s for s in exporter.get_finished_spans()}
+    assert set(spans) == {"request", "GET /search"}
+    parent = spans["GET /search"].parent
+    assert parent is not None and parent.span_id == spans["request"].context.span_id  # type: ignore[union-attr]
+
+
+def test_names_folded_into_other_do_not_grow_the_label_caches() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from rh_agents.telemetry import Telemetry
+
+    telemetry = Telemetry(registry=CollectorRegistry(), tracing=False, max_label_values=3)
+    metrics = telemetry.metrics
+    assert metrics is not None
+
+    async def run() -> None:
+        state = ExecutionState(telemetry=telemetry)
+        for i in range(300):  # names that are really ids
+            tool = Tool(name=f"call-{i}", input_model=Q, handler=_search)
+            await ExecutionEvent(actor=tool)(Q(text="x"), {}, state)
+
+    asyncio.run(run())
+    samples = {
+        sample.labels["name"]: sample.value
+        for metric in metrics.registry.collect()
+        for sample in metric.samples
+        if sample.name == "rh_agents_events_total"
+    }
+    assert samples == {"call-0": 1.0, "call-1": 1.0, "call-2": 1.0, "_other": 297.0}
+    assert len(metrics._series) == 4
+    assert len(metrics._children) <= 12

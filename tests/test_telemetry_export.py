@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
 import threading
 import time
@@ -211,7 +212,13 @@ def test_metrics_are_served_with_exemplars_of_exported_spans() -> None:
     assert exemplar_ids <= exported
 
 
-def test_a_metrics_port_in_use_is_a_clear_error() -> None:
+def _export_threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name.startswith("OtelBatch")}
+
+
+def test_a_metrics_port_in_use_is_a_clear_error_and_starts_nothing(tmp_path: Path) -> None:
+    trace_file = tmp_path / "spans.jsonl"
+    before = _export_threads()
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         sock.listen()
@@ -220,9 +227,81 @@ def test_a_metrics_port_in_use_is_a_clear_error() -> None:
             setup(
                 metrics_port=port,
                 registry=CollectorRegistry(),
-                trace_file=None,
+                trace_file=trace_file,
                 exporters=[InMemorySpanExporter()],
             )
+    # no export thread was started and no span file opened (or created)
+    assert _export_threads() == before
+    assert not trace_file.exists()
+
+
+def _open_files() -> set[str]:
+    fds = Path("/proc/self/fd")
+    if not fds.is_dir():  # pragma: no cover - not Linux
+        pytest.skip("needs /proc/self/fd")
+    found = set()
+    for fd in fds.iterdir():
+        try:
+            found.add(os.readlink(fd))
+        except OSError:
+            pass
+    return found
+
+
+def test_a_setup_that_fails_half_way_stops_what_it_started(tmp_path: Path) -> None:
+    from prometheus_client import Counter
+
+    trace_file = tmp_path / "spans.jsonl"
+    registry = CollectorRegistry()
+    Counter("rh_agents_events", "Someone else's metric of the same name.", registry=registry)
+    before = _export_threads()
+    # the export threads run and the span file is open when registering the metrics fails
+    with pytest.raises(ValueError, match="Duplicated timeseries"):
+        setup(
+            metrics_port=0,
+            registry=registry,
+            trace_file=trace_file,
+            exporters=[InMemorySpanExporter()],
+        )
+    assert _export_threads() == before
+    assert str(trace_file) not in _open_files()
+
+
+def test_the_metrics_server_of_a_failed_setup_is_closed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rh_agents.telemetry import _setup
+
+    servers: list[Any] = []
+    serve = _setup._serve_metrics
+
+    def recording(*args: Any) -> Any:
+        servers.append(serve(*args))
+        return servers[-1]
+
+    monkeypatch.setattr(_setup, "_serve_metrics", recording)
+    with pytest.raises(IsADirectoryError):
+        setup(metrics_port=0, registry=CollectorRegistry(), trace_file=tmp_path)
+    (server,) = servers
+    assert server.socket.fileno() == -1  # closed
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.1", server.server_address[1])) != 0
+
+
+def test_shutdown_exports_everything_and_closes_the_span_file(tmp_path: Path) -> None:
+    trace_file = tmp_path / "spans.jsonl"
+    handle = setup(trace_file=trace_file, registry=CollectorRegistry(), metrics_port=0)
+    state = ExecutionState(telemetry=handle.telemetry)
+    asyncio.run(ExecutionEvent(actor=ORCHESTRATOR)(Q(text="3"), {}, state))
+    assert handle.force_flush(timeout=5) is True
+    assert len(trace_file.read_text().splitlines()) == 5
+    url = handle.metrics_url
+    assert url is not None
+    handle.shutdown()
+    with pytest.raises(OSError):
+        urllib.request.urlopen(url, timeout=2)
+    assert handle.force_flush(timeout=1) is False  # nothing to flush into any more
+    handle.shutdown()  # idempotent
 
 
 def test_the_endpoint_comes_from_the_standard_variables(

@@ -13,7 +13,8 @@ from rh_agents.telemetry.metrics import RhAgentsMetrics, metrics_for
 __all__ = ["SEMCONV_VERSION", "Telemetry"]
 
 SEMCONV_VERSION = "1.37.0"
-"""The OpenTelemetry semantic conventions (GenAI) version the span names follow."""
+"""The OpenTelemetry semantic conventions (GenAI) version the spans follow (the first
+with ``gen_ai.provider.name``, which replaced ``gen_ai.system``)."""
 
 
 class Telemetry:
@@ -30,7 +31,13 @@ class Telemetry:
         tracing: False to record no spans.
         metrics: False to record no metrics.
         max_label_values: distinct values per metric label before folding into
-            ``_other``.
+            ``_other``. The cap belongs to the registry: None (the default) takes the cap
+            the registry's rh_agents metrics already have (200 for a new registry).
+
+    Raises:
+        InvalidArgumentError: ``max_label_values`` differs from the cap of the rh_agents
+            metrics already in ``registry`` (they are shared, so it cannot apply to
+            this Telemetry alone), or is not a positive integer.
 
     Example:
         >>> telemetry = Telemetry(registry=CollectorRegistry())
@@ -44,7 +51,7 @@ class Telemetry:
         *,
         tracing: bool = True,
         metrics: bool = True,
-        max_label_values: int = 200,
+        max_label_values: int | None = None,
     ) -> None:
         from rh_agents import __version__
 

@@ -46,7 +46,9 @@ class TelemetryCapture:
 
     def __init__(self) -> None:
         self.exporter = InMemorySpanExporter()
-        self.tracer_provider = TracerProvider()
+        # Spans are exported synchronously to memory: nothing to flush at exit, and no
+        # exit hook holding on to every capture of a test session.
+        self.tracer_provider = TracerProvider(shutdown_on_exit=False)
         self._open = _OpenSpans()
         self.tracer_provider.add_span_processor(self._open)
         self.tracer_provider.add_span_processor(SimpleSpanProcessor(self.exporter))
