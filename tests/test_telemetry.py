@@ -597,15 +597,11 @@ async def test_an_error_after_the_attempts_is_recorded_on_the_event_span(
 async def test_llm_spans_name_the_model_and_provider_only_when_the_actor_declares_them(
     rh_telemetry: TelemetryCapture,
 ) -> None:
-    class ChatModel(LLM):
-        model: str
-        provider: str
-
     async def answer(data: Q, ctx: object, state: object) -> str:
         return "42"
 
     plain = LLM(name="writer", input_model=Q, handler=answer, cacheable=False)
-    declared = ChatModel(
+    declared = LLM(
         name="summarizer",
         input_model=Q,
         handler=answer,

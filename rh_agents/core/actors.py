@@ -133,11 +133,19 @@ class Tool(BaseActor):
 
 
 class LLM(BaseActor):
-    """An actor that calls a language model; cacheable by default for an hour."""
+    """An actor that calls a language model; cacheable by default for an hour.
+
+    Attributes:
+        model: the model it requests (e.g. ``"gpt-4o-mini"``), recorded on its spans as
+            ``gen_ai.request.model`` and in the span name (``chat gpt-4o-mini``).
+        provider: who serves it (e.g. ``"openai"``), recorded as ``gen_ai.provider.name``.
+    """
 
     event_type: EventType = EventType.LLM_CALL
     cacheable: bool = True
     cache_ttl: float | None = 3600.0
+    model: str | None = None
+    provider: str | None = None
 
 
 class ToolSet(BaseModel):
