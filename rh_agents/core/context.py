@@ -71,14 +71,18 @@ class Frame:
 
     def child(self, key: str) -> Frame:
         """A new child frame with the next ordinal for ``key``."""
-        segment = self.next_segment(key)
-        frame = _new_frame(Frame)  # field by field: once per invocation (see item())
+        return self._under(self.join(self.next_segment(key)), None, None)
+
+    def _under(self, address: str, group_id: str | None, index: int | None) -> Frame:
+        # Built field by field: one frame per invocation and per group item makes this
+        # a hot path, and the generated __init__ costs twice as much.
+        frame = _new_frame(Frame)
         frame.root = self.root
-        frame.address = f"{self.address}{SEPARATOR}{segment}" if self.address else segment
+        frame.address = address
         frame.parent = self
         frame.depth = self.depth + 1
-        frame.group_id = None
-        frame.parallel_index = None
+        frame.group_id = group_id
+        frame.parallel_index = index
         frame.pushed = False
         frame._counters = None
         frame._pushed = None
@@ -107,19 +111,7 @@ class Frame:
 
     def item(self, index: int, group_id: str) -> Frame:
         """The frame of item ``index`` of the parallel group whose frame this is."""
-        # Built field by field: one item frame per group item makes this a hot path, and
-        # the generated __init__ costs twice as much.
-        frame = _new_frame(Frame)
-        frame.root = self.root
-        frame.address = f"{self.address}[{index}]"
-        frame.parent = self
-        frame.depth = self.depth + 1
-        frame.group_id = group_id
-        frame.parallel_index = index
-        frame.pushed = False
-        frame._counters = None
-        frame._pushed = None
-        return frame
+        return self._under(f"{self.address}[{index}]", group_id, index)
 
     @property
     def segments(self) -> list[str]:
