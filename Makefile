@@ -22,7 +22,9 @@ typecheck: $(STAMP)
 
 # coverage starts before pytest so the rh_agents pytest plugin's early import is measured.
 unit: $(STAMP)
-	$(BIN)/coverage run -m pytest -m "not soak"
+	rm -f .coverage .coverage.*
+	$(BIN)/coverage run -m pytest
+	$(BIN)/coverage combine -q
 	$(BIN)/coverage report
 
 test: lint typecheck unit
@@ -50,4 +52,4 @@ bench: $(BENCH_STAMP)
 	$(BENCH_VENV)/bin/python -m bench $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) .rh_agents .pytest_cache .mypy_cache .ruff_cache .coverage
+	rm -rf $(VENV) .rh_agents .pytest_cache .mypy_cache .ruff_cache .coverage .coverage.*

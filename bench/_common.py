@@ -30,6 +30,8 @@ PACKAGES = (
     "aiometer",
     "anyio",
     "pyinstrument",
+    "dask",
+    "distributed",
 )
 
 PASS, MISS, INFO, SKIP = "PASS", "MISS", "INFO", "SKIP"

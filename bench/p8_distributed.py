@@ -3,8 +3,9 @@
 CPU-bound items run in-process (the default asyncio executor, one core), through
 ``ProcessPoolItemExecutor(2)`` and through ``DaskExecutor`` on a LocalCluster of two
 worker processes; then many trivial items measure what each remote path costs per item,
-next to raw ``client.submit`` for Dask. Runs on its own: ``python -m bench.p8_distributed``
-(``--quick`` for small sizes).
+next to raw ``client.submit`` for Dask. Part of ``make bench`` (``python -m bench --only P8``);
+also runs on its own: ``python -m bench.p8_distributed [--quick]``. Without
+dask[distributed] installed its Dask rows are SKIP.
 """
 
 from __future__ import annotations
@@ -193,6 +194,16 @@ async def _measure(cfg: Config, result: BenchResult) -> None:
         raw = median(overhead_times["raw dask x1"]) / trivial * 1e6
         result.rows.append(
             measured(
+                "dask path / raw client.submit, 1 at a time",
+                paired_ratio(overhead_times["dask x1"], overhead_times["raw dask x1"]),
+                "x",
+                None,
+                "the rh_agents group, history and item serialization on top of what Dask "
+                "itself costs per round trip",
+            )
+        )
+        result.rows.append(
+            measured(
                 "raw client.submit round trip per item (reference)",
                 raw,
                 "µs/item",
@@ -201,6 +212,12 @@ async def _measure(cfg: Config, result: BenchResult) -> None:
                 "serialization of the item and its outcome on top",
             )
         )
+    else:
+        for case in (
+            "dask path / raw client.submit, 1 at a time",
+            "raw client.submit round trip per item (reference)",
+        ):
+            result.rows.append(skipped(case, "dask[distributed] not installed"))
     result.notes.append(
         "Both remote executors keep the group in the coordinator and ship only the work. "
         "The process pool pays a pickle round trip through a pipe; Dask pays a scheduler "

@@ -1,8 +1,9 @@
 """A small process-pool :class:`~rh_agents.core.executors.ItemExecutor` for P6.
 
-rh_agents has no process executor yet; this one shows the seam is enough to run
-CPU-bound items in other processes while the group keeps its semantics (limits, retries,
-results, telemetry) in the event loop::
+rh_agents ships a full one (:class:`rh_agents.core.executors.ProcessPoolItemExecutor`,
+measured by P8); this minimal one, kept for P6, shows that the ``ItemExecutor`` seam
+alone is enough to run CPU-bound items in other processes while the group keeps its
+semantics (limits, retries, results, telemetry) in the event loop::
 
     pool = ProcessPoolExecutor(max_workers=os.cpu_count())
     async with state.parallel(max_workers=2, executor=ProcessPoolItemExecutor(pool)) as p:

@@ -18,6 +18,7 @@ from bench import (
     p5_memory,
     p6_cpu_bound,
     p7_scale,
+    p8_distributed,
 )
 from bench._common import (
     MISS,
@@ -38,6 +39,7 @@ BENCHMARKS: tuple[ModuleType, ...] = (
     p5_memory,
     p6_cpu_bound,
     p7_scale,
+    p8_distributed,
 )
 
 DEFAULT_OUT = Path(__file__).resolve().parent

@@ -5,10 +5,10 @@
 
 Part 1 (REALTIME) prints every event as it arrives, labelled with its group and position
 (``[Translate 2/4]``), including a retried failure. Part 2 (PROGRESS) runs a group of
-documents with a nested group inside one item and a permanent failure: on a terminal each
-running group gets a live progress bar; elsewhere a plain line is printed at each 25% step.
-Each group ends with a summary line and its categorized errors. The whole run takes about
-a second.
+documents with a nested group inside one item (named after that item: ``doc-5 ›
+Reviews``) and a permanent failure: on a terminal each running group gets a live progress
+bar; elsewhere a plain line is printed at each 25% step. Each group ends with a summary
+line and its categorized errors. The whole run takes about a second.
 """
 
 from __future__ import annotations
@@ -91,7 +91,12 @@ async def progress_demo() -> None:
             for i in range(16):
                 doc = Text(text=f"doc-{i}")
                 if i == 5:
-                    p.add(lambda doc=doc: ExecutionEvent(actor=review_agent)(doc, {}, state))
+                    # tagged, so its nested group is shown as "doc-5 › Reviews"
+                    p.add(
+                        lambda doc=doc: ExecutionEvent(actor=review_agent, tag=doc.text)(
+                            doc, {}, state
+                        )
+                    )
                 else:
                     p.add(lambda doc=doc: ExecutionEvent(actor=summarize_tool)(doc, {}, state))
             results = await p.gather()

@@ -21,7 +21,10 @@ Output rules:
 * Colour only when the stream is a terminal and ``NO_COLOR`` is unset (or when forced
   with ``color=True``); on a pipe or in a file there are no escape codes at all, and
   escape characters inside event messages are replaced.
-* Lines are cut to the terminal width (or to ``width`` when given) with an ellipsis.
+* On a terminal (or with ``width``), event lines are cut to the width with an ellipsis;
+  group summaries, the run summary and :meth:`~EventPrinter.print_line` lines wrap onto
+  indented continuation lines instead, so no count or time is lost. Live bars drop their
+  least useful fields to fit (see :class:`ParallelEventPrinter`).
 * A printer never raises into the bus: an internal error is logged once (then at debug
   level) and counted in ``internal_errors``; events of unknown shape (dicts, objects with
   missing fields, anything else) are printed as well as their fields allow.
@@ -33,6 +36,7 @@ import atexit
 import logging
 import math
 import os
+import re
 import sys
 import threading
 import time
@@ -44,6 +48,7 @@ from enum import Enum
 from types import TracebackType
 from typing import IO, Any
 
+from rich.cells import cell_len
 from rich.console import Console, ConsoleOptions, RenderResult
 from rich.live import Live
 from rich.text import Text
@@ -81,6 +86,10 @@ _CONTROL[ord("\t")] = " "
 
 _FULL = "█"
 _EMPTY = "░"
+_CANCELLED = "▒"
+# Where the words of a printed line start: after a timestamp, the indentation and a
+# one-character status symbol.
+_LEAD = re.compile(r"(?:\d\d:\d\d:\d\d\.\d{3} )? *(?:\S )?")
 
 
 def _clean(value: Any, limit: int = 500) -> str:
@@ -166,12 +175,17 @@ def _format_timestamp(timestamp: float | None) -> str:
     return time.strftime("%H:%M:%S", local) + f".{millis:03d}"
 
 
-def _bar(fraction: float, width: int) -> str:
+def _bar(fraction: float, width: int, cancelled: float = 0.0) -> str:
+    """``width`` blocks: full for the ``fraction`` done, then shaded for the
+    ``cancelled`` fraction (items that never ran to an end), light for the rest."""
     width = max(0, width)
     fraction = min(1.0, max(0.0, fraction))
     filled = width if fraction >= 1.0 else min(width - 1, int(width * fraction))
     filled = max(0, filled)
-    return _FULL * filled + _EMPTY * (width - filled)
+    cancelled = min(1.0 - fraction, max(0.0, cancelled))
+    shaded = width - filled if fraction + cancelled >= 1.0 else int(width * cancelled)
+    shaded = max(0, min(width - filled, shaded))
+    return _FULL * filled + _CANCELLED * shaded + _EMPTY * (width - filled - shaded)
 
 
 def _percent_text(fraction: float) -> str:
@@ -376,9 +390,31 @@ class EventPrinter:
         try:
             with self._lock:
                 for line in self._summary_lines():
-                    self._emit(line)
+                    self._emit(line, wrap=True)
         except Exception:
             self._internal_error("printing the summary")
+
+    def print_line(self, text: str | Text, *, wrap: bool = True) -> None:
+        """Print a line of your own among the event lines (on a terminal, above the live
+        progress bars of a :class:`ParallelEventPrinter`, which stay intact).
+
+        It starts with the current time when the printer shows timestamps. A line wider
+        than the terminal wraps onto indented continuation lines (or, with
+        ``wrap=False``, is cut with an ellipsis). Never raises.
+
+        Example::
+
+            printer.print_line("breaker search-api: closed -> open")
+        """
+        try:
+            line = Text()
+            if self.show_timestamp:
+                line.append(_format_timestamp(None) + " ", style="dim")
+            line.append_text(text if isinstance(text, Text) else Text(_clean(text, 2000)))
+            with self._lock:
+                self._emit(line, wrap=wrap)
+        except Exception:
+            self._internal_error("printing a line")
 
     def close(self) -> None:
         """Flush the stream (subclasses also stop live displays)."""
@@ -583,19 +619,29 @@ class EventPrinter:
             self._console_stream = stream
         return self._console
 
-    def _emit(self, text: Text) -> None:
+    def _emit(self, text: Text, *, wrap: bool = False) -> None:
+        """Write one line: cut to the terminal width, or with ``wrap`` folded onto
+        continuation lines indented under the line's text."""
         width = self._terminal_width()
-        if width is not None:
+        if width is None or text.cell_len <= width:
+            lines = [text]
+        elif wrap:
+            lines = _wrap(text, width)
+        else:
             text.truncate(width, overflow="ellipsis")
+            lines = [text]
         console = self._get_console()
-        if console is not None:
-            if width is not None:
-                console.width = width
-            text.no_wrap = True
-            text.overflow = "ellipsis"
-            console.print(text, soft_wrap=width is None)
-            return
-        line = text.plain + "\n"
+        for line in lines:
+            if console is not None:
+                if width is not None:
+                    console.width = width
+                line.no_wrap = True
+                line.overflow = "ellipsis"
+                console.print(line, soft_wrap=width is None)
+                continue
+            self._write_plain(line.plain + "\n")
+
+    def _write_plain(self, line: str) -> None:
         stream = self.stream
         try:
             stream.write(line)
@@ -620,6 +666,48 @@ def _status_count(status: str, n: int) -> str:
     return f"{n} {status.replace('_', ' ')}"
 
 
+def _fitting(text: str, start: int, cells: int) -> int:
+    """The end offset of the longest piece of ``text`` from ``start`` within ``cells``."""
+    end, used = start, 0
+    while end < len(text):
+        used += cell_len(text[end])
+        if used > cells:
+            break
+        end += 1
+    return end
+
+
+def _wrap(text: Text, width: int) -> list[Text]:
+    """``text`` folded at spaces into lines of at most ``width`` cells. Continuation
+    lines are indented two columns past where the first line's words start (after a
+    timestamp, the indentation and a status symbol), or four on a narrow terminal."""
+    plain = text.plain
+    lead_match = _LEAD.match(plain)
+    lead = lead_match.end() if lead_match else 0
+    pad = lead + 2 if lead + 2 <= width // 2 else 4
+    offsets: list[int] = []
+    start, room, floor = 0, width, lead
+    while cell_len(plain[start:]) > room:
+        cut = _fitting(plain, start, room)
+        space = plain.rfind(" ", floor + 1, cut + 1)
+        end = space if space > start else max(cut, start + 1)
+        start = end
+        while start < len(plain) and plain[start] == " ":
+            start += 1
+        offsets += [end, start] if start > end else [end]
+        room, floor = width - pad, start
+    lines: list[Text] = []
+    for part in text.divide(offsets):
+        if not part.plain.strip(" "):
+            continue
+        if lines:
+            line = Text(" " * pad)
+            line.append_text(part)
+            part = line
+        lines.append(part)
+    return lines
+
+
 # ------------------------------------------------------------- ParallelEventPrinter
 
 _ITEM_STATE = {
@@ -639,7 +727,7 @@ _GROUP_TERMINAL = {
 }
 _STEP = 25  # percent between plain progress lines
 _SUMMARY_BAR = 10  # blocks of the bar in group summaries
-_TAIL_ROOM = 70  # columns kept for the numbers after a live bar
+_TAIL_ROOM = 52  # columns kept for the numbers after a live bar (" 40%  4/10 · ...")
 
 
 @dataclass(eq=False)
@@ -665,9 +753,13 @@ class _GroupView:
     anonymous: int = 0
     highest_index: int = -1  # item index n implies at least n + 1 items
 
+    item_label: str | None = None  # the item of the enclosing group it runs in
+
     @property
     def label(self) -> str:
-        return _clean(self.tracker.name or self.tracker.group_id, 60)
+        """``chunks``, or ``doc-2 › chunks`` for a group run by an item of another."""
+        name = _clean(self.tracker.name or self.tracker.group_id, 60)
+        return f"{self.item_label} › {name}" if self.item_label else name
 
     @property
     def level(self) -> int:
@@ -722,14 +814,21 @@ class ParallelEventPrinter(EventPrinter):
 
     REALTIME prints every event as it arrives; events of a group are indented under it and
     prefixed with the group name and the item position (``[Processing Docs 3/10]``),
-    with a header when the group starts and one summary when it ends.
+    with a header when the group starts and one summary when it ends. A group that runs
+    inside an item of another group is named after that item too: ``doc-2 › chunks``
+    (the item's tag, else the enclosing group and the position: ``outer 3 › inner``),
+    in its bar, prefix, header and summary.
 
     PROGRESS shows one live bar per running group (nested groups as nested bars) with
-    finished/total, failures, retries, items in flight, elapsed time and ETA; item events
-    are folded into the bars, other events print above them. When the stream is not a
+    finished/total, items in flight, failures, retries, elapsed time and ETA (counts that
+    are zero are left out; on a narrow terminal the least useful fields go first); item
+    events are folded into the bars, other events (and :meth:`print_line` lines, and log
+    records written to ``sys.stderr``) print above them. When the stream is not a
     terminal, a plain progress line is printed at each 25% step instead. Each group ends
     with a summary line (bar, counts, time) and its categorized errors. The live display
-    stops when the last group ends; :meth:`close` stops it in any case.
+    stops when the last group ends; :meth:`close` stops it in any case. In a summary the
+    bar is full for the items that ran to an end (completed or failed) and shaded for
+    cancelled ones.
 
     Attributes:
         parallel_mode: the display mode.
@@ -859,6 +958,7 @@ class ParallelEventPrinter(EventPrinter):
             address = ev.address if ev.kind == "group" else _group_address(ev)
             if address:
                 view.address = address
+                view.item_label = _item_label(address)
                 view.parent, _ = self._enclosing_view(address, exclude=view)
                 if view.parent is not None:
                     view.tracker.parent_group_id = view.parent.tracker.group_id
@@ -992,7 +1092,7 @@ class ParallelEventPrinter(EventPrinter):
         self._open.pop(t.group_id, None)
         self._rows = self._snapshot_rows()
         for line in self._group_summary(view, ev):
-            self._emit(line)
+            self._emit(line, wrap=True)
         self._refresh_live()
 
     # ---------------------------------------------------------------- displays
@@ -1068,8 +1168,11 @@ class ParallelEventPrinter(EventPrinter):
         text.append(indent)
         text.append(f"{symbol} group '{view.label}' {word}", style=style)
         if self.show_progress:
-            bar = _bar(t.completion_percentage / 100, _SUMMARY_BAR)
-            text.append(f" {bar} {_percent_text(t.completion_percentage / 100)}")
+            # Cancelled items never ran to an end: they are not "done", and show shaded.
+            total = max(1, t.total)
+            done = (t.completed + t.failed) / total
+            bar = _bar(done, _SUMMARY_BAR, cancelled=t.cancelled / total)
+            text.append(f" {bar} {_percent_text(done)}")
         counts = f"  {t.completed}/{t.total} completed"
         if t.failed:
             counts += f", {t.failed} failed"
@@ -1178,8 +1281,13 @@ class ParallelEventPrinter(EventPrinter):
             return []
 
     def _row_text(self, row: _Row, now: float, width: int) -> Text:
-        """``name ████░░░░  40%  4/10 · 3 in flight · 1 failed · 0 retrying · 1.2s · ETA 1.8s``
-        (the bar shrinks, down to 5 blocks, on narrow terminals; then the line is cut)."""
+        """``name ████░░░░  40%  4/10 · 3 in flight · 1 failed · 1 retrying · 1.2s · ETA 1.8s``
+
+        Counts that are zero are left out. The bar shrinks on narrow terminals (down to
+        5 blocks); then the fields that do not fit are dropped, least useful first
+        (elapsed time, items in flight, retrying, failed; the count and the ETA stay),
+        and only a line that still does not fit is cut.
+        """
         fraction = row.finished / row.total if row.total else 0.0
         elapsed = max(0.0, now - row.start)
         if row.finished and row.total > row.finished:
@@ -1188,18 +1296,29 @@ class ParallelEventPrinter(EventPrinter):
             eta = "--"
         head = Text("  " * row.level)
         head.append(row.label, style="bold")
-        tail = Text(f" {_percent_text(fraction):>4}  {row.finished}/{row.total or '?'}")
-        tail.append(f" · {row.running} in flight")
-        tail.append(f" · {row.failed} failed", style="red" if row.failed else "dim")
-        tail.append(f" · {row.retrying} retrying", style="yellow" if row.retrying else "dim")
-        tail.append(f" · {_short_duration(elapsed)} · ETA {eta}", style="dim")
+        # (priority: lower is kept longer, text, style), in display order
+        fields: list[tuple[int, str, str]] = []
+        if row.running:
+            fields.append((3, f" · {row.running} in flight", ""))
+        if row.failed:
+            fields.append((1, f" · {row.failed} failed", "red"))
+        if row.retrying:
+            fields.append((2, f" · {row.retrying} retrying", "yellow"))
+        fields.append((4, f" · {_short_duration(elapsed)}", "dim"))
+        fields.append((0, f" · ETA {eta}", "dim"))
+        count = f" {_percent_text(fraction):>4}  {row.finished}/{row.total or '?'}"
         # The bar's size depends only on the width and the label, so it does not jitter
         # as the numbers after it change length.
         blocks = max(5, min(self.bar_width, width - head.cell_len - 1 - _TAIL_ROOM))
+        room = width - head.cell_len - 1 - blocks - len(count)
+        while fields and sum(len(f[1]) for f in fields) > room:
+            fields.remove(max(fields, key=lambda f: f[0]))
         text = Text(no_wrap=True, overflow="ellipsis")
         text.append_text(head)
         text.append(" " + _bar(fraction, blocks), style="red" if row.failed else "green")
-        text.append_text(tail)
+        text.append(count)
+        for _, field_text, style in fields:
+            text.append(field_text, style=style)
         text.truncate(width, overflow="ellipsis")
         return text
 
@@ -1256,6 +1375,33 @@ def _group_address(ev: _Event) -> str | None:
     if at < 0 and ev.address.endswith(marker):
         at = len(ev.address) - len(marker)
     return ev.address[:at] if at > 0 else None
+
+
+_SEGMENT_SUFFIX = re.compile(r"#\d+$")
+
+
+def _item_label(address: str) -> str | None:
+    """The item a nested group runs in, from the group's address.
+
+    ``orchestrator/parallel:documents[1]/document[doc-2]/parallel:chunks`` gives
+    ``doc-2`` (the tag of the item's invocation), ``a/parallel:outer[2]/section/
+    parallel:inner`` gives ``outer 3`` (the enclosing group and the item's position);
+    a group outside any other group gives None.
+    """
+    segments = [_SEGMENT_SUFFIX.sub("", s) for s in address.split("/")[:-1]]
+    for at in range(len(segments) - 1, -1, -1):
+        segment = segments[at]
+        if not (segment.startswith("parallel:") and segment.endswith("]")):
+            continue
+        name, _, index = segment[len("parallel:") : -1].rpartition("[")
+        invocation = segments[at + 1] if at + 1 < len(segments) else ""
+        if invocation.endswith("]") and "[" in invocation:
+            tag = invocation[invocation.index("[") + 1 : -1]
+            if tag:
+                return _clean(tag, 40)
+        position = _as_int(index)
+        return _clean(f"{name} {position + 1}" if position is not None else name, 40)
+    return None
 
 
 def _categorize(errors: list[str]) -> str:

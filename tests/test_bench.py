@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-IDS = ["P1", "P2", "P3", "P4", "P5", "P6", "P7"]
+IDS = ["P1", "P2", "P3", "P4", "P5", "P6", "P7", "P8"]
 STATUSES = {"PASS", "MISS", "INFO", "SKIP"}
 
 pytestmark = pytest.mark.slow
@@ -79,6 +79,15 @@ def test_quick_mode_writes_well_formed_results(tmp_path: Path) -> None:
         expected = "SKIP" if importlib.util.find_spec(module) is None else "PASS/MISS"
         for row in competitor:
             assert (row["status"] == "SKIP") == (expected == "SKIP"), row
+
+    # P8: the process pool always; the Dask rows are SKIP exactly when it is missing
+    p8 = document["benchmarks"][IDS.index("P8")]["rows"]
+    assert any("ProcessPoolItemExecutor(2)" in row["case"] for row in p8)
+    assert any(row["case"].startswith("process path per trivial item") for row in p8)
+    dask_rows = [row for row in p8 if "dask" in row["case"].lower() or "submit" in row["case"]]
+    assert len(dask_rows) == 5
+    no_dask = importlib.util.find_spec("distributed") is None
+    assert all((row["status"] == "SKIP") == no_dask for row in dask_rows), dask_rows
 
     markdown = (tmp_path / "results.md").read_text()
     assert "| # | Case | Measured | Target | Result |" in markdown

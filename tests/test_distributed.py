@@ -15,7 +15,6 @@ import asyncio
 import functools
 import json
 import os
-import pickle
 import signal
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -48,11 +47,10 @@ from rh_agents.core.executors import (
     RemoteItem,
     UnpicklableWorkError,
     WorkerLostError,
-    _process_entry,
     use_worker_telemetry,
 )
 from rh_agents.distributed import DaskExecutor, _translate, worker_telemetry
-from rh_agents.testing import TelemetryCapture, capture_telemetry
+from rh_agents.testing import FakeClock, TelemetryCapture, capture_telemetry
 
 pytestmark = pytest.mark.filterwarnings("error::RuntimeWarning")
 
@@ -263,16 +261,26 @@ EXPECTED_RETRIES = {
 
 
 async def case_timeout(executor: Executor, tmp: Path) -> dict[str, Any]:
-    state = ExecutionState()
+    """The group's deadline runs on a clock that moves only once the fast item has
+    completed, so the outcome does not depend on how fast a remote round trip is."""
+    clock = FakeClock(autojump=False)
+    state = ExecutionState(clock=clock)
     release = str(tmp / "release-timeout")
+    p = state.parallel(executor=executor, timeout=0.5, name="deadline")
+
+    async def expire_after_the_fast_item() -> None:
+        assert await eventually(lambda: p.group.completed == 1, 60.0)
+        clock.advance(0.5)
+
+    expiry = asyncio.create_task(expire_after_the_fast_item())
     try:
-        p = state.parallel(executor=executor, timeout=0.5, name="deadline")
         with pytest.raises(ParallelTimeoutError) as caught:
             async with p:
                 p.add(functools.partial(square_after, 3, 0.0), name="fast")
-                p.add(functools.partial(wait_for_file, release), name="stuck")
+                p.add(functools.partial(wait_for_file, release, 120.0), name="stuck")
     finally:
         touch(release)
+        await expiry
     error = caught.value
     return {
         "completed": [r.result for r in error.completed_results],
@@ -404,12 +412,14 @@ async def no_leaked_tasks() -> AsyncIterator[None]:
 @pytest.fixture(scope="module")
 def process_pool() -> Iterator[ProcessPoolItemExecutor]:
     with ProcessPoolItemExecutor(2) as executor:
-        # Start both worker processes and import this module in them, so the first
-        # case does not pay for it inside its timings.
-        payload = pickle.dumps(RemoteItem(functools.partial(square_after, 0, 0.3), {}, "warm"))
-        warm = [executor._get_pool().submit(_process_entry, payload) for _ in range(2)]
-        for future in warm:
-            future.result()
+        # Start both worker processes and import this module in them before the cases.
+        async def warm_up() -> None:
+            async with ExecutionState().parallel(executor=executor, max_workers=2) as p:
+                for _ in range(2):
+                    p.add(functools.partial(square_after, 0, 0.3))
+            assert [r.result for r in p.results] == [0, 0]
+
+        asyncio.run(warm_up())
         yield executor
 
 

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,14 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from rh_agents import ExecutionEvent, ExecutionState, ExecutionStatus, RetryConfig, Tool
+from rh_agents import (
+    ExecutionEvent,
+    ExecutionState,
+    ExecutionStatus,
+    ParallelTimeoutError,
+    RetryConfig,
+    Tool,
+)
 from rh_agents.core.errors import InvalidArgumentError, InvalidWorkError, LifecycleError
 from rh_agents.core.executors import (
     ItemExecutor,
@@ -43,7 +51,7 @@ from rh_agents.core.executors import (
     unpack_outcome,
     use_worker_telemetry,
 )
-from rh_agents.testing import TelemetryCapture
+from rh_agents.testing import FakeClock, TelemetryCapture
 
 pytestmark = pytest.mark.filterwarnings("error::RuntimeWarning")
 
@@ -84,6 +92,54 @@ async def die_once(marker: str) -> int:
     """Kill this process on the first attempt, return the pid after."""
     kill_once(marker)
     return os.getpid()
+
+
+def block_process(started: str) -> None:
+    """Write this process's pid to ``started``, then block the process for good (like
+    CPU-bound or blocking code that no cancellation can interrupt)."""
+    Path(started).write_text(str(os.getpid()))
+    while True:
+        time.sleep(3600)
+
+
+async def blocks_forever(started: str) -> None:
+    block_process(started)
+
+
+def mark(path: str) -> None:
+    Path(path).write_text(str(os.getpid()))
+
+
+async def wait_for_release(started: str, release: str) -> int:
+    """Write the pid to ``started``, wait until ``release`` exists, return the pid."""
+    mark(started)
+    assert await eventually(lambda: os.path.exists(release))
+    return os.getpid()
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, dead but not yet reaped by its parent, does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    except OSError:  # pragma: no cover - no /proc
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+async def eventually(predicate: Any, seconds: float = 60.0) -> bool:
+    """Poll ``predicate`` until it holds (a generous cap, so a bug fails instead of
+    hanging the suite)."""
+    for _ in range(int(seconds / 0.01)):
+        if predicate():
+            return True
+        await asyncio.sleep(0.01)
+    return bool(predicate())
 
 
 async def double(input_data: int, extra: dict[str, Any], state: Any) -> dict[str, Any]:
@@ -430,7 +486,9 @@ async def test_a_dead_worker_process_fails_the_item_or_is_retried(tmp_path: Path
             p.add(functools.partial(die_once, str(tmp_path / "a")))
         [lost] = p.results
         assert isinstance(lost.exception, WorkerLostError)
-        assert "worker process died" in (lost.error_message or "")
+        assert "The worker process running 'item_0' died (exit code -9)" in (
+            lost.error_message or ""
+        )
 
         async with state.parallel(executor=executor, max_retries=1, retry_delay=0) as p:
             p.add(functools.partial(die_once, str(tmp_path / "b")))
@@ -438,6 +496,97 @@ async def test_a_dead_worker_process_fails_the_item_or_is_retried(tmp_path: Path
         killed = int((tmp_path / "b").read_text())
         assert retried.ok and retried.attempts == 2 and p.group.retries == 1
         assert retried.result != killed
+
+
+async def test_an_abandoned_item_does_not_keep_its_worker_busy(tmp_path: Path) -> None:
+    """A timed-out item that would never finish: its process is terminated and replaced,
+    so the next group's item runs at once on the pool's only worker."""
+    started = tmp_path / "started"
+    async with ProcessPoolItemExecutor(1) as executor:
+        clock = FakeClock(autojump=False)
+        state = ExecutionState(clock=clock)
+        p = state.parallel(executor=executor, timeout=1.0, name="stuck")
+
+        async def expire_once_running() -> None:
+            assert await eventually(started.exists)
+            clock.advance(1.0)
+
+        expiry = asyncio.create_task(expire_once_running())
+        with pytest.raises(ParallelTimeoutError):
+            async with p:
+                p.add(functools.partial(blocks_forever, str(started)))
+        await expiry
+        stuck = int(started.read_text())
+        assert p.results[0].status is ExecutionStatus.CANCELLED
+
+        # Without the replacement this group would wait for the blocked item forever.
+        async with asyncio.timeout(60):
+            async with ExecutionState().parallel(executor=executor, name="next") as after:
+                after.add(functools.partial(square, 7))
+        assert after.results[0].result == 49
+        assert await eventually(lambda: not alive(stuck))
+
+
+async def test_abandoning_an_item_leaves_the_other_workers_items_running(
+    tmp_path: Path,
+) -> None:
+    blocked, kept, release = tmp_path / "blocked", tmp_path / "kept", tmp_path / "release"
+    async with ProcessPoolItemExecutor(2) as executor:
+        state = ExecutionState()
+        waits = functools.partial(wait_for_release, str(kept), str(release))
+        other = asyncio.create_task(_gather_one(state, executor, waits))
+        assert await eventually(kept.exists)
+        async with state.parallel(executor=executor, name="abandoned") as p:
+            p.add(functools.partial(blocks_forever, str(blocked)))
+            gather = asyncio.create_task(p.gather())
+            assert await eventually(blocked.exists)
+            gather.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await gather
+        assert p.group.status.value == "cancelled"
+        assert await eventually(lambda: not alive(int(blocked.read_text())))
+        release.touch()
+        result = await other
+    # the item on the other worker finished in the process it started in
+    assert result.ok and result.result == int(kept.read_text())
+
+
+async def my_pid() -> int:
+    return os.getpid()
+
+
+def failing_initializer() -> None:
+    raise RuntimeError("the worker cannot start")
+
+
+async def test_a_worker_that_died_while_idle_is_replaced_before_its_next_item() -> None:
+    async with ProcessPoolItemExecutor(1) as executor:
+        state = ExecutionState()
+        async with state.parallel(executor=executor) as p:
+            p.add(my_pid)
+        first = p.results[0].result
+        os.kill(first, signal.SIGKILL)
+        assert await eventually(lambda: not alive(first))
+        async with state.parallel(executor=executor) as p:
+            p.add(my_pid)
+        [again] = p.results
+        assert again.ok and again.result != first  # not a WorkerLostError for this item
+
+
+async def test_a_worker_whose_initializer_fails_fails_its_items_clearly() -> None:
+    async with ProcessPoolItemExecutor(1, initializer=failing_initializer) as executor:
+        state = ExecutionState()
+        async with state.parallel(executor=executor, max_retries=1, retry_delay=0) as p:
+            p.add(functools.partial(square, 2))
+        [lost] = p.results
+    assert isinstance(lost.exception, WorkerLostError) and lost.attempts == 2
+    assert "died (exit code 1)" in (lost.error_message or "")
+
+
+async def _gather_one(state: ExecutionState, executor: Any, factory: Any) -> Any:
+    async with state.parallel(executor=executor, name="kept") as p:
+        p.add(factory)
+    return p.results[0]
 
 
 async def test_process_pool_workers_export_remote_spans(

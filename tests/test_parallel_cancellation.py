@@ -567,8 +567,11 @@ async def test_a_single_worker_group_cancelled_from_outside_stops_and_reraises()
     started: list[int] = []
     release = asyncio.Event()
 
+    running = asyncio.Event()
+
     async def work(i: int) -> int:
         started.append(i)
+        running.set()
         await release.wait()
         return i
 
@@ -582,8 +585,7 @@ async def test_a_single_worker_group_cancelled_from_outside_stops_and_reraises()
             await p.gather()
 
     task = asyncio.create_task(run())
-    while not started:
-        await asyncio.sleep(0)
+    await running.wait()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task

@@ -576,15 +576,16 @@ async def test_realtime_nested_groups_failures_and_retries() -> None:
     assert "[outer 2/4] ↻ retrying  fetch [attempt 1 failed" in text
     assert "ConnectionError: refused" in text
     # nested group lines: inner items are attributed to inner, the agent to outer
-    inner_lines = [line for line in text.splitlines() if "[inner " in line]
+    inner_lines = [line for line in text.splitlines() if "[outer 4 › inner " in line]
     assert inner_lines and all(
         "parallel:outer[3]/planner/parallel:inner[" in x for x in inner_lines
     )
-    assert all(x.startswith("      [inner") for x in inner_lines)  # depth 3
-    assert "    ▶ group 'inner' started: 2 items" in text
+    assert all(x.startswith("      [outer 4 › inner") for x in inner_lines)  # depth 3
+    # the nested group is named after the item it runs in
+    assert "    ▶ group 'outer 4 › inner' started: 2 items" in text
     assert "✖ group 'outer' failed" in text
     assert "errors: 1 of 4 events failed with 1 error type: ValueError 'always 2' (1)" in text
-    assert text.count("group 'inner' complete") == 1
+    assert text.count("group 'outer 4 › inner' complete") == 1
 
 
 async def test_realtime_cancelled_and_timed_out_groups() -> None:
@@ -606,6 +607,47 @@ async def test_realtime_cancelled_and_timed_out_groups() -> None:
     assert "⊘ group 'abandoned' cancelled" in text
     assert "⏱ group 'slow' timed out" in text
     assert printer.parallel_groups[p.group.group_id].status is GroupStatus.FAILED
+
+
+async def test_a_cancelled_group_does_not_look_done() -> None:
+    """Cancelled items never ran to an end: the summary bar shades them, and does not
+    count them in its percentage."""
+    out = io.StringIO()
+    printer = ParallelEventPrinter("progress", stream=out, show_timestamp=False)
+    bus = EventBus()
+    bus.subscribe(printer)
+    state = ExecutionState(event_bus=bus)
+    release = asyncio.Event()
+
+    async def handler(data: Query, extra: Any, st: Any) -> str:
+        if data.text != "quick":
+            await release.wait()  # never set: cancelled
+        return data.text
+
+    tool = Tool(name="wait", input_model=Query, handler=handler)
+    async with state.parallel(max_workers=4, name="stopped") as p:
+        p.add(lambda: ExecutionEvent(actor=tool)(Query(text="quick"), {}, state))
+        for _ in range(3):
+            p.add(lambda: ExecutionEvent(actor=tool)(Query(text="slow"), {}, state))
+        gather = asyncio.create_task(p.gather())
+        for _ in range(1000):
+            if p.group.completed:
+                break
+            await asyncio.sleep(0)
+        gather.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await gather
+    [summary] = [line for line in out.getvalue().splitlines() if "'stopped' cancelled" in line]
+    assert "⊘ group 'stopped' cancelled ██▒▒▒▒▒▒▒▒ 25%  1/4 completed, 3 cancelled" in summary
+
+
+def test_summary_bars_shade_cancelled_items() -> None:
+    from rh_agents.bus_handlers import _bar
+
+    assert _bar(0.0, 10, cancelled=1.0) == "▒" * 10
+    assert _bar(0.5, 10, cancelled=0.2) == "█" * 5 + "▒" * 2 + "░" * 3
+    assert _bar(0.25, 4, cancelled=0.75) == "█▒▒▒"
+    assert _bar(1.0, 10) == "█" * 10
 
 
 # ------------------------------------------------------------------ progress mode
@@ -733,8 +775,8 @@ async def test_progress_mode_on_a_terminal_draws_live_bars(
     assert "\x1b[?25l" in raw and raw.rstrip().endswith("\x1b[0m")
     assert raw.rfind("\x1b[?25h") > raw.rfind("\x1b[?25l")  # cursor shown again
     assert "outer" in plain and "in flight" in plain and "ETA" in plain
-    assert re.search(r"inner █+ 100%  2/2", plain)  # its last frame, before the summary
-    assert "✔ group 'inner' complete ██████████ 100%  2/2 completed" in plain
+    assert re.search(r"outer 7 › inner █+ 100%  2/2", plain)  # its last frame
+    assert "✔ group 'outer 7 › inner' complete ██████████ 100%  2/2 completed" in plain
     assert "✖ group 'outer' failed ██████████ 100%  6/7 completed, 1 failed" in plain
     assert "ConnectionError 'refused 2' (1)" in plain
     assert "✔ completed search" in plain.splitlines()[-1]
@@ -827,3 +869,38 @@ async def test_dumb_terminal_gets_plain_lines(monkeypatch: pytest.MonkeyPatch) -
     assert "\x1b" not in text
     assert "Processing Docs ██████████░░░░░░░░░░ 50%  4/8" in text
     assert "✔ group 'Processing Docs' complete ██████████ 100%  8/8 completed" in text
+
+
+def test_live_bars_leave_out_zeros_and_drop_fields_to_fit() -> None:
+    from rh_agents.bus_handlers import _Row
+
+    printer = ParallelEventPrinter("progress", stream=io.StringIO())
+    busy = _Row("doc-2 › chunks", 1, total=10, finished=4, failed=1, retrying=2, running=3, start=0)
+    wide = printer._row_text(busy, 2.0, 200).plain
+    assert wide.endswith("40%  4/10 · 3 in flight · 1 failed · 2 retrying · 2.0s · ETA 3.0s")
+    # narrower: the elapsed time goes first, then items in flight, then retrying...
+    assert printer._row_text(busy, 2.0, 100).plain.endswith(
+        "4/10 · 3 in flight · 1 failed · 2 retrying · ETA 3.0s"
+    )
+    assert printer._row_text(busy, 2.0, 80).plain.endswith(
+        "4/10 · 1 failed · 2 retrying · ETA 3.0s"
+    )
+    assert printer._row_text(busy, 2.0, 60).plain.endswith("4/10 · 1 failed · ETA 3.0s")
+    # ... the count and the ETA stay longest; nothing is cut while the count fits
+    assert printer._row_text(busy, 2.0, 50).plain.endswith("4/10 · ETA 3.0s")
+    assert all("…" not in printer._row_text(busy, 2.0, w).plain for w in range(34, 120))
+    assert all(printer._row_text(busy, 2.0, w).cell_len <= w for w in range(20, 120))
+    calm = _Row("docs", 0, total=10, finished=4, failed=0, retrying=0, running=0, start=0)
+    assert printer._row_text(calm, 2.0, 80).plain.endswith("40%  4/10 · 2.0s · ETA 3.0s")
+
+
+def test_nested_groups_are_named_after_their_item() -> None:
+    from rh_agents.bus_handlers import _item_label
+
+    tagged = "orchestrator/parallel:documents[1]/document[doc-2]/parallel:chunks"
+    assert _item_label(tagged) == "doc-2"
+    assert _item_label("a/parallel:outer[2]/section/parallel:inner") == "outer 3"
+    assert _item_label("a/parallel:outer[0]/section#1/step[x]#2/parallel:inner") == "outer 1"
+    assert _item_label("p/parallel:docs[0]/doc[d-1]#1/parallel:pages") == "d-1"
+    assert _item_label("pipeline/parallel:outer") is None
+    assert _item_label("parallel:outer") is None

@@ -10,7 +10,10 @@
   gets the limiter's full concurrency.
 * Any history survives snapshot -> backend -> restore, and journal -> restore, unchanged.
 
-Example counts are modest (the suite must stay fast); each test prints how many ran.
+Example counts are modest (the suite must stay fast). Each test counts what its examples
+exercised (also reported with ``hypothesis.event``, see ``--hypothesis-show-statistics``)
+and fails when too few examples were of the kind it is about, so no property can pass
+vacuously.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from pathlib import Path
 from typing import Any
 from unittest.mock import patch
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
@@ -45,7 +48,6 @@ from rh_agents.state_backends import (
 )
 from rh_agents.testing import FakeClock, capture_telemetry
 
-EXAMPLES = Counter[str]()
 PROPERTY_SETTINGS = settings(
     max_examples=80,
     deadline=None,
@@ -121,6 +123,15 @@ def observe_final_failures(log: list[tuple[str, int]]) -> Iterator[None]:
 
 # ------------------------------------------------------------------ random groups
 
+GROUP_KINDS = (
+    "timed out",
+    "fail-fast stopped",
+    "retried",
+    "breaker rejected",
+    "failures reported",
+    "all completed",
+)
+
 
 @dataclass
 class Plan:
@@ -163,7 +174,7 @@ class Observed:
     peak: int = 0
 
 
-async def run_plan(plan: Plan, seen: Observed) -> None:
+async def run_plan(plan: Plan, seen: Observed) -> set[str]:
     with capture_telemetry() as cap:
         async with FakeClock() as clock:
             state = ExecutionState(clock=clock, state_backend=InMemoryStateBackend())
@@ -212,6 +223,28 @@ async def run_plan(plan: Plan, seen: Observed) -> None:
         cap.assert_no_open_spans()
         check_plan(plan, seen, manager, error, state, cap)
     assert_round_trips(state)
+    return what_happened(manager, error)
+
+
+def what_happened(group: ParallelExecutionManager, error: BaseException | None) -> set[str]:
+    """The kinds of run an example exercised (so a property cannot pass vacuously)."""
+    g = group.group
+    kinds = set()
+    if g.total == 0:
+        kinds.add("empty")
+    if g.timed_out:
+        kinds.add("timed out")
+    if group.error_strategy is ErrorStrategy.FAIL_FAST and g.failed and not g.timed_out:
+        kinds.add("fail-fast stopped")
+    if g.retries:
+        kinds.add("retried")
+    if any(r.error_type == "CircuitOpenError" for r in group.results):
+        kinds.add("breaker rejected")
+    if g.failed and error is None:
+        kinds.add("failures reported")
+    if g.total and g.completed == g.total:
+        kinds.add("all completed")
+    return kinds
 
 
 def check_plan(
@@ -269,15 +302,47 @@ def check_plan(
     assert [r["status"] for r in group_records] == ["started", g.status.value]
 
 
-@PROPERTY_SETTINGS
-@given(plans())
-def test_random_groups_keep_every_invariant(plan: Plan) -> None:
-    EXAMPLES["groups"] += 1
-    asyncio.run(run_plan(plan, Observed()))
+TIMES_OUT = Plan(
+    size=3,
+    max_workers=1,
+    strategy=ErrorStrategy.FAIL_SLOW,
+    timeout=2.0,
+    max_retries=0,
+    breaker=None,
+    attempts=[[(5, True)]] * 3,
+)
+TRIPS_THE_BREAKER = Plan(
+    size=4,
+    max_workers=1,
+    strategy=ErrorStrategy.FAIL_SLOW,
+    timeout=None,
+    max_retries=0,
+    breaker=1,
+    attempts=[[(1, False)]] * 4,
+)
 
 
-def test_report_group_examples() -> None:
-    print(f"hypothesis examples run: {dict(EXAMPLES)}")
+def test_random_groups_keep_every_invariant() -> None:
+    kinds = Counter[str]()
+
+    @PROPERTY_SETTINGS
+    @example(TIMES_OUT)
+    @example(TRIPS_THE_BREAKER)
+    @given(plans())
+    def property_holds(plan: Plan) -> None:
+        kinds["examples"] += 1
+        for kind in sorted(asyncio.run(run_plan(plan, Observed()))):
+            kinds[kind] += 1
+            event(kind)
+
+    property_holds()
+    print(f"group examples: {dict(kinds)}")
+    # The invariants were checked on every kind of run, not only on easy ones (how many
+    # random examples time out varies a lot, hence the explicit example).
+    assert kinds["examples"] >= 40, kinds
+    for kind in GROUP_KINDS:
+        least = 1 if kind == "timed out" else 3
+        assert kinds[kind] >= least, f"only {kinds[kind]} examples {kind!r}: {dict(kinds)}"
 
 
 # ------------------------------------------------------- cancellation at any point
@@ -316,7 +381,7 @@ def nested_runs(draw: st.DrawFn) -> Nested:
     )
 
 
-async def run_and_cancel(plan: Nested) -> None:
+async def run_and_cancel(plan: Nested) -> str:
     with capture_telemetry() as cap:
         async with FakeClock() as clock:
             state = ExecutionState(clock=clock, state_backend=InMemoryStateBackend())
@@ -402,25 +467,35 @@ async def run_and_cancel(plan: Nested) -> None:
     for record in records:
         if record["kind"] == EventKind.GROUP:
             latest[record["address"]] = record["status"]
+    mid_run = cancelled and latest.get("parallel:outer") == "cancelled"
     if cancelled:
         # a group that was running when the cancellation came says so
         assert all(status in ("completed", "failed", "cancelled") for status in latest.values())
-        EXAMPLES["cancelled mid-run"] += latest.get("parallel:outer") == "cancelled"
     else:
         assert latest["parallel:outer"] == "completed"
         assert all(status in ("completed", "failed") for status in latest.values())
     assert_round_trips(state)
+    return "cancelled mid-run" if mid_run else "cancelled" if cancelled else "ran to the end"
 
 
-@PROPERTY_SETTINGS
-@given(nested_runs())
-def test_cancellation_at_any_point_leaks_nothing(plan: Nested) -> None:
-    EXAMPLES["cancellations"] += 1
-    asyncio.run(run_and_cancel(plan))
+def test_cancellation_at_any_point_leaks_nothing() -> None:
+    outcomes = Counter[str]()
 
+    @PROPERTY_SETTINGS
+    @given(nested_runs())
+    def property_holds(plan: Nested) -> None:
+        outcome = asyncio.run(run_and_cancel(plan))
+        outcomes[outcome] += 1
+        event(outcome)
 
-def test_report_cancellation_examples() -> None:
-    print(f"hypothesis examples run: {dict(EXAMPLES)}")
+    property_holds()
+    total = sum(outcomes.values())
+    print(f"cancellation examples: {dict(outcomes)}")
+    # Most examples must really cancel a run in the middle of its groups: a property
+    # whose cancellations all came too late would check nothing about cancellation.
+    assert total >= 40, outcomes
+    assert outcomes["cancelled mid-run"] >= total // 4, outcomes
+    assert outcomes["ran to the end"] >= 1, outcomes
 
 
 # ------------------------------------------------------------- history round trip
@@ -470,15 +545,33 @@ def recorded_events(draw: st.DrawFn) -> ExecutionEvent[Any]:
     )
 
 
-@PROPERTY_SETTINGS
-@given(st.lists(recorded_events(), max_size=12), st.dictionaries(names, json_values, max_size=3))
-def test_any_history_survives_snapshot_backend_and_restore(
-    events: list[ExecutionEvent[Any]], storage: dict[str, Any]
-) -> None:
-    EXAMPLES["histories"] += 1
+def test_any_history_survives_snapshot_backend_and_restore() -> None:
+    shapes = Counter[str]()
+
+    @PROPERTY_SETTINGS
+    @given(
+        st.lists(recorded_events(), max_size=12), st.dictionaries(names, json_values, max_size=3)
+    )
+    def property_holds(events: list[ExecutionEvent[Any]], storage: dict[str, Any]) -> None:
+        shapes["examples"] += 1
+        shapes.update({e.kind for e in events})
+        shapes["with results"] += any(e.result is not None for e in events)
+        shapes["with storage"] += bool(storage)
+        round_trip(events, storage, files=shapes["examples"] % 10 == 1)
+
+    property_holds()
+    print(f"history examples: {dict(shapes)}")
+    # Non-trivial histories were round-tripped: every kind of entry, results, storage.
+    assert shapes["examples"] >= 40, shapes
+    kinds = (EventKind.EVENT, EventKind.GROUP, EventKind.DIVERGENCE)
+    for shape in (*kinds, "with results", "with storage"):
+        assert shapes[shape] >= shapes["examples"] // 8, (shape, dict(shapes))
+
+
+def round_trip(events: list[ExecutionEvent[Any]], storage: dict[str, Any], files: bool) -> None:
     history = HistorySet(events)
     state = ExecutionState(history=history, storage=storage)
-    assert_round_trips(state, files=EXAMPLES["histories"] % 10 == 1)
+    assert_round_trips(state, files=files)
     # through a journal too: a state entering a backend writes its restored history
     backend = SQLiteStateBackend(":memory:")
     journaled = ExecutionState(state_id=state.state_id, history=history, state_backend=backend)
@@ -493,7 +586,3 @@ def test_any_history_survives_snapshot_backend_and_restore(
     assert loaded is not None
     assert records_text([ExecutionState.from_snapshot(loaded).storage]) == records_text([storage])
     backend.close()
-
-
-def test_report_history_examples() -> None:
-    print(f"hypothesis examples run: {dict(EXAMPLES)}")

@@ -54,11 +54,11 @@ from rh_agents.core.errors import (
 )
 
 if TYPE_CHECKING:
-    from concurrent.futures import ProcessPoolExecutor
     from multiprocessing.context import BaseContext
 
     from opentelemetry.trace import TracerProvider
 
+    from rh_agents.core._process_pool import ProcessPool
     from rh_agents.core.actors import BaseActor
     from rh_agents.core.execution import ExecutionState
     from rh_agents.telemetry import TelemetryHandle
@@ -226,7 +226,7 @@ class RemoteExecutionError(ExecutionFailure):
 
 
 class WorkerLostError(RemoteExecutionError):
-    """The worker running an item died (a Dask ``KilledWorker``, a broken process pool).
+    """The worker running an item died (a Dask ``KilledWorker``, a dead pool process).
 
     Retried like any failure when the group has ``max_retries``.
     """
@@ -459,13 +459,26 @@ def _run_to_completion(awaitable: Awaitable[Any]) -> Any:
         weakref.finalize(threading.current_thread(), loop.close)
     task = loop.create_task(_await(awaitable))
     try:
-        return loop.run_until_complete(task)
-    finally:
-        leftover = [t for t in asyncio.all_tasks(loop) if not t.done()]
-        for t in leftover:
-            t.cancel()
-        if leftover:
-            loop.run_until_complete(asyncio.gather(*leftover, return_exceptions=True))
+        value = loop.run_until_complete(task)
+    except (SystemExit, KeyboardInterrupt):
+        # The process is exiting (a terminated pool worker): no "exception was never
+        # retrieved" noise for the task the exit interrupted, and nothing more to run.
+        if task.done() and not task.cancelled():
+            task.exception()
+        raise
+    except BaseException:
+        _cancel_leftovers(loop)
+        raise
+    _cancel_leftovers(loop)
+    return value
+
+
+def _cancel_leftovers(loop: asyncio.AbstractEventLoop) -> None:
+    leftover = [t for t in asyncio.all_tasks(loop) if not t.done()]
+    for t in leftover:
+        t.cancel()
+    if leftover:
+        loop.run_until_complete(asyncio.gather(*leftover, return_exceptions=True))
 
 
 def _format_remote(exc: BaseException) -> str:
@@ -613,12 +626,19 @@ class ProcessPoolItemExecutor(RemoteExecutorBase):
     extra_context. Each shipped coroutine runs to completion in the worker's event loop
     (tasks it leaves running are cancelled, as with ``asyncio.run``).
 
-    The pool starts on first use and is shut down by :meth:`shutdown` (or ``with`` /
-    ``async with``). Cancelling an item (FAIL_FAST, a timeout) cancels it if it has not
-    started; one already running finishes in its process and its result is dropped. A
-    worker process that dies breaks the pool: its items fail with
-    :class:`WorkerLostError` (retried under the group's ``max_retries``) and the next
-    item starts a new pool.
+    Each worker process runs one item at a time; processes start on first use and stop
+    in :meth:`shutdown` (or ``with`` / ``async with``).
+
+    **Cancelling an item** (FAIL_FAST, a group timeout, leaving a stream, cancelling the
+    gather) drops it if it is still queued. If it is already running, its worker process
+    is terminated (SIGTERM, so it exits through its exit handlers and flushes its spans;
+    SIGKILL if it has not exited two seconds later) and a fresh worker takes its place
+    at once: the abandoned item never delays the next one, and the items of the other
+    workers keep running. Side effects the item had already made stay made.
+
+    A worker process that dies (killed, out of memory, crashed) fails the item it was
+    running with :class:`WorkerLostError` (retried under the group's ``max_retries``); a
+    new process takes over its next item.
 
     Args:
         max_workers: worker processes (default: the number of CPUs).
@@ -626,6 +646,13 @@ class ProcessPoolItemExecutor(RemoteExecutorBase):
             is safe with the threads telemetry and other libraries start.
         initializer / initargs: run in each worker process when it starts, e.g.
             ``functools.partial(setup_worker_telemetry, trace_file="w-{pid}.jsonl")``.
+
+    Example::
+
+        async with ProcessPoolItemExecutor(4) as pool:
+            async with state.parallel(max_workers=4, executor=pool) as p:
+                for doc in docs:
+                    p.add(functools.partial(score, doc))
     """
 
     executor_name = "process"
@@ -649,56 +676,65 @@ class ProcessPoolItemExecutor(RemoteExecutorBase):
         self._mp_context = mp_context
         self._initializer = initializer
         self._initargs = initargs
-        self._pool: ProcessPoolExecutor | None = None
+        self._pool: ProcessPool | None = None
+        self._lock = threading.Lock()
         self._closed = False
 
     def __repr__(self) -> str:
         return f"ProcessPoolItemExecutor(max_workers={self.max_workers})"
 
-    def _get_pool(self) -> ProcessPoolExecutor:
-        if self._closed:
-            raise LifecycleError("This ProcessPoolItemExecutor was shut down; create a new one.")
-        if self._pool is None:
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor
+    def _get_pool(self) -> ProcessPool:
+        with self._lock:
+            if self._closed:
+                raise LifecycleError(
+                    "This ProcessPoolItemExecutor was shut down; create a new one."
+                )
+            if self._pool is None:
+                import multiprocessing
 
-            context = self._mp_context
-            if isinstance(context, str):
-                context = multiprocessing.get_context(context)
-            self._pool = ProcessPoolExecutor(
-                self.max_workers,
-                mp_context=context,
-                initializer=self._initializer,
-                initargs=self._initargs,
-            )
-        return self._pool
+                from rh_agents.core._process_pool import ProcessPool
 
-    def _discard(self, pool: ProcessPoolExecutor) -> None:
-        if self._pool is pool:
-            self._pool = None
-            pool.shutdown(wait=False, cancel_futures=True)
+                context = self._mp_context
+                if context is None or isinstance(context, str):
+                    context = multiprocessing.get_context(context)
+                self._pool = ProcessPool(
+                    self.max_workers,
+                    context,
+                    _process_entry,
+                    initializer=self._initializer,
+                    initargs=self._initargs,
+                )
+            return self._pool
 
     async def _ship(self, task: RemoteTask) -> Any:
-        from concurrent.futures.process import BrokenProcessPool
+        from rh_agents.core._process_pool import WorkerDied
 
         payload = dumps_task(task, pickle.dumps, "a worker process")
         pool = self._get_pool()
+        job = pool.submit(payload)
         try:
-            future = pool.submit(_process_entry, payload)
-            data = await asyncio.wrap_future(future)
-        except BrokenProcessPool as exc:
-            self._discard(pool)
+            data = await asyncio.wrap_future(job.future)
+        except asyncio.CancelledError:
+            pool.abandon(job)
+            raise
+        except WorkerDied as exc:
+            code = f" (exit code {exc.exitcode})" if exc.exitcode is not None else ""
             raise WorkerLostError(
-                f"A worker process died while '{task.name}' was queued or running in the "
-                "pool (killed, out of memory, or crashed); the pool is replaced. The "
-                "group retries the item if it has max_retries."
-            ) from exc
+                f"The worker process running '{task.name}' died{code}: killed, out of "
+                "memory, or crashed. A new process takes its place; the group retries "
+                "the item if it has max_retries."
+            ) from None
         return unpack_outcome(data)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = True) -> None:
-        """Stop the worker processes (idempotent); items not started are cancelled."""
-        self._closed = True
-        pool, self._pool = self._pool, None
+        """Stop the worker processes (idempotent); items not started are cancelled.
+
+        With ``wait``, returns once every process has exited (after the item it is
+        running, if any).
+        """
+        with self._lock:
+            self._closed = True
+            pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown(wait=wait, cancel_futures=cancel_futures)
 

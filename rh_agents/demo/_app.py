@@ -22,17 +22,26 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from rh_agents.core.errors import StateError
 from rh_agents.core.events import ExecutionResult
 from rh_agents.core.execution import EventBus, ExecutionState
 from rh_agents.core.state_recovery import ReplayMode, StateMetadata, StateStatus
 from rh_agents.core.types import ExecutionStatus
-from rh_agents.demo._output import LinePrinter, collect_stats, make_printer, render_summary
+from rh_agents.demo._clock import PacedClock
+from rh_agents.demo._output import Display, collect_stats, make_display, render_summary
 from rh_agents.demo.pipeline import CorpusReport, DemoPipeline, Workload, run_pipeline
 from rh_agents.state_backends import SQLiteStateBackend
-from rh_agents.telemetry import MetricsPortInUseError, TelemetryHandle, setup
+from rh_agents.telemetry import (
+    JsonLinesSpanExporter,
+    MetricsPortInUseError,
+    TelemetryHandle,
+    setup,
+)
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace.export import SpanExporter
 
 __all__ = ["build_parser", "main"]
 
@@ -40,6 +49,8 @@ PROG = "python -m rh_agents.demo"
 DEFAULT_STATE_DIR = ".rh_agents"
 HISTORY_FILE = "history.db"
 SPAN_FILE = "spans.jsonl"
+SERVE_SPAN_FILE_BYTES = 8 * 1024 * 1024
+"""Size at which ``--serve`` starts a new span file (the previous one is kept as .1)."""
 LAST_RUN_FILE = "last_run"
 LOCK_FILE = "demo.lock"
 SERVE_KEEP_STATES = 20
@@ -122,7 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_float,
         default=defaults.speed,
         metavar="FACTOR",
-        help="scale of simulated latencies, pauses and cooldowns (default 1.0; 0.1 is 10x faster)",
+        help="how fast the simulated time of latencies, retries and cooldowns runs (default "
+        "1.0; 0.1 is 10x faster); the outcomes do not depend on it",
     )
     mode = parser.add_argument_group("mode")
     mode.add_argument(
@@ -337,10 +349,21 @@ class _Session:
 
     async def run(self, workload: Workload, resume_id: str | None = None) -> _Run:
         """Run (or resume) the workload once in a new (or restored) state."""
-        bus = EventBus()
-        printer = make_printer(self.out, self.args.printer, not self.args.no_progress)
-        if printer is not None:
-            bus.subscribe(printer)
+        display = make_display(self.out, self.args.printer, not self.args.no_progress)
+        try:
+            # Simulated time paced like real time: the same seed, the same run.
+            async with PacedClock(workload.speed) as clock:
+                return await self._run(workload, resume_id, clock, display)
+        finally:
+            _close_display(display)
+
+    async def _run(
+        self,
+        workload: Workload,
+        resume_id: str | None,
+        clock: PacedClock,
+        display: Display | None,
+    ) -> _Run:
         telemetry = self.handle.telemetry
         if resume_id is not None:
             # REPUBLISH_ALL: replayed calls reach the printer too, so the progress shows
@@ -348,23 +371,25 @@ class _Session:
             state = ExecutionState.load_from_state_id(
                 resume_id,
                 self.backend,
-                event_bus=bus,
+                event_bus=EventBus(),
                 telemetry=telemetry,
+                clock=clock,
                 replay_mode=ReplayMode.REPUBLISH_ALL,
             )
         else:
             state = ExecutionState(
                 state_backend=self.backend,
-                event_bus=bus,
+                event_bus=EventBus(),
                 telemetry=telemetry,
+                clock=clock,
                 metadata=StateMetadata(
                     pipeline_name="rh_agents.demo",
                     description="rh_agents demo workload",
                     custom={"workload": asdict(workload)},
                 ),
             )
-        if isinstance(printer, LinePrinter):
-            state.circuit_breakers.on_create(printer.watch_breaker)
+        if display is not None:
+            display.attach(state)
         run = _Run(
             state=state,
             workload=workload,
@@ -382,8 +407,6 @@ class _Session:
         except BaseException:
             self._finish(run, "failed", StateStatus.FAILED)
             raise
-        finally:
-            _close_printer(printer)
         if run.result.ok:
             self._finish(run, "completed", StateStatus.COMPLETED)
         else:
@@ -426,11 +449,13 @@ class _Session:
             workload = replace(base, seed=base.seed + self.rounds - 1)
             run = await self.run(workload)
             stats = collect_stats(run.state, run.start)
+            outcomes = stats.outcomes
             self.say(
                 f"round {self.rounds}: {run.status} in {run.elapsed:.2f}s "
-                f"(state {run.state.state_id}); events "
-                + ", ".join(f"{k} {v}" for k, v in sorted(stats.outcomes.items()))
-                + f"; retries {stats.total_retries}; breaker trips {stats.breaker_trips}"
+                f"(state {run.state.state_id}); calls {outcomes.get('completed', 0)} "
+                f"completed, {outcomes.get('failed', 0)} failed attempts, "
+                f"{outcomes.get('cancelled', 0)} cancelled; retries {stats.total_retries}; "
+                f"breaker trips {stats.breaker_trips}"
             )
             kept.append(run.state.state_id)
             while len(kept) > SERVE_KEEP_STATES:
@@ -454,8 +479,15 @@ class _Session:
         self.say(f"  history  {self.state_dir / HISTORY_FILE}")
         if self.handle.otlp_endpoint:
             self.say(f"  traces   OTLP {self.handle.otlp_endpoint}")
-        if self.handle.trace_file:
-            self.say(f"  traces   {self.handle.trace_file}")
+        span_file = _span_file(self.handle, self.state_dir, self.args)
+        if span_file is not None:
+            rotates = (
+                f" (rotated at {SERVE_SPAN_FILE_BYTES // (1024 * 1024)} MiB, one previous "
+                "file kept)"
+                if self.args.serve
+                else ""
+            )
+            self.say(f"  traces   {span_file}{rotates}")
         if self.handle.metrics_url:
             self.say(f"  metrics  {self.handle.metrics_url} (while the demo runs)")
         self.say()
@@ -482,14 +514,14 @@ class _Session:
         )
 
 
-def _close_printer(printer: Any) -> None:
-    """Stop a printer's live display (ParallelEventPrinter) so the summary prints below it."""
-    close = getattr(printer, "close", None)
-    if callable(close):
-        try:
-            close()
-        except Exception:
-            logger.debug("Closing the progress printer failed", exc_info=True)
+def _close_display(display: Display | None) -> None:
+    """Stop the live bars (if any) so the summary prints below them."""
+    if display is None:
+        return
+    try:
+        display.close()
+    except Exception:
+        logger.debug("Closing the progress display failed", exc_info=True)
 
 
 def _documents_line(run: _Run) -> str:
@@ -499,12 +531,13 @@ def _documents_line(run: _Run) -> str:
         report = result.result
         docs = report.documents
         chunks = sum(d.chunks_summarized for d in docs)
-        failed = sum(d.chunks_failed for d in docs)
+        all_chunks = chunks + sum(d.chunks_failed for d in docs)
         ok = sum(d.searches_ok for d in docs)
-        unavailable = sum(d.searches_unavailable for d in docs)
+        searches = ok + sum(d.searches_unavailable for d in docs)
         return (
-            f"{len(docs)} of {total} completed: {chunks} chunks summarized ({failed} failed), "
-            f"{ok} searches ok ({unavailable} unavailable), {report.total_tokens} tokens"
+            f"{len(docs)} of {total} completed: {chunks} of {all_chunks} chunks summarized, "
+            f"{ok} of {searches} searches ok ({searches - ok} unavailable), "
+            f"{report.total_tokens} tokens"
         )
     done = sum(
         1
@@ -515,12 +548,29 @@ def _documents_line(run: _Run) -> str:
     return f"{done} of {total} completed before the run stopped"
 
 
+class _CurrentStderr(logging.StreamHandler[TextIO]):
+    """Writes log records to whatever ``sys.stderr`` is at the time of each record.
+
+    While the terminal shows live progress bars, rich redirects ``sys.stderr`` to print
+    above them; a handler bound to the original stream would write across the bars.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: TextIO) -> None:
+        pass  # always the current sys.stderr
+
+
 def _configure_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    handler = _CurrentStderr()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, handlers=[handler])
     if not verbose:
         # Degraded groups are already reported by the progress lines and the summary.
         logging.getLogger("rh_agents.parallel").setLevel(logging.ERROR)
@@ -528,13 +578,32 @@ def _configure_logging(verbose: bool) -> None:
 
 def _telemetry(args: argparse.Namespace, state_dir: Path) -> TelemetryHandle:
     otlp = any(os.environ.get(var) for var in _OTLP_VARS)
+    exporters: list[SpanExporter] = []
+    trace_file: Path | None = None
+    if not otlp:
+        # With an OTLP endpoint configured, traces go there instead of a local file.
+        # Served, the file rotates: it would otherwise grow for as long as the demo runs.
+        if args.serve:
+            span_file = state_dir / SPAN_FILE
+            exporters.append(JsonLinesSpanExporter(span_file, max_bytes=SERVE_SPAN_FILE_BYTES))
+        else:
+            trace_file = state_dir / SPAN_FILE
     return setup(
         service_name=os.environ.get("OTEL_SERVICE_NAME") or "rh-agents-demo",
         metrics_port=args.metrics_port,
         metrics_addr=args.metrics_addr,
-        # With an OTLP endpoint configured, traces go there instead of a local file.
-        trace_file=None if otlp else state_dir / SPAN_FILE,
+        trace_file=trace_file,
+        exporters=exporters or None,
     )
+
+
+def _span_file(handle: TelemetryHandle, state_dir: Path, args: argparse.Namespace) -> Path | None:
+    """Where this session's spans go locally (also the rotating file of --serve)."""
+    if handle.trace_file:
+        return handle.trace_file
+    if args.serve and not handle.otlp_endpoint:
+        return state_dir / SPAN_FILE
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,8 +1,11 @@
-"""What the demo prints: plain progress lines while it runs, and the end-of-run summary.
+"""What the demo prints: progress while it runs, and the end-of-run summary.
 
-The line printer is a plain event-bus subscriber that writes whole lines (no escape
-codes), so it suits pipes, CI logs and terminals alike. On a terminal the demo prefers
-``rh_agents.bus_handlers.ParallelEventPrinter`` when that module provides it.
+Piped (or in a CI log), :class:`LinePrinter` writes whole plain lines, no escape codes:
+documents done, retries, degraded groups and breaker changes (and every call with
+``--printer realtime``). On a terminal, ``rh_agents.bus_handlers.ParallelEventPrinter``
+draws live bars (retries, failures and group summaries are in the bars) and a
+:class:`LinePrinter` beside it adds the document and breaker lines, printed above the
+bars through the bar printer, so both views tell the same story.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import re
 import statistics
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -21,7 +25,15 @@ from rh_agents.core.execution import ExecutionState
 from rh_agents.core.types import EventType, ExecutionStatus
 from rh_agents.demo.pipeline import DocumentReport
 
-__all__ = ["LinePrinter", "RunStats", "collect_stats", "make_printer", "render_summary"]
+__all__ = [
+    "Display",
+    "LinePrinter",
+    "RunStats",
+    "collect_stats",
+    "group_label",
+    "make_display",
+    "render_summary",
+]
 
 _TERMINAL = (
     ExecutionStatus.COMPLETED,
@@ -38,6 +50,14 @@ def _where(address: str) -> str:
         if "[" in segment and not segment.startswith("parallel:"):
             parts.append(segment[segment.index("[") + 1 : segment.rindex("]")])
     return " ".join(parts) or address
+
+
+def group_label(name: str | None, address: str) -> str:
+    """``chunks``, or ``doc-2 › chunks`` for a group inside a document (as the terminal
+    printer names nested groups)."""
+    where = _where(address)
+    label = name or "group"
+    return f"{where} › {label}" if where != address else label
 
 
 def _group_of(address: str) -> str | None:
@@ -67,16 +87,33 @@ class LinePrinter:
         stream: where lines go.
         mode: "progress" (documents done, retries, failures, breaker changes) or
             "realtime" (every finished call as well).
+        write: prints one line instead of writing to ``stream`` (the terminal printer's
+            ``print_line``, so lines appear above its live bars); lines then carry no
+            elapsed-time prefix (the writer adds its own timestamp).
+        beside_bars: a progress-bar printer shows the rest, so print only documents and
+            breaker changes.
     """
 
-    def __init__(self, stream: TextIO, mode: str = "progress") -> None:
+    def __init__(
+        self,
+        stream: TextIO,
+        mode: str = "progress",
+        *,
+        write: Callable[[str], None] | None = None,
+        beside_bars: bool = False,
+    ) -> None:
         self.stream = stream
         self.realtime = mode == "realtime"
+        self.write = write
+        self.beside_bars = beside_bars
         self.started = time.monotonic()
         self.documents_total = 0
         self.documents_done = 0
 
     def _line(self, kind: str, text: str) -> None:
+        if self.write is not None:
+            self.write(f"{kind:<8} {text}")
+            return
         elapsed = time.monotonic() - self.started
         print(f"{elapsed:7.2f}s  {kind:<8} {text}", file=self.stream, flush=True)
 
@@ -85,7 +122,8 @@ class LinePrinter:
         if event.kind == EventKind.GROUP:
             self._group(event)
         elif status is ExecutionStatus.RETRYING:
-            self._retry(event)
+            if not self.beside_bars:
+                self._retry(event)
         elif event.kind == EventKind.EVENT and status in _TERMINAL:
             self._finished(event)
 
@@ -109,18 +147,20 @@ class LinePrinter:
         status = event.execution_status
         if name == "documents" and status is ExecutionStatus.STARTED:
             self.documents_total = int(meta.get("total") or 0)
+        if self.beside_bars:
+            return  # the bar printer prints every group's summary
+        label = group_label(name, event.address)
         if status is ExecutionStatus.FAILED:
             kinds = sorted(set(_ERROR_NAME.findall(event.message or "")))
             self._line(
                 "degraded",
-                f"{name} of {_where(event.address)}: {meta.get('failed', 0)} of "
-                f"{meta.get('total', 0)} failed" + (f" ({', '.join(kinds)})" if kinds else ""),
+                f"{label}: {meta.get('failed', 0)} of {meta.get('total', 0)} failed"
+                + (f" ({', '.join(kinds)})" if kinds else ""),
             )
         elif self.realtime and status is not ExecutionStatus.STARTED:
             self._line(
                 "group",
-                f"{name} of {_where(event.address)}: {meta.get('completed', 0)}/"
-                f"{meta.get('total', 0)} {status.value}",
+                f"{label}: {meta.get('completed', 0)}/{meta.get('total', 0)} {status.value}",
             )
 
     def _finished(self, event: ExecutionEvent[Any]) -> None:
@@ -148,6 +188,8 @@ class LinePrinter:
                 + ("" if status is ExecutionStatus.RECOVERED else f" in {took}")
                 + (f": {detail}" if detail else ""),
             )
+        elif self.beside_bars:
+            return  # calls are in the bars (and, with realtime, in the bar printer's lines)
         elif self.realtime or status is ExecutionStatus.FAILED:
             if status is ExecutionStatus.FAILED and not self.realtime:
                 # Failures of parallel items are followed by a retry or a degraded line.
@@ -171,11 +213,38 @@ class LinePrinter:
         self._line("breaker", f"{breaker.name}: {old.value} -> {new.value} ({notes[new]})")
 
 
-def make_printer(stream: TextIO, mode: str, enabled: bool) -> Any:
-    """The progress subscriber for ``stream``, or None when progress is off.
+class Display:
+    """The progress output of one run: its bus subscribers and breaker lines.
 
-    On a terminal, ``ParallelEventPrinter`` from :mod:`rh_agents.bus_handlers` is used
-    when it exists; otherwise (and always when the output is piped) plain lines.
+    Attributes:
+        lines: the plain-line printer (always there; it also prints breaker changes).
+        bars: the terminal's live-bar printer, or None on a pipe.
+    """
+
+    def __init__(self, lines: LinePrinter, bars: Any = None) -> None:
+        self.lines = lines
+        self.bars = bars
+
+    def attach(self, state: ExecutionState) -> None:
+        """Subscribe to ``state``'s events and print its breakers' state changes."""
+        if self.bars is not None:
+            state.event_bus.subscribe(self.bars)
+        state.event_bus.subscribe(self.lines)
+        state.circuit_breakers.on_create(self.lines.watch_breaker)
+
+    def close(self) -> None:
+        """Stop the live bars (if any) so what follows prints below them."""
+        close = getattr(self.bars, "close", None)
+        if callable(close):
+            close()
+
+
+def make_display(stream: TextIO, mode: str, enabled: bool) -> Display | None:
+    """The progress output for ``stream``, or None when progress is off.
+
+    On a terminal, ``ParallelEventPrinter`` from :mod:`rh_agents.bus_handlers` draws
+    the bars and the line printer writes through it; otherwise (and always when the
+    output is piped) plain lines only.
     """
     if not enabled:
         return None
@@ -186,8 +255,10 @@ def make_printer(stream: TextIO, mode: str, enabled: bool) -> Any:
             handlers = None
         printer_cls = getattr(handlers, "ParallelEventPrinter", None)
         if printer_cls is not None:
-            return printer_cls(parallel_mode=mode, show_progress=True, stream=stream)
-    return LinePrinter(stream, mode)
+            bars = printer_cls(parallel_mode=mode, show_progress=True, stream=stream)
+            lines = LinePrinter(stream, mode, write=bars.print_line, beside_bars=True)
+            return Display(lines, bars)
+    return Display(LinePrinter(stream, mode))
 
 
 # --------------------------------------------------------------------------- summary
@@ -262,29 +333,40 @@ def render_summary(
     history: str,
     destinations: str,
 ) -> str:
-    """The end-of-run summary as plain text."""
-    order = ["completed", "failed", "cancelled", "recovered"]
-    names = {"recovered": "replayed"}
-    outcome_text = ", ".join(f"{names.get(k, k)} {stats.outcomes.get(k, 0)}" for k in order)
+    """The end-of-run summary as plain text.
+
+    ``calls`` counts invocations by how each attempt ended: a chunk whose first attempt
+    failed and whose retry succeeded counts once as failed and once as completed (the
+    documents line counts chunks and searches by their final outcome).
+    """
+    calls = [
+        f"{stats.outcomes.get('completed', 0)} completed",
+        f"{_plural(stats.outcomes.get('failed', 0), 'failed attempt')}",
+        f"{stats.outcomes.get('cancelled', 0)} cancelled",
+        f"{stats.outcomes.get('recovered', 0)} replayed",
+    ]
+    if stats.from_cache:
+        calls.append(f"{stats.from_cache} from cache")
     retry_text = str(stats.total_retries)
     if stats.retries:
         retry_text += " (" + ", ".join(f"{c} in {n}" for n, c in stats.retries.most_common()) + ")"
     lines = [
         title,
         f"  documents  {documents}",
-        f"  events     {outcome_text}"
-        + (f", from cache {stats.from_cache}" if stats.from_cache else ""),
+        f"  calls      {', '.join(calls)}",
         f"  retries    {retry_text}",
     ]
     if stats.breakers:
         for name, trips, rejected, state in stats.breakers:
             lines.append(
-                f"  breaker    {name}: {trips} trip{'s' if trips != 1 else ''}, "
-                f"{rejected} calls rejected, {state} now"
+                f"  breaker    {name}: {_plural(trips, 'trip')}, "
+                f"{_plural(rejected, 'call')} rejected, {state} now"
             )
+    elif stats.replayed:
+        lines.append("  breaker    not called: the work behind it was replayed from the history")
     else:
         lines.append("  breaker    no circuit breaker was used")
-    lines.append(f"  replayed   {stats.replayed} items from the history")
+    lines.append(f"  replayed   {_plural(stats.replayed, 'item')} from the history")
     if stats.durations:
         lines.append("  slowest    actor            calls      mean       max")
         ranked = sorted(stats.durations.items(), key=lambda kv: max(kv[1]), reverse=True)

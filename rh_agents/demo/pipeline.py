@@ -10,13 +10,21 @@
           parallel search (breaker search-api)
             search [chunk-M]                  Tool: looks up the chunk's main keyword
 
-Nothing here talks to a network. The LLM stub sleeps for a realistic, seeded latency
-(tens to a few hundred milliseconds, times ``speed``) and fails a share of its calls with
-a transient error; the search stub goes through a seeded *outage*: from its n-th call on
-it fails for a while, so the shared ``search-api`` circuit breaker trips, rejects calls
-during its cooldown, then probes and closes again. Every random draw derives from the
-seed and the invocation's address, so a run (and its replay on ``--resume``) does the
-same work whatever the scheduling order.
+Nothing here talks to a network. The LLM stub waits a realistic, seeded latency (tens
+to a few hundred milliseconds of the state's clock) and fails a share of its calls with a
+transient error; the search stub goes through a seeded *outage*: the first attempts of
+a seeded window of searches (``OUTAGE_CALLS`` consecutive chunks in corpus order) fail,
+so the shared ``search-api`` circuit breaker trips, rejects calls during its cooldown,
+then probes and closes again.
+
+Every outcome is a pure function of the seed, the document, the chunk and the attempt:
+each draw comes from a random source seeded with the invocation's address and attempt,
+and the outage is a set of calls, not a moment. The stubs wait on the state's clock; on
+a :class:`~rh_agents.demo.PacedClock` (as the demo runs them) the order of every event,
+and so which calls meet the open breaker and the retries that follow, is a function of
+the seed too: two runs with the same seed give the same summary, at any speed. On the
+real clock the per-call outcomes stay the same, but the breaker's rejections depend on
+timing.
 
 Results are pydantic models declared as ``output_model``, so replayed results are
 re-validated into them when a run is resumed.
@@ -24,10 +32,8 @@ re-validated into them when a run is resumed.
 
 from __future__ import annotations
 
-import asyncio
 import math
 import random
-import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,6 +48,7 @@ from rh_agents.core.execution import ExecutionState
 __all__ = [
     "BREAKER_NAME",
     "LLM_NAME",
+    "OUTAGE_CALLS",
     "ChunkPrompt",
     "ChunkSummary",
     "CorpusReport",
@@ -55,6 +62,7 @@ __all__ = [
     "SearchUnavailableError",
     "Workload",
     "make_corpus",
+    "outage_window",
     "run_pipeline",
 ]
 
@@ -146,8 +154,9 @@ class Workload:
         documents: documents the orchestrator fans out.
         chunks: chunks per document.
         seed: every random choice derives from it.
-        speed: scales every simulated latency, pause and cooldown (1.0 is "realistic";
-            tests use a tiny value).
+        speed: real seconds per simulated second, for the :class:`PacedClock` the demo
+            runs on (1.0 is "realistic"; tests use a tiny value). The simulated latencies,
+            delays and cooldowns do not depend on it, so neither does any outcome.
     """
 
     documents: int = 6
@@ -157,13 +166,13 @@ class Workload:
 
     @property
     def retry_delay(self) -> float:
-        """First backoff delay of the chunk group's retries."""
-        return 0.1 * self.speed
+        """First backoff delay of the chunk group's retries (simulated seconds)."""
+        return 0.1
 
     @property
     def breaker_cooldown(self) -> float:
-        """Seconds the search-api breaker stays open before it probes."""
-        return 1.0 * self.speed
+        """Simulated seconds the search-api breaker stays open before it probes."""
+        return 1.0
 
 
 _TOPICS = [
@@ -220,34 +229,16 @@ class SearchUnavailableError(ConnectionError):
     """The (simulated) search API is down."""
 
 
-@dataclass
-class _Outage:
-    """A seeded outage of the search API.
+OUTAGE_CALLS = 6
+"""How many searches (consecutive chunks in corpus order) meet the outage."""
 
-    It starts at the ``start_call``-th call and lasts until ``duration`` seconds have
-    passed *and* at least ``min_failures`` calls failed, so the breaker trips at any
-    speed.
-    """
 
-    start_call: int
-    duration: float
-    min_failures: int
-    calls: int = 0
-    failures: int = 0
-    started_at: float | None = None
-    over: bool = False
-
-    def call_fails(self, now: float) -> bool:
-        self.calls += 1
-        if self.over or self.calls < self.start_call:
-            return False
-        if self.started_at is None:
-            self.started_at = now
-        if self.failures >= self.min_failures and now - self.started_at >= self.duration:
-            self.over = True
-            return False
-        self.failures += 1
-        return True
+def outage_window(workload: Workload) -> frozenset[tuple[str, int]]:
+    """The ``(doc_id, chunk)`` searches whose first attempt fails (seeded)."""
+    calls = [(f"doc-{d + 1}", c) for d in range(workload.documents) for c in range(workload.chunks)]
+    size = min(OUTAGE_CALLS, len(calls))
+    start = random.Random(f"outage|{workload.seed}").randint(0, len(calls) - size)
+    return frozenset(calls[start : start + size])
 
 
 @dataclass
@@ -257,25 +248,23 @@ class _Stubs:
     workload: Workload
     llm_error_rate: float = 0.12
     attempts: dict[str, int] = field(default_factory=lambda: defaultdict(int))
-    outage: _Outage = field(init=False)
+    outage: frozenset[tuple[str, int]] = field(init=False)
 
     def __post_init__(self) -> None:
-        rng = random.Random(f"outage|{self.workload.seed}")
-        self.outage = _Outage(
-            start_call=rng.randint(3, 6),
-            duration=0.5 * self.workload.speed,
-            min_failures=3,
-        )
+        self.outage = outage_window(self.workload)
 
-    def rng_for(self, address: str) -> random.Random:
-        """A random source for the next attempt of the invocation at ``address``."""
+    def attempt(self, address: str) -> tuple[int, random.Random]:
+        """The number of this call of the handler at ``address`` (1 for the first) and
+        its random source, seeded with the seed, the address and that number."""
         self.attempts[address] += 1
-        return random.Random(f"{self.workload.seed}|{address}|{self.attempts[address]}")
+        number = self.attempts[address]
+        return number, random.Random(f"{self.workload.seed}|{address}|{number}")
 
-    def latency(self, rng: random.Random, median: float, low: float, high: float) -> float:
-        """A log-normal latency in seconds, clipped to [low, high], times ``speed``."""
+    @staticmethod
+    def latency(rng: random.Random, median: float, low: float, high: float) -> float:
+        """A log-normal latency in simulated seconds, clipped to [low, high]."""
         value = median * math.exp(rng.gauss(0.0, 0.6))
-        return min(high, max(low, value)) * self.workload.speed
+        return min(high, max(low, value))
 
 
 _STOPWORDS = {"when", "is", "the", "section", "tuned"}
@@ -296,11 +285,12 @@ def _keywords(text: str) -> list[str]:
 class DemoPipeline:
     """The actors of the demo and their handlers.
 
-    Example:
-        >>> pipeline = DemoPipeline(Workload(documents=2, chunks=2, speed=0.01))
-        >>> state = ExecutionState()  # doctest: +SKIP
-        >>> result = await ExecutionEvent(actor=pipeline.orchestrator)(
-        ...     make_corpus(pipeline.workload), {}, state)  # doctest: +SKIP
+    Example::
+
+        workload = Workload(documents=2, chunks=2, speed=0.01)
+        async with PacedClock(workload.speed) as clock:
+            state = ExecutionState(clock=clock)
+            result = await run_pipeline(DemoPipeline(workload), state)
     """
 
     def __init__(self, workload: Workload) -> None:
@@ -343,8 +333,8 @@ class DemoPipeline:
         self, prompt: ChunkPrompt, extra: dict[str, Any], state: ExecutionState
     ) -> ChunkSummary:
         stubs = self._stubs
-        rng = stubs.rng_for(state.get_current_address())
-        await asyncio.sleep(stubs.latency(rng, median=0.15, low=0.03, high=0.6))
+        _, rng = stubs.attempt(state.get_current_address())
+        await state.clock.sleep(stubs.latency(rng, median=0.15, low=0.03, high=0.6))
         if rng.random() < stubs.llm_error_rate:
             raise ModelOverloadedError(
                 "The model provider is overloaded (HTTP 529); the call can be retried."
@@ -362,9 +352,9 @@ class DemoPipeline:
         self, query: SearchQuery, extra: dict[str, Any], state: ExecutionState
     ) -> SearchHits:
         stubs = self._stubs
-        rng = stubs.rng_for(state.get_current_address())
-        await asyncio.sleep(stubs.latency(rng, median=0.04, low=0.01, high=0.15))
-        if stubs.outage.call_fails(time.monotonic()):
+        attempt, rng = stubs.attempt(state.get_current_address())
+        await state.clock.sleep(stubs.latency(rng, median=0.04, low=0.01, high=0.15))
+        if attempt == 1 and (query.doc_id, query.chunk) in stubs.outage:
             raise SearchUnavailableError(
                 "search-api answered HTTP 503 Service Unavailable (simulated outage)."
             )

@@ -13,6 +13,8 @@ from typing import Any
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
+from rh_agents.core.errors import InvalidArgumentError
+
 __all__ = ["JsonLinesSpanExporter", "span_to_dict"]
 
 logger = logging.getLogger("rh_agents.telemetry")
@@ -47,10 +49,23 @@ class JsonLinesSpanExporter(SpanExporter):
     """Appends finished spans to a file, one JSON object per line.
 
     Read it back with ``rh-agents trace show FILE``.
+
+    Args:
+        path: the span file (appended to; its directory is created).
+        max_bytes: rotate when the file reaches this size: it becomes ``<path>.1``
+            (replacing the previous one) and a new file starts, so at most about twice
+            ``max_bytes`` stay on disk (for long-running services). None: never rotate.
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], max_bytes: int | None = None) -> None:
+        if max_bytes is not None and max_bytes < 1:
+            raise InvalidArgumentError(
+                f"max_bytes must be a positive number of bytes or None, got {max_bytes!r}."
+            )
         self.path = Path(path)
+        self.previous = self.path.with_name(self.path.name + ".1")
+        self.max_bytes = max_bytes
+        self.rotations = 0
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._file = open(self.path, "a", encoding="utf-8")
@@ -62,6 +77,8 @@ class JsonLinesSpanExporter(SpanExporter):
             with self._lock:
                 if self._file.closed:
                     return SpanExportResult.FAILURE
+                if self.max_bytes is not None and self._file.tell() >= self.max_bytes:
+                    self._rotate()
                 self._file.write(lines)
                 self._file.flush()
                 self.exported += len(spans)
@@ -69,6 +86,12 @@ class JsonLinesSpanExporter(SpanExporter):
         except Exception:
             logger.exception("Writing spans to %s failed", self.path)
             return SpanExportResult.FAILURE
+
+    def _rotate(self) -> None:
+        self._file.close()
+        os.replace(self.path, self.previous)
+        self._file = open(self.path, "a", encoding="utf-8")
+        self.rotations += 1
 
     def shutdown(self) -> None:
         with self._lock:
