@@ -410,11 +410,6 @@ _holds: ContextVar[tuple[_Hold, ...]] = ContextVar("rh_agents_limiter_holds", de
 """The limiter permits held by the items enclosing the current code, outermost first."""
 
 
-def _cancel_requested() -> bool:
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
-
-
 async def _stop_runner(runner: asyncio.Task[None]) -> None:
     """Cancel a stream's runner task and wait for it; never leave its error unretrieved."""
     if not runner.done():
@@ -1051,6 +1046,8 @@ class ParallelExecutionManager:
 
     async def _reclaim(self) -> None:
         """Take back the permits lent by :meth:`_lend` (not while being cancelled)."""
+        if not self._lent:
+            return
         lent, self._lent = self._lent, []
         task = asyncio.current_task()
         cancelling = task is not None and task.cancelling() > 0
@@ -1142,7 +1139,8 @@ class ParallelExecutionManager:
             self._stop = True
             interrupted = False
             try:
-                errors = await cancel_and_wait([*workers, watchdog])
+                if workers or watchdog is not None:
+                    errors = await cancel_and_wait([*workers, watchdog])
             except asyncio.CancelledError:
                 # Cancelled (again) while waiting for the workers: they are finished
                 # all the same, and the group must still record how it ended.
@@ -1263,9 +1261,10 @@ class ParallelExecutionManager:
         clock = self._clock
         item: _Item | None = None
         inline = self._inline
+        task = asyncio.current_task() if inline else None
         try:
             while not self._stop:
-                if inline and _cancel_requested():
+                if inline and task is not None and task.cancelling():
                     # An item swallowed the cancellation of the task running the group
                     # inline: stop here rather than run the rest of the queue.
                     raise asyncio.CancelledError
