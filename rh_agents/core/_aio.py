@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Iterable, Sized
 from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-__all__ = ["cancel_and_wait", "uninterrupted"]
+__all__ = ["cancel_and_wait", "loop_is_idle", "uninterrupted"]
 
 
 async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any] | None]) -> list[BaseException]:
@@ -58,3 +58,20 @@ async def uninterrupted(awaitable: Awaitable[T]) -> T:
             inner.exception()
         raise asyncio.CancelledError
     return inner.result()
+
+
+def loop_is_idle(loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether nothing but the caller is ready to run on ``loop`` right now.
+
+    asyncio has no public "is the loop idle?" query. CPython's event loops keep the
+    callbacks that will run on the next iteration in the private deque ``_ready`` and
+    timers in the heap ``_scheduled``; an empty ready queue and no timer already due
+    means every other task is blocked on something (for the simulated clocks: on them).
+    Loops without these attributes (uvloop, ...) are assumed idle, which the callers'
+    several-checks-in-a-row requirement makes tolerable.
+    """
+    ready: Sized | None = getattr(loop, "_ready", None)
+    if ready is not None and len(ready) > 0:
+        return False
+    scheduled: list[asyncio.TimerHandle] | None = getattr(loop, "_scheduled", None)
+    return not (scheduled and scheduled[0].when() <= loop.time())

@@ -23,25 +23,12 @@ import math
 import time
 from types import TracebackType
 
+from rh_agents.core._aio import loop_is_idle
+
 __all__ = ["PacedClock"]
 
 _IDLE_ROUNDS = 3
 """Event-loop iterations in a row with nothing to run before time moves."""
-
-
-def _nothing_ready(loop: asyncio.AbstractEventLoop) -> bool:
-    """Whether no callback is ready and no real timer is due on ``loop``.
-
-    asyncio has no public way to ask this; CPython's loops keep ready callbacks in
-    ``_ready`` and timers in ``_scheduled``. On a loop without them this answers True and
-    time moves after a few iterations, which still paces the run (only its determinism
-    is then best effort).
-    """
-    ready = getattr(loop, "_ready", None)
-    if ready:
-        return False
-    timers = getattr(loop, "_scheduled", None)
-    return not (timers and timers[0].when() <= loop.time())
 
 
 class PacedClock:
@@ -137,7 +124,7 @@ class PacedClock:
             idle = 0
             while idle < _IDLE_ROUNDS:
                 await asyncio.sleep(0)
-                idle = idle + 1 if _nothing_ready(loop) else 0
+                idle = idle + 1 if loop_is_idle(loop) else 0
             if not self._sleepers:
                 continue
             deadline = self._sleepers[0][0]

@@ -13,9 +13,9 @@ import asyncio
 import heapq
 import itertools
 import math
-from collections.abc import Sized
 from types import TracebackType
 
+from rh_agents.core._aio import loop_is_idle
 from rh_agents.core.errors import InvalidArgumentError, LifecycleError
 
 __all__ = ["FakeClock"]
@@ -222,7 +222,7 @@ class FakeClock:
                 await self._sleeper_added.wait()
                 continue
             await asyncio.sleep(0)
-            if not _loop_is_idle(loop):
+            if not loop_is_idle(loop):
                 idle = 0
                 continue
             idle += 1
@@ -237,20 +237,3 @@ class FakeClock:
                 # Only sleepers that wait forever are left; wait for a new one.
                 self._sleeper_added.clear()
                 await self._sleeper_added.wait()
-
-
-def _loop_is_idle(loop: asyncio.AbstractEventLoop) -> bool:
-    """Whether nothing but the caller is ready to run on ``loop`` right now.
-
-    asyncio has no public "is the loop idle?" query. CPython's event loops keep the
-    callbacks that will run on the next iteration in the private deque ``_ready`` and
-    timers in the heap ``_scheduled``; an empty ready queue and no timer already due
-    means every other task is blocked on something (for us: on the fake clock). Loops
-    without these attributes (uvloop, ...) are assumed idle, which the caller's
-    consecutive-check requirement makes tolerable.
-    """
-    ready: Sized | None = getattr(loop, "_ready", None)
-    if ready is not None and len(ready) > 0:
-        return False
-    scheduled: list[asyncio.TimerHandle] | None = getattr(loop, "_scheduled", None)
-    return not (scheduled and scheduled[0].when() <= loop.time())
