@@ -155,17 +155,27 @@ def clone(model: M, **changes: Any) -> M:
     event at each status change (its working copy, the immutable snapshots the history and
     subscribers receive), and only ever with values of the right types.
     """
-    cls = type(model)
-    copy = cls.__new__(cls)
     fields = model.__dict__.copy()
     if changes:
         fields.update(changes)
-    _setattr(copy, "__dict__", fields)
-    _setattr(copy, "__pydantic_fields_set__", set(model.__pydantic_fields_set__))
-    _setattr(copy, "__pydantic_extra__", None)
-    private = model.__pydantic_private__
-    _setattr(copy, "__pydantic_private__", None if private is None else dict(private))
-    return copy
+    return _assemble(
+        type(model), fields, set(model.__pydantic_fields_set__), model.__pydantic_private__
+    )
+
+
+def _assemble(
+    cls: type[M],
+    fields: dict[str, Any],
+    fields_set: set[str] | frozenset[str],
+    private: dict[str, Any] | None,
+) -> M:
+    """A ``cls`` instance made of these parts (copying ``private``), without validation."""
+    model = cls.__new__(cls)
+    _setattr(model, "__dict__", fields)
+    _setattr(model, "__pydantic_fields_set__", fields_set)
+    _setattr(model, "__pydantic_extra__", None)
+    _setattr(model, "__pydantic_private__", None if private is None else dict(private))
+    return model
 
 
 class ExecutionEvent(BaseModel, Generic[T]):
@@ -308,7 +318,8 @@ class _EventSnapshot(ExecutionEvent[Any]):
     ) -> ExecutionEvent[Any]:
         fields = copy.deepcopy(self.__dict__, memo)
         fields["metadata"] = dict(fields["metadata"])
-        return _rebuild(ExecutionEvent, fields, self, set(self.__pydantic_fields_set__))
+        fields_set = set(self.__pydantic_fields_set__)
+        return _assemble(ExecutionEvent, fields, fields_set, self.__pydantic_private__)
 
     def __reduce__(self) -> Any:
         return (_unpickle_snapshot, (self.__dict__, self.__pydantic_private__))
@@ -317,32 +328,12 @@ class _EventSnapshot(ExecutionEvent[Any]):
         return "ExecutionEvent"
 
 
-def _rebuild(
-    cls: type[ExecutionEvent[Any]],
-    fields: dict[str, Any],
-    source: ExecutionEvent[Any],
-    fields_set: set[str] | frozenset[str],
-) -> ExecutionEvent[Any]:
-    event = cls.__new__(cls)
-    _setattr(event, "__dict__", fields)
-    _setattr(event, "__pydantic_fields_set__", fields_set)
-    _setattr(event, "__pydantic_extra__", None)
-    private = source.__pydantic_private__
-    _setattr(event, "__pydantic_private__", None if private is None else dict(private))
-    return event
-
-
 def _unpickle_snapshot(
     fields: dict[str, Any], private: dict[str, Any] | None
 ) -> ExecutionEvent[Any]:
-    event = _EventSnapshot.__new__(_EventSnapshot)
     fields = dict(fields)
     fields["metadata"] = _ReadOnlyDict(fields["metadata"])
-    _setattr(event, "__dict__", fields)
-    _setattr(event, "__pydantic_fields_set__", frozenset(fields))
-    _setattr(event, "__pydantic_extra__", None)
-    _setattr(event, "__pydantic_private__", None if private is None else dict(private))
-    return event
+    return _assemble(_EventSnapshot, fields, frozenset(fields), private)
 
 
 def freeze(event: ExecutionEvent[Any]) -> ExecutionEvent[Any]:
@@ -360,14 +351,15 @@ def freeze(event: ExecutionEvent[Any]) -> ExecutionEvent[Any]:
     # Snapshots never change, so equal field sets can be one shared object.
     key = frozenset(event.__pydantic_fields_set__)
     fields_set = _fields_sets.setdefault(key, key) if len(_fields_sets) < 1024 else key
-    return _rebuild(_EventSnapshot, fields, event, fields_set)
+    return _assemble(_EventSnapshot, fields, fields_set, event.__pydantic_private__)
 
 
 def thaw(event: ExecutionEvent[Any]) -> ExecutionEvent[Any]:
     """An ordinary (mutable) ExecutionEvent with the fields of ``event``."""
     fields = event.__dict__.copy()
     fields["metadata"] = dict(fields["metadata"])
-    return _rebuild(ExecutionEvent, fields, event, set(event.__pydantic_fields_set__))
+    fields_set = set(event.__pydantic_fields_set__)
+    return _assemble(ExecutionEvent, fields, fields_set, event.__pydantic_private__)
 
 
 def is_snapshot(event: Any) -> bool:
