@@ -59,7 +59,7 @@ if TYPE_CHECKING:
     from rh_agents.core.actors import BaseActor
     from rh_agents.core.limiter import Limiter
     from rh_agents.core.parallel import ErrorStrategy, ParallelExecutionManager
-    from rh_agents.state_backends import ArtifactBackend, EventJournal, StateBackend
+    from rh_agents.core.storage import ArtifactBackend, EventJournal, StateBackend
 
 __all__ = [
     "DEFAULT_MAX_RESULT_BYTES",

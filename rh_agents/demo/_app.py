@@ -32,7 +32,7 @@ from rh_agents.core.types import ExecutionStatus
 from rh_agents.demo._clock import PacedClock
 from rh_agents.demo._output import Display, collect_stats, make_display, render_summary
 from rh_agents.demo.pipeline import CorpusReport, DemoPipeline, Workload, run_pipeline
-from rh_agents.state_backends import SQLiteStateBackend
+from rh_agents.storage import SQLiteStateBackend
 from rh_agents.telemetry import (
     JsonLinesSpanExporter,
     MetricsPortInUseError,
