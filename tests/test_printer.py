@@ -642,12 +642,12 @@ async def test_a_cancelled_group_does_not_look_done() -> None:
 
 
 def test_summary_bars_shade_cancelled_items() -> None:
-    from rh_agents.bus_handlers import _bar
+    from rh_agents.printing._format import bar_text
 
-    assert _bar(0.0, 10, cancelled=1.0) == "▒" * 10
-    assert _bar(0.5, 10, cancelled=0.2) == "█" * 5 + "▒" * 2 + "░" * 3
-    assert _bar(0.25, 4, cancelled=0.75) == "█▒▒▒"
-    assert _bar(1.0, 10) == "█" * 10
+    assert bar_text(0.0, 10, cancelled=1.0) == "▒" * 10
+    assert bar_text(0.5, 10, cancelled=0.2) == "█" * 5 + "▒" * 2 + "░" * 3
+    assert bar_text(0.25, 4, cancelled=0.75) == "█▒▒▒"
+    assert bar_text(1.0, 10) == "█" * 10
 
 
 # ------------------------------------------------------------------ progress mode
@@ -791,9 +791,9 @@ async def test_update_progress_bar_and_context_manager(monkeypatch: pytest.Monke
         assert printer.live_active
         printer._update_progress_bar("g")
         printer._update_progress_bar("unknown")
-        rendered = "\n".join(t.plain for t in printer._live_lines(60))
+        rendered = "\n".join(t.plain for t in printer._bars.lines(60))
         assert rendered.startswith("g ") and "0/1" in rendered and "1 in flight" in rendered
-        assert all(len(t.plain) <= 60 for t in printer._live_lines(60))
+        assert all(len(t.plain) <= 60 for t in printer._bars.lines(60))
     assert not printer.live_active
 
 
@@ -872,30 +872,31 @@ async def test_dumb_terminal_gets_plain_lines(monkeypatch: pytest.MonkeyPatch) -
 
 
 def test_live_bars_leave_out_zeros_and_drop_fields_to_fit() -> None:
-    from rh_agents.bus_handlers import _Row
+    from rh_agents.printing._live import Row as _Row
+    from rh_agents.printing._live import row_text
 
     printer = ParallelEventPrinter("progress", stream=io.StringIO())
     busy = _Row("doc-2 › chunks", 1, total=10, finished=4, failed=1, retrying=2, running=3, start=0)
-    wide = printer._row_text(busy, 2.0, 200).plain
+    wide = row_text(busy, 2.0, 200, printer.bar_width).plain
     assert wide.endswith("40%  4/10 · 3 in flight · 1 failed · 2 retrying · 2.0s · ETA 3.0s")
     # narrower: the elapsed time goes first, then items in flight, then retrying...
-    assert printer._row_text(busy, 2.0, 100).plain.endswith(
+    assert row_text(busy, 2.0, 100, printer.bar_width).plain.endswith(
         "4/10 · 3 in flight · 1 failed · 2 retrying · ETA 3.0s"
     )
-    assert printer._row_text(busy, 2.0, 80).plain.endswith(
+    assert row_text(busy, 2.0, 80, printer.bar_width).plain.endswith(
         "4/10 · 1 failed · 2 retrying · ETA 3.0s"
     )
-    assert printer._row_text(busy, 2.0, 60).plain.endswith("4/10 · 1 failed · ETA 3.0s")
+    assert row_text(busy, 2.0, 60, printer.bar_width).plain.endswith("4/10 · 1 failed · ETA 3.0s")
     # ... the count and the ETA stay longest; nothing is cut while the count fits
-    assert printer._row_text(busy, 2.0, 50).plain.endswith("4/10 · ETA 3.0s")
-    assert all("…" not in printer._row_text(busy, 2.0, w).plain for w in range(34, 120))
-    assert all(printer._row_text(busy, 2.0, w).cell_len <= w for w in range(20, 120))
+    assert row_text(busy, 2.0, 50, printer.bar_width).plain.endswith("4/10 · ETA 3.0s")
+    assert all("…" not in row_text(busy, 2.0, w, printer.bar_width).plain for w in range(34, 120))
+    assert all(row_text(busy, 2.0, w, printer.bar_width).cell_len <= w for w in range(20, 120))
     calm = _Row("docs", 0, total=10, finished=4, failed=0, retrying=0, running=0, start=0)
-    assert printer._row_text(calm, 2.0, 80).plain.endswith("40%  4/10 · 2.0s · ETA 3.0s")
+    assert row_text(calm, 2.0, 80, printer.bar_width).plain.endswith("40%  4/10 · 2.0s · ETA 3.0s")
 
 
 def test_nested_groups_are_named_after_their_item() -> None:
-    from rh_agents.bus_handlers import _item_label
+    from rh_agents.printing._groups import item_label as _item_label
 
     tagged = "orchestrator/parallel:documents[1]/document[doc-2]/parallel:chunks"
     assert _item_label(tagged) == "doc-2"
