@@ -41,15 +41,15 @@ from rh_agents import (
 )
 from rh_agents.core.errors import InvalidArgumentError, LifecycleError
 from rh_agents.core.executors import (
-    ProcessPoolItemExecutor,
     RemoteCancelledError,
     RemoteExecutionError,
     RemoteItem,
     UnpicklableWorkError,
     WorkerLostError,
-    use_worker_telemetry,
 )
-from rh_agents.distributed import DaskExecutor, _translate, worker_telemetry
+from rh_agents.executors import DaskExecutor, ProcessPoolItemExecutor
+from rh_agents.executors.dask import _translate, worker_telemetry
+from rh_agents.telemetry.remote import use_worker_telemetry
 from rh_agents.testing import FakeClock, TelemetryCapture, capture_telemetry
 
 pytestmark = pytest.mark.filterwarnings("error::RuntimeWarning")
@@ -743,7 +743,7 @@ async def test_a_worker_killed_mid_item_is_retried_on_another(tmp_path: Path) ->
 def test_worker_telemetry_plugin_and_preload_configure_and_flush(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import rh_agents.distributed as dist
+    import rh_agents.executors.dask as dist
 
     plugin = worker_telemetry(trace_file=str(tmp_path / "plugin-{pid}.jsonl"))
     assert type(plugin).__name__ == "WorkerTelemetry" and plugin.name == "rh_agents-telemetry"

@@ -34,23 +34,24 @@ from rh_agents import (
 from rh_agents.core.errors import InvalidArgumentError, InvalidWorkError, LifecycleError
 from rh_agents.core.executors import (
     ItemExecutor,
-    ProcessPoolItemExecutor,
     RemoteCall,
     RemoteExecutionError,
     RemoteExecutor,
-    RemoteExecutorBase,
     RemoteItem,
     RemoteTask,
     UnpicklableWorkError,
     WorkerLostError,
     WorkItem,
+)
+from rh_agents.executors import (
+    ProcessPoolItemExecutor,
+    RemoteExecutorBase,
     dumps_task,
     execute_remote,
-    setup_worker_telemetry,
     task_key,
     unpack_outcome,
-    use_worker_telemetry,
 )
+from rh_agents.telemetry.remote import setup_worker_telemetry, use_worker_telemetry
 from rh_agents.testing import FakeClock, TelemetryCapture
 
 pytestmark = pytest.mark.filterwarnings("error::RuntimeWarning")
@@ -455,7 +456,7 @@ async def test_remote_errors_keep_their_type_and_traceback(pool: ProcessPoolItem
 
     assert type(plain.exception) is ValueError and str(plain.exception) == "bad value"
     assert plain.traceback is not None and "in fail_value" in plain.traceback
-    assert "core/executors.py" not in plain.traceback  # the worker's own frames are left out
+    assert "executors/worker.py" not in plain.traceback  # the worker's own frames are left out
     assert plain.exception.remote_traceback == plain.traceback  # type: ignore[attr-defined]
     assert any("Remote traceback (worker pid " in n for n in plain.exception.__notes__)
 
@@ -636,6 +637,8 @@ def test_worker_entry_reports_work_it_cannot_load() -> None:
 def test_importing_rh_agents_needs_neither_dask_nor_opentelemetry() -> None:
     code = (
         "import sys, rh_agents, rh_agents.core.executors\n"
+        "assert 'opentelemetry' not in sys.modules, 'otel'\n"
+        "import rh_agents.executors\n"
         "assert 'opentelemetry' not in sys.modules, 'otel'\n"
         "import rh_agents.distributed\n"
         "bad = [m for m in ('dask', 'distributed', 'cloudpickle') if m in sys.modules]\n"

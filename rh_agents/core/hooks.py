@@ -6,10 +6,17 @@ what a state uses when no telemetry is configured; ``rh_agents.telemetry`` provi
 real implementation. ``*_started`` hooks return an opaque handle that the matching
 ``*_finished`` hook receives; a handle may make a span current for the code in between,
 so both calls happen in the same task.
+
+Work shipped to another process carries the trace context of the current span, so the
+worker's span joins the same trace. The core does not know how that context is
+captured: :func:`trace_carrier` calls what :func:`set_trace_propagation` registered
+(the top-level package registers OpenTelemetry's W3C propagation, from
+:mod:`rh_agents.telemetry.remote`); without it the carrier is empty.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -23,6 +30,8 @@ __all__ = [
     "NoopInstrumentation",
     "Outcome",
     "ambient_telemetry",
+    "set_trace_propagation",
+    "trace_carrier",
 ]
 
 
@@ -213,3 +222,29 @@ NOOP: Instrumentation = NoopInstrumentation()
 
 ambient_telemetry: ContextVar[Any] = ContextVar("rh_agents_ambient_telemetry", default=None)
 """Telemetry used by ExecutionStates created without one (set by test helpers)."""
+
+
+def _no_trace_context() -> dict[str, str]:
+    return {}
+
+
+_inject_trace_context: Callable[[], dict[str, str]] = _no_trace_context
+
+
+def set_trace_propagation(inject: Callable[[], dict[str, str]] | None) -> None:
+    """Set how :func:`trace_carrier` captures the trace context of the current span.
+
+    ``inject`` returns the carrier (e.g. ``{"traceparent": ...}``) for the span that is
+    current where it is called; None goes back to an empty carrier.
+    """
+    global _inject_trace_context
+    _inject_trace_context = inject if inject is not None else _no_trace_context
+
+
+def trace_carrier() -> dict[str, str]:
+    """The trace context of the current span, to ship with work run in another process.
+
+    Example:
+        >>> carrier = trace_carrier()  # {"traceparent": "00-..."} inside a span
+    """
+    return _inject_trace_context()

@@ -1,4 +1,4 @@
-"""The worker processes behind :class:`~rh_agents.core.executors.ProcessPoolItemExecutor`.
+"""The worker processes behind :class:`~rh_agents.executors.ProcessPoolItemExecutor`.
 
 Why not :class:`concurrent.futures.ProcessPoolExecutor`: it cannot stop one running call.
 An item abandoned by its group (a timeout, FAIL_FAST, a cancelled gather) would keep its
