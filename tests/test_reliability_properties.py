@@ -40,6 +40,7 @@ from rh_agents.core.execution import ExecutionState
 from rh_agents.core.history import HistorySet
 from rh_agents.core.limiter import Limiter
 from rh_agents.core.parallel import ErrorStrategy, ParallelExecutionManager, ParallelTimeoutError
+from rh_agents.core.parallel.results import Results
 from rh_agents.core.types import EventType, ExecutionStatus
 from rh_agents.state_backends import (
     FileSystemStateBackend,
@@ -111,13 +112,13 @@ def no_other_tasks() -> None:
 @contextmanager
 def observe_final_failures(log: list[tuple[str, int]]) -> Iterator[None]:
     """Log each moment a group records an item's final failure."""
-    original = ParallelExecutionManager._fail
+    original = Results.fail
 
-    def spy(self: ParallelExecutionManager, item: Any, *args: Any, **kwargs: Any) -> None:
+    def spy(self: Results, item: Any, *args: Any, **kwargs: Any) -> bool:
         log.append(("failure-observed", item.index))
-        original(self, item, *args, **kwargs)
+        return original(self, item, *args, **kwargs)
 
-    with patch.object(ParallelExecutionManager, "_fail", spy):
+    with patch.object(Results, "fail", spy):
         yield
 
 

@@ -47,7 +47,7 @@ async def run_event(
 ) -> ExecutionResult[Any]:
     actor = template.actor
     assert actor is not None
-    parent = state._frame()
+    parent = state.current_frame()
     tag = template.tag
     if tag and any(c in RESERVED_ADDRESS_CHARS for c in tag):
         raise InvalidArgumentError(

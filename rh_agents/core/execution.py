@@ -223,8 +223,9 @@ class EventBus:
             for s in self._subscribers
         ]
 
-    def _listening(self) -> bool:
-        """Whether publishing can reach anyone (a subclass may publish elsewhere)."""
+    def has_listeners(self) -> bool:
+        """Whether publishing can reach anyone: a subscriber, an open stream, or (for a
+        subclass of EventBus) wherever the subclass publishes."""
         return bool(self._subscribers or self._streams) or type(self) is not EventBus
 
     async def publish(self, event: Any) -> None:
@@ -598,7 +599,9 @@ class ExecutionState:
 
     # ----------------------------------------------------------------- addresses
 
-    def _frame(self) -> Frame:
+    def current_frame(self) -> Frame:
+        """The frame of the innermost running invocation (or pushed context) of this
+        state in the current task; the root frame outside of any."""
         frame = current_frame.get()
         if frame is not None and frame.root is self._root:
             return frame
@@ -612,11 +615,11 @@ class ExecutionState:
         """
         if not name:
             raise InvalidArgumentError("push_context() needs a non-empty name.")
-        current_frame.set(self._frame().pushed_child(name))
+        current_frame.set(self.current_frame().pushed_child(name))
 
     def pop_context(self) -> str:
         """Remove the innermost name added with :meth:`push_context` and return it."""
-        frame = self._frame()
+        frame = self.current_frame()
         if not frame.pushed or frame.parent is None:
             raise LifecycleError(
                 "pop_context() was called more often than push_context() (here, in "
@@ -628,11 +631,11 @@ class ExecutionState:
     @property
     def execution_stack(self) -> list[str]:
         """The segments of the current context-local path."""
-        return self._frame().segments
+        return self.current_frame().segments
 
     def get_current_address(self, event_type: Any = None) -> str:
         """The address of the innermost running invocation (or pushed context) here."""
-        return self._frame().address
+        return self.current_frame().address
 
     # ------------------------------------------------------------------- history
 
@@ -659,7 +662,7 @@ class ExecutionState:
         self._seq = seq
         self.history.append(snapshot)
         bus = self.event_bus
-        if not snapshot.skip_republish and bus._listening():
+        if not snapshot.skip_republish and bus.has_listeners():
             await bus.publish(snapshot)
 
     def _append(self, snapshot: ExecutionEvent[Any], seq: int) -> None:
