@@ -141,3 +141,70 @@ except ImportError:
     assert violations("from . import context\nfrom .. import hooks\n", "rh_agents.core.x.y") == []
     assert violations("from .group import Group\n", "rh_agents.core.parallel", True) == []
     assert violations("import rh_agents.core.types\n", "rh_agents.core.x") == []
+
+
+def _is_type_checking_block(node: ast.AST) -> bool:
+    test = getattr(node, "test", None)
+    return isinstance(node, ast.If) and (
+        (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING")
+        or (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+    )
+
+
+def _runtime_nodes(tree: ast.AST) -> Iterator[ast.AST]:
+    """Every node that can run: all of them except the bodies of TYPE_CHECKING blocks."""
+    for child in ast.iter_child_nodes(tree):
+        if _is_type_checking_block(child):
+            assert isinstance(child, ast.If)
+            for other in child.orelse:
+                yield other
+                yield from _runtime_nodes(other)
+            continue
+        yield child
+        yield from _runtime_nodes(child)
+
+
+def _runtime_imports(path: Path) -> set[str]:
+    """The core modules ``path`` imports at run time (at module level or in a function;
+    not under TYPE_CHECKING), each resolved to the module itself."""
+    known = {_module_name(p) for p in _core_files()}
+    module = _module_name(path)
+    package = module if _is_package(path) else module.rpartition(".")[0]
+    found: set[str] = set()
+    for node in _runtime_nodes(ast.parse(path.read_text())):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*parent, base] if base else parent)
+            names = [
+                f"{base}.{alias.name}" if f"{base}.{alias.name}" in known else base
+                for alias in node.names
+            ]
+        found.update(name for name in names if name in known)
+    return found
+
+
+def test_the_core_imports_form_no_cycle() -> None:
+    # An import cycle makes the import order matter and hides which module is the lower
+    # one; an import moved into a function to break a cycle hides it just as well, so
+    # function-level imports count too (only TYPE_CHECKING imports, for annotations,
+    # may point upward).
+    graph = {_module_name(p): _runtime_imports(p) for p in _core_files()}
+    done: set[str] = set()
+
+    def visit(module: str, path: list[str]) -> None:
+        if module in path:
+            cycle = [*path[path.index(module) :], module]
+            raise AssertionError("import cycle: " + " -> ".join(cycle))
+        if module in done:
+            return
+        for imported in sorted(graph.get(module, ())):
+            visit(imported, [*path, module])
+        done.add(module)
+
+    for module in sorted(graph):
+        visit(module, [])
