@@ -320,22 +320,9 @@ def setup(
     created: list[SpanExporter] = []
     try:
         endpoint = _traces_endpoint(otlp_endpoint)
-        if endpoint:
-            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
-            created.append(OTLPSpanExporter(endpoint=endpoint, timeout=export_timeout))
-        file_path: Path | None = None
-        if trace_file is not None or not (endpoint or exporters):
-            file_path = Path(trace_file) if trace_file is not None else DEFAULT_TRACE_FILE
-            created.append(JsonLinesSpanExporter(file_path))
+        file_path = _create_exporters(endpoint, trace_file, exporters, export_timeout, created)
         for exporter in [*(exporters or []), *created]:
-            processor = BatchSpanProcessor(
-                exporter,
-                max_queue_size=max_queue_size,
-                max_export_batch_size=min(MAX_EXPORT_BATCH, max_queue_size),
-                schedule_delay_millis=SCHEDULE_DELAY_MS,
-                export_timeout_millis=int(export_timeout * 1000),
-            )
+            processor = _batch_processor(exporter, max_queue_size, export_timeout)
             processors.append((processor, exporter))
             provider.add_span_processor(processor)
         telemetry = Telemetry(provider, registry)
@@ -354,6 +341,38 @@ def setup(
         export_timeout,
         processors,
     )
+
+
+def _batch_processor(
+    exporter: SpanExporter, max_queue_size: int, export_timeout: float
+) -> BatchSpanProcessor:
+    return BatchSpanProcessor(
+        exporter,
+        max_queue_size=max_queue_size,
+        max_export_batch_size=min(MAX_EXPORT_BATCH, max_queue_size),
+        schedule_delay_millis=SCHEDULE_DELAY_MS,
+        export_timeout_millis=int(export_timeout * 1000),
+    )
+
+
+def _create_exporters(
+    endpoint: str | None,
+    trace_file: str | os.PathLike[str] | None,
+    exporters: list[SpanExporter] | None,
+    export_timeout: float,
+    created: list[SpanExporter],
+) -> Path | None:
+    """Create the OTLP and file exporters ``setup`` needs, appending each to ``created``
+    (so a failure can stop them); returns the span file, if any."""
+    if endpoint:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        created.append(OTLPSpanExporter(endpoint=endpoint, timeout=export_timeout))
+    if trace_file is None and (endpoint or exporters):
+        return None
+    file_path = Path(trace_file) if trace_file is not None else DEFAULT_TRACE_FILE
+    created.append(JsonLinesSpanExporter(file_path))
+    return file_path
 
 
 def _abandon(
