@@ -37,8 +37,8 @@ working. Classes defined outside this module are marked with their module::
         └── StateStorageError                        the medium failed: disk full, I/O error
 
 Every message is a full sentence that says what happened and what to do.
-docs/errors.md explains each one; tests/test_reliability_misuse.py checks that this
-tree matches the classes.
+docs/errors.md explains each one; tests/reliability/test_reliability_misuse.py checks
+that this tree matches the classes.
 """
 
 from __future__ import annotations

@@ -36,8 +36,9 @@ Adding a backend: write one module here with a class that implements
 :class:`StateBackend` and :class:`EventJournal` (and/or :class:`ArtifactBackend`), store
 the text of :func:`._codec.dump_snapshot` / :func:`._codec.dump_record` as it is and read
 it back through :func:`._codec.parse_snapshot` / :func:`._codec.parse_record`, translate
-the driver's errors into the errors above, and export it here. The backend contract
-tests (``tests/storage/``) run against every backend listed in their ``BACKEND_KINDS``.
+the driver's errors into the errors above, and export it here. The tests of the
+storage contract (``tests/storage/``, and the replay tests) run against every backend
+that ``BACKEND_KINDS`` in ``tests/conftest.py`` lists.
 
 Example:
     >>> from rh_agents.storage import InMemoryStateBackend

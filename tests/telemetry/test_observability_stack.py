@@ -39,7 +39,7 @@ import pytest
 import yaml
 from prometheus_server import DemoWorkload, PrometheusServer, find_binary, poll
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 TELEMETRY = REPO / "telemetry"
 GRAFANA = REPO / "grafana"
 DASHBOARD_PATH = GRAFANA / "dashboards" / "rh_agents.json"

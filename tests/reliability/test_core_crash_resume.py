@@ -1,6 +1,6 @@
 """Crash and resume in real processes: SIGKILL part-way, resume in a fresh process.
 
-The pipeline (tests/_crash_pipeline.py) runs 30 sequential tool calls with a SQLite
+The pipeline (tests/reliability/_crash_pipeline.py) runs 30 sequential tool calls with a SQLite
 history and writes one side-file line per handler execution. The first process is killed
 with SIGKILL while it is blocked at a chosen point; a second process resumes it with
 ``ExecutionState.load_from_state_id``. What the journal held at the moment of the kill
@@ -27,7 +27,7 @@ from rh_agents.core.execution import ExecutionState
 from rh_agents.state_backends import InMemoryStateBackend, SQLiteStateBackend
 
 SCRIPT = Path(__file__).with_name("_crash_pipeline.py")
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="needs SIGKILL")
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,6 @@ from rh_agents.core.execution import EventBus, ExecutionState
 from rh_agents.core.state_recovery import ReplayMode, StateMetadata, StateSnapshot, StateStatus
 from rh_agents.core.types import ExecutionStatus
 from rh_agents.state_backends import (
-    FileSystemStateBackend,
     InMemoryStateBackend,
     SQLiteStateBackend,
     StateBackend,
@@ -60,19 +58,6 @@ def calls_of(tool: Tool) -> list[Any]:
     handler = tool.handler
     assert isinstance(handler, Calls)
     return handler.calls
-
-
-@pytest.fixture(params=["filesystem", "memory", "sqlite"])
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StateBackend]:
-    made: Any
-    if request.param == "filesystem":
-        made = FileSystemStateBackend(tmp_path / "states")
-    elif request.param == "memory":
-        made = InMemoryStateBackend()
-    else:
-        made = SQLiteStateBackend(tmp_path / "history.db")
-    yield made
-    made.close()
 
 
 # ------------------------------------------------------------------ snapshots

@@ -25,7 +25,7 @@ termios = pytest.importorskip("termios")
 
 import struct  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CSI = re.compile(r"\x1b\[([0-9;?]*)([A-Za-z])")
 
 SCRIPT = textwrap.dedent(

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 # Every public module of rh_agents before the layering change, with its ``__all__``: each
 # of these names must still be importable from that module.

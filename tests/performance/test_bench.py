@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 IDS = ["P1", "P2", "P3", "P4", "P5", "P6", "P7", "P8"]
 STATUSES = {"PASS", "MISS", "INFO", "SKIP"}
 

@@ -2,7 +2,7 @@
 
 No module over 900 lines (the demo package aside), no class over 450 lines, no function
 over 80 lines; cyclomatic complexity is capped at 20 by ruff (``C90`` in pyproject.toml),
-and imports from the core upward by tests/test_architecture.py.
+and imports from the core upward by tests/architecture/test_architecture.py.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[1] / "rh_agents"
+PACKAGE = Path(__file__).resolve().parents[2] / "rh_agents"
 
 MAX_MODULE_LINES = 900
 MAX_CLASS_LINES = 450

@@ -13,7 +13,7 @@ import ast
 from collections.abc import Iterator
 from pathlib import Path
 
-CORE = Path(__file__).resolve().parents[1] / "rh_agents" / "core"
+CORE = Path(__file__).resolve().parents[2] / "rh_agents" / "core"
 
 FORBIDDEN_LIBRARIES = ("opentelemetry", "prometheus_client", "rich", "dask", "distributed")
 

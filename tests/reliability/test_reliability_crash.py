@@ -1,6 +1,6 @@
 """Crash, interrupt and resume in real processes, with nested parallel groups and retries.
 
-The pipeline (tests/_kill_pipeline.py) runs an ``outer`` group of ``section`` agents,
+The pipeline (tests/reliability/_kill_pipeline.py) runs an ``outer`` group of ``section`` agents,
 each running an ``inner`` group of ``work`` tool calls; both groups retry, and some work
 calls fail their first attempt in every process. It writes its history to SQLite and
 one side-file line per handler execution.
@@ -43,7 +43,7 @@ from rh_agents.core.execution import ExecutionState
 from rh_agents.state_backends import InMemoryStateBackend, SQLiteStateBackend
 
 SCRIPT = Path(__file__).with_name("_kill_pipeline.py")
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 KILLS_PER_WORKER = 7
 WORKERS = 3
 BASE_SEED = 20240611

@@ -26,8 +26,6 @@ import dask
 import pytest
 from distributed import Client, KilledWorker, LocalCluster
 from distributed.client import FutureCancelledError
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from rh_agents import (
@@ -49,7 +47,6 @@ from rh_agents.core.executors import (
 )
 from rh_agents.executors import DaskExecutor, ProcessPoolItemExecutor
 from rh_agents.executors.dask import _translate, worker_telemetry
-from rh_agents.telemetry.remote import use_worker_telemetry
 from rh_agents.testing import FakeClock, TelemetryCapture, capture_telemetry
 
 pytestmark = pytest.mark.filterwarnings("error::RuntimeWarning")
@@ -448,20 +445,6 @@ def executor(request: pytest.FixtureRequest) -> Executor:
     if request.param == "process":
         return request.getfixturevalue("process_pool")
     return DaskExecutor(request.getfixturevalue("client"))
-
-
-@pytest.fixture
-def worker_spans() -> Iterator[InMemorySpanExporter]:
-    """Spans of the in-process Dask worker (it shares this process), in memory."""
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    use_worker_telemetry(provider)
-    try:
-        yield exporter
-    finally:
-        use_worker_telemetry(None)
-        provider.shutdown()
 
 
 def scheduler_tasks(cluster: LocalCluster) -> dict[Any, Any]:

@@ -19,8 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from rh_agents import (
@@ -180,20 +179,6 @@ class Loopback(RemoteExecutorBase):
             execute_remote, payload, dumps=pickle.dumps, executor="loopback", worker="here"
         )
         return unpack_outcome(data)
-
-
-@pytest.fixture
-def worker_spans() -> Iterator[InMemorySpanExporter]:
-    """Remote spans of this process's "workers" (threads), in memory."""
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    use_worker_telemetry(provider)
-    try:
-        yield exporter
-    finally:
-        use_worker_telemetry(None)
-        provider.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -46,7 +46,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = REPO_ROOT / "telemetry" / "prometheus.yml"
 DEFAULT_JOB = "rh_agents"
 

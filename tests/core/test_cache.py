@@ -85,7 +85,7 @@ def test_key_is_stable_across_processes_with_different_hash_seeds() -> None:
         "from rh_agents.core.cache import make_cache_key\n"
         "print(make_cache_key('a', '1', {'tags': {'x', 'y', 'z', 'w'}, 'f': frozenset('abc')}))"
     )
-    root = str(Path(__file__).resolve().parents[1])
+    root = str(Path(__file__).resolve().parents[2])
     keys = {
         subprocess.run(
             [sys.executable, "-c", script],

@@ -1,4 +1,4 @@
-"""A sequential pipeline run in a real process by tests/test_core_crash_resume.py.
+"""A sequential pipeline run in a real process by tests/reliability/test_core_crash_resume.py.
 
 An agent calls the ``step`` tool STEPS times in sequence; each step's input is the
 previous step's result, so a wrong replayed value would change every later result. Every

@@ -685,7 +685,7 @@ def test_the_documented_exception_tree_matches_the_classes() -> None:
 
     assert errors_module.__doc__ is not None
     from_docstring = _documented_tree(errors_module.__doc__)
-    docs = (Path(__file__).resolve().parent.parent / "docs" / "errors.md").read_text()
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "errors.md").read_text()
     assert _documented_tree(docs) == from_docstring, "docs/errors.md and errors.py differ"
     classes = _all_error_classes()
     assert set(from_docstring) == set(classes), set(from_docstring) ^ set(classes)

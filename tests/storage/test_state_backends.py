@@ -11,7 +11,6 @@ import sqlite3
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -48,24 +47,8 @@ from rh_agents.state_backends import (
     require_state,
 )
 
+# The backends the shared ``backend`` fixture (tests/conftest.py) yields in turn.
 Backend = InMemoryStateBackend | SQLiteStateBackend | FileSystemStateBackend
-
-BACKEND_KINDS = ["memory", "sqlite", "filesystem"]
-
-
-def _open(kind: str, tmp_path: Path) -> Backend:
-    if kind == "memory":
-        return InMemoryStateBackend()
-    if kind == "sqlite":
-        return SQLiteStateBackend(tmp_path / "history.db")
-    return FileSystemStateBackend(tmp_path / "history")
-
-
-@pytest.fixture(params=BACKEND_KINDS)
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    opened = _open(request.param, tmp_path)
-    yield opened
-    opened.close()
 
 
 def _snapshot(state_id: str = "run-1", **changes: Any) -> StateSnapshot:
@@ -546,7 +529,7 @@ def test_sigkill_loses_no_acknowledged_event(tmp_path: Path, kind: str) -> None:
         [sys.executable, "-c", _CHILD, kind, str(path)],
         stdout=subprocess.PIPE,
         text=True,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
     )
     assert child.stdout is not None
     acknowledged = -1
