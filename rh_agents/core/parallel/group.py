@@ -22,7 +22,6 @@ from rh_agents.core._aio import uninterrupted
 from rh_agents.core.circuit_breaker import CircuitBreaker
 from rh_agents.core.context import Frame, group_id_for
 from rh_agents.core.errors import LifecycleError
-from rh_agents.core.events import ExecutionResult
 from rh_agents.core.executors import ItemExecutor
 from rh_agents.core.limiter import Limiter
 from rh_agents.core.parallel import config
@@ -44,6 +43,7 @@ from rh_agents.core.parallel.results import (
     stop_runner,
 )
 from rh_agents.core.parallel.run import GroupRun
+from rh_agents.core.result import ExecutionResult
 from rh_agents.core.types import ExecutionStatus
 
 if TYPE_CHECKING:
