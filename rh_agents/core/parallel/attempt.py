@@ -61,7 +61,6 @@ class ItemAttempts:
         "_span",
         "_state",
         "_tel",
-        "_traced",
         "in_flight",
         "peak",
     )
@@ -78,7 +77,6 @@ class ItemAttempts:
     ) -> None:
         self._state = state
         self._tel = state.instrumentation
-        self._traced = self._tel.enabled
         self._clock = state.clock
         self._group = group
         self._limiter = settings.limiter
@@ -100,7 +98,7 @@ class ItemAttempts:
             asyncio.CancelledError: the group (or the task running it) was cancelled.
         """
         tel = self._tel
-        traced = self._traced
+        traced = tel.enabled  # once per attempt: telemetry may be switched on meanwhile
         clock = self._clock
         group = self._group
         hold: Hold | None = None
@@ -172,7 +170,7 @@ class ItemAttempts:
                 tel.item_finished(handle, group, Outcome.COMPLETED, None)
             self._results.complete(item, value, elapsed)
             return
-        await self._failed(item, value, error, elapsed, handle)
+        await self._failed(item, value, error, elapsed, handle, traced)
 
     def _work(self, item: Item) -> WorkItem:
         """What the executor gets for this attempt."""
@@ -202,7 +200,13 @@ class ItemAttempts:
             self._breaker.record_failure(permit)
 
     async def _failed(
-        self, item: Item, value: Any, error: BaseException, elapsed: float, handle: Any
+        self,
+        item: Item,
+        value: Any,
+        error: BaseException,
+        elapsed: float,
+        handle: Any,
+        traced: bool,
     ) -> None:
         """The attempt failed: retry it after a backoff, or record the failure."""
         retry = self._retry
@@ -217,12 +221,12 @@ class ItemAttempts:
             and item.attempts < retry.max_attempts
         ):
             delay = retry.calculate_delay(item.attempts, error, self._rng)
-            if self._traced:
+            if traced:
                 self._tel.item_finished(handle, self._group, Outcome.FAILED, error)
             await self._schedule_retry(item, value, error, delay)
             return
         outcome = Outcome.REJECTED if isinstance(error, CircuitOpenError) else Outcome.FAILED
-        if self._traced:
+        if traced:
             self._tel.item_finished(handle, self._group, outcome, error)
         if self._results.fail(item, value, error, elapsed, fatal):
             self._scheduler.stop()
