@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from span_file import read_spans
 
 from rh_agents.state_backends import SQLiteStateBackend
 
@@ -49,7 +50,7 @@ def _number(pattern: str, text: str) -> int:
 
 
 def _spans(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return read_spans(path)
 
 
 def _events(state_dir: Path) -> list[dict[str, Any]]:
