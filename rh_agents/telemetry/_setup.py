@@ -92,6 +92,8 @@ class TelemetryHandle:
         self.registry = registry
         self.trace_file = trace_file
         self.otlp_endpoint = otlp_endpoint
+        self.span_processor_settings: dict[str, float] = {}
+        """The batch span processors' settings (from arguments, OTEL_BSP_* or defaults)."""
         self._server = server
         self._export_timeout = export_timeout
         self._processors = list(processors)
@@ -470,7 +472,7 @@ def setup(
         raise
     if set_global:
         trace.set_tracer_provider(provider)
-    return TelemetryHandle(
+    handle = TelemetryHandle(
         telemetry,
         provider,
         telemetry.registry,
@@ -481,6 +483,13 @@ def setup(
         processors,
         protocol=protocol,
     )
+    handle.span_processor_settings = {
+        "max_queue_size": queue,
+        "max_export_batch_size": min(batch, queue),
+        "schedule_delay_millis": delay_ms,
+        "export_timeout_millis": int(timeout * 1000),
+    }
+    return handle
 
 
 def _abandon(
