@@ -424,7 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     trace = commands.add_parser(
-        "trace", help="read span files", description="Read JSON-lines span files."
+        "trace", help="read span files", description="Read OTLP JSON span files."
     )
     trace.set_defaults(help_text=trace.format_help)
     trace_commands = trace.add_subparsers(dest="trace_command", metavar="COMMAND")
@@ -432,7 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
         "show",
         help="print the traces of a span file as trees",
         description=(
-            "Print each trace of a JSON-lines span file as an indented tree (children "
+            "Print each trace of an OTLP JSON span file as an indented tree (children "
             "under their parent span, by start time) with durations, outcomes and errors."
         ),
     )

@@ -57,7 +57,11 @@ class GroupInfo(Protocol):
 class Instrumentation(Protocol):
     """Callbacks from the core; implementations must never raise."""
 
-    enabled: bool
+    @property
+    def enabled(self) -> bool:
+        """Whether the hooks record anything now; the core skips the per-event hooks
+        when False (it may become True later, e.g. once a global provider is set)."""
+        ...
 
     def event_started(self, event: ExecutionEvent[Any], wait: float | None) -> Any:
         """An invocation starts (after any wait for a worker slot); returns a handle."""

@@ -76,10 +76,24 @@ class _AttemptHandle:
         self.usage: TokenUsage | None = event.event.usage  # the total before the attempt
 
 
+if hasattr(trace, "_TRACER_PROVIDER"):
+
+    def _global_unset() -> bool:
+        # The API's own global, read directly: get_tracer_provider() also looks
+        # OTEL_PYTHON_TRACER_PROVIDER up in os.environ on every call, which would be most
+        # of the cost of an event while nothing is configured.
+        return trace._TRACER_PROVIDER is None
+
+else:  # pragma: no cover - another opentelemetry-api layout: the public way
+
+    def _global_unset() -> bool:
+        return isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+
+
 class _TracerRef:
     """The tracer of an explicit provider, or the one of the global provider, looked
     up at each use until the application sets one (ProxyTracer semantics at the cost
-    of one function call while nothing is set). Shared by the per-state views."""
+    of one global read while nothing is set). Shared by the per-state views."""
 
     __slots__ = ("follow", "schema_url", "tracer", "version")
 
@@ -90,14 +104,16 @@ class _TracerRef:
         self.follow = follow and tracer is None
         self.version = version
         self.schema_url = sc.SCHEMA_URL
+        if self.follow:
+            trace.get_tracer_provider()  # loads one named by OTEL_PYTHON_TRACER_PROVIDER
 
     def get(self) -> trace.Tracer | None:
         tracer = self.tracer
         if tracer is not None or not self.follow:
             return tracer
-        provider = trace.get_tracer_provider()
-        if isinstance(provider, trace.ProxyTracerProvider):
+        if _global_unset():
             return None  # nothing configured yet: nothing to record
+        provider = trace.get_tracer_provider()
         self.follow = False
         tracer = provider.get_tracer("rh_agents", self.version, schema_url=self.schema_url)
         self.tracer = None if isinstance(tracer, trace.NoOpTracer) else tracer
@@ -219,8 +235,6 @@ def _span_left_started(error: BaseException) -> Any:
 class OTelInstrumentation:
     """Spans through an OpenTelemetry tracer, metrics into an :class:`RhAgentsMetrics`."""
 
-    enabled = True
-
     def __init__(
         self,
         tracer: trace.Tracer | None,
@@ -233,11 +247,18 @@ class OTelInstrumentation:
         self._tracer = _TracerRef(tracer, follow_global, version)
         self.metrics = metrics
         self.genai = genai
+        self._recording = metrics is not None or genai is not None
         self.conversation_id: str | None = None
         self._failed_hooks: set[str] = set()
         self._breakers: weakref.WeakSet[Any] = weakref.WeakSet()
         self._groups: dict[int, _GroupHandle] = {}
         self._exemplar: tuple[int, dict[str, str]] = (0, {})
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the hooks can record anything now: metrics are on, or there is a
+        tracer (with tracing only, False until the global provider is set)."""
+        return self._recording or self._tracer.get() is not None
 
     @property
     def tracer(self) -> trace.Tracer | None:
