@@ -49,6 +49,14 @@ async def _research(data: Q, ctx: Any, state: ExecutionState) -> int:
 RESEARCHER = Agent(name="researcher", input_model=Q, handler=_research)
 
 
+def span_names(n: int) -> list[str]:
+    """The sorted span names of one run with ``n`` lookups."""
+    return sorted(
+        ["invoke_agent researcher", "parallel lookups", "chat summarize"]
+        + ["execute_tool lookup"] * n
+    )
+
+
 def run(state: ExecutionState, n: int) -> int:
     result = asyncio.run(ExecutionEvent(actor=RESEARCHER)(Q(text=str(n)), {}, state))
     assert result.ok, result.error_message

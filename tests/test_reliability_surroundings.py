@@ -382,9 +382,7 @@ def test_telemetry_is_shut_down_at_exit_within_its_bound(tmp_path: Path) -> None
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stderr
     assert time.monotonic() - started < 15  # interpreter start-up on a busy host + 0.5 s
-    assert [s["name"] for s in read_spans(spans)] == [
-        "execute_tool t"
-    ]
+    assert [s["name"] for s in read_spans(spans)] == ["execute_tool t"]
 
 
 # ------------------------------------------------------------ metrics registries

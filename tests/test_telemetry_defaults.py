@@ -17,6 +17,7 @@ from opentelemetry import trace
 from prometheus_client import REGISTRY
 from pydantic import BaseModel
 from span_file import read_spans
+from telemetry_app import span_names
 
 from rh_agents import Agent, ExecutionEvent, ExecutionState, Tool
 from rh_agents.core.hooks import NOOP
@@ -198,12 +199,44 @@ def test_setup_set_global_is_enough_without_passing_the_handle(tmp_path: Path) -
     summary = _app("setup-global", "3", str(span_file))
     assert summary["completed"] == 3
     spans = read_spans(span_file)
-    assert sorted(s["name"] for s in spans) == [
-        "chat summarize",
-        "execute_tool lookup",
-        "execute_tool lookup",
-        "execute_tool lookup",
-        "invoke_agent researcher",
-        "parallel lookups",
-    ]
+    assert sorted(s["name"] for s in spans) == span_names(3)
     assert {s["service_name"] for s in spans} == {"setup-global"}
+
+
+def test_every_emitted_name_comes_from_the_semconv_module_and_is_documented() -> None:
+    import ast
+    import inspect
+
+    from rh_agents.telemetry import _otel, metrics, semconv
+
+    for module in (_otel, metrics):
+        tree = ast.parse(inspect.getsource(module))
+        literals = {
+            node.value
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and isinstance(node.value, str)
+        }
+        names = {
+            text
+            for text in literals
+            if text.startswith(("gen_ai.", "rh_agents_", "error.", "exception."))
+            or (text.startswith("rh_agents.") and " " not in text)
+        }
+        # the logger and a context variable are not emitted names
+        assert names <= {"rh_agents.telemetry", "rh_agents_item"}, (module.__name__, names)
+    docs = (Path(__file__).resolve().parent.parent / "docs" / "telemetry.md").read_text()
+    declared = [
+        value
+        for holder in (semconv, semconv.Rh)
+        for key, value in vars(holder).items()
+        if key.isupper()
+        and isinstance(value, str)
+        and (key.startswith(("ATTR_", "METRIC_")) or holder is semconv.Rh)
+    ]
+    missing = [
+        name
+        for name in declared
+        # group attributes are listed as `rh_agents.parallel.name`, `.group_id`, ...
+        if f"`{name}" not in docs and f"`.{name.split('.')[-1]}`" not in docs
+    ]
+    assert not missing, missing
