@@ -240,3 +240,35 @@ def test_every_emitted_name_comes_from_the_semconv_module_and_is_documented() ->
         if f"`{name}" not in docs and f"`.{name.split('.')[-1]}`" not in docs
     ]
     assert not missing, missing
+
+
+async def test_tracing_only_with_no_provider_yet_skips_every_hook_quietly(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from rh_agents import RetryConfig
+    from rh_agents.testing import FakeClock
+
+    tries = 0
+
+    async def flaky(data: Q, ctx: Any, state: Any) -> str:
+        nonlocal tries
+        tries += 1
+        if tries == 1:
+            raise ConnectionError("once")
+        return data.text
+
+    tool = Tool(
+        name="defaults-quiet",
+        input_model=Q,
+        handler=flaky,
+        retry_config=RetryConfig(max_attempts=2, initial_delay=0.0, jitter=False),
+    )
+    telemetry = Telemetry(metrics=False)  # follows the global provider, unset here
+    assert not telemetry.instrumentation.enabled
+    async with FakeClock() as clock:
+        state = ExecutionState(telemetry=telemetry, clock=clock)
+        async with state.parallel(name="quiet") as group:
+            group.add(ExecutionEvent(actor=tool)(Q(text="x"), {}, state))
+            [result] = await group.gather()
+    assert result.ok and tries == 2
+    assert not [r for r in caplog.records if r.name == "rh_agents.telemetry"]

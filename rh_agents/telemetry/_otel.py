@@ -373,6 +373,8 @@ class OTelInstrumentation:
         delay: float,
         error: BaseException,
     ) -> None:
+        if handle is None:  # the hooks were off when the invocation started
+            return
         try:
             if self.metrics is not None:
                 m = self.metrics
