@@ -13,17 +13,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 from opentelemetry import trace
 from prometheus_client import REGISTRY
 from pydantic import BaseModel
 from span_file import read_spans
 from telemetry_app import span_names
 
-from rh_agents import Agent, ExecutionEvent, ExecutionState, Tool
+from rh_agents import Agent, ExecutionEvent, ExecutionState, RetryConfig, Tool
 from rh_agents.core.hooks import NOOP
 from rh_agents.state_backends import InMemoryStateBackend
 from rh_agents.telemetry import Telemetry, default_telemetry
-from rh_agents.testing import capture_telemetry
+from rh_agents.testing import FakeClock, capture_telemetry
 
 APP = Path(__file__).with_name("telemetry_app.py")
 
@@ -245,9 +246,6 @@ def test_every_emitted_name_comes_from_the_semconv_module_and_is_documented() ->
 async def test_tracing_only_with_no_provider_yet_skips_every_hook_quietly(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    from rh_agents import RetryConfig
-    from rh_agents.testing import FakeClock
-
     tries = 0
 
     async def flaky(data: Q, ctx: Any, state: Any) -> str:
