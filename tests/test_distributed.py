@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import os
 import signal
 import threading
@@ -29,6 +28,7 @@ from distributed.client import FutureCancelledError
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from span_file import read_spans
 
 from rh_agents import (
     CircuitOpenError,
@@ -691,7 +691,7 @@ async def test_two_worker_processes_match_the_local_executor_and_stitch_traces(
     # the cluster is closed: the plugin's teardown flushed every worker's file
     files = sorted(spans_dir.glob("worker-*.jsonl"))
     assert {int(f.stem.split("-")[1]) for f in files} <= worker_pids
-    remote = [json.loads(line) for f in files for line in f.read_text().splitlines()]
+    remote = read_spans(*files)
     fleet = [s for s in remote if s["name"] == "remote whoami"]
     assert len(fleet) == 8
     assert group.context is not None

@@ -55,6 +55,7 @@ METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
     "rh_agents_event_errors_total": ("counter", ("operation", "name", "error_type")),
     "rh_agents_event_duration_seconds": ("histogram", ("operation", "name", "outcome")),
     "rh_agents_retries_total": ("counter", ("operation", "name")),
+    "rh_agents_tokens_total": ("counter", ("name", "model", "token_type")),
     "rh_agents_circuit_breaker_trips_total": ("counter", ("breaker",)),
     "rh_agents_circuit_breaker_rejections_total": ("counter", ("breaker",)),
     "rh_agents_circuit_breaker_state": ("gauge", ("breaker",)),
@@ -458,7 +459,14 @@ def test_grid_positions_do_not_overlap(dashboard: dict[str, Any]) -> None:
 
 def test_dashboard_rows_and_panel_types(dashboard: dict[str, Any]) -> None:
     rows = [p["title"] for p in dashboard["panels"] if p["type"] == "row"]
-    assert rows == ["Overview", "Throughput & errors", "Latency", "Concurrency", "Resilience"]
+    assert rows == [
+        "Overview",
+        "Throughput & errors",
+        "Latency",
+        "Concurrency",
+        "Resilience",
+        "Tokens",
+    ]
     # Panels belong to the row above them (by y): check the kinds each row holds.
     sections: dict[str, list[dict[str, Any]]] = {}
     current = ""
@@ -473,6 +481,12 @@ def test_dashboard_rows_and_panel_types(dashboard: dict[str, Any]) -> None:
     assert "heatmap" in {p["type"] for p in sections["Latency"]}
     assert "heatmap" in {p["type"] for p in sections["Concurrency"]}
     assert "state-timeline" in {p["type"] for p in sections["Resilience"]}
+    token_queries = [t["expr"] for p in sections["Tokens"] for t in p["targets"]]
+    assert [q.split("(rate(")[0] for q in token_queries] == [
+        "sum by (model, token_type) ",
+        "sum by (name, token_type) ",
+    ]
+    assert all("rh_agents_tokens_total{" in q for q in token_queries)
     latency_quantiles = next(p for p in sections["Latency"] if "p99" in p["title"])
     assert len(latency_quantiles["targets"]) == 3
     assert all(t["exemplar"] for t in latency_quantiles["targets"])

@@ -9,7 +9,6 @@ adds at most ``EventBus.subscriber_timeout`` seconds to a run, in total.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import socket
 import subprocess
@@ -25,6 +24,7 @@ import pytest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from prometheus_client import CollectorRegistry
+from span_file import read_spans
 
 from rh_agents.core.actors import Tool
 from rh_agents.core.errors import InvalidArgumentError
@@ -382,9 +382,7 @@ def test_telemetry_is_shut_down_at_exit_within_its_bound(tmp_path: Path) -> None
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stderr
     assert time.monotonic() - started < 15  # interpreter start-up on a busy host + 0.5 s
-    assert [json.loads(line)["name"] for line in spans.read_text().splitlines()] == [
-        "execute_tool t"
-    ]
+    assert [s["name"] for s in read_spans(spans)] == ["execute_tool t"]
 
 
 # ------------------------------------------------------------ metrics registries

@@ -28,7 +28,8 @@ from rh_agents.core.events import ExecutionEvent, ExecutionResult, clone, make_r
 from rh_agents.core.executors import call_handler
 from rh_agents.core.hooks import Outcome
 from rh_agents.core.state_recovery import ReplayMode
-from rh_agents.core.types import ExecutionStatus
+from rh_agents.core.types import EventType, ExecutionStatus
+from rh_agents.core.usage import add_usage, current_invocation, usage_from_result
 
 if TYPE_CHECKING:
     from rh_agents.core.actors import BaseActor
@@ -78,6 +79,7 @@ async def run_event(
         # call leaves skip_republish=True on it).
         skip_republish=False,
         input_hash=None,
+        usage=None,
         timestamp=time.time(),
     )
     fields = ev.__dict__
@@ -94,6 +96,7 @@ async def run_event(
                 return await _replay(template, ev, match, state, input_hash)
 
     token = current_frame.set(frame)
+    invocation = current_invocation.set(ev)
     tel = state.instrumentation
     handle = tel.event_started(ev, None) if tel.enabled else None
     started = time.perf_counter()
@@ -166,6 +169,7 @@ async def run_event(
             await uninterrupted(state.add_event(ev, _S.INTERRUPTED))
         raise
     finally:
+        current_invocation.reset(invocation)
         current_frame.reset(token)
         if tel.enabled:
             tel.event_finished(handle, ev, outcome, error, time.perf_counter() - started)
@@ -226,10 +230,17 @@ async def _run_handler(
     attempt = 1
     first_try = state.clock.monotonic()
     tel = state.instrumentation
+    fields = ev.__dict__
     while True:
         attempt_span = tel.attempt_started(handle, attempt) if config is not None else None
+        reported = fields["usage"]
         try:
             value = await call_handler(actor, ev.address, data, extra, state, attempt)
+            if fields["usage"] is reported and actor.event_type is EventType.LLM_CALL:
+                # Nothing reported with record_usage: read the provider's response.
+                picked = usage_from_result(value)
+                if picked is not None:
+                    add_usage(ev, picked)
             value = _validate_output(actor, value)
             for position, check in enumerate(actor.postconditions, 1):
                 if not await _check(check, value, extra, state):
@@ -255,6 +266,7 @@ async def _run_handler(
                 retry_delay=delay,
                 original_error=_describe(exc),
                 error_type=type(exc).__name__,
+                usage=None,
             )
             tel.event_retrying(handle, ev, attempt, delay, exc)
             await state.add_event(retry, _S.RETRYING)
@@ -363,6 +375,7 @@ _COPIED_BACK = (
     "group_id",
     "parallel_index",
     "is_parallel",
+    "usage",
 )
 
 
