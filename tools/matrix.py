@@ -3,7 +3,7 @@
 Interpreters are looked for as ``python3.N`` on PATH (N from 11 to 19) and under
 ``~/.pyenv/versions/*/bin``; the first one found for each minor version is used (a pyenv
 shim that has no such version behind it is passed over). Each runs
-``make VENV=.venv-3.N PYTHON=<it> suite smoke`` in its own venv, one after the other.
+``make -k VENV=.venv-3.N PYTHON=<it> suite smoke`` in its own venv, one after the other.
 ``--skip-default`` leaves out the minor version of the interpreter running this script
 (`make test` already runs the suite there, with coverage).
 
@@ -78,7 +78,14 @@ def main() -> int:
         print(f"\nmatrix: ===== Python {version} ({python}) =====", flush=True)
         started = time.monotonic()
         done = subprocess.run(
-            ["make", "--no-print-directory", f"VENV=.venv-{version}", f"PYTHON={python}", *TARGETS],
+            [
+                "make",
+                "-k",
+                "--no-print-directory",
+                f"VENV=.venv-{version}",
+                f"PYTHON={python}",
+                *TARGETS,
+            ],
             cwd=ROOT,
         )
         minutes = (time.monotonic() - started) / 60
