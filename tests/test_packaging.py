@@ -170,6 +170,8 @@ def test_development_tools_are_a_dependency_group() -> None:
     names = {re.split(r"[<>=\[ ]", requirement)[0] for requirement in group}
     assert {"pytest", "mypy", "ruff", "build", "twine", "mkdocs", "mkdocstrings"} <= names
     assert set(PYPROJECT["project"]["optional-dependencies"]) == {"dask"}
+    # The tests build without isolation, with the backend the build system asks for.
+    assert set(PYPROJECT["build-system"]["requires"]) <= set(group)
 
 
 def test_readme_links_work_on_the_package_index() -> None:
