@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 
 lint: $(STAMP)
 	$(BIN)/ruff check rh_agents tests examples bench tools
-	$(BIN)/ruff format --check rh_agents
+	$(BIN)/ruff format --check rh_agents tools
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
