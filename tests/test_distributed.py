@@ -9,6 +9,8 @@ keys shared by two coordinators, clients given by address or running their own l
 workers' span files, and a worker killed mid-item.
 """
 
+# ruff: noqa: E402  (the imports that need dask follow the check that it is installed)
+
 from __future__ import annotations
 
 import asyncio
@@ -21,8 +23,14 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import dask
 import pytest
+from ci_env import require_module
+
+# Every test here needs the dask extra: without it the module is skipped (a failure in CI,
+# which installs the extra).
+dask = require_module("dask", extra="dask")
+require_module("distributed", extra="dask")
+
 from distributed import Client, KilledWorker, LocalCluster
 from distributed.client import FutureCancelledError
 from opentelemetry.sdk.trace import TracerProvider

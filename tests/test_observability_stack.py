@@ -37,6 +37,7 @@ from typing import Any
 
 import pytest
 import yaml
+from ci_env import missing
 from prometheus_server import DemoWorkload, PrometheusServer, find_binary, poll
 
 REPO = Path(__file__).resolve().parent.parent
@@ -86,27 +87,13 @@ def exposed_series_names() -> dict[str, tuple[str, ...]]:
 # ------------------------------------------------------------------------------------
 
 
-CI_TRUE_VALUES = frozenset({"1", "true", "yes"})
-
-
-def running_in_ci() -> bool:
-    """Whether the CI variable is set to a true value (1, true or yes, in any case)."""
-    return os.environ.get("CI", "").strip().lower() in CI_TRUE_VALUES
-
-
 def require_binary(name: str) -> str:
-    """The path of ``name``; skip without it, or fail in CI (see ``running_in_ci``)."""
+    """The path of ``name``; skip without it, or fail in CI (see ``ci_env.running_in_ci``)."""
     path = find_binary(name)
     if path is None:
         package = "docker-compose" if name == "docker-compose" else "prometheus"
-        message = (
+        missing(
             f"`{name}` is not installed (Debian: apt-get install -y {package}); .ci/run installs it"
-        )
-        if running_in_ci():
-            pytest.fail(f"CI={os.environ['CI']!r} and {message}")
-        pytest.skip(
-            f"{message}. Skipped because CI={os.environ.get('CI')!r} is not a true value "
-            "(with CI=1, true or yes a missing binary fails the test)"
         )
     return path
 
