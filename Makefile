@@ -1,22 +1,29 @@
 # The project's commands. Each target creates .venv when it is missing or older than
-# pyproject.toml, installs the project with its dev extra, then runs.
+# pyproject.toml, installs the project (with the dask extra) and its dev dependency group
+# (PEP 735; pip >= 25.1, hence the pip upgrade first), then runs.
+# `make VENV=.venv-3.12 PYTHON=python3.12 suite` uses another interpreter (see `matrix`).
 PYTHON ?= python3
-VENV := .venv
+VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo lint typecheck unit bench soak clean
+# mkdocs and Material print banners about their own future on every build; they say
+# nothing about this site.
+export NO_MKDOCS_2_WARNING := 1
+export DISABLE_MKDOCS_2_WARNING := true
+
+.PHONY: test demo lint typecheck unit suite docs smoke matrix bench soak clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "rh_agents needs Python 3.11 or newer; $(PYTHON) is " + sys.version.split()[0] + ". Run: make PYTHON=python3.11 ...")'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,dask]'
+	$(BIN)/python -m pip install --quiet --upgrade 'pip>=25.1'
+	$(BIN)/python -m pip install --quiet --group dev -e '.[dask]'
 	touch $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check rh_agents tests examples bench
-	$(BIN)/ruff format --check rh_agents
+	$(BIN)/ruff check rh_agents tests examples bench tools
+	$(BIN)/ruff format --check rh_agents tools
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -28,7 +35,39 @@ unit: $(STAMP)
 	$(BIN)/coverage combine -q
 	$(BIN)/coverage report
 
-test: lint typecheck unit
+# The whole suite without coverage (what `make matrix` runs on each interpreter).
+suite: $(STAMP)
+	$(BIN)/pytest
+
+# The API reference and guides (mkdocs.yml) into site/, not committed. --strict: a broken
+# link, a missing reference or a docstring the parser does not understand fails.
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict --clean --site-dir site
+
+test: lint typecheck docs unit
+
+# The wheel as a user installs it (tools/smoke.py): built from this tree and installed
+# alone (with its declared dependencies, no extras) in a fresh venv, $(VENV)-wheel; every
+# public module imports from it, py.typed and both entry points are there. Then pytest
+# joins it and the pytest plugin's fixture works in a test.
+SMOKE_PY := cd / && $(CURDIR)/$(VENV)-wheel/bin/python
+smoke: $(STAMP)
+	rm -rf $(VENV)/dist
+	$(BIN)/python -m build --wheel --no-isolation --outdir $(VENV)/dist . >/dev/null
+	$(PYTHON) -m venv --clear $(VENV)-wheel
+	$(SMOKE_PY) -m pip install --quiet --upgrade pip
+	$(SMOKE_PY) -m pip install --quiet $(CURDIR)/$(VENV)/dist/*.whl
+	$(SMOKE_PY) -I $(CURDIR)/tools/smoke.py
+	$(SMOKE_PY) -m pip install --quiet pytest
+	$(SMOKE_PY) -I $(CURDIR)/tools/smoke.py --pytest
+
+# The suite and the wheel smoke check on every interpreter from 3.11 up found on PATH
+# (python3.11, python3.12, ...) or under ~/.pyenv/versions, one per minor version, each
+# in its own .venv-X.Y. MATRIX_ARGS=--skip-default leaves out the version of $(PYTHON)
+# (which `make test` covers, as in .ci/run).
+MATRIX_ARGS ?=
+matrix:
+	$(PYTHON) tools/matrix.py $(MATRIX_ARGS)
 
 demo: $(STAMP)
 	$(BIN)/python -m rh_agents.demo
@@ -53,4 +92,4 @@ bench: $(BENCH_STAMP)
 	$(BENCH_VENV)/bin/python -m bench $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) .rh_agents .pytest_cache .mypy_cache .ruff_cache .coverage .coverage.*
+	rm -rf $(VENV) .venv-* site .rh_agents .pytest_cache .mypy_cache .ruff_cache .coverage .coverage.*

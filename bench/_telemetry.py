@@ -17,6 +17,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from rh_agents.telemetry import DURATION_BUCKETS, WAIT_BUCKETS, Telemetry
 from rh_agents.telemetry._setup import MAX_EXPORT_BATCH, MAX_QUEUE_SIZE, SCHEDULE_DELAY_MS
 
+DEFAULT = "default: no-op global provider + default registry"
+TRACING_ONLY = "tracing only, no-op global provider (metrics=False)"
+DEFAULT_METRICS_ONLY = "metrics only, default registry (tracing=False)"
+
 
 class SdkTracing:
     """An SDK TracerProvider with a BatchSpanProcessor sized like ``telemetry.setup()``
@@ -51,10 +55,15 @@ def full_telemetry() -> tuple[Telemetry, SdkTracing]:
     return Telemetry(sdk.provider, CollectorRegistry()), sdk
 
 
-def variants() -> dict[str, Callable[[], tuple[Telemetry | None, SdkTracing | None]]]:
-    """The telemetry configurations P2 measures, by label."""
+def variants() -> dict[str, Callable[[], tuple[Telemetry | bool | None, SdkTracing | None]]]:
+    """The telemetry configurations P2 measures, by label (None: ``ExecutionState()``'s
+    default telemetry; this process never sets a global OpenTelemetry provider, so its
+    tracing follows the API's no-op proxy)."""
     return {
-        "no telemetry": lambda: (None, None),
+        "no telemetry": lambda: (False, None),
+        DEFAULT: lambda: (None, None),
+        TRACING_ONLY: lambda: (Telemetry(metrics=False), None),
+        DEFAULT_METRICS_ONLY: lambda: (Telemetry(tracing=False), None),
         "tracing API no-op, no metrics": lambda: (
             Telemetry(trace.NoOpTracerProvider(), metrics=False),
             None,

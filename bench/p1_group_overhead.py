@@ -37,7 +37,7 @@ def _contenders(n: int, workers: int) -> dict[str, Contender]:
     factories = trivial_factories(n)
 
     async def rh() -> float:
-        state = ExecutionState()
+        state = ExecutionState(telemetry=False)
         start = time.perf_counter()
         results = await c.rh_group(state, factories, workers)
         took = time.perf_counter() - start

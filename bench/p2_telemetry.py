@@ -18,7 +18,14 @@ from bench._common import (
     paired_ratio,
     side_by_side,
 )
-from bench._telemetry import Floor, SdkTracing, variants
+from bench._telemetry import (
+    DEFAULT,
+    DEFAULT_METRICS_ONLY,
+    TRACING_ONLY,
+    Floor,
+    SdkTracing,
+    variants,
+)
 from bench.workloads import ECHO, event_factories, trivial_factories
 from rh_agents import ExecutionState
 
@@ -32,6 +39,7 @@ MEASURES = (
 )
 
 VS_FLOOR = Target("<=", 1.3)
+NOOP_TRACING = Target("<=", 1.05)
 WORKERS = 100
 
 
@@ -40,7 +48,7 @@ def _rh(
 ) -> Contender:
     async def run() -> float:
         telemetry, sdk = make()
-        state = ExecutionState(telemetry=telemetry)
+        state = ExecutionState() if telemetry is None else ExecutionState(telemetry=telemetry)
         factories = event_factories(ECHO, state, list(range(n)))
         start = time.perf_counter()
         results = await c.rh_group(state, factories, WORKERS)
@@ -120,6 +128,39 @@ def run(cfg: Config) -> BenchResult:
                 f"expected {expected:,} = {n:,} events + 1 group",
             )
         )
+    # Tracing through the global provider while the application has set none (the API's
+    # no-op proxy): what every ExecutionState() pays by default. Against the same
+    # metrics without tracing it is tracing's own cost; against telemetry=False, the
+    # whole default (the Prometheus metrics are the part that costs).
+    default = times[f"rh_agents, {DEFAULT}"]
+    result.rows.append(
+        measured(
+            f"{n:,} events: default telemetry / metrics only (tracing's cost, no-op provider)",
+            paired_ratio(default, times[f"rh_agents, {DEFAULT_METRICS_ONLY}"]),
+            "x",
+            NOOP_TRACING,
+            "ExecutionState() (API's no-op global provider) vs Telemetry(tracing=False), "
+            "both counting into the default registry",
+        )
+    )
+    result.rows.append(
+        measured(
+            f"{n:,} events: tracing only, no-op provider / telemetry=False",
+            paired_ratio(times[f"rh_agents, {TRACING_ONLY}"], times["rh_agents, no telemetry"]),
+            "x",
+            None,
+            "Telemetry(metrics=False): the hooks run, nothing is recorded",
+        )
+    )
+    result.rows.append(
+        measured(
+            f"{n:,} events: default telemetry / telemetry=False",
+            paired_ratio(default, times["rh_agents, no telemetry"]),
+            "x",
+            None,
+            "the default's Prometheus metrics (default registry), no spans",
+        )
+    )
     none = per_event["rh_agents, no telemetry"]
     for label in variants():
         us = per_event[f"rh_agents, {label}"]

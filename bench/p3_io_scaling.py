@@ -33,7 +33,7 @@ AT_50 = Target("<=", 1.05)
 
 def _contenders(n: int, workers: int) -> dict[str, Contender]:
     async def rh() -> float:
-        state = ExecutionState()
+        state = ExecutionState(telemetry=False)
         factories = event_factories(SLEEP, state, [SLEEP_S] * n)
         start = time.perf_counter()
         results = await c.rh_group(state, factories, workers)

@@ -32,7 +32,7 @@ UNDER_5 = Target("<", 5.0, "%")
 
 def _contenders() -> dict[str, Contender]:
     async def alone() -> float:
-        state = ExecutionState()
+        state = ExecutionState(telemetry=False)
         start = time.perf_counter()
         result: Any = await ExecutionEvent(actor=SPIN)(WORK_S, None, state)
         took = time.perf_counter() - start
@@ -40,7 +40,7 @@ def _contenders() -> dict[str, Contender]:
         return took
 
     async def grouped() -> float:
-        state = ExecutionState()
+        state = ExecutionState(telemetry=False)
         start = time.perf_counter()
         async with state.parallel(max_workers=1, name="single") as p:
             p.add(lambda: ExecutionEvent(actor=SPIN)(WORK_S, None, state))

@@ -51,7 +51,7 @@ async def _measure(prepare: Callable[[], Prepared]) -> dict[str, int]:
 
 def _rh_factories(n: int) -> Prepared:
     factories = trivial_factories(n)
-    state = ExecutionState()
+    state = ExecutionState(telemetry=False)
 
     async def run() -> Any:
         return await c.rh_group(state, factories, WORKERS)
@@ -69,7 +69,7 @@ def _raw_factories(n: int) -> Prepared:
 
 
 def _rh_events(n: int, keep: list[ExecutionState]) -> Prepared:
-    state = ExecutionState()
+    state = ExecutionState(telemetry=False)
     keep.append(state)  # the history must outlive the run to be counted as retained
     factories = event_factories(ECHO, state, list(range(n)))
 

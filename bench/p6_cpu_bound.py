@@ -60,7 +60,7 @@ def run(cfg: Config) -> BenchResult:
 
         def grouped(item_executor: Any) -> Contender:
             async def run_group() -> float:
-                state = ExecutionState()
+                state = ExecutionState(telemetry=False)
                 start = time.perf_counter()
                 async with state.parallel(max_workers=workers, executor=item_executor) as p:
                     for call in calls:

@@ -34,7 +34,7 @@ FLAT = Target("<=", 1.25)
 
 def _contender(n: int, telemetry: bool, exported: list[int], gc_s: list[float]) -> Contender:
     async def run() -> float:
-        tel, sdk = full_telemetry() if telemetry else (None, None)
+        tel, sdk = full_telemetry() if telemetry else (False, None)
         state = ExecutionState(telemetry=tel)
         factories = event_factories(ECHO, state, list(range(n)))
         with GcTimer() as collector:

@@ -60,7 +60,7 @@ def _noop(i: int) -> int:
 
 
 async def _group(executor: Any, factories: list[Any], max_workers: int) -> list[Any]:
-    state = ExecutionState()
+    state = ExecutionState(telemetry=False)
     async with state.parallel(max_workers=max_workers, executor=executor) as p:
         for factory in factories:
             p.add(factory)

@@ -34,7 +34,9 @@ IDLE = ("epoll.poll", "{method 'poll' of 'select.epoll' objects}")
 
 
 async def _p1(cfg: Config) -> None:
-    await c.rh_group(ExecutionState(), trivial_factories(cfg.pick(5_000, 20_000)), 100)
+    await c.rh_group(
+        ExecutionState(telemetry=False), trivial_factories(cfg.pick(5_000, 20_000)), 100
+    )
 
 
 async def _events_full_telemetry(n: int) -> None:
@@ -50,12 +52,12 @@ async def _p2(cfg: Config) -> None:
 
 
 async def _p3(cfg: Config) -> None:
-    state = ExecutionState()
+    state = ExecutionState(telemetry=False)
     await c.rh_group(state, event_factories(SLEEP, state, [0.01] * 1_000), 50)
 
 
 async def _p4(cfg: Config) -> None:
-    state = ExecutionState()
+    state = ExecutionState(telemetry=False)
     for _ in range(cfg.pick(500, 2_000)):
         async with state.parallel(max_workers=1, name="single") as p:
             p.add(lambda state=state: ExecutionEvent(actor=ECHO)(None, None, state))
@@ -185,7 +187,7 @@ def _cprofile(scenario: Scenario, cfg: Config, out: Path | None, key: str) -> li
 def _memory(cfg: Config, out: Path | None) -> str:
     n = cfg.pick(5_000, 20_000)
     factories = trivial_factories(n)
-    state = ExecutionState()
+    state = ExecutionState(telemetry=False)
     started = tracemalloc.is_tracing()
     if not started:
         tracemalloc.start(1)

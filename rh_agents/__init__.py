@@ -41,6 +41,17 @@ from rh_agents.core.types import EventType, ExecutionStatus
 
 __version__ = "0.1.0"
 
+
+def _default_telemetry() -> object:
+    # Imported on the first state created without telemetry=, so importing rh_agents
+    # stays cheap and sets nothing global.
+    from rh_agents.telemetry import default_telemetry
+
+    return default_telemetry()
+
+
+_hooks.set_default_telemetry_factory(_default_telemetry)
+
 # A library logs but never configures logging: without this, warnings (a failed group,
 # an isolated subscriber error) would go to stderr of applications that set up nothing.
 logging.getLogger("rh_agents").addHandler(logging.NullHandler())

@@ -6,8 +6,10 @@
     rh-agents trace show spans.jsonl --last 1 --max-depth 3
     rh-agents demo --documents 3                          # same as python -m rh_agents.demo
 
-``trace show`` reads a JSON-lines span file (as written by ``rh_agents.telemetry.setup``
-or ``JsonLinesSpanExporter``) and prints one indented tree per trace: each span with its
+``trace show`` reads an OTLP JSON span file, one ``ExportTraceServiceRequest`` per line
+(as written by ``rh_agents.telemetry.setup``, ``JsonLinesSpanExporter`` or the
+OpenTelemetry Collector's file exporter; span files of earlier rh_agents versions, one
+span per line, are read too) and prints one indented tree per trace: each span with its
 duration, outcome and, for failed spans, the error type and description.
 """
 
@@ -51,8 +53,41 @@ class SpanRecord:
         return max(0, self.end - self.start) / 1e6
 
     @classmethod
+    def from_otlp(cls, data: Any, service: str | None) -> SpanRecord | None:
+        """The span of an OTLP JSON ``Span`` message, or None if it is not one."""
+        if not isinstance(data, dict):
+            return None
+        span_id = data.get("spanId")
+        trace_id = data.get("traceId")
+        if not isinstance(span_id, str) or not isinstance(trace_id, str) or not span_id:
+            return None
+        start = _nanos(data.get("startTimeUnixNano"))
+        end = _nanos(data.get("endTimeUnixNano"), start)
+        status = data.get("status")
+        status = status if isinstance(status, dict) else {}
+        code = status.get("code", 0)
+        events = data.get("events")
+        parent = data.get("parentSpanId")
+        return cls(
+            name=str(data.get("name") or "(unnamed span)"),
+            trace_id=trace_id.lower(),
+            span_id=span_id.lower(),
+            parent_span_id=parent.lower() if isinstance(parent, str) and parent else None,
+            start=start,
+            end=end,
+            status=_STATUS_NAMES.get(code, str(code)) if not isinstance(code, str) else code,
+            description=status.get("message") or None,
+            attributes=_otlp_attributes(data.get("attributes")),
+            events=[str(e.get("name")) for e in events if isinstance(e, dict) and e.get("name")]
+            if isinstance(events, list)
+            else [],
+            service=service,
+        )
+
+    @classmethod
     def from_json(cls, data: Any) -> SpanRecord | None:
-        """The span in ``data`` (one parsed line), or None if it is not a span."""
+        """The span in ``data`` (one line of the span files of earlier versions, one span
+        per line), or None if it is not a span."""
         if not isinstance(data, dict):
             return None
         span_id = data.get("span_id")
@@ -85,12 +120,80 @@ class SpanRecord:
         )
 
 
+_STATUS_NAMES = {0: "UNSET", 1: "OK", 2: "ERROR", "STATUS_CODE_ERROR": "ERROR"}
+
+
+def _nanos(value: Any, default: int = 0) -> int:
+    """An OTLP JSON 64-bit timestamp (a decimal string, or a number)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    return default
+
+
+def _otlp_value(value: Any) -> Any:
+    if not isinstance(value, dict):
+        return None
+    if "stringValue" in value:
+        return value["stringValue"]
+    if "boolValue" in value:
+        return value["boolValue"]
+    if "intValue" in value:
+        return _nanos(value["intValue"])
+    if "doubleValue" in value:
+        return value["doubleValue"]
+    if "arrayValue" in value:
+        items = value["arrayValue"].get("values") if isinstance(value["arrayValue"], dict) else []
+        return [_otlp_value(v) for v in items or []]
+    if "kvlistValue" in value:
+        entries = value["kvlistValue"]
+        return _otlp_attributes(entries.get("values") if isinstance(entries, dict) else None)
+    return None
+
+
+def _otlp_attributes(items: Any) -> dict[str, Any]:
+    if not isinstance(items, list):
+        return {}
+    return {
+        str(kv["key"]): _otlp_value(kv.get("value"))
+        for kv in items
+        if isinstance(kv, dict) and "key" in kv
+    }
+
+
+def _otlp_spans(request: dict[str, Any]) -> list[SpanRecord] | None:
+    """The spans of one ``ExportTraceServiceRequest`` line; None if it is malformed."""
+    resource_spans = request.get("resourceSpans")
+    if not isinstance(resource_spans, list):
+        return None
+    spans: list[SpanRecord] = []
+    for entry in resource_spans:
+        if not isinstance(entry, dict):
+            return None
+        resource = entry.get("resource")
+        attributes = _otlp_attributes(
+            resource.get("attributes") if isinstance(resource, dict) else None
+        )
+        service = attributes.get("service.name")
+        service = service if isinstance(service, str) else None
+        for scope in entry.get("scopeSpans") or []:
+            if not isinstance(scope, dict):
+                return None
+            for data in scope.get("spans") or []:
+                record = SpanRecord.from_otlp(data, service)
+                if record is None:
+                    return None
+                spans.append(record)
+    return spans
+
+
 class SpanFileError(Exception):
     """The span file cannot be read."""
 
 
 def load_spans(path: Path) -> tuple[list[SpanRecord], list[int]]:
-    """The spans of ``path`` and the numbers of the lines that are not spans.
+    """The spans of ``path`` and the numbers of the lines that hold no readable spans.
 
     Raises:
         SpanFileError: the file does not exist or cannot be read.
@@ -109,9 +212,15 @@ def load_spans(path: Path) -> tuple[list[SpanRecord], list[int]]:
         if not line.strip():
             continue
         try:
-            record = SpanRecord.from_json(json.loads(line))
+            data = json.loads(line)
         except ValueError:
-            record = None
+            bad.append(number)
+            continue
+        found = _otlp_spans(data) if isinstance(data, dict) and "resourceSpans" in data else None
+        if found is not None:
+            spans.extend(found)
+            continue
+        record = SpanRecord.from_json(data)
         if record is None:
             bad.append(number)
         else:
@@ -315,7 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     trace = commands.add_parser(
-        "trace", help="read span files", description="Read JSON-lines span files."
+        "trace", help="read span files", description="Read OTLP JSON span files."
     )
     trace.set_defaults(help_text=trace.format_help)
     trace_commands = trace.add_subparsers(dest="trace_command", metavar="COMMAND")
@@ -323,7 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
         "show",
         help="print the traces of a span file as trees",
         description=(
-            "Print each trace of a JSON-lines span file as an indented tree (children "
+            "Print each trace of an OTLP JSON span file as an indented tree (children "
             "under their parent span, by start time) with durations, outcomes and errors."
         ),
     )

@@ -35,7 +35,8 @@ from rh_agents.core.executors import call_handler
 from rh_agents.core.hooks import Outcome
 from rh_agents.core.result import ExecutionResult, make_result
 from rh_agents.core.state_recovery import ReplayMode
-from rh_agents.core.types import ExecutionStatus
+from rh_agents.core.types import EventType, ExecutionStatus
+from rh_agents.core.usage import add_usage, current_invocation, usage_from_result
 
 if TYPE_CHECKING:
     from rh_agents.core.actors import BaseActor
@@ -75,6 +76,7 @@ async def run_event(
                 return await _replayed(template, ev, match, state, input_hash)
 
     token = current_frame.set(frame)
+    invocation = current_invocation.set(ev)
     recorder = state.recorder
     tel = state.instrumentation
     handle = tel.event_started(ev, None) if tel.enabled else None
@@ -122,6 +124,7 @@ async def run_event(
                 await uninterrupted(recorder.record(ev, _S.INTERRUPTED))
         raise
     finally:
+        current_invocation.reset(invocation)
         current_frame.reset(token)
         if tel.enabled:
             tel.event_finished(handle, ev, outcome, error, time.perf_counter() - started)
@@ -164,6 +167,7 @@ def _working_copy(
         # call leaves skip_republish=True on it).
         skip_republish=False,
         input_hash=None,
+        usage=None,
         timestamp=time.time(),
     )
 
@@ -248,10 +252,17 @@ async def _run_handler(
     attempt = 1
     first_try = state.clock.monotonic()
     tel = state.instrumentation
+    fields = ev.__dict__
     while True:
         attempt_span = tel.attempt_started(handle, attempt) if config is not None else None
+        reported = fields["usage"]
         try:
             value = await call_handler(actor, ev.address, data, extra, state, attempt)
+            if fields["usage"] is reported and actor.event_type is EventType.LLM_CALL:
+                # Nothing reported with record_usage: read the provider's response.
+                picked = usage_from_result(value)
+                if picked is not None:
+                    add_usage(ev, picked)
             value = _validate_output(actor, value)
             for position, check in enumerate(actor.postconditions, 1):
                 if not await _check(check, value, extra, state):
@@ -277,6 +288,7 @@ async def _run_handler(
                 retry_delay=delay,
                 original_error=_describe(exc),
                 error_type=type(exc).__name__,
+                usage=None,
             )
             tel.event_retrying(handle, ev, attempt, delay, exc)
             await state.recorder.record(retry, _S.RETRYING)
@@ -378,6 +390,7 @@ _COPIED_BACK = (
     "group_id",
     "parallel_index",
     "is_parallel",
+    "usage",
 )
 
 

@@ -26,6 +26,7 @@ from rh_agents.core.actors import BaseActor
 from rh_agents.core.errors import ImmutableEventError, InvalidArgumentError
 from rh_agents.core.result import ExecutionResult, make_result
 from rh_agents.core.types import EventType, ExecutionStatus
+from rh_agents.core.usage import TokenUsage
 
 if TYPE_CHECKING:
     from rh_agents.core.execution import ExecutionState
@@ -86,6 +87,9 @@ class ExecutionEvent(BaseModel, Generic[T]):
     input_hash: str | None = None
     """Fingerprint of the validated input, recorded when the history can be resumed; a
     resumed run refuses to replay a result recorded for a different input."""
+    usage: TokenUsage | None = None
+    """Tokens the invocation's model calls used (``record_usage``, or the ``usage`` of an
+    LLM actor's result); set on its terminal entry, None when nothing was reported."""
 
     # The JSON form of ``result`` once computed (shared by the journal and snapshots).
     _record_result: Any = PrivateAttr(default=None)

@@ -39,7 +39,7 @@ from rh_agents.core.context import Frame, current_frame
 from rh_agents.core.errors import InvalidArgumentError, LifecycleError
 from rh_agents.core.events import ExecutionEvent
 from rh_agents.core.history import HistorySet
-from rh_agents.core.hooks import NOOP, Instrumentation, ambient_telemetry
+from rh_agents.core.hooks import NOOP, Instrumentation, resolve_telemetry
 from rh_agents.core.parallel import ErrorStrategy, ParallelExecutionManager
 from rh_agents.core.recording import DEFAULT_MAX_RESULT_BYTES, Recorder
 from rh_agents.core.replay import Replayer, load_snapshot, restored_history, restored_metadata
@@ -81,7 +81,10 @@ class ExecutionState:
         artifact_backend: where large artifacts go.
         cache_backend: the result cache of cacheable actors (in-memory by default).
         telemetry: an ``rh_agents.telemetry.Telemetry`` (or any object with an
-            ``instrumentation`` attribute); nothing is recorded without one.
+            ``instrumentation`` attribute). None (default): the telemetry of an
+            active test capture, else the default one, which traces through the
+            global OpenTelemetry providers (nothing until the application configures
+            them) and counts into prometheus_client's registry. False: none.
         clock: the time source for backoff, cooldowns and deadlines.
         metadata: description of the run stored with its snapshots.
         circuit_breakers: a registry shared by states that call the same dependencies.
@@ -134,11 +137,11 @@ class ExecutionState:
         self.artifact_refs: dict[str, str] = {}
         self.metadata = metadata or StateMetadata()
         self.clock: Clock = clock or SYSTEM_CLOCK
-        if telemetry is None:
-            telemetry = ambient_telemetry.get()
-        self.telemetry = telemetry
+        self.telemetry = telemetry = resolve_telemetry(telemetry)
+        instrumentation = getattr(telemetry, "instrumentation", NOOP)
+        bind = getattr(instrumentation, "for_state", None)  # per-state attributes
         self.instrumentation: Instrumentation = (
-            getattr(telemetry, "instrumentation", NOOP) if telemetry is not None else NOOP
+            bind(self.state_id) if bind is not None else instrumentation
         )
         self.result_cache: ResultCache | None = ResultCache(
             cache_backend if cache_backend is not None else InMemoryCacheBackend(self.clock)

@@ -19,6 +19,7 @@ from pydantic_core import to_jsonable_python
 from rh_agents.core.errors import StateCorruptedError
 from rh_agents.core.events import EventKind, ExecutionEvent
 from rh_agents.core.types import EventType, ExecutionStatus
+from rh_agents.core.usage import TokenUsage
 
 __all__ = ["HistorySet", "event_to_record", "input_fingerprint", "record_to_event"]
 
@@ -82,6 +83,24 @@ class HistorySet:
         if event is None:
             raise KeyError(f"No completed invocation at address '{address}'.")
         return event.result
+
+    def token_usage(self) -> TokenUsage:
+        """The tokens of every model call of the run (see ``record_usage``).
+
+        Each invocation's usage is on its terminal entry (completed, failed, cancelled),
+        and a replayed call's entry carries none, so the sum counts each call once: for
+        a resumed run, the calls it replayed are counted through the entries of the run
+        that made them, which the restored history holds.
+
+        Example:
+            >>> state.history.token_usage().input_tokens  # doctest: +SKIP
+            1840
+        """
+        total = TokenUsage()
+        for event in self._events:
+            if event.usage is not None:
+                total = total + event.usage
+        return total
 
     def completed_addresses(self) -> list[str]:
         """Addresses of every completed invocation, in completion order."""
@@ -148,6 +167,7 @@ def event_to_record(event: ExecutionEvent[Any], seq: int) -> dict[str, Any]:
         "result": result,
         "result_type": event._result_type,
         "input_hash": event.input_hash,
+        "usage": event.usage.to_record() if event.usage is not None else None,
     }
 
 
@@ -186,6 +206,7 @@ def record_to_event(record: dict[str, Any], position: int = 0) -> ExecutionEvent
             metadata=record.get("metadata") or {},
             result=record.get("result"),
             input_hash=record.get("input_hash"),
+            usage=TokenUsage.from_record(record.get("usage"), position),
         )
     except (KeyError, ValueError, TypeError, AttributeError) as exc:
         raise StateCorruptedError(

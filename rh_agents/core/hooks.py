@@ -3,7 +3,9 @@
 The execution core never imports OpenTelemetry or prometheus_client; it calls an
 :class:`Instrumentation` object at a handful of points. :data:`NOOP` does nothing and is
 what a state uses when no telemetry is configured; ``rh_agents.telemetry`` provides the
-real implementation. ``*_started`` hooks return an opaque handle that the matching
+real implementation, and registers (from the top-level package, so the core never
+imports it) the factory of the default telemetry that states created without
+``telemetry=`` use. ``*_started`` hooks return an opaque handle that the matching
 ``*_finished`` hook receives; a handle may make a span current for the code in between,
 so both calls happen in the same task.
 
@@ -30,6 +32,8 @@ __all__ = [
     "NoopInstrumentation",
     "Outcome",
     "ambient_telemetry",
+    "resolve_telemetry",
+    "set_default_telemetry_factory",
     "set_trace_propagation",
     "trace_carrier",
 ]
@@ -61,7 +65,11 @@ class GroupInfo(Protocol):
 class Instrumentation(Protocol):
     """Callbacks from the core; implementations must never raise."""
 
-    enabled: bool
+    @property
+    def enabled(self) -> bool:
+        """Whether the hooks record anything now; the core skips the per-event hooks
+        when False (it may become True later, e.g. once a global provider is set)."""
+        ...
 
     def event_started(self, event: ExecutionEvent[Any], wait: float | None) -> Any:
         """An invocation starts (after any wait for a worker slot); returns a handle."""
@@ -222,6 +230,30 @@ NOOP: Instrumentation = NoopInstrumentation()
 
 ambient_telemetry: ContextVar[Any] = ContextVar("rh_agents_ambient_telemetry", default=None)
 """Telemetry used by ExecutionStates created without one (set by test helpers)."""
+
+
+_default_factory: Callable[[], Any] | None = None
+
+
+def set_default_telemetry_factory(factory: Callable[[], Any] | None) -> None:
+    """Set what ``ExecutionState()`` uses when given no telemetry (None: nothing).
+
+    ``rh_agents/__init__.py`` registers the factory of ``rh_agents.telemetry``'s
+    default (the global OpenTelemetry providers and prometheus_client's registry); it
+    is called on first use, so importing rh_agents imports no telemetry code.
+    """
+    global _default_factory
+    _default_factory = factory
+
+
+def resolve_telemetry(telemetry: Any) -> Any:
+    """The telemetry a state uses: the given one, False for none, else the ambient
+    telemetry of a test capture, else the default; None when there is none."""
+    if telemetry is None:
+        telemetry = ambient_telemetry.get()
+        if telemetry is None and _default_factory is not None:
+            telemetry = _default_factory()
+    return None if telemetry is False else telemetry
 
 
 def _no_trace_context() -> dict[str, str]:

@@ -544,10 +544,15 @@ def _documents_line(run: _Run) -> str:
         all_chunks = chunks + sum(d.chunks_failed for d in docs)
         ok = sum(d.searches_ok for d in docs)
         searches = ok + sum(d.searches_unavailable for d in docs)
+        # The tokens the LLM handlers reported (record_usage), from the history: a
+        # resumed run counts the calls it replayed through the entries of the run
+        # that made them.
+        usage = run.state.history.token_usage()
         return (
             f"{len(docs)} of {total} completed: {chunks} of {all_chunks} chunks summarized, "
             f"{ok} of {searches} searches ok ({searches - ok} unavailable), "
-            f"{report.total_tokens} tokens"
+            f"{usage.input_tokens + usage.output_tokens} tokens "
+            f"({usage.input_tokens} in, {usage.output_tokens} out)"
         )
     done = sum(
         1

@@ -11,8 +11,9 @@
             search [chunk-M]                  Tool: looks up the chunk's main keyword
 
 Nothing here talks to a network. The LLM stub waits a realistic, seeded latency (tens
-to a few hundred milliseconds of the state's clock) and fails a share of its calls with a
-transient error; the search stub goes through a seeded *outage*: the first attempts of
+to a few hundred milliseconds of the state's clock), reports its token usage with
+``record_usage`` as a handler of a real model would, and fails a share of its calls
+with a transient error; the search stub goes through a seeded *outage*: the first attempts of
 a seeded window of searches (``OUTAGE_CALLS`` consecutive chunks in corpus order) fail,
 so the shared ``search-api`` circuit breaker trips, rejects calls during its cooldown,
 then probes and closes again.
@@ -44,11 +45,13 @@ from rh_agents.core.actors import LLM, Agent, Tool, ToolSet
 from rh_agents.core.errors import CircuitOpenError
 from rh_agents.core.events import ExecutionEvent, ExecutionResult
 from rh_agents.core.execution import ExecutionState
+from rh_agents.core.usage import record_usage
 
 __all__ = [
     "BREAKER_NAME",
     "LLM_NAME",
     "OUTAGE_CALLS",
+    "STUB_MODEL",
     "ChunkPrompt",
     "ChunkSummary",
     "CorpusReport",
@@ -67,6 +70,8 @@ __all__ = [
 ]
 
 LLM_NAME = "stub-llm"
+STUB_MODEL = "stub-llm-2026-01"
+"""The model the simulated LLM reports in its (simulated) responses."""
 BREAKER_NAME = "search-api"
 
 
@@ -88,7 +93,6 @@ class ChunkSummary(BaseModel):
     index: int
     summary: str
     keywords: list[str]
-    tokens: int
     model: str = LLM_NAME
 
 
@@ -126,7 +130,6 @@ class DocumentReport(BaseModel):
     citations: list[str] = Field(default_factory=list)
     searches_ok: int = 0
     searches_unavailable: int = 0
-    tokens: int = 0
 
 
 class CorpusRequest(BaseModel):
@@ -140,7 +143,6 @@ class CorpusReport(BaseModel):
 
     documents: list[DocumentReport]
     failed_documents: list[str] = Field(default_factory=list)
-    total_tokens: int = 0
 
 
 # ------------------------------------------------------------------------- workload
@@ -340,12 +342,18 @@ class DemoPipeline:
                 "The model provider is overloaded (HTTP 529); the call can be retried."
             )
         words = prompt.text.split()
+        # What a provider's response reports, through the API a real handler uses.
+        record_usage(
+            input_tokens=int(len(words) * 1.3) + 24,
+            output_tokens=rng.randint(16, 96),
+            response_model=STUB_MODEL,
+            finish_reasons=["stop"],
+        )
         return ChunkSummary(
             doc_id=prompt.doc_id,
             index=prompt.index,
             summary=" ".join(words[:6]) + " ...",
             keywords=_keywords(prompt.text),
-            tokens=int(len(words) * 1.3) + rng.randint(40, 120),
         )
 
     async def _search(
@@ -432,7 +440,6 @@ class DemoPipeline:
             citations=citations,
             searches_ok=ok_searches,
             searches_unavailable=len(search_results) - ok_searches,
-            tokens=sum(s.tokens for s in summaries),
         )
 
     async def _orchestrate(
@@ -448,11 +455,7 @@ class DemoPipeline:
             for spec, r in zip(request.documents, results, strict=True)
             if not (r.ok and isinstance(r.result, DocumentReport))
         ]
-        return CorpusReport(
-            documents=reports,
-            failed_documents=failed,
-            total_tokens=sum(r.tokens for r in reports),
-        )
+        return CorpusReport(documents=reports, failed_documents=failed)
 
     @staticmethod
     def _call(

@@ -54,8 +54,9 @@ class ProcessPoolItemExecutor(RemoteExecutorBase):
         max_workers: worker processes (default: the number of CPUs).
         mp_context: multiprocessing start method or context; "spawn" by default, which
             is safe with the threads telemetry and other libraries start.
-        initializer / initargs: run in each worker process when it starts, e.g.
+        initializer: run in each worker process when it starts, e.g.
             ``functools.partial(setup_worker_telemetry, trace_file="w-{pid}.jsonl")``.
+        initargs: the arguments of ``initializer``.
 
     Example::
 

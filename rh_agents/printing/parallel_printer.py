@@ -45,8 +45,11 @@ class ParallelEventPrinter(EventPrinter):
             as the strings ``"progress"`` / ``"realtime"``.
         show_progress: draw progress bars (PROGRESS mode) and put the bar in group
             summaries; False keeps only group headers and summaries.
-        show_timestamp, show_address, stream, color, width: as for
-            :class:`EventPrinter`.
+        show_timestamp: as for :class:`EventPrinter`.
+        show_address: as for :class:`EventPrinter`.
+        stream: as for :class:`EventPrinter`.
+        color: as for :class:`EventPrinter`.
+        width: as for :class:`EventPrinter`.
         bar_width: characters of the bar in live and plain progress lines.
         refresh_per_second: redraws per second of the live display (terminals only).
 

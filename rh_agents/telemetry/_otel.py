@@ -2,13 +2,17 @@
 
 Every hook catches its own errors (logged once per hook) so telemetry never breaks or
 stalls a run (``otel_context.detach`` logs its own errors and never raises). Span work
-is skipped when tracing is off; attributes known when a span starts are passed to
-``start_span`` (samplers see them, and the SDK validates them once); metric children
-are looked up once per label set and cached.
+is skipped when tracing is off, and while the global tracer provider that the default
+follows is still the API's no-op proxy (it is looked up again at each event until the
+application sets one, so configuring OpenTelemetry after creating a state works);
+attributes known when a span starts are passed to ``start_span`` (samplers see them,
+and the SDK validates them once); metric children are looked up once per label set and
+cached. Every name comes from :mod:`rh_agents.telemetry.semconv`.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import weakref
 from contextvars import ContextVar
@@ -20,8 +24,13 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from rh_agents.core.hooks import GroupInfo, Outcome
 from rh_agents.core.types import EventType
+from rh_agents.core.usage import TokenUsage
+from rh_agents.telemetry import semconv as sc
+from rh_agents.telemetry.semconv import Op, Rh, TokenType
 
 if TYPE_CHECKING:
+    from opentelemetry.metrics import Histogram
+
     from rh_agents.core.circuit_breaker import CircuitBreaker, CircuitState
     from rh_agents.core.events import ExecutionEvent
     from rh_agents.telemetry.metrics import LiveGroup, RhAgentsMetrics
@@ -34,9 +43,9 @@ logger = logging.getLogger("rh_agents.telemetry")
 # An LLM actor's name is not a model name: it goes to rh_agents.actor.name, and
 # gen_ai.request.model is set only from a ``model`` the actor declares.
 _OPS: dict[EventType | None, tuple[str, str, SpanKind]] = {
-    EventType.AGENT_CALL: ("invoke_agent", "gen_ai.agent.name", SpanKind.INTERNAL),
-    EventType.TOOL_CALL: ("execute_tool", "gen_ai.tool.name", SpanKind.INTERNAL),
-    EventType.LLM_CALL: ("chat", "rh_agents.actor.name", SpanKind.CLIENT),
+    EventType.AGENT_CALL: (Op.INVOKE_AGENT, sc.ATTR_AGENT_NAME, SpanKind.INTERNAL),
+    EventType.TOOL_CALL: (Op.EXECUTE_TOOL, sc.ATTR_TOOL_NAME, SpanKind.INTERNAL),
+    EventType.LLM_CALL: (Op.CHAT, Rh.ACTOR_NAME, SpanKind.CLIENT),
 }
 _DEFAULT_OP = _OPS[EventType.AGENT_CALL]
 _OPERATION_OF = {t.value: op for t, (op, _, _) in _OPS.items() if t is not None}
@@ -44,11 +53,13 @@ _MESSAGE_LIMIT = 500
 
 
 class _EventHandle:
-    __slots__ = ("name", "op", "recorded", "span", "token")
+    __slots__ = ("event", "name", "op", "recorded", "span", "token")
 
-    def __init__(self, op: str, name: str) -> None:
+    def __init__(self, op: str, name: str, event: ExecutionEvent[Any]) -> None:
         self.op = op
         self.name = name
+        # The runner's working copy: record_usage adds to its ``usage`` while it runs.
+        self.event = event
         self.span: Any = None
         self.token: Any = None
         # The exception already recorded on an ``attempt {n}`` span of this event.
@@ -56,12 +67,75 @@ class _EventHandle:
 
 
 class _AttemptHandle:
-    __slots__ = ("event", "span", "token")
+    __slots__ = ("event", "span", "token", "usage")
 
     def __init__(self, event: _EventHandle, span: Any, token: Any) -> None:
         self.event = event
         self.span = span
         self.token = token
+        self.usage: TokenUsage | None = event.event.usage  # the total before the attempt
+
+
+if hasattr(trace, "_TRACER_PROVIDER"):
+
+    def _global_unset() -> bool:
+        # The API's own global, read directly: get_tracer_provider() also looks
+        # OTEL_PYTHON_TRACER_PROVIDER up in os.environ on every call, which would be most
+        # of the cost of an event while nothing is configured.
+        return trace._TRACER_PROVIDER is None
+
+else:  # pragma: no cover - another opentelemetry-api layout: the public way
+
+    def _global_unset() -> bool:
+        return isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+
+
+class _TracerRef:
+    """The tracer of an explicit provider, or the one of the global provider, looked
+    up at each use until the application sets one (ProxyTracer semantics at the cost
+    of one global read while nothing is set). Shared by the per-state views."""
+
+    __slots__ = ("follow", "schema_url", "tracer", "version")
+
+    def __init__(self, tracer: trace.Tracer | None, follow: bool, version: str) -> None:
+        # The API's no-op tracer records nothing: skip span work entirely (and leave the
+        # current context alone, so other instrumentation nests as without rh_agents).
+        self.tracer = None if isinstance(tracer, trace.NoOpTracer) else tracer
+        self.follow = follow and tracer is None
+        self.version = version
+        self.schema_url = sc.SCHEMA_URL
+        if self.follow:
+            trace.get_tracer_provider()  # loads one named by OTEL_PYTHON_TRACER_PROVIDER
+
+    def get(self) -> trace.Tracer | None:
+        tracer = self.tracer
+        if tracer is not None or not self.follow:
+            return tracer
+        if _global_unset():
+            return None  # nothing configured yet: nothing to record
+        provider = trace.get_tracer_provider()
+        self.follow = False
+        tracer = provider.get_tracer("rh_agents", self.version, schema_url=self.schema_url)
+        self.tracer = None if isinstance(tracer, trace.NoOpTracer) else tracer
+        return self.tracer
+
+
+class GenAIMetrics:
+    """The GenAI semantic-convention histograms, through the OpenTelemetry metrics API."""
+
+    def __init__(self, meter: Any) -> None:
+        self.token_usage: Histogram = meter.create_histogram(
+            sc.METRIC_TOKEN_USAGE,
+            unit="{token}",
+            description="Number of input and output tokens used.",
+            explicit_bucket_boundaries_advisory=sc.TOKEN_USAGE_BUCKETS,
+        )
+        self.duration: Histogram = meter.create_histogram(
+            sc.METRIC_OPERATION_DURATION,
+            unit="s",
+            description="GenAI operation duration.",
+            explicit_bucket_boundaries_advisory=sc.OPERATION_DURATION_BUCKETS,
+        )
 
 
 class _GroupHandle:
@@ -161,17 +235,43 @@ def _span_left_started(error: BaseException) -> Any:
 class OTelInstrumentation:
     """Spans through an OpenTelemetry tracer, metrics into an :class:`RhAgentsMetrics`."""
 
-    enabled = True
-
-    def __init__(self, tracer: trace.Tracer | None, metrics: RhAgentsMetrics | None) -> None:
-        # The API's no-op tracer records nothing: skip span work entirely (and leave the
-        # current context alone, so other instrumentation nests as without rh_agents).
-        self.tracer = None if isinstance(tracer, trace.NoOpTracer) else tracer
+    def __init__(
+        self,
+        tracer: trace.Tracer | None,
+        metrics: RhAgentsMetrics | None,
+        genai: GenAIMetrics | None = None,
+        *,
+        follow_global: bool = False,
+        version: str = "",
+    ) -> None:
+        self._tracer = _TracerRef(tracer, follow_global, version)
         self.metrics = metrics
+        self.genai = genai
+        self._recording = metrics is not None or genai is not None
+        self.conversation_id: str | None = None
         self._failed_hooks: set[str] = set()
         self._breakers: weakref.WeakSet[Any] = weakref.WeakSet()
         self._groups: dict[int, _GroupHandle] = {}
         self._exemplar: tuple[int, dict[str, str]] = (0, {})
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the hooks can record anything now: metrics are on, or there is a
+        tracer (with tracing only, False until the global provider is set)."""
+        return self._recording or self._tracer.get() is not None
+
+    @property
+    def tracer(self) -> trace.Tracer | None:
+        """The tracer spans are recorded with now (None: no span work)."""
+        return self._tracer.get()
+
+    def for_state(self, state_id: str) -> OTelInstrumentation:
+        """The view an ExecutionState uses: the same tracer, metrics and error log, with
+        the state id as ``gen_ai.conversation.id`` and its own running groups."""
+        view = copy.copy(self)
+        view.conversation_id = state_id
+        view._groups = {}
+        return view
 
     def _fault(self, hook: str) -> None:
         if hook not in self._failed_hooks:
@@ -187,9 +287,10 @@ class OTelInstrumentation:
         context: otel_context.Context | None = None,
     ) -> Any:
         """``tracer.start_span``, surviving a span processor whose ``on_start`` raises."""
-        assert self.tracer is not None
+        tracer = self._tracer.tracer
+        assert tracer is not None
         try:
-            return self.tracer.start_span(name, context, kind, attributes)
+            return tracer.start_span(name, context, kind, attributes)
         except Exception as exc:
             span = _span_left_started(exc)
             if span is None:
@@ -224,34 +325,36 @@ class OTelInstrumentation:
         event_type = event.event_type
         op, name_attr, kind = _OPS.get(event_type, _DEFAULT_OP)
         name = event.name or "unknown"
-        handle = _EventHandle(op, name)
-        if self.tracer is None:
+        handle = _EventHandle(op, name, event)
+        if self._tracer.get() is None:
             return handle
         try:
             attrs: dict[str, Any] = {
-                "gen_ai.operation.name": op,
+                sc.ATTR_OPERATION_NAME: op,
                 name_attr: name,
-                "rh_agents.event.address": event.address,
+                Rh.ADDRESS: event.address,
             }
             span_name = f"{op} {name}"
             if event_type is EventType.LLM_CALL or event_type is EventType.AGENT_CALL:
                 model, provider = _model_of(event.actor)
                 if model is not None:
-                    attrs["gen_ai.request.model"] = model
+                    attrs[sc.ATTR_REQUEST_MODEL] = model
                     if event_type is EventType.LLM_CALL:
                         span_name = f"{op} {model}"
                 if provider is not None:
-                    attrs["gen_ai.provider.name"] = provider
+                    attrs[sc.ATTR_PROVIDER_NAME] = provider
+                if event_type is EventType.AGENT_CALL and self.conversation_id is not None:
+                    attrs[sc.ATTR_CONVERSATION_ID] = self.conversation_id
             if event.is_parallel:
-                attrs["rh_agents.parallel.group_id"] = event.group_id or ""
+                attrs[Rh.GROUP_ID] = event.group_id or ""
                 index = event.parallel_index
                 if index is not None:
-                    attrs["rh_agents.parallel.index"] = index
+                    attrs[Rh.INDEX] = index
                     info = _current_item.get()
                     if info is not None and info.index == index:
-                        attrs["rh_agents.parallel.wait.duration"] = info.wait
+                        attrs[Rh.WAIT] = info.wait
             if event.is_replayed:
-                attrs["rh_agents.replayed"] = True
+                attrs[Rh.REPLAYED] = True
             parent = otel_context.get_current()
             span = self._start_span("event_started", span_name, kind, attrs, parent)
             handle.span = span
@@ -270,6 +373,8 @@ class OTelInstrumentation:
         delay: float,
         error: BaseException,
     ) -> None:
+        if handle is None:  # the hooks were off when the invocation started
+            return
         try:
             if self.metrics is not None:
                 m = self.metrics
@@ -277,26 +382,26 @@ class OTelInstrumentation:
             span = handle.span
             if span is not None and span.is_recording():
                 span.add_event(
-                    "retry",
+                    Rh.EVENT_RETRY,
                     {
-                        "rh_agents.retry.attempt": attempt,
-                        "rh_agents.retry.delay": delay,
-                        "error.type": type(error).__name__,
-                        "exception.message": str(error)[:_MESSAGE_LIMIT],
+                        Rh.RETRY_ATTEMPT: attempt,
+                        Rh.RETRY_DELAY: delay,
+                        sc.ATTR_ERROR_TYPE: type(error).__name__,
+                        sc.ATTR_EXCEPTION_MESSAGE: str(error)[:_MESSAGE_LIMIT],
                     },
                 )
         except Exception:
             self._fault("event_retrying")
 
     def attempt_started(self, handle: Any, attempt: int) -> Any:
-        if self.tracer is None or handle is None or handle.span is None:
+        if handle is None or handle.span is None or self._tracer.tracer is None:
             return None
         try:
             span = self._start_span(
                 "attempt_started",
                 f"attempt {attempt}",
                 SpanKind.INTERNAL,
-                {"rh_agents.retry.attempt": attempt},
+                {Rh.RETRY_ATTEMPT: attempt},
             )
             token = None
             if span.get_span_context().is_valid:
@@ -311,9 +416,13 @@ class OTelInstrumentation:
             return
         span = attempt_handle.span
         try:
+            if span.is_recording():
+                total = attempt_handle.event.event.usage
+                if total is not None and total is not attempt_handle.usage:
+                    span.set_attributes(_usage_attributes(total.since(attempt_handle.usage)))
             if error is not None and isinstance(error, Exception) and span.is_recording():
                 span.set_status(Status(StatusCode.ERROR, str(error)[:_MESSAGE_LIMIT]))
-                span.set_attribute("error.type", type(error).__name__)
+                span.set_attribute(sc.ATTR_ERROR_TYPE, type(error).__name__)
                 span.record_exception(error)
                 # Recorded where it was raised; the event span only takes its status.
                 attempt_handle.event.recorded = error
@@ -335,32 +444,35 @@ class OTelInstrumentation:
         if handle is None:
             return
         span = handle.span
+        usage = event.usage
         if span is not None:
             try:
                 if span.is_recording():
+                    if usage is not None:
+                        span.set_attributes(_usage_attributes(usage))
                     if outcome in (Outcome.FAILED, Outcome.REJECTED) and error is not None:
                         span.set_attributes(
-                            {"rh_agents.outcome": outcome, "error.type": type(error).__name__}
+                            {Rh.OUTCOME: outcome, sc.ATTR_ERROR_TYPE: type(error).__name__}
                         )
                         span.set_status(Status(StatusCode.ERROR, str(error)[:_MESSAGE_LIMIT]))
                         if error is not handle.recorded:
                             span.record_exception(error)
                     elif outcome == Outcome.REPLAYED:
-                        span.set_attributes(
-                            {"rh_agents.outcome": outcome, "rh_agents.replayed": True}
-                        )
+                        span.set_attributes({Rh.OUTCOME: outcome, Rh.REPLAYED: True})
                     elif outcome == Outcome.CACHED:
-                        span.set_attributes(
-                            {"rh_agents.outcome": outcome, "rh_agents.cached": True}
-                        )
+                        span.set_attributes({Rh.OUTCOME: outcome, Rh.CACHED: True})
                     else:
-                        span.set_attribute("rh_agents.outcome", outcome)
+                        span.set_attribute(Rh.OUTCOME, outcome)
                 span.end()
             except Exception:
                 self._fault("event_finished.span")
             finally:
                 if handle.token is not None:
                     otel_context.detach(handle.token)
+        if (usage is not None or handle.op == Op.CHAT) and (
+            outcome == Outcome.COMPLETED or outcome == Outcome.FAILED
+        ):
+            self._model_call(handle, event, usage, error, duration)
         m = self.metrics
         if m is None:
             return
@@ -371,6 +483,49 @@ class OTelInstrumentation:
                 m.child(m.errors, handle.op, handle.name, type(error).__name__).inc()
         except Exception:
             self._fault("event_finished.metrics")
+
+    def _model_call(
+        self,
+        handle: _EventHandle,
+        event: ExecutionEvent[Any],
+        usage: TokenUsage | None,
+        error: BaseException | None,
+        duration: float,
+    ) -> None:
+        """Tokens and duration of an invocation that called a model (a chat invocation
+        that ran its handler, or any that reported usage)."""
+        try:
+            request_model, provider = _model_of(event.actor)
+            response_model = usage.response_model if usage is not None else None
+            m = self.metrics
+            if m is not None and usage is not None:
+                model = response_model or request_model or "unknown"
+                if usage.input_tokens:
+                    m.child(m.tokens, handle.name, model, TokenType.INPUT).inc(usage.input_tokens)
+                if usage.output_tokens:
+                    m.child(m.tokens, handle.name, model, TokenType.OUTPUT).inc(usage.output_tokens)
+            genai = self.genai
+            if genai is None:
+                return
+            attrs: dict[str, Any] = {sc.ATTR_OPERATION_NAME: handle.op}
+            if provider is not None:
+                attrs[sc.ATTR_PROVIDER_NAME] = provider
+            if request_model is not None:
+                attrs[sc.ATTR_REQUEST_MODEL] = request_model
+            if response_model is not None:
+                attrs[sc.ATTR_RESPONSE_MODEL] = response_model
+            if usage is not None:
+                genai.token_usage.record(
+                    usage.input_tokens, {**attrs, sc.ATTR_TOKEN_TYPE: TokenType.INPUT}
+                )
+                genai.token_usage.record(
+                    usage.output_tokens, {**attrs, sc.ATTR_TOKEN_TYPE: TokenType.OUTPUT}
+                )
+            if error is not None:
+                attrs[sc.ATTR_ERROR_TYPE] = type(error).__name__
+            genai.duration.record(duration, attrs)
+        except Exception:
+            self._fault("event_finished.model_call")
 
     # ------------------------------------------------------------------ groups
 
@@ -385,7 +540,7 @@ class OTelInstrumentation:
                 handle.wait_child = m.child(m.semaphore_wait, label)
         except Exception:
             self._fault("group_started.metrics")
-        if self.tracer is None:
+        if self._tracer.get() is None:
             return handle
         try:
             span = self._start_span(
@@ -393,14 +548,12 @@ class OTelInstrumentation:
                 f"parallel {label}",
                 SpanKind.INTERNAL,
                 {
-                    "rh_agents.parallel.name": label,
-                    "rh_agents.parallel.group_id": group.group_id,
-                    "rh_agents.parallel.max_workers": group.max_workers,
-                    "rh_agents.parallel.size": group.total,
-                    "rh_agents.parallel.error_strategy": error_strategy,
-                    "rh_agents.parallel.timeout": group.timeout
-                    if group.timeout is not None
-                    else -1.0,
+                    Rh.GROUP_NAME: label,
+                    Rh.GROUP_ID: group.group_id,
+                    Rh.MAX_WORKERS: group.max_workers,
+                    Rh.SIZE: group.total,
+                    Rh.ERROR_STRATEGY: error_strategy,
+                    Rh.TIMEOUT: group.timeout if group.timeout is not None else -1.0,
                 },
             )
             handle.span = span
@@ -419,7 +572,7 @@ class OTelInstrumentation:
                     wait_child.observe(wait)
                 if handle.ctx is not None:
                     item.token = otel_context.attach(handle.ctx)
-            if self.tracer is not None:
+            if self._tracer.tracer is not None:
                 item.info_token = _current_item.set(item)
         except Exception:
             self._fault("item_started")
@@ -435,10 +588,10 @@ class OTelInstrumentation:
                 span = item.group.span
                 if span is not None and span.is_recording():
                     span.add_event(
-                        "circuit_breaker.rejected",
+                        Rh.EVENT_REJECTED,
                         {
-                            "rh_agents.circuit_breaker.name": getattr(error, "breaker", ""),
-                            "rh_agents.parallel.index": item.index,
+                            Rh.BREAKER_NAME: getattr(error, "breaker", ""),
+                            Rh.INDEX: item.index,
                         },
                     )
         except Exception:
@@ -464,19 +617,19 @@ class OTelInstrumentation:
         try:
             if self.metrics is not None:
                 m = self.metrics
-                op = _OPERATION_OF.get(operation or "", "parallel_item")
+                op = _OPERATION_OF.get(operation or "", Op.PARALLEL_ITEM)
                 m.child(m.retries, op, name).inc()
             handle = self._groups.get(id(group))
             span = handle.span if handle is not None else None
             if span is not None and span.is_recording():
                 span.add_event(
-                    "retry",
+                    Rh.EVENT_RETRY,
                     {
-                        "rh_agents.parallel.item": name,
-                        "rh_agents.retry.attempt": attempt,
-                        "rh_agents.retry.delay": delay,
-                        "error.type": type(error).__name__,
-                        "exception.message": str(error)[:_MESSAGE_LIMIT],
+                        Rh.ITEM: name,
+                        Rh.RETRY_ATTEMPT: attempt,
+                        Rh.RETRY_DELAY: delay,
+                        sc.ATTR_ERROR_TYPE: type(error).__name__,
+                        sc.ATTR_EXCEPTION_MESSAGE: str(error)[:_MESSAGE_LIMIT],
                     },
                 )
         except Exception:
@@ -499,19 +652,17 @@ class OTelInstrumentation:
                 if span.is_recording():
                     span.set_attributes(
                         {
-                            "rh_agents.parallel.size": group.total,
-                            "rh_agents.parallel.completed": group.completed,
-                            "rh_agents.parallel.failed": group.failed,
-                            "rh_agents.parallel.cancelled": cancelled,
-                            "rh_agents.parallel.status": status,
-                            "rh_agents.outcome": status,
+                            Rh.SIZE: group.total,
+                            Rh.COMPLETED: group.completed,
+                            Rh.FAILED: group.failed,
+                            Rh.CANCELLED: cancelled,
+                            Rh.STATUS: status,
+                            Rh.OUTCOME: status,
                         }
                     )
                     if timed_out:
-                        span.set_attribute("rh_agents.parallel.timed_out", True)
-                        span.add_event(
-                            "timeout", {"rh_agents.parallel.timeout": group.timeout or -1.0}
-                        )
+                        span.set_attribute(Rh.TIMED_OUT, True)
+                        span.add_event(Rh.EVENT_TIMEOUT, {Rh.TIMEOUT: group.timeout or -1.0})
                         span.set_status(
                             Status(StatusCode.ERROR, f"timed out after {group.timeout}s")
                         )
@@ -567,11 +718,11 @@ class OTelInstrumentation:
             span = trace.get_current_span()
             if span.is_recording():
                 span.add_event(
-                    "circuit_breaker.state_change",
+                    Rh.EVENT_STATE_CHANGE,
                     {
-                        "rh_agents.circuit_breaker.name": breaker.name,
-                        "rh_agents.circuit_breaker.from": old.value,
-                        "rh_agents.circuit_breaker.to": new.value,
+                        Rh.BREAKER_NAME: breaker.name,
+                        Rh.BREAKER_FROM: old.value,
+                        Rh.BREAKER_TO: new.value,
                     },
                 )
         except Exception:
@@ -584,3 +735,15 @@ class OTelInstrumentation:
                 m.child(m.breaker_rejections, breaker.name).inc()
         except Exception:
             self._fault("breaker_reject")
+
+
+def _usage_attributes(usage: TokenUsage) -> dict[str, Any]:
+    attrs: dict[str, Any] = {
+        sc.ATTR_USAGE_INPUT_TOKENS: usage.input_tokens,
+        sc.ATTR_USAGE_OUTPUT_TOKENS: usage.output_tokens,
+    }
+    if usage.response_model is not None:
+        attrs[sc.ATTR_RESPONSE_MODEL] = usage.response_model
+    if usage.finish_reasons:
+        attrs[sc.ATTR_RESPONSE_FINISH_REASONS] = list(usage.finish_reasons)
+    return attrs

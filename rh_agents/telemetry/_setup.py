@@ -21,6 +21,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.sampling import Sampler
 from prometheus_client import CollectorRegistry
 
 from rh_agents.core.errors import InvalidArgumentError
@@ -67,7 +68,8 @@ class TelemetryHandle:
         tracer_provider: the SDK provider.
         registry: the Prometheus registry served on /metrics.
         trace_file: where spans are written locally (None when only OTLP is used).
-        otlp_endpoint: the OTLP/HTTP traces endpoint (None when not exporting).
+        otlp_endpoint: the OTLP traces endpoint (None when not exporting).
+        otlp_protocol: ``http/protobuf`` or ``grpc``.
         metrics_url: the /metrics URL (None when no port was given).
     """
 
@@ -81,12 +83,17 @@ class TelemetryHandle:
         server: Any,
         export_timeout: float,
         processors: Sequence[tuple[SpanProcessor, SpanExporter]] = (),
+        *,
+        protocol: str = "http/protobuf",
     ) -> None:
         self.telemetry = telemetry
+        self.otlp_protocol = protocol
         self.tracer_provider = tracer_provider
         self.registry = registry
         self.trace_file = trace_file
         self.otlp_endpoint = otlp_endpoint
+        self.span_processor_settings: dict[str, float] = {}
+        """The batch span processors' settings (from arguments, OTEL_BSP_* or defaults)."""
         self._server = server
         self._export_timeout = export_timeout
         self._processors = list(processors)
@@ -107,7 +114,7 @@ class TelemetryHandle:
         """One line per destination, for printing at the end of a run."""
         lines = []
         if self.otlp_endpoint:
-            lines.append(f"traces  -> OTLP {self.otlp_endpoint}")
+            lines.append(f"traces  -> OTLP {self.otlp_endpoint} ({self.otlp_protocol})")
         if self.trace_file:
             lines.append(
                 f"traces  -> {self.trace_file} (read it: rh-agents trace show {self.trace_file})"
@@ -248,20 +255,90 @@ def _bounded(target: Callable[[], _T], seconds: float, name: str) -> tuple[bool,
     return finished, (result[0] if result else None)
 
 
-def _traces_endpoint(explicit: str | None) -> str | None:
-    if explicit:
-        return (
-            explicit
-            if explicit.rstrip("/").endswith("/v1/traces")
-            else (explicit.rstrip("/") + "/v1/traces")
+_TRUE = ("true", "1", "yes")
+
+
+def _env_number(name: str, default: float) -> float:
+    """A positive number from the environment (``default`` when unset or invalid)."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if value <= 0:
+        logger.warning("Ignoring %s=%r: expected a positive number.", name, text)
+        return default
+    return value
+
+
+def _protocol(explicit: str | None) -> str:
+    protocol = (
+        explicit
+        or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+        or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+        or "http/protobuf"
+    ).strip()
+    if protocol not in ("http/protobuf", "grpc"):
+        raise InvalidArgumentError(
+            f"Unsupported OTLP protocol {protocol!r} (from "
+            f"{'otlp_protocol' if explicit else 'OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL'}): "
+            "rh_agents exports traces with 'http/protobuf' (the default) or 'grpc'; the "
+            "Python exporters have no 'http/json'."
         )
-    specific = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    return protocol
+
+
+def _traces_endpoint(explicit: str | None, protocol: str = "http/protobuf") -> str | None:
+    """The traces endpoint: explicit, else the signal-specific variable (used as is),
+    else the generic one (with ``/v1/traces`` appended for OTLP/HTTP)."""
+    http = protocol == "http/protobuf"
+    if explicit:
+        base = explicit.rstrip("/")
+        return base if not http or base.endswith("/v1/traces") else base + "/v1/traces"
+    specific = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "").strip()
     if specific:
         return specific
-    generic = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+    generic = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip()
     if generic:
-        return generic.rstrip("/") + "/v1/traces"
+        return generic.rstrip("/") + "/v1/traces" if http else generic
     return None
+
+
+def _otlp_exporter(
+    endpoint: str, protocol: str, headers: dict[str, str] | None, timeout: float
+) -> SpanExporter:
+    if protocol == "grpc":
+        try:
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (  # type: ignore[import-not-found,unused-ignore]
+                OTLPSpanExporter as GrpcSpanExporter,
+            )
+        except ImportError as exc:
+            raise InvalidArgumentError(
+                "OTLP over gRPC was asked for (otlp_protocol or "
+                "OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL='grpc') but its exporter is not "
+                "installed: pip install opentelemetry-exporter-otlp-proto-grpc, or use "
+                "'http/protobuf'."
+            ) from exc
+        exporter: SpanExporter = GrpcSpanExporter(
+            endpoint=endpoint, headers=headers, timeout=timeout
+        )
+        return exporter
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    return OTLPSpanExporter(endpoint=endpoint, headers=headers, timeout=timeout)
+
+
+def _resource(service_name: str | None) -> Resource:
+    """``service.name``: explicit, else OTEL_SERVICE_NAME, else the one in
+    OTEL_RESOURCE_ATTRIBUTES, else "rh_agents"; the other resource attributes of
+    OTEL_RESOURCE_ATTRIBUTES are kept."""
+    resource = Resource.create({"service.name": service_name} if service_name else {})
+    current = resource.attributes.get("service.name")
+    if not isinstance(current, str) or current.startswith("unknown_service"):
+        resource = resource.merge(Resource({"service.name": "rh_agents"}))
+    return resource
 
 
 def setup(
@@ -273,30 +350,54 @@ def setup(
     *,
     registry: CollectorRegistry | None = None,
     set_global: bool = False,
-    export_timeout: float = 5.0,
-    max_queue_size: int = MAX_QUEUE_SIZE,
+    export_timeout: float | None = None,
+    max_queue_size: int | None = None,
+    max_export_batch_size: int | None = None,
+    schedule_delay: float | None = None,
     exporters: list[SpanExporter] | None = None,
+    otlp_protocol: str | None = None,
+    otlp_headers: dict[str, str] | None = None,
+    sampler: Sampler | None = None,
 ) -> TelemetryHandle:
     """Configure tracing and metrics for an application (or the demo).
 
+    Every setting follows the standard OpenTelemetry environment variables unless given
+    as an argument (explicit arguments win); docs/telemetry.md has the table.
+
     Args:
-        service_name: ``service.name`` of the spans (default ``OTEL_SERVICE_NAME`` or
-            "rh_agents").
-        otlp_endpoint: OTLP/HTTP base URL (e.g. ``http://127.0.0.1:4318``); default the
-            standard ``OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT`` variables.
+        service_name: ``service.name`` of the spans (default ``OTEL_SERVICE_NAME``, then
+            ``service.name`` in ``OTEL_RESOURCE_ATTRIBUTES``, then "rh_agents"); the
+            other ``OTEL_RESOURCE_ATTRIBUTES`` go on the resource too.
+        otlp_endpoint: OTLP base URL (e.g. ``http://127.0.0.1:4318``); default the
+            ``OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT`` variables.
         metrics_port: serve /metrics on this port (0 picks a free one); None for none.
         metrics_addr: the address to bind /metrics to (loopback by default).
-        trace_file: a JSON-lines span file; used by default (``.rh_agents/spans.jsonl``)
+        trace_file: an OTLP JSON span file; used by default (``.rh_agents/spans.jsonl``)
             when neither an OTLP endpoint nor ``exporters`` are configured.
         registry: the Prometheus registry (default: prometheus_client's).
         set_global: also install the provider as OpenTelemetry's global one, so other
-            instrumentation (HTTP clients, ...) nests under rh_agents spans.
+            instrumentation (HTTP clients, ...) nests under rh_agents spans, and states
+            created without ``telemetry=`` use it.
         export_timeout: bound in seconds on each export, and the default bound of
-            ``shutdown()`` and ``force_flush()``, so an exporter that is down or hangs
-            costs bounded time.
-        max_queue_size: spans buffered for export (sized so a 10 000-item group is not
-            dropped).
+            ``shutdown()`` and ``force_flush()`` (default ``OTEL_BSP_EXPORT_TIMEOUT``,
+            else 5 s).
+        max_queue_size: spans buffered for export (default ``OTEL_BSP_MAX_QUEUE_SIZE``,
+            else 65 536, so a 10 000-item group is not dropped).
+        max_export_batch_size: spans per export (default
+            ``OTEL_BSP_MAX_EXPORT_BATCH_SIZE``, else 4 096).
+        schedule_delay: seconds between exports (default ``OTEL_BSP_SCHEDULE_DELAY``,
+            else 0.2).
         exporters: extra span exporters (e.g. an in-memory one in tests).
+        otlp_protocol: ``http/protobuf`` or ``grpc`` (default
+            ``OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL``, else ``http/protobuf``; gRPC needs
+            ``opentelemetry-exporter-otlp-proto-grpc``).
+        otlp_headers: headers of the OTLP requests (default
+            ``OTEL_EXPORTER_OTLP_(TRACES_)HEADERS``).
+        sampler: the span sampler (default ``OTEL_TRACES_SAMPLER`` / ``_ARG``, else
+            parent-based always-on). A sampled-out span changes no history or metric.
+
+    ``OTEL_SDK_DISABLED=true`` turns the spans off (no exporter, no span file); the
+    Prometheus metrics and /metrics stay.
 
     Returns:
         A :class:`TelemetryHandle`; call ``shutdown()`` when the application exits (it
@@ -306,73 +407,89 @@ def setup(
         MetricsPortInUseError: ``metrics_port`` is taken. Nothing has been started
             then: /metrics is bound first, and whatever setup() started before any
             other error is stopped again before it propagates.
+        InvalidArgumentError: the OTLP protocol is not supported, or is ``grpc``
+            without its exporter installed.
+
+    Example:
+        >>> handle = setup(service_name="my-agents", metrics_port=9464)  # doctest: +SKIP
+        >>> state = ExecutionState(telemetry=handle.telemetry)  # doctest: +SKIP
     """
-    name = service_name or os.environ.get("OTEL_SERVICE_NAME") or "rh_agents"
+    disabled = os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() in _TRUE
+    timeout = (
+        float(export_timeout)
+        if export_timeout is not None
+        else _env_number("OTEL_BSP_EXPORT_TIMEOUT", 5000.0) / 1000
+    )
+    queue = max_queue_size or int(_env_number("OTEL_BSP_MAX_QUEUE_SIZE", MAX_QUEUE_SIZE))
+    batch = max_export_batch_size or int(
+        _env_number("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", MAX_EXPORT_BATCH)
+    )
+    delay_ms = (
+        schedule_delay * 1000
+        if schedule_delay is not None
+        else _env_number("OTEL_BSP_SCHEDULE_DELAY", SCHEDULE_DELAY_MS)
+    )
+    endpoint: str | None = None
+    protocol = "http/protobuf"
+    if not disabled:
+        endpoint = _traces_endpoint(otlp_endpoint)
+        if endpoint is not None:
+            protocol = _protocol(otlp_protocol)
+            endpoint = _traces_endpoint(otlp_endpoint, protocol)
     # /metrics first: a port in use fails before any exporter thread or file exists.
     server = None
     if metrics_port is not None:
         server = _serve_metrics(metrics_port, metrics_addr, registry)
     # Shut down at exit by the handle (bounded), not by the SDK (30 s per processor).
     provider = TracerProvider(
-        resource=Resource.create({"service.name": name}), shutdown_on_exit=False
+        resource=_resource(service_name), sampler=sampler, shutdown_on_exit=False
     )
     processors: list[tuple[SpanProcessor, SpanExporter]] = []
     created: list[SpanExporter] = []
+    file_path: Path | None = None
     try:
-        endpoint = _traces_endpoint(otlp_endpoint)
-        file_path = _create_exporters(endpoint, trace_file, exporters, export_timeout, created)
-        for exporter in [*(exporters or []), *created]:
-            processor = _batch_processor(exporter, max_queue_size, export_timeout)
-            processors.append((processor, exporter))
-            provider.add_span_processor(processor)
-        telemetry = Telemetry(provider, registry)
+        if disabled:
+            logger.info("OTEL_SDK_DISABLED is set: rh_agents records no spans.")
+        else:
+            if endpoint:
+                created.append(_otlp_exporter(endpoint, protocol, otlp_headers, timeout))
+            if trace_file is not None or not (endpoint or exporters):
+                file_path = Path(trace_file) if trace_file is not None else DEFAULT_TRACE_FILE
+                created.append(JsonLinesSpanExporter(file_path))
+            for exporter in [*(exporters or []), *created]:
+                processor = BatchSpanProcessor(
+                    exporter,
+                    max_queue_size=queue,
+                    max_export_batch_size=min(batch, queue),
+                    schedule_delay_millis=delay_ms,
+                    export_timeout_millis=int(timeout * 1000),
+                )
+                processors.append((processor, exporter))
+                provider.add_span_processor(processor)
+        telemetry = Telemetry(provider, registry, tracing=not disabled)
     except BaseException:
         _abandon(server, processors, created)
         raise
     if set_global:
         trace.set_tracer_provider(provider)
-    return TelemetryHandle(
+    handle = TelemetryHandle(
         telemetry,
         provider,
         telemetry.registry,
         file_path,
         endpoint,
         server,
-        export_timeout,
+        timeout,
         processors,
+        protocol=protocol,
     )
-
-
-def _batch_processor(
-    exporter: SpanExporter, max_queue_size: int, export_timeout: float
-) -> BatchSpanProcessor:
-    return BatchSpanProcessor(
-        exporter,
-        max_queue_size=max_queue_size,
-        max_export_batch_size=min(MAX_EXPORT_BATCH, max_queue_size),
-        schedule_delay_millis=SCHEDULE_DELAY_MS,
-        export_timeout_millis=int(export_timeout * 1000),
-    )
-
-
-def _create_exporters(
-    endpoint: str | None,
-    trace_file: str | os.PathLike[str] | None,
-    exporters: list[SpanExporter] | None,
-    export_timeout: float,
-    created: list[SpanExporter],
-) -> Path | None:
-    """Create the OTLP and file exporters ``setup`` needs, appending each to ``created``
-    (so a failure can stop them); returns the span file, if any."""
-    if endpoint:
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
-        created.append(OTLPSpanExporter(endpoint=endpoint, timeout=export_timeout))
-    if trace_file is None and (endpoint or exporters):
-        return None
-    file_path = Path(trace_file) if trace_file is not None else DEFAULT_TRACE_FILE
-    created.append(JsonLinesSpanExporter(file_path))
-    return file_path
+    handle.span_processor_settings = {
+        "max_queue_size": queue,
+        "max_export_batch_size": min(batch, queue),
+        "schedule_delay_millis": delay_ms,
+        "export_timeout_millis": int(timeout * 1000),
+    }
+    return handle
 
 
 def _abandon(

@@ -2,8 +2,9 @@
 
 All metrics live in one :class:`RhAgentsMetrics` per ``CollectorRegistry`` (created on
 first use and shared, since a registry refuses duplicate names). Labels are low
-cardinality only: operation, actor name, outcome, error type, group name, breaker name;
-never ids. A cap on distinct values per label folds extras into ``_other`` (logged once).
+cardinality only: operation, actor name, outcome, error type, model, token type, group
+name, breaker name; never ids. A cap on distinct values per label folds extras into
+``_other`` (logged once).
 Label children are cached, so an update costs a dict lookup rather than ``.labels()``.
 The group gauges (in flight, queued, max_workers) are not updated per item: a custom
 collector sums the running groups of each name when the registry is scraped.
@@ -24,6 +25,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from rh_agents.core.errors import InvalidArgumentError
+from rh_agents.telemetry.semconv import Rh
 
 __all__ = [
     "DEFAULT_MAX_LABEL_VALUES",
@@ -129,63 +131,69 @@ class RhAgentsMetrics:
         self.cap = _LabelCap(max_label_values)
         r = registry
         self.events = Counter(
-            "rh_agents_events",
+            Rh.EVENTS,
             "Finished invocations by operation, actor and outcome.",
             ["operation", "name", "outcome"],
             registry=r,
         )
         self.errors = Counter(
-            "rh_agents_event_errors",
+            Rh.EVENT_ERRORS,
             "Failed invocations by exception type.",
             ["operation", "name", "error_type"],
             registry=r,
         )
         self.duration = Histogram(
-            "rh_agents_event_duration_seconds",
+            Rh.EVENT_DURATION,
             "Duration of invocations.",
             ["operation", "name", "outcome"],
             buckets=DURATION_BUCKETS,
             registry=r,
         )
+        self.tokens = Counter(
+            Rh.TOKENS,
+            "Tokens used by model calls, by actor, model and token type (input, output).",
+            ["name", "model", "token_type"],
+            registry=r,
+        )
         self.retries = Counter(
-            "rh_agents_retries",
+            Rh.RETRIES,
             "Retries scheduled after a failed attempt.",
             ["operation", "name"],
             registry=r,
         )
         self.breaker_trips = Counter(
-            "rh_agents_circuit_breaker_trips",
+            Rh.BREAKER_TRIPS,
             "Transitions of a circuit breaker into open.",
             ["breaker"],
             registry=r,
         )
         self.breaker_rejections = Counter(
-            "rh_agents_circuit_breaker_rejections",
+            Rh.BREAKER_REJECTIONS,
             "Calls rejected without running by an open circuit breaker.",
             ["breaker"],
             registry=r,
         )
         self.breaker_state = Gauge(
-            "rh_agents_circuit_breaker_state",
+            Rh.BREAKER_STATE,
             "Circuit breaker state: 0 closed, 1 half-open, 2 open.",
             ["breaker"],
             registry=r,
         )
         self.semaphore_wait = Histogram(
-            "rh_agents_semaphore_wait_seconds",
+            Rh.SEMAPHORE_WAIT,
             "Time a parallel-group item waited for a worker slot.",
             ["group"],
             buckets=WAIT_BUCKETS,
             registry=r,
         )
         self.groups = Counter(
-            "rh_agents_parallel_groups",
+            Rh.GROUPS,
             "Finished parallel groups by status.",
             ["group", "status"],
             registry=r,
         )
         self.group_duration = Histogram(
-            "rh_agents_parallel_group_duration_seconds",
+            Rh.GROUP_DURATION,
             "Duration of parallel groups.",
             ["group", "status"],
             buckets=GROUP_DURATION_BUCKETS,
@@ -347,17 +355,17 @@ class _ParallelCollector(Collector):
     @staticmethod
     def _families(samples: dict[str, tuple[int, int, int]]) -> list[Metric]:
         in_flight = GaugeMetricFamily(
-            "rh_agents_parallel_in_flight",
+            Rh.IN_FLIGHT,
             "Items of parallel groups running now (summed over groups of the same name).",
             labels=["group"],
         )
         queued = GaugeMetricFamily(
-            "rh_agents_parallel_queued",
+            Rh.QUEUED,
             "Items of parallel groups waiting for a worker (summed over groups of the same name).",
             labels=["group"],
         )
         max_workers = GaugeMetricFamily(
-            "rh_agents_parallel_max_workers",
+            Rh.MAX_WORKERS_GAUGE,
             "Configured max_workers of parallel groups (summed over running groups of the "
             "same name; the last one's when none runs).",
             labels=["group"],

@@ -7,6 +7,8 @@ from contextlib import contextmanager
 from typing import Any
 
 from opentelemetry.context import Context
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -53,7 +55,13 @@ class TelemetryCapture:
         self.tracer_provider.add_span_processor(self._open)
         self.tracer_provider.add_span_processor(SimpleSpanProcessor(self.exporter))
         self.registry = CollectorRegistry()
-        self.telemetry = Telemetry(self.tracer_provider, self.registry)
+        self.metric_reader = InMemoryMetricReader()
+        self.meter_provider = MeterProvider(
+            metric_readers=[self.metric_reader], shutdown_on_exit=False
+        )
+        self.telemetry = Telemetry(
+            self.tracer_provider, self.registry, meter_provider=self.meter_provider
+        )
 
     # ------------------------------------------------------------------- spans
 
@@ -171,6 +179,27 @@ class TelemetryCapture:
             if s.name == name
         ]
 
+    def otel_points(self, name: str, /) -> list[tuple[dict[str, Any], Any]]:
+        """(attributes, data point) of OpenTelemetry metric ``name`` (the GenAI metrics,
+        e.g. ``gen_ai.client.token.usage``), read now from the capture's meter provider.
+
+        Example:
+            >>> [(a["gen_ai.token.type"], p.sum) for a, p in cap.otel_points(
+            ...     "gen_ai.client.token.usage")]  # doctest: +SKIP
+            [('input', 120), ('output', 30)]
+        """
+        data = self.metric_reader.get_metrics_data()
+        found: list[tuple[dict[str, Any], Any]] = []
+        for resource in data.resource_metrics if data is not None else ():
+            for scope in resource.scope_metrics:
+                for metric in scope.metrics:
+                    if metric.name == name:
+                        found.extend(
+                            (dict(point.attributes or {}), point)
+                            for point in metric.data.data_points
+                        )
+        return found
+
     def assert_metric(self, name: str, expected: float, /, **labels: str) -> None:
         """Assert a metric value, showing every sample of that name when it differs."""
         value = self.metric_value(name, **labels)
@@ -191,3 +220,4 @@ def capture_telemetry() -> Iterator[TelemetryCapture]:
     finally:
         ambient_telemetry.reset(token)
         capture.tracer_provider.shutdown()
+        capture.meter_provider.shutdown()

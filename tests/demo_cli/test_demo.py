@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from span_file import read_spans
 
 from rh_agents.state_backends import SQLiteStateBackend
 
@@ -49,7 +50,12 @@ def _number(pattern: str, text: str) -> int:
 
 
 def _spans(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return read_spans(path)
+
+
+def _tokens(record: dict[str, Any]) -> int:
+    usage = record.get("usage") or {}
+    return int(usage.get("input_tokens", 0)) + int(usage.get("output_tokens", 0))
 
 
 def _events(state_dir: Path) -> list[dict[str, Any]]:
@@ -242,9 +248,15 @@ def test_interrupted_run_can_be_resumed_and_replays_completed_work(tmp_path: Pat
     assert json.loads((state_dir / "last_run").read_text())["status"] == "interrupted"
     spans = _spans(state_dir / "spans.jsonl")
     assert any(s["name"] == "invoke_agent orchestrator" for s in spans), "spans not flushed"
+    tokens_before = sum(_tokens(e) for e in events)
+    assert tokens_before > 0  # the LLM calls that completed reported their usage
 
     resumed = _run(state_dir, "--resume", "--speed", TINY_SPEED)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    # The summary's tokens come from the history: those of the calls replayed from the
+    # interrupted run are counted (through that run's entries), plus the new ones.
+    total = _number(r"(\d+) tokens \(\d+ in, \d+ out\)", resumed.stdout)
+    assert total == sum(_tokens(e) for e in _events(state_dir)) > tokens_before
     assert "resuming" in resumed.stdout
     assert re.search(r"Resumed run [0-9a-f-]{36} completed", resumed.stdout)
     assert "8 of 8 completed" in resumed.stdout

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import os
 import pickle
 import signal
@@ -21,6 +20,7 @@ from typing import Any
 import pytest
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from span_file import read_spans as read_span_file
 
 from rh_agents import (
     ExecutionEvent,
@@ -189,7 +189,7 @@ def pool() -> Iterator[ProcessPoolItemExecutor]:
 
 def read_spans(directory: Path) -> list[dict[str, Any]]:
     [path] = list(directory.glob("worker-*.jsonl"))
-    return [json.loads(line) for line in path.read_text().splitlines()]
+    return read_span_file(path)
 
 
 def span_id(span: ReadableSpan) -> int:

@@ -9,7 +9,6 @@ adds at most ``EventBus.subscriber_timeout`` seconds to a run, in total.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import socket
 import subprocess
@@ -25,6 +24,7 @@ import pytest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from prometheus_client import CollectorRegistry
+from span_file import read_spans
 
 from rh_agents.core.actors import Tool
 from rh_agents.core.errors import InvalidArgumentError
@@ -347,6 +347,33 @@ def test_shutting_down_telemetry_with_a_collector_that_never_answers_is_bounded(
         listener.close()
 
 
+def threads_start_in_atexit_handlers() -> bool:
+    """Whether this interpreter lets an atexit handler start a thread.
+
+    Some CPython 3.12 releases (3.12.1 among them, CPython issue 113964) refuse it; the
+    exit hook then stops the exporters in the exiting thread, without a time bound.
+    """
+    probe = textwrap.dedent(
+        """
+        import atexit, threading
+        def hook():
+            try:
+                threading.Thread(target=int).start()
+            except RuntimeError:
+                print("refused")
+        atexit.register(hook)
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    return "refused" not in done.stdout
+
+
+@pytest.mark.xfail(
+    not threads_start_in_atexit_handlers(),
+    reason="this Python refuses new threads in atexit handlers, so the exit hook is unbounded",
+    raises=(subprocess.TimeoutExpired, AssertionError),
+    strict=True,
+)
 def test_telemetry_is_shut_down_at_exit_within_its_bound(tmp_path: Path) -> None:
     # A process that never calls shutdown(): the handle's exit hook exports the spans
     # (the SDK's own hook would wait 30 s per processor for a hanging exporter).
@@ -382,9 +409,7 @@ def test_telemetry_is_shut_down_at_exit_within_its_bound(tmp_path: Path) -> None
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stderr
     assert time.monotonic() - started < 15  # interpreter start-up on a busy host + 0.5 s
-    assert [json.loads(line)["name"] for line in spans.read_text().splitlines()] == [
-        "execute_tool t"
-    ]
+    assert [s["name"] for s in read_spans(spans)] == ["execute_tool t"]
 
 
 # ------------------------------------------------------------ metrics registries

@@ -598,9 +598,23 @@ class DemoWorkload:
         spans: list[dict[str, Any]] = []
         for line in text.splitlines(keepends=True):
             if line.endswith("\n") and line.strip():
-                spans.append(json.loads(line))
+                # One OTLP JSON request per line; flattened as tests/span_file.py does.
+                spans.extend(_flat_spans(json.loads(line)))
         return spans
 
     def exported_trace_ids(self) -> set[str]:
         """The trace ids of the spans written to the span file so far."""
         return {span["trace_id"] for span in self.exported_spans() if span.get("trace_id")}
+
+
+def _flat_spans(request: dict[str, Any]) -> list[dict[str, Any]]:
+    return [
+        {
+            "name": span["name"],
+            "trace_id": span["traceId"],
+            "end_time_unix_nano": int(span["endTimeUnixNano"]),
+        }
+        for resource in request["resourceSpans"]
+        for scope in resource["scopeSpans"]
+        for span in scope["spans"]
+    ]

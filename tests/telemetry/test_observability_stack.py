@@ -37,6 +37,7 @@ from typing import Any
 
 import pytest
 import yaml
+from ci_env import missing
 from prometheus_server import DemoWorkload, PrometheusServer, find_binary, poll
 
 REPO = Path(__file__).resolve().parents[2]
@@ -55,6 +56,7 @@ METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
     "rh_agents_event_errors_total": ("counter", ("operation", "name", "error_type")),
     "rh_agents_event_duration_seconds": ("histogram", ("operation", "name", "outcome")),
     "rh_agents_retries_total": ("counter", ("operation", "name")),
+    "rh_agents_tokens_total": ("counter", ("name", "model", "token_type")),
     "rh_agents_circuit_breaker_trips_total": ("counter", ("breaker",)),
     "rh_agents_circuit_breaker_rejections_total": ("counter", ("breaker",)),
     "rh_agents_circuit_breaker_state": ("gauge", ("breaker",)),
@@ -85,27 +87,13 @@ def exposed_series_names() -> dict[str, tuple[str, ...]]:
 # ------------------------------------------------------------------------------------
 
 
-CI_TRUE_VALUES = frozenset({"1", "true", "yes"})
-
-
-def running_in_ci() -> bool:
-    """Whether the CI variable is set to a true value (1, true or yes, in any case)."""
-    return os.environ.get("CI", "").strip().lower() in CI_TRUE_VALUES
-
-
 def require_binary(name: str) -> str:
-    """The path of ``name``; skip without it, or fail in CI (see ``running_in_ci``)."""
+    """The path of ``name``; skip without it, or fail in CI (see ``ci_env.running_in_ci``)."""
     path = find_binary(name)
     if path is None:
         package = "docker-compose" if name == "docker-compose" else "prometheus"
-        message = (
+        missing(
             f"`{name}` is not installed (Debian: apt-get install -y {package}); .ci/run installs it"
-        )
-        if running_in_ci():
-            pytest.fail(f"CI={os.environ['CI']!r} and {message}")
-        pytest.skip(
-            f"{message}. Skipped because CI={os.environ.get('CI')!r} is not a true value "
-            "(with CI=1, true or yes a missing binary fails the test)"
         )
     return path
 
@@ -458,7 +446,14 @@ def test_grid_positions_do_not_overlap(dashboard: dict[str, Any]) -> None:
 
 def test_dashboard_rows_and_panel_types(dashboard: dict[str, Any]) -> None:
     rows = [p["title"] for p in dashboard["panels"] if p["type"] == "row"]
-    assert rows == ["Overview", "Throughput & errors", "Latency", "Concurrency", "Resilience"]
+    assert rows == [
+        "Overview",
+        "Throughput & errors",
+        "Latency",
+        "Concurrency",
+        "Resilience",
+        "Tokens",
+    ]
     # Panels belong to the row above them (by y): check the kinds each row holds.
     sections: dict[str, list[dict[str, Any]]] = {}
     current = ""
@@ -473,6 +468,12 @@ def test_dashboard_rows_and_panel_types(dashboard: dict[str, Any]) -> None:
     assert "heatmap" in {p["type"] for p in sections["Latency"]}
     assert "heatmap" in {p["type"] for p in sections["Concurrency"]}
     assert "state-timeline" in {p["type"] for p in sections["Resilience"]}
+    token_queries = [t["expr"] for p in sections["Tokens"] for t in p["targets"]]
+    assert [q.split("(rate(")[0] for q in token_queries] == [
+        "sum by (model, token_type) ",
+        "sum by (name, token_type) ",
+    ]
+    assert all("rh_agents_tokens_total{" in q for q in token_queries)
     latency_quantiles = next(p for p in sections["Latency"] if "p99" in p["title"])
     assert len(latency_quantiles["targets"]) == 3
     assert all(t["exemplar"] for t in latency_quantiles["targets"])

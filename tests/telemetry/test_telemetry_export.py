@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import socket
 import threading
@@ -19,6 +18,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import CollectorRegistry
 from pydantic import BaseModel
+from span_file import read_spans
 
 from rh_agents import Agent, ExecutionEvent, ExecutionState, Tool
 from rh_agents.telemetry import MetricsPortInUseError, setup
@@ -173,8 +173,7 @@ def test_the_span_file_holds_every_span_of_a_ten_thousand_item_group(tmp_path: P
         assert asyncio.run(run()) == 10_000
     finally:
         handle.shutdown()
-    lines = trace_file.read_text().splitlines()
-    spans = [json.loads(line) for line in lines]
+    spans = read_spans(trace_file)
     assert len(spans) == 10_001
     group = next(s for s in spans if s["name"] == "parallel big")
     assert sum(1 for s in spans if s["parent_span_id"] == group["span_id"]) == 10_000
@@ -294,7 +293,7 @@ def test_shutdown_exports_everything_and_closes_the_span_file(tmp_path: Path) ->
     state = ExecutionState(telemetry=handle.telemetry)
     asyncio.run(ExecutionEvent(actor=ORCHESTRATOR)(Q(text="3"), {}, state))
     assert handle.force_flush(timeout=5) is True
-    assert len(trace_file.read_text().splitlines()) == 5
+    assert len(read_spans(trace_file)) == 5
     url = handle.metrics_url
     assert url is not None
     handle.shutdown()
