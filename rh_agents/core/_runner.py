@@ -100,11 +100,7 @@ async def run_event(
         fields["execution_time"] = elapsed
         # Taken before the terminal status is recorded (the status it shows is STARTED).
         metadata = _parallel_metadata(ev) if group_id is not None else None
-        if error is None:
-            fields["result"] = value
-        else:
-            fields["message"] = _describe(error)
-            fields["error_type"] = type(error).__name__
+        _settle(fields, value if error is None else None, error)
         terminal = True
         await recorder.record(ev, _S.COMPLETED if error is None else _S.FAILED)
         if recorded is not None:
@@ -130,6 +126,15 @@ async def run_event(
             tel.event_finished(handle, ev, outcome, error, time.perf_counter() - started)
         _copy_back(template, ev)
     return result
+
+
+def _settle(fields: dict[str, Any], value: Any, error: BaseException | None) -> None:
+    """Write the outcome into the working copy's fields before its terminal status."""
+    if error is None:
+        fields["result"] = value
+    else:
+        fields["message"] = _describe(error)
+        fields["error_type"] = type(error).__name__
 
 
 def _address_key(actor: BaseActor, tag: str) -> str:

@@ -299,10 +299,9 @@ def serve_moved(name: str, load: Callable[[], Any]) -> None:
 
     ``load`` returns the object from its new home; it is called on first use. The
     top-level package registers the names that moved to :mod:`rh_agents.executors`.
+    They are not in ``__all__``: they are documented where they live now.
     """
     _moved[name] = load
-    if name not in __all__:
-        __all__.append(name)
 
 
 def __getattr__(name: str) -> Any:

@@ -283,16 +283,6 @@ def test_worker_telemetry_helpers_keep_their_core_executors_path() -> None:
     assert use_worker_telemetry is remote.use_worker_telemetry
 
 
-def test_star_import_of_core_executors_includes_the_moved_names() -> None:
-    namespace: dict[str, object] = {}
-    exec("from rh_agents.core.executors import *", namespace)
-    from rh_agents.executors import ProcessPoolItemExecutor, RemoteExecutorBase
-
-    assert namespace["ProcessPoolItemExecutor"] is ProcessPoolItemExecutor
-    assert namespace["RemoteExecutorBase"] is RemoteExecutorBase
-    assert "WorkItem" in namespace and "AsyncioExecutor" in namespace
-
-
 def test_an_unknown_name_of_core_executors_is_still_an_attribute_error() -> None:
     import rh_agents.core.executors as executors
 
