@@ -1,6 +1,6 @@
 """Without the dask extra the Dask tests are skipped locally and fail in CI.
 
-pytest runs tests/test_distributed.py in a subprocess where ``dask`` and ``distributed``
+pytest runs tests/executors/test_distributed.py in a subprocess where ``dask`` and ``distributed``
 cannot be imported (their ``sys.modules`` entries are None), as on an install without
 the extra.
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-TESTS = Path(__file__).resolve().parent
+TESTS = Path(__file__).resolve().parents[1]
 
 WITHOUT_DASK = """
 import sys
@@ -30,7 +30,7 @@ def run_without_dask(ci: str | None) -> subprocess.CompletedProcess[str]:
     if ci is not None:
         env["CI"] = ci
     return subprocess.run(
-        [sys.executable, "-c", WITHOUT_DASK, str(TESTS / "test_distributed.py")],
+        [sys.executable, "-c", WITHOUT_DASK, str(TESTS / "executors" / "test_distributed.py")],
         capture_output=True,
         text=True,
         timeout=120,

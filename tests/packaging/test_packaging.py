@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 MKDOCS = yaml.safe_load((ROOT / "mkdocs.yml").read_text())
 REPO_URL = MKDOCS["repo_url"]

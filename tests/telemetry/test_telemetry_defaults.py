@@ -225,7 +225,7 @@ def test_every_emitted_name_comes_from_the_semconv_module_and_is_documented() ->
         }
         # the logger and a context variable are not emitted names
         assert names <= {"rh_agents.telemetry", "rh_agents_item"}, (module.__name__, names)
-    docs = (Path(__file__).resolve().parent.parent / "docs" / "telemetry.md").read_text()
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "telemetry.md").read_text()
     declared = [
         value
         for holder in (semconv, semconv.Rh)
