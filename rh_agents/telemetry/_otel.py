@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import logging
 import weakref
+from collections.abc import Callable
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
@@ -232,6 +233,57 @@ def _span_left_started(error: BaseException) -> Any:
         del tb
 
 
+class _BreakerWatch:
+    """Records the state, trips and rejections of the circuit breakers groups use (each
+    breaker watched once, whichever state's instrumentation sees it first)."""
+
+    def __init__(self, metrics: RhAgentsMetrics | None, fault: Callable[[str], None]) -> None:
+        self._metrics = metrics
+        self._fault = fault
+        self._breakers: weakref.WeakSet[Any] = weakref.WeakSet()
+
+    def watch(self, breaker: Any) -> None:
+        try:
+            if breaker in self._breakers:
+                return
+            self._breakers.add(breaker)
+            m = self._metrics
+            if m is not None:
+                m.child(m.breaker_state, breaker.name).set(breaker.state.gauge_value)
+            breaker.add_listener(self._on_transition)
+            breaker.add_reject_listener(self._on_reject)
+        except Exception:
+            self._fault("watch_breaker")
+
+    def _on_transition(self, breaker: CircuitBreaker, old: CircuitState, new: CircuitState) -> None:
+        try:
+            m = self._metrics
+            if m is not None:
+                m.child(m.breaker_state, breaker.name).set(new.gauge_value)
+                if new.value == "open":
+                    m.child(m.breaker_trips, breaker.name).inc()
+            span = trace.get_current_span()
+            if span.is_recording():
+                span.add_event(
+                    Rh.EVENT_STATE_CHANGE,
+                    {
+                        Rh.BREAKER_NAME: breaker.name,
+                        Rh.BREAKER_FROM: old.value,
+                        Rh.BREAKER_TO: new.value,
+                    },
+                )
+        except Exception:
+            self._fault("breaker_transition")
+
+    def _on_reject(self, breaker: CircuitBreaker) -> None:
+        try:
+            m = self._metrics
+            if m is not None:
+                m.child(m.breaker_rejections, breaker.name).inc()
+        except Exception:
+            self._fault("breaker_reject")
+
+
 class OTelInstrumentation:
     """Spans through an OpenTelemetry tracer, metrics into an :class:`RhAgentsMetrics`."""
 
@@ -250,7 +302,7 @@ class OTelInstrumentation:
         self._recording = metrics is not None or genai is not None
         self.conversation_id: str | None = None
         self._failed_hooks: set[str] = set()
-        self._breakers: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._breaker_watch = _BreakerWatch(metrics, self._fault)
         self._groups: dict[int, _GroupHandle] = {}
         self._exemplar: tuple[int, dict[str, str]] = (0, {})
 
@@ -472,7 +524,10 @@ class OTelInstrumentation:
         if (usage is not None or handle.op == Op.CHAT) and (
             outcome == Outcome.COMPLETED or outcome == Outcome.FAILED
         ):
-            self._model_call(handle, event, usage, error, duration)
+            try:
+                _record_model_call(self.metrics, self.genai, handle, event, usage, error, duration)
+            except Exception:
+                self._fault("event_finished.model_call")
         m = self.metrics
         if m is None:
             return
@@ -483,49 +538,6 @@ class OTelInstrumentation:
                 m.child(m.errors, handle.op, handle.name, type(error).__name__).inc()
         except Exception:
             self._fault("event_finished.metrics")
-
-    def _model_call(
-        self,
-        handle: _EventHandle,
-        event: ExecutionEvent[Any],
-        usage: TokenUsage | None,
-        error: BaseException | None,
-        duration: float,
-    ) -> None:
-        """Tokens and duration of an invocation that called a model (a chat invocation
-        that ran its handler, or any that reported usage)."""
-        try:
-            request_model, provider = _model_of(event.actor)
-            response_model = usage.response_model if usage is not None else None
-            m = self.metrics
-            if m is not None and usage is not None:
-                model = response_model or request_model or "unknown"
-                if usage.input_tokens:
-                    m.child(m.tokens, handle.name, model, TokenType.INPUT).inc(usage.input_tokens)
-                if usage.output_tokens:
-                    m.child(m.tokens, handle.name, model, TokenType.OUTPUT).inc(usage.output_tokens)
-            genai = self.genai
-            if genai is None:
-                return
-            attrs: dict[str, Any] = {sc.ATTR_OPERATION_NAME: handle.op}
-            if provider is not None:
-                attrs[sc.ATTR_PROVIDER_NAME] = provider
-            if request_model is not None:
-                attrs[sc.ATTR_REQUEST_MODEL] = request_model
-            if response_model is not None:
-                attrs[sc.ATTR_RESPONSE_MODEL] = response_model
-            if usage is not None:
-                genai.token_usage.record(
-                    usage.input_tokens, {**attrs, sc.ATTR_TOKEN_TYPE: TokenType.INPUT}
-                )
-                genai.token_usage.record(
-                    usage.output_tokens, {**attrs, sc.ATTR_TOKEN_TYPE: TokenType.OUTPUT}
-                )
-            if error is not None:
-                attrs[sc.ATTR_ERROR_TYPE] = type(error).__name__
-            genai.duration.record(duration, attrs)
-        except Exception:
-            self._fault("event_finished.model_call")
 
     # ------------------------------------------------------------------ groups
 
@@ -696,45 +708,45 @@ class OTelInstrumentation:
     # ---------------------------------------------------------------- breakers
 
     def watch_breaker(self, breaker: Any) -> None:
-        try:
-            if breaker in self._breakers:
-                return
-            self._breakers.add(breaker)
-            if self.metrics is not None:
-                m = self.metrics
-                m.child(m.breaker_state, breaker.name).set(breaker.state.gauge_value)
-            breaker.add_listener(self._on_transition)
-            breaker.add_reject_listener(self._on_reject)
-        except Exception:
-            self._fault("watch_breaker")
+        self._breaker_watch.watch(breaker)
 
-    def _on_transition(self, breaker: CircuitBreaker, old: CircuitState, new: CircuitState) -> None:
-        try:
-            if self.metrics is not None:
-                m = self.metrics
-                m.child(m.breaker_state, breaker.name).set(new.gauge_value)
-                if new.value == "open":
-                    m.child(m.breaker_trips, breaker.name).inc()
-            span = trace.get_current_span()
-            if span.is_recording():
-                span.add_event(
-                    Rh.EVENT_STATE_CHANGE,
-                    {
-                        Rh.BREAKER_NAME: breaker.name,
-                        Rh.BREAKER_FROM: old.value,
-                        Rh.BREAKER_TO: new.value,
-                    },
-                )
-        except Exception:
-            self._fault("breaker_transition")
 
-    def _on_reject(self, breaker: CircuitBreaker) -> None:
-        try:
-            if self.metrics is not None:
-                m = self.metrics
-                m.child(m.breaker_rejections, breaker.name).inc()
-        except Exception:
-            self._fault("breaker_reject")
+def _record_model_call(
+    m: RhAgentsMetrics | None,
+    genai: GenAIMetrics | None,
+    handle: _EventHandle,
+    event: ExecutionEvent[Any],
+    usage: TokenUsage | None,
+    error: BaseException | None,
+    duration: float,
+) -> None:
+    """Tokens and duration of an invocation that called a model (a chat invocation
+    that ran its handler, or any that reported usage)."""
+    request_model, provider = _model_of(event.actor)
+    response_model = usage.response_model if usage is not None else None
+    if m is not None and usage is not None:
+        model = response_model or request_model or "unknown"
+        if usage.input_tokens:
+            m.child(m.tokens, handle.name, model, TokenType.INPUT).inc(usage.input_tokens)
+        if usage.output_tokens:
+            m.child(m.tokens, handle.name, model, TokenType.OUTPUT).inc(usage.output_tokens)
+    if genai is None:
+        return
+    attrs: dict[str, Any] = {sc.ATTR_OPERATION_NAME: handle.op}
+    if provider is not None:
+        attrs[sc.ATTR_PROVIDER_NAME] = provider
+    if request_model is not None:
+        attrs[sc.ATTR_REQUEST_MODEL] = request_model
+    if response_model is not None:
+        attrs[sc.ATTR_RESPONSE_MODEL] = response_model
+    if usage is not None:
+        genai.token_usage.record(usage.input_tokens, {**attrs, sc.ATTR_TOKEN_TYPE: TokenType.INPUT})
+        genai.token_usage.record(
+            usage.output_tokens, {**attrs, sc.ATTR_TOKEN_TYPE: TokenType.OUTPUT}
+        )
+    if error is not None:
+        attrs[sc.ATTR_ERROR_TYPE] = type(error).__name__
+    genai.duration.record(duration, attrs)
 
 
 def _usage_attributes(usage: TokenUsage) -> dict[str, Any]:

@@ -415,19 +415,8 @@ def setup(
         >>> state = ExecutionState(telemetry=handle.telemetry)  # doctest: +SKIP
     """
     disabled = os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() in _TRUE
-    timeout = (
-        float(export_timeout)
-        if export_timeout is not None
-        else _env_number("OTEL_BSP_EXPORT_TIMEOUT", 5000.0) / 1000
-    )
-    queue = max_queue_size or int(_env_number("OTEL_BSP_MAX_QUEUE_SIZE", MAX_QUEUE_SIZE))
-    batch = max_export_batch_size or int(
-        _env_number("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", MAX_EXPORT_BATCH)
-    )
-    delay_ms = (
-        schedule_delay * 1000
-        if schedule_delay is not None
-        else _env_number("OTEL_BSP_SCHEDULE_DELAY", SCHEDULE_DELAY_MS)
+    timeout, batching = _batch_settings(
+        export_timeout, max_queue_size, max_export_batch_size, schedule_delay
     )
     endpoint: str | None = None
     protocol = "http/protobuf"
@@ -457,13 +446,7 @@ def setup(
                 file_path = Path(trace_file) if trace_file is not None else DEFAULT_TRACE_FILE
                 created.append(JsonLinesSpanExporter(file_path))
             for exporter in [*(exporters or []), *created]:
-                processor = BatchSpanProcessor(
-                    exporter,
-                    max_queue_size=queue,
-                    max_export_batch_size=min(batch, queue),
-                    schedule_delay_millis=delay_ms,
-                    export_timeout_millis=int(timeout * 1000),
-                )
+                processor = BatchSpanProcessor(exporter, **batching)
                 processors.append((processor, exporter))
                 provider.add_span_processor(processor)
         telemetry = Telemetry(provider, registry, tracing=not disabled)
@@ -483,13 +466,38 @@ def setup(
         processors,
         protocol=protocol,
     )
-    handle.span_processor_settings = {
+    handle.span_processor_settings = dict(batching)
+    return handle
+
+
+def _batch_settings(
+    export_timeout: float | None,
+    max_queue_size: int | None,
+    max_export_batch_size: int | None,
+    schedule_delay: float | None,
+) -> tuple[float, dict[str, Any]]:
+    """The export timeout in seconds and the BatchSpanProcessor arguments: the given
+    values, else the OTEL_BSP_* ones."""
+    timeout = (
+        float(export_timeout)
+        if export_timeout is not None
+        else _env_number("OTEL_BSP_EXPORT_TIMEOUT", 5000.0) / 1000
+    )
+    queue = max_queue_size or int(_env_number("OTEL_BSP_MAX_QUEUE_SIZE", MAX_QUEUE_SIZE))
+    batch = max_export_batch_size or int(
+        _env_number("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", MAX_EXPORT_BATCH)
+    )
+    delay_ms = (
+        schedule_delay * 1000
+        if schedule_delay is not None
+        else _env_number("OTEL_BSP_SCHEDULE_DELAY", SCHEDULE_DELAY_MS)
+    )
+    return timeout, {
         "max_queue_size": queue,
         "max_export_batch_size": min(batch, queue),
         "schedule_delay_millis": delay_ms,
         "export_timeout_millis": int(timeout * 1000),
     }
-    return handle
 
 
 def _abandon(

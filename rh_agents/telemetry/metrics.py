@@ -129,7 +129,19 @@ class RhAgentsMetrics:
     ) -> None:
         self.registry = registry
         self.cap = _LabelCap(max_label_values)
-        r = registry
+        self._add_invocation_metrics(registry)
+        self._add_group_and_breaker_metrics(registry)
+        # In-flight, queued and max_workers are read from the running groups at scrape
+        # time (see _ParallelCollector): a gauge set per group name would let concurrent
+        # groups of the same name overwrite each other.
+        self._live: dict[int, LiveGroup] = {}
+        self._last_max_workers: dict[str, int] = {}
+        self._live_lock = threading.Lock()
+        registry.register(_ParallelCollector(self))
+        self._children: dict[tuple[Any, ...], Any] = {}
+        self._series: dict[tuple[str, str, str], EventSeries] = {}
+
+    def _add_invocation_metrics(self, r: CollectorRegistry) -> None:
         self.events = Counter(
             Rh.EVENTS,
             "Finished invocations by operation, actor and outcome.",
@@ -161,6 +173,8 @@ class RhAgentsMetrics:
             ["operation", "name"],
             registry=r,
         )
+
+    def _add_group_and_breaker_metrics(self, r: CollectorRegistry) -> None:
         self.breaker_trips = Counter(
             Rh.BREAKER_TRIPS,
             "Transitions of a circuit breaker into open.",
@@ -199,15 +213,6 @@ class RhAgentsMetrics:
             buckets=GROUP_DURATION_BUCKETS,
             registry=r,
         )
-        # In-flight, queued and max_workers are read from the running groups at scrape
-        # time (see _ParallelCollector): a gauge set per group name would let concurrent
-        # groups of the same name overwrite each other.
-        self._live: dict[int, LiveGroup] = {}
-        self._last_max_workers: dict[str, int] = {}
-        self._live_lock = threading.Lock()
-        registry.register(_ParallelCollector(self))
-        self._children: dict[tuple[Any, ...], Any] = {}
-        self._series: dict[tuple[str, str, str], EventSeries] = {}
 
     def child(self, metric: Any, *values: str | None) -> Any:
         """The label child of ``metric`` for ``values`` (capped), cached.
