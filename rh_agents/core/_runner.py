@@ -67,7 +67,7 @@ async def run_event(
     replayer = state.replayer
     if replayer.active:
         if state.replay_mode is ReplayMode.VALIDATION:
-            recorded = replayer.recorded(frame.address)  # compared after running
+            recorded = replayer.recorded(actor, frame.address)  # compared after running
         else:
             match, input_hash = replayer.match(
                 actor, frame.address, lambda: _validate_input(actor, input_data)
@@ -157,6 +157,7 @@ def _working_copy(
         template,
         address=address,
         actor_name=actor.name,
+        actor_version=actor.version,
         event_type=actor.event_type,
         execution_status=_S.STARTED,
         group_id=group_id,

@@ -34,6 +34,7 @@ working. Classes defined outside this module are marked with their module::
         ├── StateCorruptedError                      damaged, truncated or foreign
         ├── SchemaVersionError                       written by another schema version
         ├── SnapshotMismatchError                    written by another program
+        ├── StateLockedError                         another process (or state) writes the run
         └── StateStorageError                        the medium failed: disk full, I/O error
 
 Every message is a full sentence that says what happened and what to do.
@@ -64,6 +65,7 @@ __all__ = [
     "SnapshotMismatchError",
     "StateCorruptedError",
     "StateError",
+    "StateLockedError",
     "StateNotFoundError",
     "StateStorageError",
     "UsageError",
@@ -176,6 +178,26 @@ class SnapshotMismatchError(StateError):
     Raised instead of replaying a recorded result that does not belong to the call: the
     pipeline name, the actor, the kind of call or the input fingerprint differs.
     """
+
+
+class StateLockedError(StateError):
+    """Another writer holds the run: only one process (one state) at a time records into it.
+
+    Raised when a run is opened for writing while another process, or another
+    :class:`~rh_agents.core.execution.ExecutionState` of this process, holds its lease,
+    and when the journal was appended to by another writer after this state was loaded.
+    Nothing of this state was recorded, and no call of it ran.
+
+    Attributes:
+        state_id: the run.
+        holder: who holds the lease (a :class:`~rh_agents.core.storage.LeaseHolder`
+            with host, pid and since), or None when the conflict is not a held lease.
+    """
+
+    def __init__(self, message: str, *, state_id: str | None = None, holder: Any = None) -> None:
+        super().__init__(message)
+        self.state_id = state_id
+        self.holder = holder
 
 
 class StateStorageError(StateError):

@@ -22,8 +22,10 @@ Example:
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from pydantic import BaseModel
 from pydantic_core import to_jsonable_python
 
 from rh_agents.core.bus import (
@@ -42,7 +44,13 @@ from rh_agents.core.history import HistorySet
 from rh_agents.core.hooks import NOOP, Instrumentation, resolve_telemetry
 from rh_agents.core.parallel import ErrorStrategy, ParallelExecutionManager
 from rh_agents.core.recording import DEFAULT_MAX_RESULT_BYTES, Recorder
-from rh_agents.core.replay import Replayer, load_snapshot, restored_history, restored_metadata
+from rh_agents.core.replay import (
+    RecordedProgram,
+    Replayer,
+    load_state_history,
+    restored_history,
+    restored_metadata,
+)
 from rh_agents.core.state_recovery import (
     ReplayMode,
     StateMetadata,
@@ -95,6 +103,14 @@ class ExecutionState:
             input, which a resumed run compares before returning a recorded result
             (see docs/errors.md). None (default) and True record them; False turns them
             off (a resumed run then trusts the addresses alone).
+        result_types: pydantic models that results of actors without an
+            ``output_model`` may be; a restored run gives such a recorded result back as
+            the model its record names only when it is one of these (or
+            ``LLM_Result``/``Tool_Result``), never importing what a record names, and
+            otherwise as the stored JSON value.
+        check_program: whether a restored state refuses calls the program that
+            recorded it would not have made: a top-level actor it never called, an actor
+            of another version (:class:`~rh_agents.core.errors.SnapshotMismatchError`).
 
     Attributes:
         recorder: records every status change (:class:`~rh_agents.core.recording.Recorder`).
@@ -124,6 +140,8 @@ class ExecutionState:
         circuit_breakers: CircuitBreakerRegistry | None = None,
         max_result_bytes: int | None = DEFAULT_MAX_RESULT_BYTES,
         record_input_hashes: bool | None = None,
+        result_types: Iterable[type[BaseModel]] = (),
+        check_program: bool = True,
     ) -> None:
         self.max_result_bytes = _check_max_result_bytes(max_result_bytes)
         self.record_input_hashes = _check_record_input_hashes(record_input_hashes)
@@ -150,8 +168,9 @@ class ExecutionState:
             circuit_breakers if circuit_breakers is not None else CircuitBreakerRegistry()
         )
         self.divergences: list[dict[str, Any]] = []
+        self.check_program = bool(check_program)
         self._root = Frame.new_root()
-        self.replayer = Replayer(self)
+        self.replayer = Replayer(self, result_types)
         self.recorder = Recorder(self)  # last: it may save the first snapshot
 
     @property
@@ -265,21 +284,40 @@ class ExecutionState:
             SnapshotMismatchError: the snapshot belongs to another pipeline.
             StateCorruptedError: the snapshot's history cannot be read.
         """
-        metadata = restored_metadata(snapshot, pipeline_name)
-        history, storage = restored_history(snapshot)
-        state = cls(
-            state_id=snapshot.state_id,
-            event_bus=event_bus,
-            history=history,
-            storage=storage,
-            replay_mode=replay_mode,
+        history, storage, program = restored_history(snapshot)
+        return cls._restored(
+            snapshot,
+            history,
+            storage,
+            program,
+            pipeline_name,
             state_backend=state_backend,
             artifact_backend=artifact_backend,
+            event_bus=event_bus,
+            replay_mode=replay_mode,
+            **options,
+        )
+
+    @classmethod
+    def _restored(
+        cls,
+        snapshot: StateSnapshot,
+        history: HistorySet,
+        storage: dict[str, Any],
+        program: RecordedProgram,
+        pipeline_name: str | None,
+        **options: Any,
+    ) -> ExecutionState:
+        metadata = restored_metadata(snapshot, pipeline_name)
+        state = cls(
+            state_id=snapshot.state_id,
+            history=history,
+            storage=storage,
             metadata=metadata,
             **options,
         )
         state.artifact_refs = dict(snapshot.artifact_refs)
-        state.replayer.load(state.history)
+        state.replayer.load(state.history, program)
         return state
 
     def save_checkpoint(
@@ -311,13 +349,18 @@ class ExecutionState:
             StateCorruptedError / SchemaVersionError: the stored history is damaged or
                 was written by another schema version.
         """
-        return cls.from_snapshot(
-            load_snapshot(state_id, state_backend),
+        snapshot, history, program = load_state_history(state_id, state_backend)
+        storage = snapshot.execution_state.get("storage") or {}
+        return cls._restored(
+            snapshot,
+            history,
+            dict(storage) if isinstance(storage, dict) else {},
+            program,
+            pipeline_name,
             state_backend=state_backend,
             artifact_backend=artifact_backend,
             event_bus=event_bus,
             replay_mode=replay_mode,
-            pipeline_name=pipeline_name,
             **options,
         )
 

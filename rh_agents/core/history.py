@@ -17,11 +17,17 @@ from pydantic import BaseModel
 from pydantic_core import to_jsonable_python
 
 from rh_agents.core.errors import StateCorruptedError
-from rh_agents.core.events import EventKind, ExecutionEvent
+from rh_agents.core.events import EventKind, ExecutionEvent, snapshot_of
 from rh_agents.core.types import EventType, ExecutionStatus
 from rh_agents.core.usage import TokenUsage
 
-__all__ = ["HistorySet", "event_to_record", "input_fingerprint", "record_to_event"]
+__all__ = [
+    "HistorySet",
+    "event_to_record",
+    "input_fingerprint",
+    "record_to_event",
+    "recorded_json",
+]
 
 _DONE = (ExecutionStatus.COMPLETED, ExecutionStatus.RECOVERED)
 
@@ -137,42 +143,144 @@ def _jsonable(value: Any) -> Any:
     return to_jsonable_python(value, fallback=repr)
 
 
+def recorded_json(event: ExecutionEvent[Any]) -> Any:
+    """The JSON form of ``event``'s result, as its record stores it.
+
+    A result is encoded once, when its call completes (kept privately on the event);
+    primitives and restored results are their own JSON form.
+    """
+    encoded = event._record_result
+    if encoded is not None:
+        return encoded
+    return _jsonable(event.result)
+
+
+# (record key, field, default): stored only when the value is not the default, so a
+# record carries what happened and little else (a STARTED record has about 10 keys).
+_OPTIONAL: tuple[tuple[str, str, Any], ...] = (
+    ("tag", "tag", ""),
+    ("execution_time", "execution_time", None),
+    ("message", "message", None),
+    ("detail", "detail", None),
+    ("error_type", "error_type", None),
+    ("from_cache", "from_cache", False),
+    ("is_replayed", "is_replayed", False),
+    ("group_id", "group_id", None),
+    ("parallel_index", "parallel_index", None),
+    ("is_parallel", "is_parallel", False),
+    ("retry_attempt", "retry_attempt", 0),
+    ("retry_delay", "retry_delay", None),
+    ("original_error", "original_error", None),
+    ("input_hash", "input_hash", None),
+    ("version", "actor_version", None),
+)
+
+
 def event_to_record(event: ExecutionEvent[Any], seq: int) -> dict[str, Any]:
-    """The JSON-able record of one history entry."""
-    result = event._record_result
-    if result is None and event.result is not None:
-        result = _jsonable(event.result)
-    return {
+    """The JSON-able record of one history entry (the stored form of the history).
+
+    A record always has ``seq``, ``kind``, ``address``, ``status``, ``actor``,
+    ``event_type``, ``timestamp``, ``metadata`` and ``result``; every other key only
+    when its value is not the field's default (:func:`record_to_event` restores those),
+    e.g. ``version``, the actor's version (the program check of a resumed run compares
+    it).
+    """
+    fields = event.__dict__
+    event_type = fields["event_type"]
+    metadata = fields["metadata"]
+    record: dict[str, Any] = {
         "seq": seq,
-        "kind": event.kind,
-        "address": event.address,
-        "status": event.execution_status.value,
+        "kind": fields["kind"],
+        "address": fields["address"],
+        "status": fields["execution_status"].value,
         "actor": event.name,
-        "event_type": event.event_type.value if event.event_type else None,
-        "tag": event.tag,
-        "timestamp": event.timestamp,
-        "execution_time": event.execution_time,
-        "message": event.message,
-        "detail": event.detail,
-        "error_type": event.error_type,
-        "from_cache": event.from_cache,
-        "is_replayed": event.is_replayed,
-        "group_id": event.group_id,
-        "parallel_index": event.parallel_index,
-        "is_parallel": event.is_parallel,
-        "retry_attempt": event.retry_attempt,
-        "retry_delay": event.retry_delay,
-        "original_error": event.original_error,
-        "metadata": _jsonable(event.metadata) if event.metadata else {},
-        "result": result,
-        "result_type": event._result_type,
-        "input_hash": event.input_hash,
-        "usage": event.usage.to_record() if event.usage is not None else None,
+        "event_type": event_type.value if event_type is not None else None,
+        "timestamp": fields["timestamp"],
+        "metadata": _jsonable(metadata) if metadata else {},
+        "result": recorded_json(event),
+    }
+    for key, field, default in _OPTIONAL:
+        value = fields[field]
+        if value is not default and value != default:
+            record[key] = value
+    result_type = event._result_type
+    if result_type is not None:
+        record["result_type"] = result_type
+    usage = fields["usage"]
+    if usage is not None:
+        record["usage"] = usage.to_record()
+    return record
+
+
+_KINDS = frozenset({EventKind.EVENT, EventKind.GROUP, EventKind.DIVERGENCE})
+_FIELDS_SET = frozenset({"address", "execution_status"})
+
+
+def _text(value: Any) -> str | None:
+    if value is None or type(value) is str:
+        return value
+    raise TypeError(f"expected text, found a {type(value).__name__}")
+
+
+def _number(value: Any) -> float | None:
+    if value is None or (isinstance(value, int | float) and not isinstance(value, bool)):
+        return value
+    raise TypeError(f"expected a number, found a {type(value).__name__}")
+
+
+def _integer(value: Any) -> int | None:
+    if value is None or (type(value) is int):
+        return value
+    raise TypeError(f"expected an integer, found a {type(value).__name__}")
+
+
+def _entry_fields(record: dict[str, Any], position: int) -> dict[str, Any]:
+    """The field values of the entry ``record`` stores, each checked for its type."""
+    get = record.get
+    kind = get("kind", EventKind.EVENT)
+    if kind not in _KINDS:
+        raise ValueError(f"unknown kind {kind!r}")
+    address = record["address"]
+    if type(address) is not str:
+        raise TypeError(f"the address is a {type(address).__name__}")
+    metadata = get("metadata") or {}
+    if type(metadata) is not dict:
+        raise TypeError(f"the metadata is a {type(metadata).__name__}")
+    event_type = get("event_type")
+    return {
+        "actor": None,
+        "kind": kind,
+        "address": address,
+        "tag": _text(get("tag")) or "",
+        "actor_name": _text(get("actor")),
+        "event_type": EventType(event_type) if event_type else None,
+        "metadata": metadata,
+        "timestamp": _number(get("timestamp")) or 0.0,
+        "execution_time": _number(get("execution_time")),
+        "execution_status": ExecutionStatus(record["status"]),
+        "message": _text(get("message")),
+        "detail": _text(get("detail")),
+        "error_type": _text(get("error_type")),
+        "result": get("result"),
+        "from_cache": bool(get("from_cache")),
+        "is_replayed": bool(get("is_replayed")),
+        "skip_republish": False,
+        "group_id": _text(get("group_id")),
+        "parallel_index": _integer(get("parallel_index")),
+        "is_parallel": bool(get("is_parallel")),
+        "retry_attempt": _integer(get("retry_attempt")) or 0,
+        "is_retry": False,
+        "original_error": _text(get("original_error")),
+        "retry_delay": _number(get("retry_delay")),
+        "input_hash": _text(get("input_hash")),
+        "usage": TokenUsage.from_record(get("usage"), position),
+        "actor_version": _text(get("version")),
     }
 
 
 def record_to_event(record: dict[str, Any], position: int = 0) -> ExecutionEvent[Any]:
-    """Rebuild a history entry from its record (the actor object is not restored).
+    """Rebuild a history entry (an immutable snapshot) from its record; the actor object
+    is not restored. Every value is checked for its type, nothing is validated twice.
 
     Raises:
         StateCorruptedError: the record is not a readable history entry.
@@ -183,39 +291,15 @@ def record_to_event(record: dict[str, Any], position: int = 0) -> ExecutionEvent
             "history was written by another program or is damaged."
         )
     try:
-        event: ExecutionEvent[Any] = ExecutionEvent(
-            kind=record.get("kind", EventKind.EVENT),
-            address=record["address"],
-            execution_status=ExecutionStatus(record["status"]),
-            actor_name=record.get("actor"),
-            event_type=EventType(record["event_type"]) if record.get("event_type") else None,
-            tag=record.get("tag") or "",
-            timestamp=record.get("timestamp") or 0.0,
-            execution_time=record.get("execution_time"),
-            message=record.get("message"),
-            detail=record.get("detail"),
-            error_type=record.get("error_type"),
-            from_cache=bool(record.get("from_cache")),
-            is_replayed=bool(record.get("is_replayed")),
-            group_id=record.get("group_id"),
-            parallel_index=record.get("parallel_index"),
-            is_parallel=bool(record.get("is_parallel")),
-            retry_attempt=record.get("retry_attempt") or 0,
-            retry_delay=record.get("retry_delay"),
-            original_error=record.get("original_error"),
-            metadata=record.get("metadata") or {},
-            result=record.get("result"),
-            input_hash=record.get("input_hash"),
-            usage=TokenUsage.from_record(record.get("usage"), position),
-        )
+        fields = _entry_fields(record, position)
+        result_type = _text(record.get("result_type"))
     except (KeyError, ValueError, TypeError, AttributeError) as exc:
         raise StateCorruptedError(
             f"History record {position} cannot be read ({type(exc).__name__}: {exc}); "
             "the history was written by another program or is damaged."
         ) from exc
-    event._record_result = record.get("result")
-    event._result_type = record.get("result_type")
-    return event
+    private = {"_record_result": None, "_result_type": result_type}
+    return snapshot_of(fields, _FIELDS_SET, private)
 
 
 def _canonical(value: Any) -> Any:

@@ -1,26 +1,45 @@
 """Recording a run: every status change to the journal, the history and the bus.
 
 :class:`Recorder` is the one way a status change enters a run's record: the journal of
-a resumable state backend first (so the in-memory history never holds an entry the
-journal refused), then the history, then the event bus. It numbers the records, encodes
-each result once (the JSON form the journal and snapshots share, with its type so a
-resumed run gets the same Python type back) and fingerprints inputs.
+a resumable state backend first, then the history, then the event bus. It numbers the
+journal's records, encodes each result once (the JSON form the journal and snapshots
+share, with its type so a resumed run can give the same Python type back) and
+fingerprints inputs.
+
+The journal is written off the event loop (:class:`~rh_agents.core.storage.RunJournal`).
+A call's COMPLETED or FAILED record is committed before the call returns (and before
+the history and the bus see it); other records (STARTED, RETRYING, CANCELLED) are
+queued and committed with the next commit, so many concurrent completions share one.
+The run's lease is taken before its first record commits, so no handler runs before
+it is held, and given back as soon as no call or group of the state is open: another
+state (or process) may then resume the run. A replayed call (RECOVERED) is not written
+again, and a VALIDATION replay writes nothing: it never changes the recorded run.
 """
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import json
 from collections.abc import AsyncIterator, Iterator
-from typing import TYPE_CHECKING, Any
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel
 from pydantic_core import PydanticSerializationError, to_jsonable_python
 
-from rh_agents.core.errors import LifecycleError, ResultSerializationError, StateError
+from rh_agents.core._aio import outside
+from rh_agents.core.errors import ResultSerializationError, StateError
 from rh_agents.core.events import ExecutionEvent, freeze, is_snapshot, thaw
 from rh_agents.core.history import event_to_record, input_fingerprint
+from rh_agents.core.state_recovery import ReplayMode, StateSnapshot
+from rh_agents.core.storage import (
+    JournalOpening,
+    JournalStatistics,
+    LeasedJournal,
+    LeaseHolder,
+    RunJournal,
+    history_exists,
+)
 from rh_agents.core.types import ExecutionStatus
 
 if TYPE_CHECKING:
@@ -32,13 +51,16 @@ __all__ = [
     "DEFAULT_MAX_RESULT_BYTES",
     "Recorder",
     "container_type",
-    "import_model",
     "model_path",
-    "restore_container",
 ]
 
 DEFAULT_MAX_RESULT_BYTES = 16 * 1024 * 1024
 """The default largest JSON-encoded result a journal accepts (16 MiB)."""
+
+_S = ExecutionStatus
+_ENDS = frozenset({_S.COMPLETED, _S.FAILED, _S.CANCELLED, _S.INTERRUPTED})
+_AWAITED = frozenset({_S.COMPLETED, _S.FAILED})
+"""The records a caller waits for: a result is handed back only once it is durable."""
 
 
 class Recorder:
@@ -46,24 +68,52 @@ class Recorder:
 
     Args:
         state: the state recorded (its ``history``, ``event_bus``, ``state_backend``,
-            ``max_result_bytes`` and ``record_input_hashes``). When its state backend is
-            also an event journal, every status change is appended to it as it happens.
+            ``replay_mode``, ``max_result_bytes`` and ``record_input_hashes``). When its
+            state backend is also an event journal, every status change but replays is
+            written to it as it happens.
 
     Raises:
         LifecycleError: the journal already holds another run under this state id.
     """
 
-    __slots__ = ("_journal", "_seq", "_state")
+    __slots__ = (
+        "_closing",
+        "_confirmed",
+        "_error",
+        "_journal",
+        "_position",
+        "_scopes",
+        "_snapshot_needed",
+        "_source",
+        "_state",
+        "_statistics",
+    )
 
     def __init__(self, state: ExecutionState) -> None:
         self._state = state
-        self._seq = len(state.history)
-        self._journal = _open_journal(state)
+        self._position = len(state.history)
+        self._journal: RunJournal | None = None
+        self._closing: RunJournal | None = None
+        self._confirmed = False
+        self._error: StateError | None = None
+        self._scopes: dict[str, int] = {}
+        self._statistics = JournalStatistics()
+        self._source, self._snapshot_needed = _journal_source(state)
 
     @property
     def journal(self) -> EventJournal | None:
-        """The journal status changes are appended to (None: not resumable)."""
-        return self._journal
+        """The backend status changes are written to (None: not resumable)."""
+        if self._source is None:
+            return None
+        backend: EventJournal = self._state.state_backend  # type: ignore[assignment]
+        return backend
+
+    def statistics(self) -> JournalStatistics:
+        """What the journals of this state committed so far (the open one included)."""
+        journal = self._journal
+        if journal is None:
+            return self._statistics
+        return _add(self._statistics, journal.statistics())
 
     async def record(
         self, event: ExecutionEvent[Any], status: ExecutionStatus | None = None
@@ -73,38 +123,118 @@ class Recorder:
         The history and the bus receive one immutable copy of ``event``.
 
         Raises:
-            StateError: the journal could not store the entry (e.g. disk full); what was
-                recorded before is intact, and the entry is not in the history either.
+            StateError: the journal could not store the entry (disk full, another
+                writer holds the run, the file was deleted, ...); what was committed
+                before is intact. The history may end with entries the journal did not
+                commit; the journal is what a resumed run reads.
         """
         if status is not None and event.execution_status is not status:
             if is_snapshot(event):
                 event = thaw(event)  # record a new status of a copy, never of the entry
             event.__dict__["execution_status"] = status
         snapshot = freeze(event)
-        seq = self._seq + 1
-        if self._journal is not None:
-            self._append(snapshot, seq)
-        self._seq = seq
         state = self._state
-        state.history.append(snapshot)
+        if self._source is not None and snapshot.execution_status is not _S.RECOVERED:
+            await self._write(snapshot)
+        else:
+            state.history.append(snapshot)
         bus = state.event_bus
         if not snapshot.skip_republish and bus.has_listeners():
             await bus.publish(snapshot)
 
-    def _append(self, snapshot: ExecutionEvent[Any], seq: int) -> None:
-        assert self._journal is not None
-        state_id = self._state.state_id
+    async def _write(self, snapshot: ExecutionEvent[Any]) -> None:
+        """Queue ``snapshot`` in the journal (and the history); wait for its commit if
+        the caller must (see the module docstring)."""
+        if self._error is not None:
+            raise self._error
+        journal = self._journal
+        if journal is None:
+            journal = await self._open()
+        status = snapshot.execution_status
+        position = self._position + 1
         try:
-            self._journal.append_event(state_id, event_to_record(snapshot, seq))
-        except StateError:
-            raise
+            journal.append(event_to_record(snapshot, position))
         except Exception as exc:
-            raise StateError(
-                f"Could not append '{snapshot.address}' ({snapshot.execution_status.value}) "
-                f"to the history of state {state_id}: {type(exc).__name__}: {exc}. "
-                "Everything recorded before is intact; fix the backend (e.g. free disk "
-                "space) and resume the run."
-            ) from exc
+            raise self._fail(exc, snapshot)  # noqa: B904 - the cause is set when wrapped
+        self._position = position
+        # The history keeps the journal's order; the bus and the caller learn of a
+        # COMPLETED or FAILED status only once it is committed (below).
+        self._state.history.append(snapshot)
+        if self._leaves(snapshot.address, status):
+            # Nothing of this state is open any more: give the run's lease back.
+            self._journal = None
+            self._statistics = _add(self._statistics, journal.statistics())
+            journal.close()
+            if status in _AWAITED:
+                await self._wait(journal.wait_closed(), snapshot)
+            else:
+                self._closing = journal  # a cancellation does not wait for the disk
+        elif status in _AWAITED or (not self._confirmed and status not in _ENDS):
+            # The first wait also waits for the lease: no handler runs before it is held.
+            await self._wait(journal.flush(), snapshot)
+            self._confirmed = True
+
+    def _leaves(self, address: str, status: ExecutionStatus) -> bool:
+        """Track the open calls and groups; whether this status closed the last one."""
+        scopes = self._scopes
+        if status is _S.STARTED:
+            scopes[address] = scopes.get(address, 0) + 1
+            return False
+        if status not in _ENDS:
+            return False
+        open_here = scopes.get(address, 0)
+        if open_here > 1:
+            scopes[address] = open_here - 1
+        elif open_here:
+            del scopes[address]
+        return not scopes
+
+    async def _open(self) -> RunJournal:
+        closing = self._closing
+        if closing is not None:
+            await self._wait(closing.wait_closed(), None)  # its records come first
+            self._closing = None
+        assert self._source is not None
+        state = self._state
+        opening = JournalOpening(
+            state_id=state.state_id,
+            position=self._position,
+            snapshot=_first_snapshot(state) if self._snapshot_needed else None,
+        )
+        self._snapshot_needed = False
+        journal = self._journal = self._source.open_run(opening)
+        self._confirmed = False
+        return journal
+
+    async def _wait(self, waiting: Any, snapshot: ExecutionEvent[Any] | None) -> None:
+        """Wait for the journal: the one place a call waits for storage (the latency a
+        telemetry hook would observe)."""
+        try:
+            await outside(waiting)
+        except Exception as exc:
+            raise self._fail(exc, snapshot)  # noqa: B904 - the cause is set when wrapped
+
+    def _fail(self, error: Exception, snapshot: ExecutionEvent[Any] | None) -> StateError:
+        """The journal failed: the state records nothing more (its positions would no
+        longer match the journal's). Returns the error to raise."""
+        if not isinstance(error, StateError):
+            what = (
+                f"'{snapshot.address}' ({snapshot.execution_status.value})"
+                if snapshot is not None
+                else "a record"
+            )
+            wrapped = StateError(
+                f"Could not append {what} to the history of state {self._state.state_id}: "
+                f"{type(error).__name__}: {error}. Everything recorded before is intact; "
+                "fix the backend (e.g. free disk space) and resume the run."
+            )
+            wrapped.__cause__ = error
+            error = wrapped
+        self._error = error
+        journal, self._journal = self._journal, None
+        if journal is not None:
+            journal.close()
+        return error
 
     def input_hash(self, data: Any) -> str | None:
         """The input fingerprint to record, or None when this state records none."""
@@ -119,18 +249,19 @@ class Recorder:
             ResultSerializationError: the value cannot be stored in the history (not
                 JSON-serializable, a generator, a cycle, over ``max_result_bytes``).
         """
-        limit = self._state.max_result_bytes if self._journal is not None else None
+        limit = self._state.max_result_bytes if self._source is not None else None
         private = event.__pydantic_private__
         assert private is not None
         if value is None or isinstance(value, int | float | bool):
-            private["_record_result"] = value
+            # A primitive is its own JSON form: the record takes it from the result.
+            private["_record_result"] = None
             private["_result_type"] = None
             return
         if isinstance(value, str):
             # JSON escapes a character into at most 6 bytes; measure only when it matters.
             if limit is not None and len(value) * 6 + 2 > limit:
                 _check_size(actor, value, len(json.dumps(value)), limit)
-            private["_record_result"] = value
+            private["_record_result"] = None
             private["_result_type"] = None
             return
         try:
@@ -146,7 +277,7 @@ class Recorder:
                     )
                 encoded = to_jsonable_python(value)
                 result_type = container_type(value)
-            if self._journal is not None:
+            if self._source is not None:
                 size = len(json.dumps(encoded))
                 if limit is not None:
                     _check_size(actor, value, size, limit)
@@ -176,31 +307,122 @@ def _check_size(actor: BaseActor, value: Any, size: int, limit: int) -> None:
         )
 
 
-def _open_journal(state: ExecutionState) -> EventJournal | None:
-    """The state backend as a journal, ready to receive this state's records."""
+class _Source(Protocol):
+    """What runs are recorded into: a :class:`LeasedJournal` (or the plain adapter)."""
+
+    def open_run(self, opening: JournalOpening) -> RunJournal: ...
+
+
+def _journal_source(state: ExecutionState) -> tuple[_Source | None, bool]:
+    """Where the state's runs are recorded (None: nowhere), and whether the backend
+    needs the state's first snapshot.
+
+    Raises:
+        LifecycleError: a new state takes the id of a run the journal holds.
+    """
     backend = state.state_backend
-    if backend is None or not callable(getattr(backend, "append_event", None)):
-        return None
-    journal: EventJournal = backend  # type: ignore[assignment]
+    if backend is None or state.replay_mode is ReplayMode.VALIDATION:
+        return None, False
+    source: _Source
+    if isinstance(backend, LeasedJournal):
+        source = backend
+        length = backend.journal_length
+    elif callable(getattr(backend, "append_event", None)):
+        source = _PlainJournal(backend)
+        length = source.journal_length
+    else:
+        return None, False
     state_id = state.state_id
-    if not backend.exists(state_id):
-        backend.save_state(state.to_snapshot())
-    elif not len(state.history) and journal.load_events(state_id):
-        # A fresh state under the id of a stored run would append a second history
-        # to it, and a later resume would mix the two runs.
-        raise LifecycleError(
-            f"{type(backend).__name__} already holds a history for state "
-            f"'{state_id}'. Resume it with ExecutionState.load_from_state_id("
-            f"{state_id!r}, backend), or start a new run with another "
-            "state_id (or none, for a fresh one)."
-        )
-    if len(state.history) and not journal.load_events(state_id):
-        # A restored history entering a journal that does not hold it yet (a
-        # snapshot moved to another backend, or saved without its journal): the
-        # journal is what load_from_state_id reads, so it must start with it.
+    snapshot_needed = not backend.exists(state_id)
+    stored = length(state_id)
+    if not len(state.history):
+        if stored:
+            # A fresh state under the id of a stored run would append a second history
+            # to it, and a later resume would mix the two runs.
+            raise history_exists(backend, state_id)
+    elif not stored:
+        # A restored history entering a backend that does not hold it yet (a snapshot
+        # moved to another backend, or saved without its journal): the journal, which
+        # load_from_state_id reads, starts with it. Written here, once, synchronously.
+        if snapshot_needed:
+            backend.save_state(_first_snapshot(state))
+            snapshot_needed = False
         for record in state.history.to_records():
-            journal.append_event(state_id, record)
-    return journal
+            backend.append_event(state_id, record)  # type: ignore[attr-defined]
+    return source, snapshot_needed
+
+
+def _first_snapshot(state: ExecutionState) -> StateSnapshot:
+    """The snapshot a backend gets when a run starts: the run's metadata and storage
+    (its history is the journal)."""
+    return StateSnapshot(
+        state_id=state.state_id,
+        metadata=state.metadata,
+        execution_state={
+            "events": [],
+            "storage": to_jsonable_python(state.storage, fallback=repr),
+        },
+        artifact_refs=dict(state.artifact_refs),
+    )
+
+
+def _add(a: JournalStatistics, b: JournalStatistics) -> JournalStatistics:
+    return JournalStatistics(
+        records=a.records + b.records,
+        commits=a.commits + b.commits,
+        commit_seconds=a.commit_seconds + b.commit_seconds,
+        largest_commit=max(a.largest_commit, b.largest_commit),
+    )
+
+
+class _PlainJournal:
+    """A backend that only has the synchronous :class:`EventJournal` methods, used as a
+    :class:`LeasedJournal`: each record is written on the event loop as it is appended,
+    and there is no lease. Backends implement ``open_run`` to do better."""
+
+    def __init__(self, backend: Any) -> None:
+        self._backend = backend
+
+    def journal_length(self, state_id: str) -> int:
+        backend = self._backend
+        return len(backend.load_events(state_id)) if backend.exists(state_id) else 0
+
+    def open_run(self, opening: JournalOpening) -> RunJournal:
+        return _PlainRun(self._backend, opening)
+
+
+class _PlainRun:
+    """The :class:`RunJournal` of a :class:`_PlainJournal`."""
+
+    def __init__(self, backend: Any, opening: JournalOpening) -> None:
+        self._backend = backend
+        self._opening: JournalOpening | None = opening
+        self._state_id = opening.state_id
+        self._records = 0
+        self.holder = LeaseHolder(host="", pid=0, since=datetime.now(UTC), owner="")
+
+    def append(self, record: dict[str, Any]) -> None:
+        opening, backend, state_id = self._opening, self._backend, self._state_id
+        try:
+            if opening is not None:
+                if opening.snapshot is not None:
+                    backend.save_state(opening.snapshot)
+                self._opening = None
+            backend.append_event(state_id, record)
+        finally:
+            self._records += 1
+
+    async def flush(self) -> None:
+        """Nothing to wait for: every record was written when appended."""
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+    async def wait_closed(self) -> None:
+        """Nothing to wait for."""
+
+    def statistics(self) -> JournalStatistics:
+        return JournalStatistics(records=self._records, commits=self._records)
 
 
 def model_path(cls: type[BaseModel]) -> str:
@@ -234,34 +456,5 @@ def container_type(value: Any) -> str | None:
     return kind
 
 
-def restore_container(kind: str, raw: Any) -> Any:
-    """The inverse of :func:`container_type` (raw is the recorded JSON form)."""
-    outer, _, inner = kind.partition("[")
-    model = import_model(inner[:-1]) if inner else None
-    if outer == "dict" and isinstance(raw, dict):
-        return {k: model.model_validate(v) for k, v in raw.items()} if model else raw
-    if not isinstance(raw, list):
-        return raw
-    items = [model.model_validate(v) for v in raw] if model else raw
-    if outer == "tuple":
-        return tuple(items)
-    if outer == "set":
-        return set(items)
-    if outer == "frozenset":
-        return frozenset(items)
-    return items
-
-
 def _mib(size: int) -> str:
     return f"{size / (1024 * 1024):.1f} MiB" if size >= 1024 * 1024 else f"{size} bytes"
-
-
-def import_model(path: str) -> type[BaseModel] | None:
-    module_name, _, qualname = path.partition(":")
-    try:
-        obj: Any = importlib.import_module(module_name)
-        for part in qualname.split("."):
-            obj = getattr(obj, part)
-    except (ImportError, AttributeError):
-        return None
-    return obj if isinstance(obj, type) and issubclass(obj, BaseModel) else None

@@ -2,29 +2,38 @@
 
 Everything that makes resuming correct lives here: restoring a state from a snapshot or
 from a backend's journal (refusing another pipeline's history, reporting damage),
-indexing the completions of the restored history, deciding which recorded completion a
-call returns (:meth:`Replayer.match`: same address and input, or a sibling call's with
-the same input), giving back the recorded value with its type, and, in VALIDATION mode,
-comparing what a re-run produced with what was recorded.
+indexing the completions of the restored history, checking that the program resuming is
+the one that recorded it (its top-level actors and the versions of its actors), deciding
+which recorded completion a call returns (:meth:`Replayer.match`: same address and
+input, or a sibling call's with the same input), giving back the recorded value with its
+type, and, in VALIDATION mode, comparing what a re-run produced with what was recorded.
+
+Nothing read from storage chooses code: a recorded result gets its Python type from
+the actor's ``output_model`` or from the types the program registered
+(``ExecutionState(result_types=[...])``), never from a module named in the record;
+otherwise it is returned as the JSON value that was stored.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
 
 from rh_agents.core.errors import (
     InputValidationError,
+    InvalidArgumentError,
     SnapshotMismatchError,
     StateCorruptedError,
     StateNotFoundError,
 )
 from rh_agents.core.events import EventKind, ExecutionEvent
-from rh_agents.core.history import HistorySet, input_fingerprint
-from rh_agents.core.recording import import_model, restore_container
+from rh_agents.core.history import HistorySet, input_fingerprint, record_to_event, recorded_json
+from rh_agents.core.recording import model_path
+from rh_agents.core.result_types import LLM_Result, Tool_Result
 from rh_agents.core.state_recovery import ReplayMode, StateMetadata, StateSnapshot
 from rh_agents.core.types import ExecutionStatus
 
@@ -33,7 +42,13 @@ if TYPE_CHECKING:
     from rh_agents.core.execution import ExecutionState
     from rh_agents.core.storage import StateBackend
 
-__all__ = ["Replayer", "load_snapshot", "restored_history", "restored_metadata"]
+__all__ = [
+    "RecordedProgram",
+    "Replayer",
+    "load_state_history",
+    "restored_history",
+    "restored_metadata",
+]
 
 # The logger keeps the name of the module replay came from (users configure it).
 logger = logging.getLogger("rh_agents.execution")
@@ -50,22 +65,26 @@ class Replayer:
         active: whether the state has completions to replay (it was restored).
     """
 
-    __slots__ = ("_claimed", "_index", "_siblings", "_state", "active")
+    __slots__ = ("_claimed", "_index", "_program", "_siblings", "_state", "_types", "active")
 
-    def __init__(self, state: ExecutionState) -> None:
+    def __init__(self, state: ExecutionState, result_types: Iterable[type[BaseModel]] = ()) -> None:
         self._state = state
         self._index: dict[str, ExecutionEvent[Any]] = {}
         # Completions by (parent address, actor key), and those already replayed.
         self._siblings: dict[tuple[str, str], list[ExecutionEvent[Any]]] = {}
         self._claimed: set[str] = set()
+        self._program = RecordedProgram()
+        self._types = _known_types(result_types)
         self.active = False
 
-    def load(self, history: HistorySet) -> None:
+    def load(self, history: HistorySet, program: RecordedProgram | None = None) -> None:
         """Index the completions of a restored ``history``; calls at their addresses
-        return the recorded results from now on."""
+        return the recorded results from now on. ``program`` is what the history says
+        about the program that recorded it (checked at every call)."""
         self._index = {}
         self._siblings = {}
         self._claimed = set()
+        self._program = program if program is not None else RecordedProgram()
         for address in history.completed_addresses():
             event = history.get_completed_event(address)
             if event is None:
@@ -75,9 +94,41 @@ class Replayer:
                 self._siblings.setdefault(_sibling_key(address), []).append(event)
         self.active = bool(self._index)
 
-    def recorded(self, address: str) -> ExecutionEvent[Any] | None:
-        """The completion recorded at ``address`` (VALIDATION mode compares with it)."""
+    def recorded(self, actor: BaseActor, address: str) -> ExecutionEvent[Any] | None:
+        """The completion recorded at ``address`` (VALIDATION mode compares with it).
+
+        Raises:
+            SnapshotMismatchError: the stored run was recorded by a different program.
+        """
+        self._check_program(actor, address)
         return self._index.get(address)
+
+    def _check_program(self, actor: BaseActor, address: str) -> None:
+        """Refuse a call the recorded program would not have made: a top-level actor it
+        never called, or an actor of another version."""
+        if not self._state.check_program:
+            return
+        program = self._program
+        fix = (
+            "Start a fresh run (a new state_id), resume it with the program that wrote it, "
+            "or pass check_program=False to resume anyway."
+        )
+        recorded = program.versions.get(actor.name)
+        if recorded is not None and recorded != actor.version:
+            raise SnapshotMismatchError(
+                f"The stored history of state '{self._state.state_id}' was recorded with "
+                f"version {recorded} of actor '{actor.name}', but this program has version "
+                f"{actor.version}: its recorded results may not be what this version "
+                f"returns. {fix}"
+            )
+        if program.roots and "/" not in address and actor.name not in program.roots:
+            names = ", ".join(f"'{name}'" for name in sorted(program.roots))
+            raise SnapshotMismatchError(
+                f"The stored history of state '{self._state.state_id}' was recorded by a "
+                f"program whose top-level calls are {names}, but this program calls actor "
+                f"'{actor.name}' at the top level: it belongs to another program, and "
+                f"recording into it would mix two runs. {fix}"
+            )
 
     def match(
         self, actor: BaseActor, address: str, validate: Callable[[], Any]
@@ -95,6 +146,7 @@ class Replayer:
         Raises:
             SnapshotMismatchError: the stored run was recorded by a different program.
         """
+        self._check_program(actor, address)
         own = self._index.get(address)
         if own is not None and own.address in self._claimed:
             own = None  # a sibling call replayed it already
@@ -151,22 +203,21 @@ class Replayer:
 
     def recorded_value(self, actor: BaseActor, recorded: ExecutionEvent[Any]) -> Any:
         """The recorded result as the value the program gets: validated into the actor's
-        output_model (or the recorded model or container type) again.
+        output_model (or into the registered type the record names) again; otherwise the
+        stored JSON value.
 
         Raises:
             SnapshotMismatchError: it no longer validates (another program version).
         """
-        raw = recorded._record_result if recorded._record_result is not None else recorded.result
-        model: type[BaseModel] | None = actor.output_model
+        raw = recorded_json(recorded)
         kind = recorded._result_type
-        if model is None and kind and "[" not in kind and ":" in kind:
-            model = import_model(kind)
+        model: type[BaseModel] | None = actor.output_model
         if raw is None or (model is None and not kind):
             return raw
         try:
-            if model is None:
-                return restore_container(kind or "", raw)
-            return model.model_validate(raw)
+            if model is not None:
+                return model.model_validate(raw)
+            return _restore(kind or "", raw, self._types)
         except ValidationError as exc:
             target = model.__name__ if model is not None else kind
             raise SnapshotMismatchError(
@@ -192,14 +243,15 @@ class Replayer:
         event.from_cache = recorded.from_cache
         event.execution_time = recorded.execution_time
         event.skip_republish = self._state.replay_mode is ReplayMode.NORMAL
-        event._record_result = recorded._record_result
+        if not isinstance(value, str | int | float | bool):
+            event._record_result = recorded_json(recorded)
         event._result_type = recorded._result_type
         return value
 
     async def check(self, event: ExecutionEvent[Any], recorded: ExecutionEvent[Any]) -> None:
-        expected = recorded._record_result
+        expected = recorded_json(recorded)
         failed = event.execution_status is not ExecutionStatus.COMPLETED
-        actual = None if failed else event._record_result
+        actual = None if failed else recorded_json(event)
         input_changed = (
             recorded.input_hash is not None
             and event.input_hash is not None
@@ -269,8 +321,41 @@ def restored_metadata(snapshot: StateSnapshot, pipeline_name: str | None) -> Sta
     return metadata
 
 
-def restored_history(snapshot: StateSnapshot) -> tuple[HistorySet, dict[str, Any]]:
-    """The history and the storage of ``snapshot``.
+@dataclass
+class RecordedProgram:
+    """What a restored history says about the program that recorded it.
+
+    Attributes:
+        versions: the version each actor had (the last one its calls recorded).
+        roots: the names of the actors it called at the top level.
+    """
+
+    versions: dict[str, str] = field(default_factory=dict)
+    roots: set[str] = field(default_factory=set)
+
+
+def _fill(history: HistorySet, records: Iterator[Any]) -> RecordedProgram:
+    """Restore ``records`` into ``history`` (one entry each, checked); what they say
+    about the program."""
+    program = RecordedProgram()
+    versions, roots = program.versions, program.roots
+    append = history.append
+    for position, record in enumerate(records):
+        event = record_to_event(record, position)
+        append(event)
+        name = event.actor_name
+        if name is None or event.kind != EventKind.EVENT:
+            continue
+        version = event.actor_version
+        if version is not None:
+            versions[name] = version
+        if "/" not in event.address:
+            roots.add(name)
+    return program
+
+
+def restored_history(snapshot: StateSnapshot) -> tuple[HistorySet, dict[str, Any], RecordedProgram]:
+    """The history and the storage of ``snapshot``, and what it says about its program.
 
     Raises:
         StateCorruptedError: the snapshot's history cannot be read.
@@ -284,21 +369,29 @@ def restored_history(snapshot: StateSnapshot) -> tuple[HistorySet, dict[str, Any
             f"is a {type(events).__name__}, storage a {type(storage).__name__}); it was "
             "written by another program or is damaged. Start a fresh run."
         )
-    return HistorySet.from_records(events), dict(storage)
+    history = HistorySet()
+    program = _fill(history, iter(events))
+    return history, dict(storage), program
 
 
-def load_snapshot(state_id: str, backend: StateBackend) -> StateSnapshot:
-    """The stored snapshot of ``state_id``, with the journal's records as its history.
+def load_state_history(
+    state_id: str, backend: StateBackend
+) -> tuple[StateSnapshot, HistorySet, RecordedProgram]:
+    """The stored snapshot of ``state_id`` and its history: the journal's records when
+    the backend has any (read once, as they come, into the history), else the
+    snapshot's.
 
     Raises:
         StateNotFoundError: the backend has no such state.
+        StateCorruptedError: a record is damaged or missing.
     """
     snapshot = backend.load_state(state_id)
-    records: list[dict[str, Any]] = []
-    load_events = getattr(backend, "load_events", None)
-    if callable(load_events):
-        records = list(load_events(state_id))
-    if snapshot is None and not records:
+    history = HistorySet()
+    program = RecordedProgram()
+    read = getattr(backend, "iter_events", None) or getattr(backend, "load_events", None)
+    if callable(read):
+        program = _fill(history, iter(read(state_id)))
+    if snapshot is None and not len(history):
         known = ", ".join(backend.list_states()[:10]) or "none"
         raise StateNotFoundError(
             f"No state '{state_id}' in {type(backend).__name__}; known states: "
@@ -306,8 +399,63 @@ def load_snapshot(state_id: str, backend: StateBackend) -> StateSnapshot:
         )
     if snapshot is None:
         snapshot = StateSnapshot(state_id=state_id, execution_state={})
-    if records:
-        snapshot = snapshot.model_copy(
-            update={"execution_state": {**snapshot.execution_state, "events": records}}
-        )
-    return snapshot
+    if not len(history):
+        history, _, program = restored_history(snapshot)
+    return snapshot, history, program
+
+
+# ------------------------------------------------------------- result types
+
+_BUILTIN_TYPES: tuple[type[BaseModel], ...] = (LLM_Result, Tool_Result)
+
+
+def _known_types(result_types: Iterable[type[BaseModel]]) -> dict[str, type[BaseModel]]:
+    """The types a record may name, by the name records use ("module:qualname")."""
+    known: dict[str, type[BaseModel]] = {}
+    for cls in (*_BUILTIN_TYPES, *result_types):
+        if not (isinstance(cls, type) and issubclass(cls, BaseModel)):
+            raise InvalidArgumentError(
+                f"result_types must be pydantic model classes, got {cls!r}. Pass the "
+                "models your actors return without declaring an output_model."
+            )
+        known[model_path(cls)] = cls
+    return known
+
+
+_CONTAINERS: dict[str, Callable[[list[Any]], Any]] = {
+    "tuple": tuple,
+    "set": set,
+    "frozenset": frozenset,
+}
+
+
+def _restore(kind: str, raw: Any, types: dict[str, type[BaseModel]]) -> Any:
+    """The recorded value of a result without output_model, given back its recorded
+    type: a registered model, or an outer container (see ``container_type``) of them.
+    A model the program did not register is not looked up: the JSON value stays."""
+    outer, _, inner = kind.partition("[")
+    if not inner:
+        model = types.get(kind)
+        if model is not None:
+            return model.model_validate(raw)
+        make = _CONTAINERS.get(kind)
+        return _container(make, raw) if make is not None else raw
+    model = types.get(inner[:-1])
+    if model is None:
+        return raw
+    if outer == "dict" and isinstance(raw, dict):
+        return {k: model.model_validate(v) for k, v in raw.items()}
+    if not isinstance(raw, list):
+        return raw
+    items = [model.model_validate(v) for v in raw]
+    make = _CONTAINERS.get(outer)
+    return make(items) if make is not None else items
+
+
+def _container(make: Callable[[list[Any]], Any], raw: Any) -> Any:
+    if not isinstance(raw, list):
+        return raw
+    try:
+        return make(raw)
+    except TypeError:  # unhashable members (a set of lists): the JSON value stays
+        return raw

@@ -21,9 +21,15 @@ import heapq
 import itertools
 import math
 import time
+from contextlib import AbstractContextManager
 from types import TracebackType
 
-from rh_agents.core._aio import loop_is_idle
+from rh_agents.core._aio import (
+    loop_is_idle,
+    ordered_outside_work,
+    outside_waiting,
+    release_outside,
+)
 
 __all__ = ["PacedClock"]
 
@@ -57,6 +63,7 @@ class PacedClock:
         # While time moves towards a deadline at the pace of real time: (real start,
         # deadline). Only something from outside (a signal, Ctrl-C) can run meanwhile.
         self._pacing: tuple[float, float] | None = None
+        self._outside: AbstractContextManager[None] | None = None
 
     def monotonic(self) -> float:
         """Simulated seconds since the clock was created.
@@ -93,7 +100,11 @@ class PacedClock:
 
     async def __aenter__(self) -> PacedClock:
         self._woken = asyncio.Event()
-        self._mover = asyncio.get_running_loop().create_task(self._move(), name="PacedClock")
+        loop = asyncio.get_running_loop()
+        # Journal commits (outside work) hold time, and resume in a reproducible order.
+        self._outside = ordered_outside_work(loop, self._woken)
+        self._outside.__enter__()
+        self._mover = loop.create_task(self._move(), name="PacedClock")
         return self
 
     async def __aexit__(
@@ -112,12 +123,16 @@ class PacedClock:
             current = asyncio.current_task()
             if current is not None and current.cancelling():
                 raise
+        finally:
+            if self._outside is not None:
+                self._outside.__exit__(None, None, None)
+                self._outside = None
 
     async def _move(self) -> None:
         loop = asyncio.get_running_loop()
         assert self._woken is not None
         while True:
-            if not self._sleepers:
+            if not self._sleepers and not outside_waiting(loop):
                 self._woken.clear()
                 await self._woken.wait()
                 continue
@@ -125,6 +140,8 @@ class PacedClock:
             while idle < _IDLE_ROUNDS:
                 await asyncio.sleep(0)
                 idle = idle + 1 if loop_is_idle(loop) else 0
+            if await release_outside(loop):
+                continue  # a task resumes from outside work first; time moves later
             if not self._sleepers:
                 continue
             deadline = self._sleepers[0][0]

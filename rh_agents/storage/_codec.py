@@ -1,11 +1,13 @@
 """The stored form shared by every storage backend: checksummed JSON and id checks.
 
-Every backend stores snapshots and journal records as JSON text through these
-functions, so the backends are interchangeable and report damage the same way: a
+Every persistent backend stores snapshots and journal records as JSON text through
+these functions, so the backends are interchangeable and report damage the same way: a
 snapshot or record read back is never trusted, it is parsed and checked
 (:class:`~rh_agents.core.errors.StateCorruptedError` when damaged). A new backend calls
 :func:`dump_snapshot` / :func:`parse_snapshot` and :func:`dump_record` /
-:func:`parse_record` and stores the text as it is.
+:func:`parse_record` and stores the text as it is. What a record holds (the history
+entry it stores) is :func:`rh_agents.core.history.event_to_record`'s business; this
+module only makes its text tamper-evident.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ __all__ = [
     "check_snapshot",
     "dump_record",
     "dump_snapshot",
+    "journal_damage",
     "parse_record",
     "parse_snapshot",
     "seal",
@@ -68,38 +71,54 @@ def status_filter(status: StateStatus | str | None) -> StateStatus | None:
 
 
 SEAL = '{"_crc":'
-"""Stored JSON objects start with a CRC-32 of the object as written: ``{"_crc":N,...}``.
+"""Stored JSON objects start with a CRC-32: ``{"_crc":N,...}``.
 
-A flipped byte in a record (disk or file damage that leaves valid JSON, e.g. one digit
-of a result) would otherwise load as a different value; with the checksum it is
-reported as :class:`StateCorruptedError`. Objects stored without one (by earlier
-releases) load unchecked.
+The checksum covers the object as written *and where it belongs*: the state id, and
+for a journal record its position. A flipped byte in a record (disk or file damage that
+leaves valid JSON, e.g. one digit of a result), a record moved to another position or
+another run, and an edited or removed checksum are all reported as
+:class:`StateCorruptedError`. There is no unchecked form: an object without its
+checksum is refused.
 """
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
+"""Built once: ``json.dumps`` with options builds a new encoder on every call."""
 
-def seal(text: str) -> str:
-    """Prefix the JSON object ``text`` with its checksum (same schema, one more key)."""
-    crc = zlib.crc32(text.encode("utf-8", "surrogatepass"))
+
+def _scope(state_id: str, position: int) -> int:
+    return zlib.crc32(f"{state_id}\n{position}\n".encode("utf-8", "surrogatepass"))
+
+
+def seal(text: str, state_id: str, position: int = 0) -> str:
+    """Prefix the JSON object ``text`` with its checksum (one more key, same schema).
+
+    ``position`` is the record's position in the run's journal (0 for a snapshot).
+    """
+    crc = zlib.crc32(text.encode("utf-8", "surrogatepass"), _scope(state_id, position))
     body = text[1:]
     return f"{SEAL}{crc:010d}{'' if body == '}' else ','}{body}"
 
 
-def unseal(text: str | bytes) -> tuple[str | bytes, bool]:
-    """The JSON object as written, and whether its checksum matches (True if none)."""
-    if isinstance(text, bytes):
-        if not text.startswith(SEAL.encode()):
-            return text, True
+def unseal(stored: str | bytes, state_id: str, position: int = 0) -> tuple[str, str | None]:
+    """The JSON object as written, and what is wrong with it (None: the checksum matches)."""
+    if isinstance(stored, bytes):
         try:
-            text = text.decode("utf-8")
+            stored = stored.decode("utf-8")
         except UnicodeDecodeError:
-            return text, False
-    elif not text.startswith(SEAL):
-        return text, True
-    digits, separator, body = text[8:18], text[18:19], text[19:]
+            return "", "is not UTF-8 text"
+    if not stored.startswith(SEAL):
+        return stored, "has no checksum (every stored record carries one)"
+    digits, separator, body = stored[8:18], stored[18:19], stored[19:]
     original = "{}" if separator == "}" else "{" + body
     if not digits.isdigit() or separator not in (",", "}"):
-        return original, False
-    return original, int(digits) == zlib.crc32(original.encode("utf-8", "surrogatepass"))
+        return original, "has a damaged checksum"
+    crc = zlib.crc32(original.encode("utf-8", "surrogatepass"), _scope(state_id, position))
+    if int(digits) != crc:
+        return original, (
+            "fails its checksum: it was changed after it was written, or moved from "
+            "another position or run (disk or file damage)"
+        )
+    return original, None
 
 
 def dump_snapshot(snapshot: StateSnapshot) -> str:
@@ -107,22 +126,22 @@ def dump_snapshot(snapshot: StateSnapshot) -> str:
         # Not model_dump_json(): it writes infinite and NaN floats as null, so a result
         # of inf would come back as None. JSON readers here accept Infinity and NaN.
         data = snapshot.model_dump(mode="python")
-        return seal(json.dumps(data, default=to_jsonable_python, separators=(",", ":")))
+        text = json.dumps(data, default=to_jsonable_python, separators=(",", ":"))
     except (PydanticSerializationError, ValueError, TypeError, RecursionError) as exc:
         raise ResultSerializationError(
             f"The snapshot of state {snapshot.state_id!r} cannot be written to the history "
             f"because it is not JSON-serializable ({exc}). Keep only JSON-serializable "
             "values (or pydantic models) in execution_state; nothing was written."
         ) from exc
+    return seal(text, snapshot.state_id)
 
 
-def parse_snapshot(state_id: str, text: str | bytes, where: str) -> StateSnapshot:
-    text, intact = unseal(text)
-    if not intact:
+def parse_snapshot(state_id: str, stored: str | bytes, where: str) -> StateSnapshot:
+    text, problem = unseal(stored, state_id)
+    if problem is not None:
         raise StateCorruptedError(
-            f"The stored snapshot of state {state_id!r} in {where} fails its checksum: it "
-            "was changed after it was written (disk or file damage). Restore it from a "
-            "backup, or delete the state with delete_state() to discard it."
+            f"The stored snapshot of state {state_id!r} in {where} {problem}. Restore it "
+            "from a backup, or delete the state with delete_state() to discard it."
         )
     try:
         return StateSnapshot.model_validate_json(text)
@@ -134,40 +153,57 @@ def parse_snapshot(state_id: str, text: str | bytes, where: str) -> StateSnapsho
         ) from exc
 
 
-def dump_record(state_id: str, record: dict[str, Any]) -> str:
+def dump_record(state_id: str, position: int, record: dict[str, Any]) -> str:
+    """The stored text of the record at ``position`` (1-based) of ``state_id``'s journal.
+
+    Raises:
+        InvalidArgumentError: ``record`` is not a dict.
+        ResultSerializationError: it is not JSON-serializable; nothing was written.
+    """
     if not isinstance(record, dict):
         raise InvalidArgumentError(
             f"An event record must be a dict, got {type(record).__name__} for state "
             f"{state_id!r}. Pass the record as a JSON-serializable dict."
         )
     try:
-        return seal(json.dumps(record, separators=(",", ":")))
-    except (TypeError, ValueError) as exc:
+        text = _ENCODER.encode(record)
+    except (TypeError, ValueError, RecursionError) as exc:
         raise ResultSerializationError(
             f"An event record of state {state_id!r} cannot be written to the history because "
             f"it is not JSON-serializable ({exc}). Convert the value to JSON-serializable "
             "data before recording it; nothing was written."
         ) from exc
+    return seal(text, state_id, position)
 
 
-def parse_record(state_id: str, text: object, position: str, where: str) -> dict[str, Any]:
-    problem: str
-    try:
-        if not isinstance(text, str | bytes):
-            raise TypeError(f"stored value has type {type(text).__name__}")
-        text, intact = unseal(text)
-        value = json.loads(text)
-    except (TypeError, ValueError) as exc:
-        problem = f"is not valid JSON ({exc})"
+def parse_record(state_id: str, position: int, stored: object, where: str) -> dict[str, Any]:
+    """The record stored at ``position`` of ``state_id``'s journal, checked.
+
+    Raises:
+        StateCorruptedError: the stored value is damaged, misplaced or unchecked.
+    """
+    problem: str | None
+    if not isinstance(stored, str | bytes):
+        problem = f"is not text (a stored {type(stored).__name__})"
     else:
-        if not intact:
-            problem = "fails its checksum: it was changed after it was written (disk damage)"
-        elif isinstance(value, dict):
-            return value
-        else:
-            problem = f"is a JSON {type(value).__name__}, not an object"
+        text, problem = unseal(stored, state_id, position)
+        if problem is None:
+            try:
+                value: dict[str, Any] = json.loads(text)  # sealed: an object
+                return value
+            except ValueError as exc:
+                problem = f"is not valid JSON ({exc})"
     raise StateCorruptedError(
         f"Event record {position} of state {state_id!r} in {where} {problem}. The journal "
         "is damaged: restore it from a backup, or delete the state with delete_state() "
         "to discard it."
+    )
+
+
+def journal_damage(state_id: str, where: str, problem: str) -> StateCorruptedError:
+    """The error for a journal whose records are not all there (a gap, a missing tail)."""
+    return StateCorruptedError(
+        f"The journal of state {state_id!r} in {where} is damaged: {problem}. Completed "
+        "work may be missing from it, so it is not resumed. Restore it from a backup, or "
+        "delete the state with delete_state() to discard it."
     )

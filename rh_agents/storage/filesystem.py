@@ -6,9 +6,9 @@ import contextlib
 import json
 import logging
 import os
-import re
 import tempfile
-import threading
+import weakref
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,36 +17,20 @@ from rh_agents.core.errors import (
     InvalidArgumentError,
     SchemaVersionError,
     StateCorruptedError,
-    StateStorageError,
 )
 from rh_agents.core.state_recovery import StateSnapshot, StateStatus
-from rh_agents.storage._codec import (
-    check_id,
-    check_snapshot,
-    dump_record,
-    dump_snapshot,
-    parse_record,
-    parse_snapshot,
-    status_filter,
-)
+from rh_agents.core.storage import JournalOpening, RunJournal
+from rh_agents.storage._codec import check_snapshot, dump_snapshot, parse_snapshot, status_filter
+from rh_agents.storage._file_journal import SAFE_ID as _SAFE_ID
+from rh_agents.storage._file_journal import FileJournals, journal_name
+from rh_agents.storage._file_journal import safe_file_id as _safe_file_id
+from rh_agents.storage._files import Directory, storage_error
+from rh_agents.storage._writer import Writer
 
 __all__ = ["FileSystemArtifactBackend", "FileSystemStateBackend"]
 
 # The logger keeps the name of the module the backends came from (users configure it).
 _log = logging.getLogger("rh_agents.state_backends")
-
-_SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
-
-
-def _safe_file_id(value: object, what: str) -> str:
-    value = check_id(value, what)
-    if not _SAFE_ID.fullmatch(value):
-        raise InvalidArgumentError(
-            f"The {what} {value!r} cannot be used as a file name. Use 1 to 200 characters "
-            "from A-Z, a-z, 0-9, '.', '_' and '-', starting with a letter or digit "
-            "(no path separators, no leading dot)."
-        )
-    return value
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -75,40 +59,44 @@ def _atomic_write(path: Path, data: bytes) -> None:
     _fsync_dir(path.parent)
 
 
-def _storage_error(action: str, path: Path | str, exc: OSError) -> StateStorageError:
-    return StateStorageError(
-        f"Could not {action} at {path} ({exc}). Check that the disk is not full and that "
-        "the directory is writable, then retry."
-    )
-
-
 _FS_MARKER = "rh_agents_history.json"
 _FS_APP = "rh_agents.history"
-_FS_SCHEMA_VERSION = 1
+_FS_SCHEMA_VERSION = 2
 
 
 class FileSystemStateBackend:
-    """A :class:`StateBackend` and :class:`EventJournal` made of plain files.
+    """A :class:`StateBackend` and :class:`LeasedJournal` made of plain files.
 
     Layout under ``base_path``::
 
         rh_agents_history.json     marker: application and storage schema version
         states/<state_id>.json     one snapshot per run, replaced atomically
-        journals/<state_id>.jsonl  one JSON record per line, appended
+        journals/<state_id>.jsonl  one checksummed JSON record per line, appended
+        journals/<state_id>.hwm    the run's high-water mark (its last committed line)
+        journals/<state_id>.lock   the run's lease: an advisory lock (flock) and its holder
 
     Snapshots are written to a temporary file in the same directory, flushed, fsynced
-    and renamed over the old file, so a crash leaves the old or the new snapshot. Each
-    journal record is written with a single ``write`` on a file opened in append mode:
-    once :meth:`append_event` returns, the record survives a crash of the process (not
-    necessarily a power loss, like :class:`SQLiteStateBackend`). A record cut short by a
+    and renamed over the old file, so a crash leaves the old or the new snapshot. A run's
+    records are written by this backend's writer thread, a batch with a single
+    ``write`` on the journal opened in append mode, then the high-water mark: once a
+    flush returns, the records survive a crash of the process (not necessarily a power
+    loss, which may lose the last writes; see docs/storage.md). A record cut short by a
     crash (the unterminated last line) was never acknowledged: it is ignored with a
-    logged warning when loading and removed before the next append. Any other damage
-    raises :class:`~rh_agents.core.errors.StateCorruptedError`.
+    logged warning when loading and removed before the next append. Each line's
+    checksum covers its line number, so a line removed, moved or edited is reported, and
+    a journal that ends before its high-water mark is missing its tail: both raise
+    :class:`~rh_agents.core.errors.StateCorruptedError`.
+
+    The lease of a run is an operating-system lock on its ``.lock`` file: the kernel
+    releases it when the holder process ends, however it ends. No file is reached
+    through a symbolic link: ``states/`` and ``journals/`` must be real directories and
+    every file is opened relative to them with ``O_NOFOLLOW`` (a link planted there is
+    reported as damage). A journal or directory deleted or replaced under a running
+    state is reported at its next write.
 
     State ids are file names: 1 to 200 characters from ``A-Z a-z 0-9 . _ -``, starting
     with a letter or digit. Other ids raise
-    :class:`~rh_agents.core.errors.InvalidArgumentError`. One process at a time should
-    append to a given run's journal.
+    :class:`~rh_agents.core.errors.InvalidArgumentError`.
 
     Example:
         >>> import tempfile
@@ -120,15 +108,16 @@ class FileSystemStateBackend:
 
     def __init__(self, base_path: str | os.PathLike[str]) -> None:
         self._base = Path(base_path)
-        self._states_dir = self._base / "states"
-        self._journals_dir = self._base / "journals"
-        self._lock = threading.Lock()
+        root = Directory(self._base, create=True, follow=True)
         try:
-            self._states_dir.mkdir(parents=True, exist_ok=True)
-            self._journals_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise _storage_error("create the history directories", self._base, exc) from exc
-        self._check_marker()
+            self._states = Directory(self._base / "states", create=True)
+            self._journals = Directory(self._base / "journals", create=True)
+            self._check_marker(root)
+        finally:
+            root.close()
+        self._runs = FileJournals(self, self._journals)
+        self._writer = Writer(self._runs, str(self._base))
+        self._finalizer = weakref.finalize(self, _close_directories, self._states, self._journals)
 
     @property
     def base_path(self) -> Path:
@@ -138,19 +127,16 @@ class FileSystemStateBackend:
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self._base)!r})"
 
-    def _check_marker(self) -> None:
+    def _check_marker(self, root: Directory) -> None:
         marker = self._base / _FS_MARKER
         try:
-            raw = marker.read_bytes()
-        except FileNotFoundError:
-            content = {"app": _FS_APP, "schema_version": _FS_SCHEMA_VERSION}
-            try:
-                _atomic_write(marker, json.dumps(content).encode())
-            except OSError as exc:
-                raise _storage_error("write the history marker", marker, exc) from exc
-            return
+            raw = root.read(_FS_MARKER)
+            if raw is None:
+                content = {"app": _FS_APP, "schema_version": _FS_SCHEMA_VERSION}
+                root.write_atomic(_FS_MARKER, json.dumps(content).encode())
+                return
         except OSError as exc:
-            raise _storage_error("read the history marker", marker, exc) from exc
+            raise storage_error("read or write the history marker", marker, exc) from exc
         try:
             meta = json.loads(raw)
         except ValueError:
@@ -169,45 +155,44 @@ class FileSystemStateBackend:
                 "Use the rh_agents release that wrote it, or another directory."
             )
 
-    def _state_file(self, state_id: str) -> Path:
-        return self._states_dir / f"{_safe_file_id(state_id, 'state_id')}.json"
-
-    def _journal_file(self, state_id: str) -> Path:
-        return self._journals_dir / f"{_safe_file_id(state_id, 'state_id')}.jsonl"
+    @staticmethod
+    def _state_name(state_id: str) -> str:
+        return f"{_safe_file_id(state_id, 'state_id')}.json"
 
     # -- StateBackend
 
     def save_state(self, snapshot: StateSnapshot) -> bool:
         snapshot = check_snapshot(snapshot)
-        path = self._state_file(snapshot.state_id)
+        name = self._state_name(snapshot.state_id)
         data = dump_snapshot(snapshot).encode("utf-8")
         try:
-            _atomic_write(path, data)
+            self._states.check_in_place("save the snapshot")
+            self._states.write_atomic(name, data)
         except OSError as exc:
-            raise _storage_error("save the snapshot", path, exc) from exc
+            raise storage_error("save the snapshot", self._states.path / name, exc) from exc
         return True
 
     def update_state(self, snapshot: StateSnapshot) -> bool:
         snapshot = check_snapshot(snapshot)
-        if not self._state_file(snapshot.state_id).exists():
+        if not self._states.is_file(self._state_name(snapshot.state_id)):
             return False
         return self.save_state(snapshot)
 
     def load_state(self, state_id: str) -> StateSnapshot | None:
-        path = self._state_file(state_id)
+        name = self._state_name(state_id)
         try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            return None
+            data = self._states.read(name)
         except OSError as exc:
-            raise _storage_error("read the snapshot", path, exc) from exc
-        return parse_snapshot(state_id, data, str(path))
+            raise storage_error("read the snapshot", self._states.path / name, exc) from exc
+        if data is None:
+            return None
+        return parse_snapshot(state_id, data, str(self._states.path / name))
 
     def list_states(
         self, *, status: StateStatus | str | None = None, pipeline_name: str | None = None
     ) -> list[str]:
         wanted = status_filter(status)
-        ids = self._ids_in(self._states_dir, ".json")
+        ids = self._ids_in(self._states, ".json")
         if wanted is None and pipeline_name is None:
             return ids
         selected = []
@@ -223,11 +208,11 @@ class FileSystemStateBackend:
         return selected
 
     @staticmethod
-    def _ids_in(directory: Path, suffix: str) -> list[str]:
+    def _ids_in(directory: Directory, suffix: str) -> list[str]:
         try:
-            names = os.listdir(directory)
+            names = directory.names()
         except OSError as exc:
-            raise _storage_error("list the directory", directory, exc) from exc
+            raise storage_error("list the directory", directory.path, exc) from exc
         return sorted(
             name[: -len(suffix)]
             for name in names
@@ -235,94 +220,74 @@ class FileSystemStateBackend:
         )
 
     def delete_state(self, state_id: str) -> bool:
+        """Delete the snapshot, the journal, its mark and its lock file."""
         deleted = False
-        for path in (self._state_file(state_id), self._journal_file(state_id)):
+        places = [(self._states, self._state_name(state_id))] + [
+            (self._journals, journal_name(state_id, suffix))
+            for suffix in (".jsonl", ".hwm", ".lock")
+        ]
+        for directory, name in places:
             try:
-                path.unlink()
-                deleted = True
-            except FileNotFoundError:
-                pass
+                deleted = directory.unlink(name) or deleted
             except OSError as exc:
-                raise _storage_error("delete", path, exc) from exc
+                raise storage_error("delete", directory.path / name, exc) from exc
+        self._runs.forget(state_id)
         return deleted
 
     def exists(self, state_id: str) -> bool:
-        return self._state_file(state_id).is_file()
+        return self._states.is_file(self._state_name(state_id))
 
     # -- EventJournal
 
     def append_event(self, state_id: str, record: dict[str, Any]) -> None:
-        """Append one record as one line, written before this returns.
+        """Append one record as one line at the next position, written before this returns.
 
         Raises:
             StateStorageError: the write failed (disk full, I/O error); the record is
                 not acknowledged.
             ResultSerializationError: the record is not JSON-serializable.
         """
-        path = self._journal_file(state_id)
-        line = (dump_record(state_id, record) + "\n").encode("ascii")
-        with self._lock:
-            try:
-                fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
-                try:
-                    self._drop_torn_tail(fd, path)
-                    view = memoryview(line)
-                    while view:
-                        written = os.write(fd, view)
-                        view = view[written:]
-                finally:
-                    os.close(fd)
-            except OSError as exc:
-                raise _storage_error("append an event", path, exc) from exc
-
-    @staticmethod
-    def _drop_torn_tail(fd: int, path: Path) -> None:
-        size = os.fstat(fd).st_size
-        if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
-            return
-        data = os.pread(fd, size, 0)
-        keep = data.rfind(b"\n") + 1
-        _log.warning(
-            "Removing an unterminated last line (%d bytes) from the journal %s: a crash "
-            "cut it short before it was acknowledged.",
-            size - keep,
-            path,
-        )
-        os.ftruncate(fd, keep)
+        self._runs.append(state_id, record)
 
     def load_events(self, state_id: str) -> list[dict[str, Any]]:
         """All records of ``state_id`` in append order.
 
         Raises:
-            StateCorruptedError: a complete line is not a JSON object; the message names
-                the state, the file and the line number.
+            StateCorruptedError: a complete line is damaged, misplaced or unchecked, or
+                lines are missing before the high-water mark; the message names the
+                state, the file and the line number.
         """
-        path = self._journal_file(state_id)
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            return []
-        except OSError as exc:
-            raise _storage_error("read the journal", path, exc) from exc
-        lines = data.split(b"\n")
-        tail = lines.pop()  # b"" when the file ends with a newline
-        if tail:
-            _log.warning(
-                "Ignoring an unterminated last line (%d bytes) in the journal %s: a crash cut "
-                "it short before it was acknowledged.",
-                len(tail),
-                path,
-            )
-        return [
-            parse_record(state_id, line, f"on line {number}", str(path))
-            for number, line in enumerate(lines, start=1)
-        ]
+        return list(self.iter_events(state_id))
+
+    def iter_events(self, state_id: str) -> Iterator[dict[str, Any]]:
+        journal_name(state_id)  # a safe file name
+        self._writer.settle(state_id, 30.0)  # read this process's own writes
+        return self._runs.iter_events(state_id)
+
+    def journal_length(self, state_id: str) -> int:
+        journal_name(state_id)
+        self._writer.settle(state_id, 30.0)
+        return self._runs.length(state_id)
 
     def list_journals(self) -> list[str]:
-        return self._ids_in(self._journals_dir, ".jsonl")
+        return self._ids_in(self._journals, ".jsonl")
+
+    # -- LeasedJournal
+
+    def open_run(self, opening: JournalOpening) -> RunJournal:
+        """The journal a run records into, served by this backend's writer thread."""
+        journal_name(opening.state_id)
+        return self._writer.open_run(opening)
 
     def close(self) -> None:
-        """Do nothing: no file stays open between calls."""
+        """Commit what runs queued, release their leases and close the directories."""
+        self._writer.close(30.0)
+        self._finalizer()
+
+
+def _close_directories(*directories: Directory) -> None:
+    for directory in directories:
+        directory.close()
 
 
 # --------------------------------------------------------------------------- artifacts
@@ -357,7 +322,7 @@ class FileSystemArtifactBackend:
         try:
             self._base.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise _storage_error("create the artifact directory", self._base, exc) from exc
+            raise storage_error("create the artifact directory", self._base, exc) from exc
 
     @property
     def base_path(self) -> Path:
@@ -384,7 +349,7 @@ class FileSystemArtifactBackend:
             except FileNotFoundError:
                 continue
             except OSError as exc:
-                raise _storage_error("look up the artifact", path, exc) from exc
+                raise storage_error("look up the artifact", path, exc) from exc
         return [path for _, path in sorted(found, key=lambda item: item[0], reverse=True)]
 
     def save_artifact(self, artifact_id: str, data: Any) -> str:
@@ -407,7 +372,7 @@ class FileSystemArtifactBackend:
                     with contextlib.suppress(FileNotFoundError):
                         (self._base / f"{artifact_id}{other}").unlink()
         except OSError as exc:
-            raise _storage_error("save the artifact", path, exc) from exc
+            raise storage_error("save the artifact", path, exc) from exc
         return _ARTIFACT_REF_PREFIX + artifact_id
 
     @staticmethod
@@ -451,7 +416,7 @@ class FileSystemArtifactBackend:
         except FileNotFoundError:
             return self.load_artifact(artifact_id)  # replaced meanwhile
         except OSError as exc:
-            raise _storage_error("read the artifact", path, exc) from exc
+            raise storage_error("read the artifact", path, exc) from exc
         try:
             if path.suffix == ".bin":
                 return payload
@@ -474,7 +439,7 @@ class FileSystemArtifactBackend:
             except FileNotFoundError:
                 pass
             except OSError as exc:
-                raise _storage_error("delete the artifact", path, exc) from exc
+                raise storage_error("delete the artifact", path, exc) from exc
         return deleted
 
     def exists(self, ref_or_id: str) -> bool:
@@ -484,7 +449,7 @@ class FileSystemArtifactBackend:
         try:
             names = os.listdir(self._base)
         except OSError as exc:
-            raise _storage_error("list artifacts", self._base, exc) from exc
+            raise storage_error("list artifacts", self._base, exc) from exc
         ids = set()
         for name in names:
             stem, dot, suffix = name.rpartition(".")

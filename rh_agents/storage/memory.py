@@ -2,30 +2,49 @@
 
 from __future__ import annotations
 
+import copy
+import json
 import threading
+import weakref
+from collections.abc import Iterator
 from typing import Any
 
+from rh_agents.core.errors import LifecycleError, StateError
 from rh_agents.core.state_recovery import StateSnapshot, StateStatus
+from rh_agents.core.storage import (
+    JournalOpening,
+    JournalStatistics,
+    LeaseHolder,
+    RunJournal,
+    history_exists,
+    journal_conflict,
+    lease_held,
+)
 from rh_agents.storage._codec import (
     check_id,
     check_snapshot,
     dump_record,
     dump_snapshot,
-    parse_record,
     parse_snapshot,
     status_filter,
+    unseal,
 )
+from rh_agents.storage._lease import new_holder
 
 __all__ = ["InMemoryStateBackend"]
 
 
 class InMemoryStateBackend:
-    """A :class:`StateBackend` and :class:`EventJournal` kept in process memory.
+    """A :class:`StateBackend` and :class:`LeasedJournal` kept in process memory.
 
-    Meant for tests and short-lived scripts: nothing survives the process. Data is
-    stored as JSON text, so callers cannot mutate what was stored, and a value that the
-    persistent backends would reject is rejected here too. Thread-safe. :meth:`close`
-    does nothing, so the data stays readable after a run closed its journal.
+    Meant for tests and short-lived scripts: nothing survives the process. Snapshots
+    are stored as JSON text, and records appended with :meth:`append_event` are checked
+    to be JSON-serializable, so what the persistent backends would reject is rejected
+    here too; a run's records (built by the core, JSON by construction) are kept as they
+    are, without encoding them. What :meth:`load_events` returns are copies: callers
+    cannot change what was stored. A run's lease is held by its journal object until it
+    is closed (or garbage-collected). Thread-safe. :meth:`close` does nothing, so the
+    data stays readable after a run closed its journal.
 
     Example:
         >>> backend = InMemoryStateBackend()
@@ -38,7 +57,8 @@ class InMemoryStateBackend:
         self._lock = threading.Lock()
         # state_id -> (snapshot JSON, status, pipeline_name)
         self._states: dict[str, tuple[str, StateStatus, str | None]] = {}
-        self._events: dict[str, list[str]] = {}
+        self._events: dict[str, list[dict[str, Any]]] = {}
+        self._leases: dict[str, weakref.ReferenceType[_MemoryRun]] = {}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
@@ -93,6 +113,7 @@ class InMemoryStateBackend:
         with self._lock:
             had_state = self._states.pop(state_id, None) is not None
             had_events = self._events.pop(state_id, None) is not None
+            self._leases.pop(state_id, None)
         return had_state or had_events
 
     def exists(self, state_id: str) -> bool:
@@ -100,21 +121,128 @@ class InMemoryStateBackend:
         with self._lock:
             return state_id in self._states
 
+    # -- EventJournal
+
     def append_event(self, state_id: str, record: dict[str, Any]) -> None:
         check_id(state_id)
-        text = dump_record(state_id, record)
+        # Checked and copied through its stored form, as a persistent backend would.
+        stored = json.loads(unseal(dump_record(state_id, 1, record), state_id, 1)[0])
         with self._lock:
-            self._events.setdefault(state_id, []).append(text)
+            self._events.setdefault(state_id, []).append(stored)
 
     def load_events(self, state_id: str) -> list[dict[str, Any]]:
+        return list(self.iter_events(state_id))
+
+    def iter_events(self, state_id: str) -> Iterator[dict[str, Any]]:
+        """Copies of the records of ``state_id``, in order."""
         check_id(state_id)
         with self._lock:
-            lines = list(self._events.get(state_id, ()))
-        return [parse_record(state_id, line, str(i), "memory") for i, line in enumerate(lines)]
+            records = list(self._events.get(state_id, ()))
+        return (copy.deepcopy(record) for record in records)
+
+    def journal_length(self, state_id: str) -> int:
+        check_id(state_id)
+        with self._lock:
+            return len(self._events.get(state_id, ()))
 
     def list_journals(self) -> list[str]:
         with self._lock:
-            return sorted(self._events)
+            return sorted(state_id for state_id, records in self._events.items() if records)
+
+    # -- LeasedJournal
+
+    def open_run(self, opening: JournalOpening) -> RunJournal:
+        """A journal that appends in place (there is no disk to wait for)."""
+        check_id(opening.state_id)
+        return _MemoryRun(self, opening)
+
+    def _take_lease(self, run: _MemoryRun, opening: JournalOpening) -> None:
+        state_id = opening.state_id
+        with self._lock:
+            ref = self._leases.get(state_id)
+            current = ref() if ref is not None else None
+            if current is not None and current is not run and not current.closed:
+                raise lease_held(
+                    state_id,
+                    current.holder,
+                    "The lease is released when that state's run ends (or the state is "
+                    "garbage-collected).",
+                )
+            records = self._events.setdefault(state_id, [])
+            stored = len(records)
+            if opening.position == 0 and stored:
+                raise history_exists(self, state_id)
+            if stored != opening.position:
+                raise journal_conflict(state_id, stored, opening.position)
+            self._leases[state_id] = weakref.ref(run)
+        if opening.snapshot is not None and not self.exists(state_id):
+            self.save_state(opening.snapshot)
+
+    def _append_run(self, run: _MemoryRun, state_id: str, record: dict[str, Any]) -> None:
+        with self._lock:
+            ref = self._leases.get(state_id)
+            if ref is None or ref() is not run:
+                raise LifecycleError(
+                    f"The run journal of state '{state_id}' no longer holds its lease (the "
+                    "state was deleted); nothing more is recorded."
+                )
+            self._events[state_id].append(record)
+
+    def _release(self, run: _MemoryRun, state_id: str) -> None:
+        with self._lock:
+            ref = self._leases.get(state_id)
+            if ref is not None and ref() is run:
+                del self._leases[state_id]
 
     def close(self) -> None:
         """Do nothing: the data stays readable, because nothing needs releasing."""
+
+
+class _MemoryRun:
+    """The :class:`RunJournal` of :class:`InMemoryStateBackend`: appends in place."""
+
+    def __init__(self, backend: InMemoryStateBackend, opening: JournalOpening) -> None:
+        self._backend = backend
+        self._opening: JournalOpening | None = opening
+        self._state_id = opening.state_id
+        self.holder: LeaseHolder = new_holder()
+        self.closed = False
+        self._error: StateError | None = None
+        self._records = 0
+
+    def append(self, record: dict[str, Any]) -> None:
+        if self._error is not None:
+            raise self._error
+        if self.closed:
+            raise LifecycleError(f"The journal of state '{self._state_id}' is closed.")
+        try:
+            opening = self._opening
+            if opening is not None:
+                self._backend._take_lease(self, opening)
+                self._opening = None
+            self._backend._append_run(self, self._state_id, record)
+        except StateError as exc:
+            self._error = exc
+            raise
+        self._records += 1
+
+    async def flush(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._backend._release(self, self._state_id)
+
+    async def wait_closed(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def statistics(self) -> JournalStatistics:
+        return JournalStatistics(
+            records=self._records,
+            commits=self._records,
+            commit_seconds=0.0,
+            largest_commit=1 if self._records else 0,
+        )

@@ -13,9 +13,15 @@ import asyncio
 import heapq
 import itertools
 import math
+from contextlib import AbstractContextManager
 from types import TracebackType
 
-from rh_agents.core._aio import loop_is_idle
+from rh_agents.core._aio import (
+    loop_is_idle,
+    ordered_outside_work,
+    outside_waiting,
+    release_outside,
+)
 from rh_agents.core.errors import InvalidArgumentError, LifecycleError
 
 __all__ = ["FakeClock"]
@@ -85,6 +91,7 @@ class FakeClock:
         self._sequence = itertools.count()
         self._driver: asyncio.Task[None] | None = None
         self._sleeper_added: asyncio.Event | None = None
+        self._outside: AbstractContextManager[None] | None = None
         self._entered = False
         self.sleeps: list[float] = []
         """Every duration passed to :meth:`sleep`, in call order."""
@@ -168,9 +175,12 @@ class FakeClock:
         self._entered = True
         if self._autojump:
             self._sleeper_added = asyncio.Event()
-            self._driver = asyncio.get_running_loop().create_task(
-                self._drive(), name="FakeClock autojump"
-            )
+            loop = asyncio.get_running_loop()
+            # Journal commits and other outside work: time stands still meanwhile, and
+            # their waiters resume in a reproducible order (see _drive).
+            self._outside = ordered_outside_work(loop, self._sleeper_added)
+            self._outside.__enter__()
+            self._driver = loop.create_task(self._drive(), name="FakeClock autojump")
         return self
 
     async def __aexit__(
@@ -194,6 +204,9 @@ class FakeClock:
         finally:
             self._driver = None
             self._sleeper_added = None
+            if self._outside is not None:
+                self._outside.__exit__(None, None, None)
+                self._outside = None
 
     def _wake_due(self) -> None:
         """Resolve every sleeper whose deadline is not after the current time."""
@@ -216,7 +229,7 @@ class FakeClock:
         loop = asyncio.get_running_loop()
         idle = 0
         while True:
-            if not self._sleepers:
+            if not self._sleepers and not outside_waiting(loop):
                 idle = 0
                 self._sleeper_added.clear()
                 await self._sleeper_added.wait()
@@ -229,6 +242,10 @@ class FakeClock:
             if idle < _IDLE_CHECKS:
                 continue
             idle = 0
+            if await release_outside(loop):
+                continue  # a task resumes from outside work first; time moves later
+            if not self._sleepers:
+                continue
             deadline = self._sleepers[0][0] if self._sleepers else math.inf
             if math.isfinite(deadline):
                 self._now = max(self._now, deadline)

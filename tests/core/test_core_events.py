@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 import pytest
+from journal_faults import FullDisk
 from pydantic import BaseModel
 
 from rh_agents.core.actors import Agent, Tool
@@ -540,22 +541,8 @@ async def test_sync_subscriber_returning_an_awaitable_is_awaited() -> None:
     assert seen == ["started", "completed"]
 
 
-class BrokenJournal(InMemoryStateBackend):
-    """Accepts the first ``room`` records, then fails like a full disk."""
-
-    def __init__(self, room: int) -> None:
-        super().__init__()
-        self.room = room
-
-    def append_event(self, state_id: str, record: dict[str, Any]) -> None:
-        if self.room == 0:
-            raise OSError(28, "No space left on device")
-        self.room -= 1
-        super().append_event(state_id, record)
-
-
 async def test_journal_failure_stops_the_run_with_a_state_error() -> None:
-    backend = BrokenJournal(room=1)
+    backend = FullDisk(InMemoryStateBackend(), room=1)
     state = ExecutionState(state_backend=backend)
     tool = Tool(name="t", handler=Recorder())
     with pytest.raises(StateError, match=r"Could not append 't' \(completed\).*No space left"):

@@ -416,7 +416,10 @@ async def test_results_round_trip_through_the_backend(backend: StateBackend, val
     original = await ExecutionEvent(actor=tool)(None, {}, state)
     assert original.ok, original.error_message
 
-    restored = ExecutionState.load_from_state_id(state.state_id, backend)
+    # the models a result may be are registered by the program (never imported by name)
+    restored = ExecutionState.load_from_state_id(
+        state.state_id, backend, result_types=[Answer, Wrapper]
+    )
     replayed = await ExecutionEvent(actor=tool)(None, {}, restored)
     assert replayed.status is S.RECOVERED
     assert calls == [1]
@@ -488,9 +491,10 @@ def test_unknown_replay_mode_is_rejected() -> None:
         ExecutionState.from_snapshot(snapshot, replay_mode="REPLAY")
 
 
-def test_load_unknown_state_id_lists_known_ids(backend: StateBackend) -> None:
-    ExecutionState(state_id="run-a", state_backend=backend)
-    ExecutionState(state_id="run-b", state_backend=backend)
+async def test_load_unknown_state_id_lists_known_ids(backend: StateBackend) -> None:
+    for state_id in ("run-a", "run-b"):  # a run is stored from its first record on
+        state = ExecutionState(state_id=state_id, state_backend=backend)
+        await ExecutionEvent(actor=make_tool())(Query(text="a"), {}, state)
     with pytest.raises(StateNotFoundError) as info:
         ExecutionState.load_from_state_id("run-zzz", backend)
     message = str(info.value)
@@ -632,7 +636,8 @@ async def test_results_without_output_model_replay_with_their_type(
     with SQLiteStateBackend(tmp_path / "h.db") as backend:
         state = ExecutionState(state_id="run", state_backend=backend)
         first = await ExecutionEvent(actor=tool)(None, {}, state)
-        resumed = ExecutionState.load_from_state_id("run", backend)
+        # Doc is a type the program registers: a record only ever names it
+        resumed = ExecutionState.load_from_state_id("run", backend, result_types=[Doc])
         again = await ExecutionEvent(actor=tool)(None, {}, resumed)
     assert again.status is S.RECOVERED and len(calls_of(tool)) == 1
     expected = value

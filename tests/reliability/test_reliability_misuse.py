@@ -188,7 +188,7 @@ def snapshot_of_another_program() -> None:
     backend = InMemoryStateBackend()
     ExecutionState(
         state_id="run", state_backend=backend, metadata=StateMetadata(pipeline_name="billing")
-    )
+    ).save_checkpoint()
     ExecutionState.load_from_state_id("run", backend, pipeline_name="triage")
 
 

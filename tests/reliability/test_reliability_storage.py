@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from journal_faults import FullDisk
 from pydantic import BaseModel
 
 from rh_agents.core.actors import Agent, Tool
@@ -49,6 +50,7 @@ from rh_agents.state_backends import (
     InMemoryStateBackend,
     SQLiteStateBackend,
 )
+from rh_agents.storage._codec import seal
 
 STATE_ID = "run-1"
 PIPELINE = "storage-pipeline"
@@ -212,19 +214,19 @@ def test_a_digit_changed_in_a_stored_result_is_reported_not_replayed(tmp_path: P
     path = tmp_path / "history.db"
     fresh_history(path)
     conn = sqlite3.connect(path)
-    seq, text = conn.execute(
-        'SELECT seq, record FROM events WHERE record LIKE \'%"status":"completed"%\' '
+    position, text = conn.execute(
+        'SELECT position, record FROM events WHERE record LIKE \'%"status":"completed"%\' '
         "AND record LIKE '%\"value\":%' LIMIT 1"
     ).fetchone()
     start = text.index('"value":') + len('"value":')
     digit = text[start]
     changed = text[:start] + ("1" if digit != "1" else "2") + text[start + 1 :]
-    conn.execute("UPDATE events SET record = ? WHERE seq = ?", (changed, seq))
+    conn.execute("UPDATE events SET record = ? WHERE position = ?", (changed, position))
     conn.commit()
     conn.close()
     with pytest.raises(StateCorruptedError, match="fails its checksum") as info:
         resume(path)
-    assert f"row seq {seq}" in str(info.value)
+    assert f"Event record {position} of state '{STATE_ID}'" in str(info.value)
     assert "restore it from a backup" in str(info.value)
 
 
@@ -233,11 +235,12 @@ def test_the_file_system_journal_is_checked_too(tmp_path: Path) -> None:
     backend.append_event("run-1", {"seq": 1, "result": 12345})
     journal = tmp_path / "journals" / "run-1.jsonl"
     journal.write_text(journal.read_text().replace("12345", "12845"))
-    with pytest.raises(StateCorruptedError, match=r"on line 1 of state 'run-1'.*checksum"):
+    with pytest.raises(StateCorruptedError, match=r"record 1 of state 'run-1'.*checksum"):
         backend.load_events("run-1")
-    # records stored without a checksum (earlier releases) still load
+    # a record without its checksum is refused, never loaded unchecked
     journal.write_text('{"seq":1,"result":12845}\n')
-    assert backend.load_events("run-1") == [{"seq": 1, "result": 12845}]
+    with pytest.raises(StateCorruptedError, match="has no checksum"):
+        backend.load_events("run-1")
 
 
 def test_a_snapshot_with_a_changed_byte_is_reported(tmp_path: Path) -> None:
@@ -361,7 +364,7 @@ def test_a_snapshot_of_an_older_schema_is_a_clear_error(tmp_path: Path) -> None:
         conn = sqlite3.connect(path)
         conn.execute(
             "INSERT INTO states VALUES (?, ?, 'running', NULL, '', '')",
-            (STATE_ID, json.dumps(old)),
+            (STATE_ID, seal(json.dumps(old), STATE_ID)),
         )
         conn.commit()
         conn.close()
@@ -394,34 +397,20 @@ def test_a_snapshot_whose_history_is_not_a_list_is_a_clear_error() -> None:
 # ------------------------------------------------------------------ a full disk
 
 
-class FillingBackend(SQLiteStateBackend):
-    """A SQLite history whose disk fills up after ``room`` more appends."""
-
-    def __init__(self, path: Path, room: int) -> None:
-        super().__init__(path)
-        self.room = room
-
-    def append_event(self, state_id: str, record: dict[str, Any]) -> None:
-        if self.room <= 0:
-            raise sqlite3.OperationalError("database or disk is full")
-        self.room -= 1
-        super().append_event(state_id, record)
-
-
 @pytest.mark.parametrize("room", [0, 1, 3, 12, 20, 27])
 def test_a_full_disk_fails_the_run_clearly_and_loses_no_completed_work(
     tmp_path: Path, room: int
 ) -> None:
     path = tmp_path / "history.db"
     calls: Counter[str] = Counter()
-    backend = FillingBackend(path, room)
+    backend = FullDisk(SQLiteStateBackend(path), room)
     state = ExecutionState(
         state_id=STATE_ID, state_backend=backend, metadata=StateMetadata(pipeline_name=PIPELINE)
     )
     with pytest.raises(StateError) as info:
         asyncio.run(run(state, calls))
     message = str(info.value)
-    assert "database or disk is full" in message
+    assert "No space left on device" in message
     assert "free disk space" in message and "resume the run" in message
     backend.close()
 
@@ -435,6 +424,11 @@ def test_a_full_disk_fails_the_run_clearly_and_loses_no_completed_work(
 
     # on a healthy disk the run resumes to the right results without re-running them
     again: Counter[str] = Counter()
+    if not records:  # nothing was recorded: there is no run to resume, only to start
+        with pytest.raises(StateNotFoundError):
+            resume(path, again)
+        fresh_history(path)
+        return
     assert resume(path, again) == expected()
     assert not set(again) & completed
     assert set(again) | completed >= set(calls)
@@ -451,22 +445,10 @@ async def test_a_history_error_stops_a_fail_slow_group_instead_of_retrying() -> 
         return 1
 
     tool = Tool(name="step", handler=step)
-    backend = InMemoryStateBackend()
+    backend = FullDisk(InMemoryStateBackend(), room=4)
     async with FakeClock() as clock:
         state = ExecutionState(state_backend=backend, clock=clock)
-        full = sqlite3.OperationalError("database or disk is full")
-        original = backend.append_event
-        appended = 0
-
-        def append(state_id: str, record: dict[str, Any]) -> None:
-            nonlocal appended
-            if appended >= 4:
-                raise full
-            appended += 1
-            original(state_id, record)
-
-        backend.append_event = append  # type: ignore[method-assign]
-        with pytest.raises(StateError, match="database or disk is full"):
+        with pytest.raises(StateError, match="No space left on device"):
             async with state.parallel(max_workers=1, max_retries=3, name="g") as group:
                 for _ in range(6):
                     group.add(lambda: ExecutionEvent(actor=tool)(None, {}, state))

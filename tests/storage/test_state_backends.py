@@ -46,6 +46,7 @@ from rh_agents.state_backends import (
     StateStorageError,
     require_state,
 )
+from rh_agents.storage._codec import seal
 
 # The backends the shared ``backend`` fixture (tests/conftest.py) yields in turn.
 Backend = InMemoryStateBackend | SQLiteStateBackend | FileSystemStateBackend
@@ -343,7 +344,7 @@ def test_sqlite_creates_parent_directories_and_uses_wal(tmp_path: Path) -> None:
             meta = dict(conn.execute("SELECT key, value FROM rh_agents_meta").fetchall())
         finally:
             conn.close()
-    assert meta == {"app": "rh_agents.history", "schema_version": "1"}
+    assert meta == {"app": "rh_agents.history", "schema_version": "2"}
 
 
 def test_sqlite_history_survives_reopening(tmp_path: Path) -> None:
@@ -439,23 +440,26 @@ def _tamper(path: Path, sql: str, *params: Any) -> None:
 def test_sqlite_corrupt_event_row_names_state_and_position(tmp_path: Path) -> None:
     path = tmp_path / "history.db"
     _history_with_data(path, events=3)
-    _tamper(path, "UPDATE events SET record = '{\"seq\": 1, ' WHERE seq = 2")
+    _tamper(path, "UPDATE events SET record = '{\"seq\": 1, ' WHERE position = 2")
     with SQLiteStateBackend(path) as backend:
         with pytest.raises(StateCorruptedError) as info:
             backend.load_events("run-1")
-        assert "record 1 (row seq 2)" in str(info.value)
+        assert "Event record 2 of state 'run-1'" in str(info.value)
+        assert "has no checksum" in str(info.value)
         assert "'run-1'" in str(info.value)
         assert str(path) in str(info.value)
         # Other states and the snapshot stay readable.
         assert backend.load_state("run-1") is not None
 
 
-def test_sqlite_event_row_that_is_not_an_object_is_corrupt(tmp_path: Path) -> None:
+def test_sqlite_event_row_that_is_not_text_is_corrupt(tmp_path: Path) -> None:
     path = tmp_path / "history.db"
     _history_with_data(path, events=1)
-    _tamper(path, "UPDATE events SET record = '[1, 2]'")
-    with SQLiteStateBackend(path) as backend, pytest.raises(StateCorruptedError, match="list"):
+    _tamper(path, "UPDATE events SET record = x'00ff'")  # a blob, not text
+    with SQLiteStateBackend(path) as backend, pytest.raises(StateCorruptedError) as info:
         backend.load_events("run-1")
+    assert "Event record 1 of state 'run-1'" in str(info.value)
+    assert "is not UTF-8 text" in str(info.value)
 
 
 def test_sqlite_corrupt_snapshot_row_is_corrupt(tmp_path: Path) -> None:
@@ -471,7 +475,7 @@ def test_sqlite_snapshot_row_of_newer_version_raises_schema_error(tmp_path: Path
     path = tmp_path / "history.db"
     _history_with_data(path, events=0)
     data = _snapshot().model_dump(mode="json") | {"version": SCHEMA_VERSION + 1}
-    _tamper(path, "UPDATE states SET snapshot = ?", json.dumps(data))
+    _tamper(path, "UPDATE states SET snapshot = ?", seal(json.dumps(data), "run-1"))
     with SQLiteStateBackend(path) as backend, pytest.raises(SchemaVersionError):
         backend.load_state("run-1")
 
@@ -566,6 +570,7 @@ def test_filesystem_writes_leave_no_temporary_files(tmp_path: Path) -> None:
         backend.save_state(_snapshot(status=status))
     backend.append_event("run-1", {"seq": 1})
     assert _files(tmp_path) == [
+        "journals/run-1.hwm",
         "journals/run-1.jsonl",
         "rh_agents_history.json",
         "states/run-1.json",
@@ -578,7 +583,7 @@ def test_filesystem_failed_write_keeps_the_old_snapshot(
     backend = FileSystemStateBackend(tmp_path)
     backend.save_state(_snapshot())
 
-    def broken_replace(src: str, dst: str) -> None:
+    def broken_replace(src: str, dst: str, **dir_fds: int) -> None:
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "replace", broken_replace)
@@ -622,10 +627,14 @@ def test_filesystem_torn_last_line_is_ignored_then_repaired(
 def test_filesystem_corrupt_line_in_the_middle_raises(tmp_path: Path) -> None:
     backend = FileSystemStateBackend(tmp_path)
     journal = tmp_path / "journals" / "run-1.jsonl"
-    journal.write_bytes(b'{"seq": 1}\n{"seq": \n{"seq": 3}\n')
-    with pytest.raises(StateCorruptedError, match="on line 2 of state 'run-1'") as info:
+    for seq in (1, 2, 3):
+        backend.append_event("run-1", {"seq": seq})
+    lines = journal.read_bytes().split(b"\n")
+    lines[1] = b'{"seq": '
+    journal.write_bytes(b"\n".join(lines))
+    with pytest.raises(StateCorruptedError, match="Event record 2 of state 'run-1'") as info:
         backend.load_events("run-1")
-    assert str(journal) in str(info.value)
+    assert f"{journal} (line 2)" in str(info.value)
 
 
 def test_filesystem_damaged_snapshot_file_raises(tmp_path: Path) -> None:

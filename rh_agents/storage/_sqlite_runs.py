@@ -1,0 +1,298 @@
+"""The runs of a SQLite history: leases, group commits and checked reads (private).
+
+:class:`SQLiteRuns` is the :class:`~rh_agents.storage._writer.JournalStore` of
+:class:`~rh_agents.storage.sqlite.SQLiteStateBackend`: what its writer thread does, on a
+connection of its own (so the backend's synchronous methods, on the caller's thread,
+never wait behind a commit that waits for another process's lock), and the checked,
+streaming read of a run's records.
+
+Tables (schema version 2)::
+
+    journals (state_id PRIMARY KEY, high_water)       the last position of each run
+    events   (state_id, position, record) WITHOUT ROWID, PRIMARY KEY (state_id, position)
+    leases   (state_id PRIMARY KEY, owner, host, pid, process_start, since, heartbeat)
+
+A commit checks the lease and moves the high-water mark in the same transaction as it
+inserts the records, so the rows of a run are always exactly positions 1 .. high_water.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from rh_agents.core.errors import StateError
+from rh_agents.core.storage import (
+    JournalOpening,
+    LeaseHolder,
+    history_exists,
+    journal_conflict,
+    lease_held,
+    lease_lost,
+)
+from rh_agents.storage._codec import dump_record, dump_snapshot, journal_damage, parse_record
+from rh_agents.storage._lease import holder_is_dead, self_start, takeover_rule
+
+if TYPE_CHECKING:
+    from rh_agents.storage.sqlite import SQLiteStateBackend
+
+__all__ = ["SQLiteRuns", "high_water", "snapshot_row", "transaction"]
+
+_log = logging.getLogger("rh_agents.state_backends")
+
+_UPSERT_LEASE = (
+    "INSERT INTO leases (state_id, owner, host, pid, process_start, since, heartbeat) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (state_id) DO UPDATE SET owner = excluded.owner, "
+    "host = excluded.host, pid = excluded.pid, process_start = excluded.process_start, "
+    "since = excluded.since, heartbeat = excluded.heartbeat"
+)
+_INSERT_STATE = (
+    "INSERT OR IGNORE INTO states (state_id, snapshot, status, pipeline_name, created_at, "
+    "updated_at) VALUES (?, ?, ?, ?, ?, ?)"
+)
+
+
+def snapshot_row(snapshot: Any) -> tuple[str, str, str, str | None, str, str]:
+    """The ``states`` row of a snapshot."""
+    return (
+        snapshot.state_id,
+        dump_snapshot(snapshot),
+        snapshot.status.value,
+        snapshot.metadata.pipeline_name,
+        snapshot.created_at.isoformat(),
+        snapshot.updated_at.isoformat(),
+    )
+
+
+@contextlib.contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT``, rolled back on any error."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def high_water(conn: sqlite3.Connection, state_id: str) -> int:
+    row = conn.execute("SELECT high_water FROM journals WHERE state_id = ?", (state_id,)).fetchone()
+    return int(row[0]) if row is not None else 0
+
+
+class SQLiteRuns:
+    """The writer-thread side of a SQLite history (see the module docstring)."""
+
+    def __init__(self, backend: SQLiteStateBackend, lease_timeout: float) -> None:
+        self._backend = backend
+        self._lease_timeout = lease_timeout
+        self._conn: sqlite3.Connection | None = None
+        self._lock = threading.Lock()  # the writer connection, for ":memory:" the main one
+
+    @property
+    def lease_timeout(self) -> float | None:
+        return self._lease_timeout
+
+    @contextlib.contextmanager
+    def _connection(self, action: str) -> Iterator[sqlite3.Connection]:
+        backend = self._backend
+        if backend._in_memory:
+            with backend._connection(action) as conn:
+                yield conn
+            return
+        with self._lock:
+            try:
+                backend._check_writable(action)
+                if self._conn is None:
+                    backend._check_identity(action)  # never connect to (create) another file
+                    self._conn = backend._connect()
+                yield self._conn
+            except sqlite3.Error as exc:
+                raise backend._wrap(exc, action) from exc
+
+    # -- JournalStore
+
+    def open_run(self, opening: JournalOpening, holder: LeaseHolder) -> None:
+        state_id = opening.state_id
+        with self._connection("open the run for recording") as conn, transaction(conn):
+            self._take_lease(conn, state_id, holder)
+            stored = high_water(conn, state_id)
+            if opening.position == 0 and stored:
+                raise history_exists(self._backend, state_id)
+            if stored != opening.position:
+                raise journal_conflict(state_id, stored, opening.position)
+            conn.execute(
+                "INSERT OR IGNORE INTO journals (state_id, high_water) VALUES (?, ?)",
+                (state_id, stored),
+            )
+            if opening.snapshot is not None:
+                conn.execute(_INSERT_STATE, snapshot_row(opening.snapshot))
+
+    def _take_lease(self, conn: sqlite3.Connection, state_id: str, holder: LeaseHolder) -> None:
+        row = conn.execute(
+            "SELECT owner, host, pid, process_start, since, heartbeat FROM leases "
+            "WHERE state_id = ?",
+            (state_id,),
+        ).fetchone()
+        now = time.time()
+        if row is not None and row[0] != holder.owner:
+            current = _holder(row)
+            dead = holder_is_dead(str(row[1]), int(row[2]), row[3])
+            silent = now - float(row[5])
+            if not dead and silent <= self._lease_timeout:
+                raise lease_held(state_id, current, takeover_rule(self._lease_timeout))
+            _log.warning(
+                "Taking over the lease of state %r from %s: %s.",
+                state_id,
+                current,
+                "its process is gone" if dead else f"no heartbeat for {silent:.0f} s",
+            )
+        conn.execute(
+            _UPSERT_LEASE,
+            (
+                state_id,
+                holder.owner,
+                holder.host,
+                holder.pid,
+                self_start(),
+                holder.since.isoformat(),
+                now,
+            ),
+        )
+
+    def commit(self, state_id: str, holder: LeaseHolder, first: int, records: list[Any]) -> None:
+        texts = [dump_record(state_id, first + i, r) for i, r in enumerate(records)]
+        last = first + len(records) - 1
+        with self._connection("append events") as conn, transaction(conn):
+            self._backend._check_identity("append events")
+            if not conn.execute(
+                "UPDATE leases SET heartbeat = ? WHERE state_id = ? AND owner = ?",
+                (time.time(), state_id, holder.owner),
+            ).rowcount:
+                raise self._lost(conn, state_id)
+            if not conn.execute(
+                "UPDATE journals SET high_water = ? WHERE state_id = ? AND high_water = ?",
+                (last, state_id, first - 1),
+            ).rowcount:
+                raise journal_conflict(state_id, high_water(conn, state_id), first - 1)
+            conn.executemany(
+                "INSERT INTO events (state_id, position, record) VALUES (?, ?, ?)",
+                [(state_id, first + i, text) for i, text in enumerate(texts)],
+            )
+        self._backend._note_wal()
+
+    def _lost(self, conn: sqlite3.Connection, state_id: str) -> StateError:
+        row = conn.execute(
+            "SELECT owner, host, pid, process_start, since, heartbeat FROM leases "
+            "WHERE state_id = ?",
+            (state_id,),
+        ).fetchone()
+        if row is None:
+            return lease_lost(
+                state_id, LeaseHolder(host="(none)", pid=0, since=datetime.now(UTC), owner="")
+            )
+        return lease_lost(state_id, _holder(row))
+
+    def heartbeat(self, held: list[tuple[str, LeaseHolder]]) -> dict[str, StateError]:
+        lost: dict[str, StateError] = {}
+        with self._connection("renew the run leases") as conn, transaction(conn):
+            now = time.time()
+            for state_id, holder in held:
+                if not conn.execute(
+                    "UPDATE leases SET heartbeat = ? WHERE state_id = ? AND owner = ?",
+                    (now, state_id, holder.owner),
+                ).rowcount:
+                    lost[state_id] = self._lost(conn, state_id)
+        return lost
+
+    def release(self, state_id: str, holder: LeaseHolder) -> None:
+        with self._connection("release the run lease") as conn:
+            conn.execute(
+                "DELETE FROM leases WHERE state_id = ? AND owner = ?", (state_id, holder.owner)
+            )
+
+    def writer_stopped(self) -> None:
+        with self._lock:
+            conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+    # -- reading
+
+    def iter_events(
+        self, state_id: str, reader: Callable[[], sqlite3.Connection] | None
+    ) -> Iterator[dict[str, Any]]:
+        """The records of ``state_id``, checked as they are read (see the module doc).
+
+        ``reader`` opens a private read connection (None: use the backend's own, for
+        ``:memory:``, reading everything at once).
+        """
+        backend = self._backend
+        where = backend.path
+        if reader is None:
+            with backend._connection("load events") as conn:
+                mark = high_water(conn, state_id)
+                rows: Iterator[tuple[Any, Any]] = iter(
+                    conn.execute(
+                        "SELECT position, record FROM events WHERE state_id = ? ORDER BY position",
+                        (state_id,),
+                    ).fetchall()
+                )
+            yield from _checked(state_id, where, mark, rows)
+            return
+        try:
+            conn = reader()
+        except sqlite3.Error as exc:
+            raise backend._wrap(exc, "load events") from exc
+        try:
+            conn.execute("BEGIN")  # one consistent view of the mark and the rows
+            mark = high_water(conn, state_id)
+            cursor = conn.execute(
+                "SELECT position, record FROM events WHERE state_id = ? ORDER BY position",
+                (state_id,),
+            )
+            yield from _checked(state_id, where, mark, cursor)
+        except sqlite3.Error as exc:
+            raise backend._wrap(exc, "load events") from exc
+        finally:
+            conn.close()
+
+
+def _checked(
+    state_id: str, where: str, mark: int, rows: Iterator[tuple[Any, Any]]
+) -> Iterator[dict[str, Any]]:
+    expected = 1
+    for position, text in rows:
+        if position != expected:
+            problem = (
+                f"record {expected} is missing (the next stored one is {position})"
+                if isinstance(position, int) and position > expected
+                else f"record {expected} is stored as position {position!r}"
+            )
+            raise journal_damage(state_id, where, problem)
+        yield parse_record(state_id, position, text, where)
+        expected += 1
+    count = expected - 1
+    if count != mark:
+        problem = (
+            f"it ends after record {count}, but {mark} were committed (a missing tail)"
+            if count < mark
+            else f"it holds {count} records, but only {mark} were committed"
+        )
+        raise journal_damage(state_id, where, problem)
+
+
+def _holder(row: tuple[Any, ...]) -> LeaseHolder:
+    try:
+        since = datetime.fromisoformat(str(row[4]))
+    except ValueError:
+        since = datetime.fromtimestamp(0, UTC)
+    return LeaseHolder(host=str(row[1]), pid=int(row[2]), since=since, owner=str(row[0]))

@@ -1,0 +1,56 @@
+"""A full disk for tests: any real backend whose run journals stop accepting records.
+
+``FullDisk(backend, room)`` behaves like ``backend`` (it delegates everything), except
+that the journals its runs record into accept ``room`` more records in total and then
+fail every append like a full disk (``OSError`` 28), as a driver error reaches the core.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rh_agents.core.storage import JournalOpening, JournalStatistics, LeaseHolder, RunJournal
+
+__all__ = ["FullDisk"]
+
+
+class FullDisk:
+    """``backend`` with room for ``room`` more run records."""
+
+    def __init__(self, backend: Any, room: int) -> None:
+        self.backend = backend
+        self.room = room
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.backend, name)
+
+    def open_run(self, opening: JournalOpening) -> RunJournal:
+        return _FullRun(self, self.backend.open_run(opening))
+
+
+class _FullRun:
+    def __init__(self, disk: FullDisk, inner: RunJournal) -> None:
+        self._disk = disk
+        self._inner = inner
+
+    @property
+    def holder(self) -> LeaseHolder:
+        return self._inner.holder
+
+    def append(self, record: dict[str, Any]) -> None:
+        if self._disk.room <= 0:
+            raise OSError(28, "No space left on device")
+        self._disk.room -= 1
+        self._inner.append(record)
+
+    async def flush(self) -> None:
+        await self._inner.flush()
+
+    def close(self) -> None:
+        self._inner.close()
+
+    async def wait_closed(self) -> None:
+        await self._inner.wait_closed()
+
+    def statistics(self) -> JournalStatistics:
+        return self._inner.statistics()
