@@ -109,11 +109,12 @@ class Recorder:
         return backend
 
     def statistics(self) -> JournalStatistics:
-        """What the journals of this state committed so far (the open one included)."""
-        journal = self._journal
-        if journal is None:
-            return self._statistics
-        return _add(self._statistics, journal.statistics())
+        """What the journals of this state committed so far (the open ones included)."""
+        total = self._statistics
+        for journal in (self._closing, self._journal):
+            if journal is not None:
+                total = _add(total, journal.statistics())
+        return total
 
     async def record(
         self, event: ExecutionEvent[Any], status: ExecutionStatus | None = None
@@ -163,10 +164,12 @@ class Recorder:
         if self._leaves(snapshot.address, status):
             # Nothing of this state is open any more: give the run's lease back.
             self._journal = None
-            self._statistics = _add(self._statistics, journal.statistics())
             journal.close()
             if status in _AWAITED:
-                await self._wait(journal.wait_closed(), snapshot)
+                try:
+                    await self._wait(journal.wait_closed(), snapshot)
+                finally:
+                    self._statistics = _add(self._statistics, journal.statistics())
             else:
                 self._closing = journal  # a cancellation does not wait for the disk
         elif status in _AWAITED or (not self._confirmed and status not in _ENDS):
@@ -194,6 +197,7 @@ class Recorder:
         if closing is not None:
             await self._wait(closing.wait_closed(), None)  # its records come first
             self._closing = None
+            self._statistics = _add(self._statistics, closing.statistics())
         assert self._source is not None
         state = self._state
         opening = JournalOpening(

@@ -42,7 +42,10 @@ from rh_agents.storage._lease import holder_is_dead, self_start, takeover_rule
 if TYPE_CHECKING:
     from rh_agents.storage.sqlite import SQLiteStateBackend
 
-__all__ = ["SQLiteRuns", "high_water", "snapshot_row", "transaction"]
+DRIVER_ERRORS = (sqlite3.Error, UnicodeDecodeError)
+"""What the driver raises: its own errors, and text of a damaged file that is not UTF-8."""
+
+__all__ = ["DRIVER_ERRORS", "SQLiteRuns", "high_water", "snapshot_row", "transaction"]
 
 _log = logging.getLogger("rh_agents.state_backends")
 
@@ -115,7 +118,7 @@ class SQLiteRuns:
                     backend._check_identity(action)  # never connect to (create) another file
                     self._conn = backend._connect()
                 yield self._conn
-            except sqlite3.Error as exc:
+            except DRIVER_ERRORS as exc:
                 raise backend._wrap(exc, action) from exc
 
     # -- JournalStore
@@ -250,7 +253,7 @@ class SQLiteRuns:
             return
         try:
             conn = reader()
-        except sqlite3.Error as exc:
+        except DRIVER_ERRORS as exc:
             raise backend._wrap(exc, "load events") from exc
         try:
             conn.execute("BEGIN")  # one consistent view of the mark and the rows
@@ -260,7 +263,7 @@ class SQLiteRuns:
                 (state_id,),
             )
             yield from _checked(state_id, where, mark, cursor)
-        except sqlite3.Error as exc:
+        except DRIVER_ERRORS as exc:
             raise backend._wrap(exc, "load events") from exc
         finally:
             conn.close()

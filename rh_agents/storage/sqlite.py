@@ -30,7 +30,13 @@ from rh_agents.storage._codec import (
     parse_snapshot,
     status_filter,
 )
-from rh_agents.storage._sqlite_runs import SQLiteRuns, high_water, snapshot_row, transaction
+from rh_agents.storage._sqlite_runs import (
+    DRIVER_ERRORS,
+    SQLiteRuns,
+    high_water,
+    snapshot_row,
+    transaction,
+)
 from rh_agents.storage._writer import Writer
 
 __all__ = ["SQLiteStateBackend"]
@@ -71,12 +77,23 @@ CREATE TABLE leases (
 );
 CREATE INDEX states_by_status ON states (status, pipeline_name);
 """
-_TABLES = frozenset({"states", "journals", "events", "leases"})
+_COLUMNS = {
+    "states": ["state_id", "snapshot", "status", "pipeline_name", "created_at", "updated_at"],
+    "journals": ["state_id", "high_water"],
+    "events": ["state_id", "position", "record"],
+    "leases": ["state_id", "owner", "host", "pid", "process_start", "since", "heartbeat"],
+}
+_TABLES = frozenset(_COLUMNS)
 
 
-def _is_corruption(exc: sqlite3.Error) -> bool:
+def _is_corruption(exc: Exception) -> bool:
+    if isinstance(exc, UnicodeDecodeError):
+        return True
     name = getattr(exc, "sqlite_errorname", "") or ""
     if name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")):
+        return True
+    # The statements are this module's: a table or column they do not find is damage.
+    if "no such table" in str(exc) or "no such column" in str(exc):
         return True
     # A damaged text value that is not UTF-8 any more (raised by Python's sqlite3).
     return "Could not decode to UTF-8" in str(exc)
@@ -271,7 +288,7 @@ class SQLiteStateBackend:
             conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
             self._uri = base
             return conn
-        except (StateError, sqlite3.Error):
+        except (StateError, *DRIVER_ERRORS):
             if os.path.exists(self._path + "-wal"):
                 raise
         # A WAL history in a directory this process cannot write, with no -shm file:
@@ -288,7 +305,7 @@ class SQLiteStateBackend:
                 isolation_level=None,
                 uri=uri,
             )
-        except sqlite3.Error as exc:
+        except DRIVER_ERRORS as exc:
             raise self._wrap(exc, "open the history") from exc
 
     def _connect(self) -> sqlite3.Connection:
@@ -301,7 +318,7 @@ class SQLiteStateBackend:
         target = self._uri or f"file:{quote(os.path.abspath(self._path))}?mode=ro"
         return self._connect_to(target, uri=True)
 
-    def _wrap(self, exc: sqlite3.Error, action: str) -> StateError:
+    def _wrap(self, exc: Exception, action: str) -> StateError:
         """The storage error for a driver error while doing ``action``."""
         if _is_corruption(exc):
             return StateCorruptedError(
@@ -374,7 +391,7 @@ class SQLiteStateBackend:
                     )
             if not self._read_only:
                 self._wal_mode(conn)
-        except sqlite3.Error as exc:
+        except DRIVER_ERRORS as exc:
             raise self._wrap(exc, "be opened") from exc
 
     def _wal_mode(self, conn: sqlite3.Connection) -> None:
@@ -423,6 +440,14 @@ class SQLiteStateBackend:
                 f"{', '.join(sorted(missing))}. Restore the file from a backup, or delete "
                 "it to start an empty history."
             )
+        for table, expected in _COLUMNS.items():
+            found = [str(row[1]) for row in conn.execute(f"PRAGMA table_info({table})")]
+            if found != expected:
+                raise StateCorruptedError(
+                    f"The table {table} of the rh_agents history at {self._path} is damaged "
+                    f"(its columns are {', '.join(found) or 'unreadable'}). Restore the file "
+                    "from a backup, or delete it to start an empty history."
+                )
 
     # -- connection handling
 
@@ -437,7 +462,7 @@ class SQLiteStateBackend:
                 )
             try:
                 yield self._conn
-            except sqlite3.Error as exc:
+            except DRIVER_ERRORS as exc:
                 raise self._wrap(exc, action) from exc
 
     @contextlib.contextmanager
