@@ -153,11 +153,10 @@ def _working_copy(
     """The working copy of this call; the core writes its fields directly (no validation
     to run: every value is of the right type) and snapshots it at each status change."""
     group_id = parent.group_id
-    return clone(
+    ev = clone(
         template,
         address=address,
         actor_name=actor.name,
-        actor_version=actor.version,
         event_type=actor.event_type,
         execution_status=_S.STARTED,
         group_id=group_id,
@@ -176,6 +175,10 @@ def _working_copy(
         usage=None,
         timestamp=time.time(),
     )
+    private = ev.__pydantic_private__
+    assert private is not None
+    private["_actor_version"] = actor.version  # recorded with the call (replay compares)
+    return ev
 
 
 def _result(

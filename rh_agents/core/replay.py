@@ -346,7 +346,7 @@ def _fill(history: HistorySet, records: Iterator[Any]) -> RecordedProgram:
         name = event.actor_name
         if name is None or event.kind != EventKind.EVENT:
             continue
-        version = event.actor_version
+        version = event.__pydantic_private__.get("_actor_version")  # type: ignore[union-attr]
         if version is not None:
             versions[name] = version
         if "/" not in event.address:
