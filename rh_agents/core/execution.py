@@ -23,6 +23,7 @@ import math
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from time import perf_counter
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -666,9 +667,11 @@ class ExecutionState:
             await bus.publish(snapshot)
 
     def _append(self, snapshot: ExecutionEvent[Any], seq: int) -> None:
-        assert self._journal is not None
+        journal = self._journal
+        assert journal is not None
+        started = perf_counter()
         try:
-            self._journal.append_event(self.state_id, event_to_record(snapshot, seq))
+            journal.append_event(self.state_id, event_to_record(snapshot, seq))
         except StateError:
             raise
         except Exception as exc:
@@ -678,6 +681,9 @@ class ExecutionState:
                 "Everything recorded before is intact; fix the backend (e.g. free disk "
                 "space) and resume the run."
             ) from exc
+        tel = self.instrumentation
+        if tel.enabled:
+            tel.journal_written(journal, perf_counter() - started)
 
     async def publish_event(self, event: ExecutionEvent[Any]) -> None:
         """Publish a non-invocation event (group lifecycle, divergence) and record it."""

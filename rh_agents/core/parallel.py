@@ -1180,7 +1180,13 @@ class ParallelExecutionManager:
         if self._queue is not None:
             self._queue.put_nowait(None)
         tel.group_finished(
-            self._span, group, status.value, group.cancelled, duration, self._timed_out
+            self._span,
+            group,
+            status.value,
+            group.cancelled,
+            duration,
+            self._timed_out,
+            error=self._error,
         )
         if tel.enabled:
             tel.queue_changed(group, 0, 0)
@@ -1342,7 +1348,9 @@ class ParallelExecutionManager:
             if traced:
                 tel.queue_changed(group, self._in_flight, len(self._items) - self._cursor)
                 # The wait for a worker slot (and the limiter): from ready to running.
-                handle = tel.item_started(self._span, group, item.index, started - item.ready_at)
+                handle = tel.item_started(
+                    self._span, group, item.index, started - item.ready_at, attempt=item.attempts
+                )
             try:
                 if self.circuit_breaker is not None:
                     permit = self.circuit_breaker.admit()
@@ -1410,7 +1418,7 @@ class ParallelExecutionManager:
         ):
             delay = retry.calculate_delay(item.attempts, error, self._rng)
             if traced:
-                tel.item_finished(handle, group, Outcome.FAILED, error)
+                tel.item_finished(handle, group, Outcome.FAILED, error, final=False)
             await self._schedule_retry(item, value, error, delay)
             return
         outcome = Outcome.REJECTED if isinstance(error, CircuitOpenError) else Outcome.FAILED
@@ -1527,6 +1535,7 @@ class ParallelExecutionManager:
             item.attempts,
             delay,
             error,
+            index=item.index,
         )
         event: ExecutionEvent[Any] = ExecutionEvent(
             actor=_placeholder_actor(label),

@@ -8,21 +8,33 @@ application sets one, so configuring OpenTelemetry after creating a state works)
 attributes known when a span starts are passed to ``start_span`` (samplers see them,
 and the SDK validates them once); metric children are looked up once per label set and
 cached. Every name comes from :mod:`rh_agents.telemetry.semconv`.
+
+Exception messages and stack traces go to spans bounded (:data:`MESSAGE_LIMIT`,
+:data:`STACKTRACE_LIMIT` characters), and the message of a validation error is rebuilt
+from its locations and reasons, without the input values pydantic quotes: handler
+inputs never reach an attribute. Durations are measured on the real clock, as spans
+are, whatever clock the state runs on.
 """
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import logging
+import traceback
 import weakref
 from contextvars import ContextVar
+from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
+from pydantic import ValidationError
 
+from rh_agents.core.errors import CircuitOpenError
 from rh_agents.core.hooks import GroupInfo, Outcome
+from rh_agents.core.parallel import ParallelTimeoutError
 from rh_agents.core.types import EventType
 from rh_agents.core.usage import TokenUsage
 from rh_agents.telemetry import semconv as sc
@@ -35,7 +47,7 @@ if TYPE_CHECKING:
     from rh_agents.core.events import ExecutionEvent
     from rh_agents.telemetry.metrics import LiveGroup, RhAgentsMetrics
 
-__all__ = ["OTelInstrumentation"]
+__all__ = ["MESSAGE_LIMIT", "STACKTRACE_LIMIT", "OTelInstrumentation", "error_message"]
 
 logger = logging.getLogger("rh_agents.telemetry")
 
@@ -49,11 +61,98 @@ _OPS: dict[EventType | None, tuple[str, str, SpanKind]] = {
 }
 _DEFAULT_OP = _OPS[EventType.AGENT_CALL]
 _OPERATION_OF = {t.value: op for t, (op, _, _) in _OPS.items() if t is not None}
-_MESSAGE_LIMIT = 500
+MESSAGE_LIMIT = 500
+"""Characters of an exception message kept in a span (status, events)."""
+STACKTRACE_LIMIT = 8192
+"""Characters of a stack trace kept in an ``exception`` span event (its last ones)."""
+_FAILURES = (Outcome.FAILED, Outcome.REJECTED)
+
+
+def _bounded(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    return f"{text[: limit - 30]}... ({len(text)} characters)"
+
+
+def _validation_summary(error: ValidationError) -> str:
+    """What failed to validate, where and why, without the input values."""
+    reasons = [
+        f"{'.'.join(str(part) for part in e['loc']) or '(input)'}: {e['msg']}"
+        for e in error.errors(include_url=False, include_input=False, include_context=False)
+    ]
+    count = len(reasons)
+    return f"{count} validation error{'s' if count != 1 else ''}: {'; '.join(reasons)}"
+
+
+def _safe_text(error: BaseException) -> str:
+    text = str(error) or type(error).__name__
+    validation = error if isinstance(error, ValidationError) else error.__cause__
+    if isinstance(validation, ValidationError):
+        # rh_agents' own validation errors start with a sentence naming the actor and
+        # the model, then quote pydantic's report (which quotes the input).
+        head = text.split(": ", 1)[0] if validation is not error else type(error).__name__
+        return f"{head}: {_validation_summary(validation)}"
+    return text
+
+
+def error_message(error: BaseException) -> str:
+    """The message of ``error`` as spans show it: bounded to :data:`MESSAGE_LIMIT`
+    characters, and without the input values of a validation error.
+
+    Example:
+        >>> error_message(ValueError("x" * 1000)).endswith("(1000 characters)")
+        True
+    """
+    return _bounded(_safe_text(error), MESSAGE_LIMIT)
+
+
+def _type_name(error: BaseException) -> str:
+    cls = type(error)
+    module = cls.__module__
+    return f"{module}.{cls.__qualname__}" if module and module != "builtins" else cls.__qualname__
+
+
+def _stacktrace(error: BaseException) -> str:
+    """The traceback of ``error`` and its causes, each exception line with its bounded,
+    input-free message; the last :data:`STACKTRACE_LIMIT` characters."""
+    chain: list[BaseException] = []
+    current: BaseException | None = error
+    while current is not None and all(current is not seen for seen in chain):
+        chain.append(current)
+        cause = current.__cause__
+        current = (
+            cause if cause is not None or current.__suppress_context__ else (current.__context__)
+        )
+    parts: list[str] = []
+    for exc in reversed(chain):
+        if parts:
+            parts.append(
+                "\nThe above exception was the direct cause of the following exception:\n\n"
+                if exc.__cause__ is not None
+                else "\nDuring handling of the above exception, another exception occurred:\n\n"
+            )
+        if exc.__traceback__ is not None:
+            parts.append("Traceback (most recent call last):\n")
+            parts.extend(traceback.format_tb(exc.__traceback__))
+        parts.append(f"{_type_name(exc)}: {error_message(exc)}\n")
+    text = "".join(parts)
+    return text if len(text) <= STACKTRACE_LIMIT else "..." + text[-(STACKTRACE_LIMIT - 3) :]
+
+
+def _record_exception(span: Any, error: BaseException) -> None:
+    """``span.record_exception``, bounded and without validation inputs."""
+    span.add_event(
+        sc.EVENT_EXCEPTION,
+        {
+            sc.ATTR_EXCEPTION_TYPE: _type_name(error),
+            sc.ATTR_EXCEPTION_MESSAGE: error_message(error),
+            sc.ATTR_EXCEPTION_STACKTRACE: _stacktrace(error),
+        },
+    )
 
 
 class _EventHandle:
-    __slots__ = ("event", "name", "op", "recorded", "span", "token")
+    __slots__ = ("event", "item", "name", "op", "recorded", "root", "span", "token")
 
     def __init__(self, op: str, name: str, event: ExecutionEvent[Any]) -> None:
         self.op = op
@@ -64,6 +163,11 @@ class _EventHandle:
         self.token: Any = None
         # The exception already recorded on an ``attempt {n}`` span of this event.
         self.recorded: BaseException | None = None
+        # The group item this invocation is the work of: its group decides whether its
+        # outcome is final (it may retry it).
+        self.item: _ItemHandle | None = None
+        # Token of _inside while this is a root invocation (None: not a root).
+        self.root: Any = None
 
 
 class _AttemptHandle:
@@ -139,31 +243,56 @@ class GenAIMetrics:
 
 
 class _GroupHandle:
-    __slots__ = ("ctx", "label", "live", "span", "wait_child")
+    __slots__ = (
+        "backoffs",
+        "ctx",
+        "first_error",
+        "group_id",
+        "label",
+        "live",
+        "span",
+        "started",
+        "wait_child",
+    )
 
-    def __init__(self, label: str) -> None:
+    def __init__(self, label: str, group_id: str) -> None:
         self.label = label
+        self.group_id = group_id
+        self.started = perf_counter()
         self.span: Any = None
         self.ctx: Any = None
         self.live: LiveGroup | None = None
         self.wait_child: Any = None
+        # The error type of the first item that finally failed.
+        self.first_error: str | None = None
+        # Backoff before the next attempt of each item being retried, by index.
+        self.backoffs: dict[int, float] = {}
+
+
+_Final = tuple[str, str, str, str | None, bool]
+"""(operation, name, outcome, error type, root) of an invocation an item ran."""
 
 
 class _ItemHandle:
-    """One running group item; also what ``_current_item`` holds while it runs, so the
-    event span of the item can carry its wait."""
+    """One attempt of a group item; also what ``_current_item`` holds while it runs, so
+    the event span of the item can carry its wait and attempt, and its invocations'
+    outcomes wait for the group's verdict (final, or retried)."""
 
-    __slots__ = ("group", "index", "info_token", "token", "wait")
+    __slots__ = ("attempt", "backoff", "finals", "group", "index", "info_token", "token", "wait")
 
-    def __init__(self, group: _GroupHandle | None, index: int, wait: float) -> None:
+    def __init__(self, group: _GroupHandle | None, index: int, wait: float, attempt: int) -> None:
         self.group = group
         self.index = index
         self.wait = wait
+        self.attempt = attempt
+        self.backoff = group.backoffs.pop(index, None) if group is not None else None
+        self.finals: list[_Final] = []
         self.token: Any = None
         self.info_token: Any = None
 
 
 _current_item: ContextVar[_ItemHandle | None] = ContextVar("rh_agents_item", default=None)
+_inside: ContextVar[bool] = ContextVar("rh_agents_inside", default=False)
 
 
 def _trace_exemplar(span: Any) -> dict[str, str] | None:
@@ -253,6 +382,9 @@ class OTelInstrumentation:
         self._breakers: weakref.WeakSet[Any] = weakref.WeakSet()
         self._groups: dict[int, _GroupHandle] = {}
         self._exemplar: tuple[int, dict[str, str]] = (0, {})
+        # The event-loop lag monitor of setup() (watches the loops states run on).
+        self.loops: Any = None
+        self._loop_unseen = False
 
     @property
     def enabled(self) -> bool:
@@ -271,7 +403,16 @@ class OTelInstrumentation:
         view = copy.copy(self)
         view.conversation_id = state_id
         view._groups = {}
+        view._loop_unseen = self.loops is not None
         return view
+
+    def _see_loop(self) -> None:
+        """Show the loop this state runs on to the lag monitor (once per state)."""
+        self._loop_unseen = False
+        try:
+            self.loops.watch(asyncio.get_running_loop())
+        except Exception:
+            self._fault("loop_monitor")
 
     def _fault(self, hook: str) -> None:
         if hook not in self._failed_hooks:
@@ -326,6 +467,20 @@ class OTelInstrumentation:
         op, name_attr, kind = _OPS.get(event_type, _DEFAULT_OP)
         name = event.name or "unknown"
         handle = _EventHandle(op, name, event)
+        if self._loop_unseen:
+            self._see_loop()
+        if not _inside.get():
+            handle.root = _inside.set(True)
+        info = _current_item.get() if event.is_parallel else None
+        if (
+            info is not None
+            and info.index == event.parallel_index
+            and info.group is not None
+            and info.group.group_id == event.group_id
+        ):
+            handle.item = info
+        else:
+            info = None
         if self._tracer.get() is None:
             return handle
         try:
@@ -350,9 +505,11 @@ class OTelInstrumentation:
                 index = event.parallel_index
                 if index is not None:
                     attrs[Rh.INDEX] = index
-                    info = _current_item.get()
-                    if info is not None and info.index == index:
+                    if info is not None:
                         attrs[Rh.WAIT] = info.wait
+                        attrs[Rh.ATTEMPT] = info.attempt
+                        if info.backoff is not None:
+                            attrs[Rh.RETRY_DELAY] = info.backoff
             if event.is_replayed:
                 attrs[Rh.REPLAYED] = True
             parent = otel_context.get_current()
@@ -387,7 +544,7 @@ class OTelInstrumentation:
                         Rh.RETRY_ATTEMPT: attempt,
                         Rh.RETRY_DELAY: delay,
                         sc.ATTR_ERROR_TYPE: type(error).__name__,
-                        sc.ATTR_EXCEPTION_MESSAGE: str(error)[:_MESSAGE_LIMIT],
+                        sc.ATTR_EXCEPTION_MESSAGE: error_message(error),
                     },
                 )
         except Exception:
@@ -421,9 +578,9 @@ class OTelInstrumentation:
                 if total is not None and total is not attempt_handle.usage:
                     span.set_attributes(_usage_attributes(total.since(attempt_handle.usage)))
             if error is not None and isinstance(error, Exception) and span.is_recording():
-                span.set_status(Status(StatusCode.ERROR, str(error)[:_MESSAGE_LIMIT]))
+                span.set_status(Status(StatusCode.ERROR, error_message(error)))
                 span.set_attribute(sc.ATTR_ERROR_TYPE, type(error).__name__)
-                span.record_exception(error)
+                _record_exception(span, error)
                 # Recorded where it was raised; the event span only takes its status.
                 attempt_handle.event.recorded = error
             span.end()
@@ -443,6 +600,8 @@ class OTelInstrumentation:
     ) -> None:
         if handle is None:
             return
+        if handle.root is not None:
+            _inside.reset(handle.root)
         span = handle.span
         usage = event.usage
         if span is not None:
@@ -454,9 +613,9 @@ class OTelInstrumentation:
                         span.set_attributes(
                             {Rh.OUTCOME: outcome, sc.ATTR_ERROR_TYPE: type(error).__name__}
                         )
-                        span.set_status(Status(StatusCode.ERROR, str(error)[:_MESSAGE_LIMIT]))
+                        span.set_status(Status(StatusCode.ERROR, error_message(error)))
                         if error is not handle.recorded:
-                            span.record_exception(error)
+                            _record_exception(span, error)
                     elif outcome == Outcome.REPLAYED:
                         span.set_attributes({Rh.OUTCOME: outcome, Rh.REPLAYED: True})
                     elif outcome == Outcome.CACHED:
@@ -478,11 +637,36 @@ class OTelInstrumentation:
             return
         try:
             trace_id, exemplar = self._exemplar_of(span)
-            m.event_series(handle.op, handle.name, outcome).record(duration, trace_id, exemplar)
-            if error is not None and outcome in (Outcome.FAILED, Outcome.REJECTED):
-                m.child(m.errors, handle.op, handle.name, type(error).__name__).inc()
+            series = m.event_series(handle.op, handle.name, outcome)
+            series.record(duration, trace_id, exemplar)
+            error_type = None
+            if error is not None and outcome in _FAILURES:
+                error_type = type(error).__name__
+                m.child(m.errors, handle.op, handle.name, error_type).inc()
+            item = handle.item
+            if item is not None:
+                # The group decides whether this outcome is what its caller gets.
+                item.finals.append(
+                    (handle.op, handle.name, outcome, error_type, handle.root is not None)
+                )
+            else:
+                series.final.inc()
+                if error_type is not None:
+                    m.child(m.final_errors, handle.op, handle.name, error_type).inc()
+                if handle.root is not None:
+                    m.child(m.workflows, handle.name, outcome).inc()
         except Exception:
             self._fault("event_finished.metrics")
+
+    def _count_final(self, finals: list[_Final]) -> None:
+        m = self.metrics
+        assert m is not None
+        for op, name, outcome, error_type, root in finals:
+            m.child(m.final_outcomes, op, name, outcome).inc()
+            if error_type is not None:
+                m.child(m.final_errors, op, name, error_type).inc()
+            if root:
+                m.child(m.workflows, name, outcome).inc()
 
     def _model_call(
         self,
@@ -498,11 +682,12 @@ class OTelInstrumentation:
             request_model, provider = _model_of(event.actor)
             response_model = usage.response_model if usage is not None else None
             m = self.metrics
-            if m is not None and usage is not None:
+            if m is not None:
                 model = response_model or request_model or "unknown"
-                if usage.input_tokens:
+                m.child(m.model_duration, handle.name, model).observe(duration)
+                if usage is not None and usage.input_tokens:
                     m.child(m.tokens, handle.name, model, TokenType.INPUT).inc(usage.input_tokens)
-                if usage.output_tokens:
+                if usage is not None and usage.output_tokens:
                     m.child(m.tokens, handle.name, model, TokenType.OUTPUT).inc(usage.output_tokens)
             genai = self.genai
             if genai is None:
@@ -531,8 +716,10 @@ class OTelInstrumentation:
 
     def group_started(self, group: GroupInfo, error_strategy: str) -> Any:
         label = group.name or "unnamed"
-        handle = _GroupHandle(label)
+        handle = _GroupHandle(label, group.group_id)
         self._groups[id(group)] = handle
+        if self._loop_unseen:
+            self._see_loop()
         try:
             if self.metrics is not None:
                 m = self.metrics
@@ -563,8 +750,10 @@ class OTelInstrumentation:
             self._fault("group_started")
         return handle
 
-    def item_started(self, handle: Any, group: GroupInfo, index: int, wait: float) -> Any:
-        item = _ItemHandle(handle, index, wait)
+    def item_started(
+        self, handle: Any, group: GroupInfo, index: int, wait: float, *, attempt: int = 1
+    ) -> Any:
+        item = _ItemHandle(handle, index, wait, attempt)
         try:
             if handle is not None:
                 wait_child = handle.wait_child
@@ -572,28 +761,49 @@ class OTelInstrumentation:
                     wait_child.observe(wait)
                 if handle.ctx is not None:
                     item.token = otel_context.attach(handle.ctx)
-            if self._tracer.tracer is not None:
-                item.info_token = _current_item.set(item)
+            item.info_token = _current_item.set(item)
         except Exception:
             self._fault("item_started")
         return item
 
     def item_finished(
-        self, item: Any, group: GroupInfo, outcome: str, error: BaseException | None
+        self,
+        item: Any,
+        group: GroupInfo,
+        outcome: str,
+        error: BaseException | None,
+        *,
+        final: bool = True,
     ) -> None:
         if item is None:
             return
         try:
-            if outcome == Outcome.REJECTED and item.group is not None:
-                span = item.group.span
+            group_handle = item.group
+            if isinstance(error, CircuitOpenError) and group_handle is not None:
+                # Every rejection, also one the group retries.
+                span = group_handle.span
                 if span is not None and span.is_recording():
                     span.add_event(
                         Rh.EVENT_REJECTED,
                         {
-                            Rh.BREAKER_NAME: getattr(error, "breaker", ""),
+                            Rh.BREAKER_NAME: error.breaker,
                             Rh.INDEX: item.index,
+                            Rh.ATTEMPT: item.attempt,
                         },
                     )
+            if final:
+                failed = outcome in _FAILURES and error is not None
+                if failed and group_handle is not None and group_handle.first_error is None:
+                    group_handle.first_error = type(error).__name__
+                if self.metrics is not None:
+                    finals = item.finals
+                    if not finals:
+                        # Nothing of an actor ran (a plain coroutine, a rejected call):
+                        # counted under the group's name, as its retries are.
+                        label = group_handle.label if group_handle is not None else "unnamed"
+                        error_type = type(error).__name__ if failed else None
+                        finals = [(Op.PARALLEL_ITEM, label, outcome, error_type, False)]
+                    self._count_final(finals)
         except Exception:
             self._fault("item_finished")
         finally:
@@ -613,6 +823,8 @@ class OTelInstrumentation:
         attempt: int,
         delay: float,
         error: BaseException,
+        *,
+        index: int | None = None,
     ) -> None:
         try:
             if self.metrics is not None:
@@ -620,6 +832,8 @@ class OTelInstrumentation:
                 op = _OPERATION_OF.get(operation or "", Op.PARALLEL_ITEM)
                 m.child(m.retries, op, name).inc()
             handle = self._groups.get(id(group))
+            if handle is not None and index is not None:
+                handle.backoffs[index] = delay
             span = handle.span if handle is not None else None
             if span is not None and span.is_recording():
                 span.add_event(
@@ -629,7 +843,7 @@ class OTelInstrumentation:
                         Rh.RETRY_ATTEMPT: attempt,
                         Rh.RETRY_DELAY: delay,
                         sc.ATTR_ERROR_TYPE: type(error).__name__,
-                        sc.ATTR_EXCEPTION_MESSAGE: str(error)[:_MESSAGE_LIMIT],
+                        sc.ATTR_EXCEPTION_MESSAGE: error_message(error),
                     },
                 )
         except Exception:
@@ -643,10 +857,16 @@ class OTelInstrumentation:
         cancelled: int,
         duration: float,
         timed_out: bool,
+        *,
+        error: BaseException | None = None,
     ) -> None:
         self._groups.pop(id(group), None)
         label = handle.label if handle is not None else (group.name or "unnamed")
         span = handle.span if handle is not None else None
+        if handle is not None:
+            # The real time the group took, as its span measures it (not the state's
+            # clock, which may be simulated): the exemplar and its trace agree.
+            duration = perf_counter() - handle.started
         try:
             if span is not None:
                 if span.is_recording():
@@ -661,12 +881,20 @@ class OTelInstrumentation:
                         }
                     )
                     if timed_out:
-                        span.set_attribute(Rh.TIMED_OUT, True)
+                        span.set_attributes(
+                            {
+                                Rh.TIMED_OUT: True,
+                                sc.ATTR_ERROR_TYPE: type(error).__name__
+                                if error is not None
+                                else ParallelTimeoutError.__name__,
+                            }
+                        )
                         span.add_event(Rh.EVENT_TIMEOUT, {Rh.TIMEOUT: group.timeout or -1.0})
                         span.set_status(
                             Status(StatusCode.ERROR, f"timed out after {group.timeout}s")
                         )
                     elif status == "failed":
+                        span.set_attribute(sc.ATTR_ERROR_TYPE, _group_error_type(handle, error))
                         span.set_status(Status(StatusCode.ERROR, f"{group.failed} items failed"))
                 span.end()
         except Exception:
@@ -693,6 +921,17 @@ class OTelInstrumentation:
                 live.in_flight = in_flight
                 live.queued = queued
 
+    # ----------------------------------------------------------------- journal
+
+    def journal_written(self, journal: Any, seconds: float) -> None:
+        m = self.metrics
+        if m is None:
+            return
+        try:
+            m.child(m.journal_write, type(journal).__name__).observe(seconds)
+        except Exception:
+            self._fault("journal_written")
+
     # ---------------------------------------------------------------- breakers
 
     def watch_breaker(self, breaker: Any) -> None:
@@ -702,6 +941,7 @@ class OTelInstrumentation:
             self._breakers.add(breaker)
             if self.metrics is not None:
                 m = self.metrics
+                m.watch_breaker(breaker.name)
                 m.child(m.breaker_state, breaker.name).set(breaker.state.gauge_value)
             breaker.add_listener(self._on_transition)
             breaker.add_reject_listener(self._on_reject)
@@ -713,8 +953,12 @@ class OTelInstrumentation:
             if self.metrics is not None:
                 m = self.metrics
                 m.child(m.breaker_state, breaker.name).set(new.gauge_value)
+                m.child(m.breaker_transitions, breaker.name, new.value).inc()
                 if new.value == "open":
                     m.child(m.breaker_trips, breaker.name).inc()
+                    m.breaker_opened(breaker, breaker.name, breaker.recovery_timeout)
+                elif old.value == "open":
+                    m.breaker_left_open(breaker)
             span = trace.get_current_span()
             if span.is_recording():
                 span.add_event(
@@ -735,6 +979,16 @@ class OTelInstrumentation:
                 m.child(m.breaker_rejections, breaker.name).inc()
         except Exception:
             self._fault("breaker_reject")
+
+
+def _group_error_type(handle: _GroupHandle | None, error: BaseException | None) -> str:
+    """``error.type`` of a failed group: what it raised (the type of its first failed
+    item when that is what it raised), or ``_partial_failure`` when it returned its
+    results with failed items."""
+    if error is None:
+        return sc.ERROR_TYPE_PARTIAL_FAILURE
+    first = handle.first_error if handle is not None else None
+    return first or type(error).__name__
 
 
 def _usage_attributes(usage: TokenUsage) -> dict[str, Any]:
