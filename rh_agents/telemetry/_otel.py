@@ -269,8 +269,9 @@ class _GroupHandle:
         self.backoffs: dict[int, float] = {}
 
 
-_Final = tuple[str, str, str, str | None, bool]
-"""(operation, name, outcome, error type, root) of an invocation an item ran."""
+_Final = tuple[Any, str, str, str, str | None, bool]
+"""(its final-outcomes counter child, operation, name, outcome, error type, root) of an
+invocation an item ran."""
 
 
 class _ItemHandle:
@@ -647,7 +648,14 @@ class OTelInstrumentation:
             if item is not None:
                 # The group decides whether this outcome is what its caller gets.
                 item.finals.append(
-                    (handle.op, handle.name, outcome, error_type, handle.root is not None)
+                    (
+                        series.final,
+                        handle.op,
+                        handle.name,
+                        outcome,
+                        error_type,
+                        handle.root is not None,
+                    )
                 )
             else:
                 series.final.inc()
@@ -661,8 +669,8 @@ class OTelInstrumentation:
     def _count_final(self, finals: list[_Final]) -> None:
         m = self.metrics
         assert m is not None
-        for op, name, outcome, error_type, root in finals:
-            m.child(m.final_outcomes, op, name, outcome).inc()
+        for counter, op, name, outcome, error_type, root in finals:
+            counter.inc()
             if error_type is not None:
                 m.child(m.final_errors, op, name, error_type).inc()
             if root:
@@ -800,9 +808,11 @@ class OTelInstrumentation:
                     if not finals:
                         # Nothing of an actor ran (a plain coroutine, a rejected call):
                         # counted under the group's name, as its retries are.
+                        m = self.metrics
                         label = group_handle.label if group_handle is not None else "unnamed"
+                        counter = m.child(m.final_outcomes, Op.PARALLEL_ITEM, label, outcome)
                         error_type = type(error).__name__ if failed else None
-                        finals = [(Op.PARALLEL_ITEM, label, outcome, error_type, False)]
+                        finals = [(counter, Op.PARALLEL_ITEM, label, outcome, error_type, False)]
                     self._count_final(finals)
         except Exception:
             self._fault("item_finished")
