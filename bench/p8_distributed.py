@@ -30,7 +30,7 @@ from bench._common import (
 )
 from bench._cpu import calibrate_cpu, cpu_work
 from rh_agents import ExecutionState
-from rh_agents.core.executors import ProcessPoolItemExecutor
+from rh_agents.executors import ProcessPoolItemExecutor
 
 ID = "P8"
 TITLE = "Process pool and Dask executors"
@@ -108,7 +108,7 @@ async def _measure(cfg: Config, result: BenchResult) -> None:
         if have_dask:
             from distributed import Client, LocalCluster
 
-            from rh_agents.distributed import DaskExecutor
+            from rh_agents.executors import DaskExecutor
 
             cluster = await LocalCluster(
                 n_workers=WORKERS,

@@ -1,6 +1,6 @@
 """A small process-pool :class:`~rh_agents.core.executors.ItemExecutor` for P6.
 
-rh_agents ships a full one (:class:`rh_agents.core.executors.ProcessPoolItemExecutor`,
+rh_agents ships a full one (:class:`rh_agents.executors.ProcessPoolItemExecutor`,
 measured by P8); this minimal one, kept for P6, shows that the ``ItemExecutor`` seam
 alone is enough to run CPU-bound items in other processes while the group keeps its
 semantics (limits, retries, results, telemetry) in the event loop::

@@ -20,8 +20,8 @@ from typing import Any
 from pydantic import BaseModel
 
 from rh_agents import Agent, EventBus, ExecutionEvent, ExecutionState, Tool
-from rh_agents.bus_handlers import ParallelEventPrinter
 from rh_agents.core.parallel import ParallelDisplayMode
+from rh_agents.printing import ParallelEventPrinter
 
 
 class Text(BaseModel):

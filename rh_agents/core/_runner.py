@@ -1,7 +1,12 @@
 """The life of one invocation: address, replay, validation, cache, handler, history.
 
-Kept apart from :mod:`rh_agents.core.events` so the models stay small; this module is
-the only place that turns an ExecutionEvent call into status changes.
+``await ExecutionEvent(...)(input, extra, state)`` lands in :func:`run_event`, the only
+place that turns a call into status changes. It talks to the state's collaborators by
+name: ``state.recorder`` records every status change (journal, history, bus) and encodes
+results, ``state.replayer`` decides whether a call of a restored run returns its recorded
+result, ``state.result_cache`` serves cacheable actors, ``state.instrumentation`` gets
+the telemetry hooks. This module imports no ExecutionEvent at run time (the events
+module imports it), so the import graph has no cycle.
 """
 
 from __future__ import annotations
@@ -15,8 +20,10 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ValidationError
 
 from rh_agents.core._aio import uninterrupted
+from rh_agents.core._models import clone
 from rh_agents.core.actors import RESERVED_ADDRESS_CHARS
-from rh_agents.core.context import current_frame
+from rh_agents.core.cache import make_cache_key
+from rh_agents.core.context import Frame, current_frame
 from rh_agents.core.errors import (
     ConditionFailedError,
     InputValidationError,
@@ -24,15 +31,16 @@ from rh_agents.core.errors import (
     OutputValidationError,
     StateError,
 )
-from rh_agents.core.events import ExecutionEvent, ExecutionResult, clone, make_result
 from rh_agents.core.executors import call_handler
 from rh_agents.core.hooks import Outcome
+from rh_agents.core.result import ExecutionResult, make_result
 from rh_agents.core.state_recovery import ReplayMode
 from rh_agents.core.types import EventType, ExecutionStatus
 from rh_agents.core.usage import add_usage, current_invocation, usage_from_result
 
 if TYPE_CHECKING:
     from rh_agents.core.actors import BaseActor
+    from rh_agents.core.events import ExecutionEvent
     from rh_agents.core.execution import ExecutionState
 
 __all__ = ["run_event"]
@@ -46,23 +54,108 @@ async def run_event(
     extra: dict[str, Any],
     state: ExecutionState,
 ) -> ExecutionResult[Any]:
+    """Run one call of ``template``'s actor in ``state``: ``await event(input, extra, state)``."""
     actor = template.actor
     assert actor is not None
-    parent = state._frame()
-    tag = template.tag
+    parent = state.current_frame()
+    frame = parent.child(_address_key(actor, template.tag))
+    ev = _working_copy(template, actor, frame.address, parent)
+    fields = ev.__dict__
+    group_id = parent.group_id
+
+    recorded: ExecutionEvent[Any] | None = None
+    replayer = state.replayer
+    if replayer.active:
+        if state.replay_mode is ReplayMode.VALIDATION:
+            recorded = replayer.recorded(frame.address)  # compared after running
+        else:
+            match, input_hash = replayer.match(
+                actor, frame.address, lambda: _validate_input(actor, input_data)
+            )
+            if match is not None:
+                return await _replayed(template, ev, match, state, input_hash)
+
+    token = current_frame.set(frame)
+    invocation = current_invocation.set(ev)
+    recorder = state.recorder
+    tel = state.instrumentation
+    handle = tel.event_started(ev, None) if tel.enabled else None
+    started = time.perf_counter()
+    outcome = Outcome.FAILED
+    error: BaseException | None = None
+    terminal = False  # a terminal status is in the history (appended before publishing)
+    try:
+        await recorder.record(ev, _S.STARTED)
+        try:
+            value = await _execute(actor, ev, input_data, extra, state, handle)
+        except (asyncio.CancelledError, StateError):
+            raise
+        except InputValidationError as exc:
+            outcome, error = Outcome.REJECTED, exc
+        except Exception as exc:
+            outcome, error = Outcome.FAILED, exc
+        else:
+            outcome = Outcome.CACHED if fields["from_cache"] else Outcome.COMPLETED
+        elapsed = time.perf_counter() - started
+        fields["execution_time"] = elapsed
+        # Taken before the terminal status is recorded (the status it shows is STARTED).
+        metadata = _parallel_metadata(ev) if group_id is not None else None
+        _settle(fields, value if error is None else None, error)
+        terminal = True
+        await recorder.record(ev, _S.COMPLETED if error is None else _S.FAILED)
+        if recorded is not None:
+            await replayer.check(ev, recorded)
+        result = _result(ev, value if error is None else None, error, elapsed, metadata)
+    except (asyncio.CancelledError, KeyboardInterrupt, SystemExit) as exc:
+        # Cancelled, or the process is being stopped from inside the call: the history
+        # says so (a resumed run runs it again) instead of leaving a start without an end.
+        outcome, error = Outcome.CANCELLED, exc
+        if not terminal:
+            fields["execution_time"] = time.perf_counter() - started
+            if isinstance(exc, asyncio.CancelledError):
+                fields["message"] = "cancelled"
+                await uninterrupted(recorder.record(ev, _S.CANCELLED))
+            else:
+                fields["message"] = f"interrupted ({type(exc).__name__})"
+                await uninterrupted(recorder.record(ev, _S.INTERRUPTED))
+        raise
+    finally:
+        current_invocation.reset(invocation)
+        current_frame.reset(token)
+        if tel.enabled:
+            tel.event_finished(handle, ev, outcome, error, time.perf_counter() - started)
+        _copy_back(template, ev)
+    return result
+
+
+def _settle(fields: dict[str, Any], value: Any, error: BaseException | None) -> None:
+    """Write the outcome into the working copy's fields before its terminal status."""
+    if error is None:
+        fields["result"] = value
+    else:
+        fields["message"] = _describe(error)
+        fields["error_type"] = type(error).__name__
+
+
+def _address_key(actor: BaseActor, tag: str) -> str:
+    """The key of a call's address segment: the actor's name, with the tag if any."""
     if tag and any(c in RESERVED_ADDRESS_CHARS for c in tag):
         raise InvalidArgumentError(
             f"Tag {tag!r} of the call of actor '{actor.name}' contains one of "
             f"{RESERVED_ADDRESS_CHARS!r}, which structure addresses; use another tag."
         )
-    key = f"{actor.name}[{tag}]" if tag else actor.name
-    frame = parent.child(key)
+    return f"{actor.name}[{tag}]" if tag else actor.name
+
+
+def _working_copy(
+    template: ExecutionEvent[Any], actor: BaseActor, address: str, parent: Frame
+) -> ExecutionEvent[Any]:
+    """The working copy of this call; the core writes its fields directly (no validation
+    to run: every value is of the right type) and snapshots it at each status change."""
     group_id = parent.group_id
-    # The working copy of this call; the core writes its fields directly (no validation
-    # to run: every value is of the right type) and snapshots it at each status change.
-    ev = clone(
+    return clone(
         template,
-        address=frame.address,
+        address=address,
         actor_name=actor.name,
         event_type=actor.event_type,
         execution_status=_S.STARTED,
@@ -82,99 +175,34 @@ async def run_event(
         usage=None,
         timestamp=time.time(),
     )
-    fields = ev.__dict__
 
-    recorded: ExecutionEvent[Any] | None = None
-    if state._replay_index:
-        if state.replay_mode is ReplayMode.VALIDATION:
-            recorded = state._replay_source(frame.address)  # compared after running
-        else:
-            match, input_hash = state._match_replay(
-                actor, frame.address, lambda: _validate_input(actor, input_data)
-            )
-            if match is not None:
-                return await _replay(template, ev, match, state, input_hash)
 
-    token = current_frame.set(frame)
-    invocation = current_invocation.set(ev)
-    tel = state.instrumentation
-    handle = tel.event_started(ev, None) if tel.enabled else None
-    started = time.perf_counter()
-    outcome = Outcome.FAILED
-    error: BaseException | None = None
-    terminal = False  # a terminal status is in the history (appended before publishing)
-    try:
-        await state.add_event(ev, _S.STARTED)
-        try:
-            value = await _execute(actor, ev, input_data, extra, state, handle)
-        except asyncio.CancelledError:
-            raise
-        except StateError:
-            raise
-        except InputValidationError as exc:
-            outcome, error = Outcome.REJECTED, exc
-        except Exception as exc:
-            outcome, error = Outcome.FAILED, exc
-        else:
-            outcome = Outcome.CACHED if fields["from_cache"] else Outcome.COMPLETED
-        elapsed = time.perf_counter() - started
-        fields["execution_time"] = elapsed
-        metadata = _parallel_metadata(ev) if group_id is not None else None
-        if error is None:
-            fields["result"] = value
-            terminal = True
-            await state.add_event(ev, _S.COMPLETED)
-            if recorded is not None:
-                await state._check_divergence(ev, recorded)
-            result = make_result(
-                value,
-                execution_time=elapsed,
-                address=ev.address,
-                status=_S.COMPLETED,
-                metadata=metadata,
-            )
-        else:
-            message = _describe(error)
-            error_type = type(error).__name__
-            fields["message"] = message
-            fields["error_type"] = error_type
-            terminal = True
-            await state.add_event(ev, _S.FAILED)
-            if recorded is not None:
-                await state._check_divergence(ev, recorded)
-            result = make_result(
-                ok=False,
-                error_message=message,
-                error_type=error_type,
-                execution_time=elapsed,
-                address=ev.address,
-                status=_S.FAILED,
-                metadata=metadata,
-                exception=error,
-            )
-    except asyncio.CancelledError as exc:
-        outcome, error = Outcome.CANCELLED, exc
-        if not terminal:
-            fields["execution_time"] = time.perf_counter() - started
-            fields["message"] = "cancelled"
-            await uninterrupted(state.add_event(ev, _S.CANCELLED))
-        raise
-    except (KeyboardInterrupt, SystemExit) as exc:
-        # The process is being stopped from inside the call: the history says so (a
-        # resumed run runs it again) instead of leaving a start without an end.
-        outcome, error = Outcome.CANCELLED, exc
-        if not terminal:
-            fields["execution_time"] = time.perf_counter() - started
-            fields["message"] = f"interrupted ({type(exc).__name__})"
-            await uninterrupted(state.add_event(ev, _S.INTERRUPTED))
-        raise
-    finally:
-        current_invocation.reset(invocation)
-        current_frame.reset(token)
-        if tel.enabled:
-            tel.event_finished(handle, ev, outcome, error, time.perf_counter() - started)
-        _copy_back(template, ev)
-    return result
+def _result(
+    ev: ExecutionEvent[Any],
+    value: Any,
+    error: BaseException | None,
+    elapsed: float,
+    metadata: dict[str, Any] | None,
+) -> ExecutionResult[Any]:
+    """What the call returns, from its terminal status."""
+    if error is None:
+        return make_result(
+            value,
+            execution_time=elapsed,
+            address=ev.address,
+            status=_S.COMPLETED,
+            metadata=metadata,
+        )
+    return make_result(
+        ok=False,
+        error_message=ev.message,
+        error_type=ev.error_type,
+        execution_time=elapsed,
+        address=ev.address,
+        status=_S.FAILED,
+        metadata=metadata,
+        exception=error,
+    )
 
 
 async def _execute(
@@ -186,7 +214,8 @@ async def _execute(
     handle: Any,
 ) -> Any:
     data = _validate_input(actor, input_data)
-    ev.__dict__["input_hash"] = state._input_hash(data)
+    recorder = state.recorder
+    ev.__dict__["input_hash"] = recorder.input_hash(data)
     for position, check in enumerate(actor.preconditions, 1):
         if not await _check(check, data, extra, state):
             raise ConditionFailedError(
@@ -196,17 +225,15 @@ async def _execute(
 
     if not actor.cacheable or state.result_cache is None:
         value = await _run_handler(actor, ev, data, extra, state, handle)
-        state._encode_result(actor, value, ev)
+        recorder.encode_result(actor, value, ev)
         return value
 
     async def compute() -> tuple[Any, bool]:
         value = await _run_handler(actor, ev, data, extra, state, handle)
         # Encoded before it is cached, so a result the history cannot store is never
         # handed to later calls from the cache.
-        state._encode_result(actor, value, ev)
+        recorder.encode_result(actor, value, ev)
         return value, True
-
-    from rh_agents.core.cache import make_cache_key
 
     key = make_cache_key(actor.name, actor.version, data)
     value, hit = await state.result_cache.get_or_compute(key, actor.cache_ttl, compute)
@@ -214,7 +241,7 @@ async def _execute(
     if hit:
         # A persistent cache returns the JSON form of the stored result.
         value = _validate_output(actor, value)
-        state._encode_result(actor, value, ev)
+        recorder.encode_result(actor, value, ev)
     return value
 
 
@@ -269,7 +296,7 @@ async def _run_handler(
                 usage=None,
             )
             tel.event_retrying(handle, ev, attempt, delay, exc)
-            await state.add_event(retry, _S.RETRYING)
+            await state.recorder.record(retry, _S.RETRYING)
             await state.clock.sleep(delay)
             attempt += 1
 
@@ -326,28 +353,21 @@ def _describe(error: BaseException) -> str:
     return text if text else type(error).__name__
 
 
-async def _replay(
+async def _replayed(
     template: ExecutionEvent[Any],
     ev: ExecutionEvent[Any],
     recorded: ExecutionEvent[Any],
     state: ExecutionState,
     input_hash: str | None,
 ) -> ExecutionResult[Any]:
+    """The call returns ``recorded``'s result without running (status RECOVERED)."""
     actor = template.actor
     assert actor is not None
-    ev.input_hash = input_hash
-    value = state._revalidate(actor, recorded)
-    ev.result = value
-    ev.is_replayed = True
-    ev.from_cache = recorded.from_cache
-    ev.execution_time = recorded.execution_time
-    ev.skip_republish = state.replay_mode is ReplayMode.NORMAL
-    ev._record_result = recorded._record_result
-    ev._result_type = recorded._result_type
+    value = state.replayer.replay_into(actor, ev, recorded, input_hash)
     tel = state.instrumentation
     handle = tel.event_started(ev, None)
     try:
-        await state.add_event(ev, _S.RECOVERED)
+        await state.recorder.record(ev, _S.RECOVERED)
     finally:
         tel.event_finished(handle, ev, Outcome.REPLAYED, None, 0.0)
         _copy_back(template, ev)

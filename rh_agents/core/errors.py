@@ -30,15 +30,15 @@ working. Classes defined outside this module are marked with their module::
     ├── ParallelGroupError (ExceptionGroup)          core.parallel: raise_for_failures()
     └── StateError                                   the stored history cannot be used
         ├── StateNotFoundError (KeyError)
-        │   └── ArtifactNotFoundError                state_backends
+        │   └── ArtifactNotFoundError                an artifact that does not exist
         ├── StateCorruptedError                      damaged, truncated or foreign
         ├── SchemaVersionError                       written by another schema version
         ├── SnapshotMismatchError                    written by another program
-        └── StateStorageError                        state_backends: disk full, I/O error
+        └── StateStorageError                        the medium failed: disk full, I/O error
 
 Every message is a full sentence that says what happened and what to do.
-docs/errors.md explains each one; tests/test_reliability_misuse.py checks that this
-tree matches the classes.
+docs/errors.md explains each one; tests/reliability/test_reliability_misuse.py checks
+that this tree matches the classes.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "ArtifactNotFoundError",
     "CircuitOpenError",
     "ConditionFailedError",
     "DuplicateNameError",
@@ -64,6 +65,7 @@ __all__ = [
     "StateCorruptedError",
     "StateError",
     "StateNotFoundError",
+    "StateStorageError",
     "UsageError",
 ]
 
@@ -156,6 +158,10 @@ class StateNotFoundError(StateError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class ArtifactNotFoundError(StateNotFoundError):
+    """No artifact with the requested id or reference exists."""
+
+
 class StateCorruptedError(StateError):
     """A stored state is damaged (truncated, not a database, unreadable records)."""
 
@@ -169,4 +175,13 @@ class SnapshotMismatchError(StateError):
 
     Raised instead of replaying a recorded result that does not belong to the call: the
     pipeline name, the actor, the kind of call or the input fingerprint differs.
+    """
+
+
+class StateStorageError(StateError):
+    """The storage medium failed: disk full, I/O error, permission denied or a lock timeout.
+
+    Raised by the storage backends (:mod:`rh_agents.storage`). The original ``OSError``
+    or driver error (``sqlite3.Error``, ...) is chained as ``__cause__``. The stored data
+    is not known to be damaged; retrying after fixing the cause may succeed.
     """

@@ -1,4 +1,4 @@
-"""ExecutionEvent and ExecutionResult: one invocation of an actor, and what it returned.
+"""ExecutionEvent: one invocation of an actor (and ExecutionResult, what it returned).
 
 ``await ExecutionEvent(actor=tool)(input_data, extra_context, state)`` runs the actor:
 it takes a context-local address, validates the input, runs preconditions, the handler
@@ -15,22 +15,23 @@ the restored history returns the recorded result without calling the handler
 from __future__ import annotations
 
 import copy
-import functools
 import time
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, PrivateAttr
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
+from rh_agents.core._models import assemble, clone
+from rh_agents.core._runner import run_event
 from rh_agents.core.actors import BaseActor
 from rh_agents.core.errors import ImmutableEventError, InvalidArgumentError
+from rh_agents.core.result import ExecutionResult, make_result
 from rh_agents.core.types import EventType, ExecutionStatus
 from rh_agents.core.usage import TokenUsage
 
 if TYPE_CHECKING:
     from rh_agents.core.execution import ExecutionState
 
-__all__ = ["EventKind", "ExecutionEvent", "ExecutionResult"]
+__all__ = ["EventKind", "ExecutionEvent", "ExecutionResult", "clone", "make_result"]
 
 T = TypeVar("T")
 
@@ -41,142 +42,6 @@ class EventKind:
     EVENT = "event"
     GROUP = "group"
     DIVERGENCE = "divergence"
-
-
-class ExecutionResult(BaseModel, Generic[T]):
-    """What an invocation (or a parallel-group item) returned.
-
-    Attributes:
-        result: the value, when ``ok``.
-        ok: False when the work failed, was rejected, timed out or was cancelled.
-        error_message: what went wrong (also readable as the seed's ``erro_message``).
-        error_type: the exception class name.
-        execution_time: seconds the work took.
-        address: the invocation's address, for ExecutionEvent calls.
-        index / name / attempts: set on results of parallel-group items.
-        status: the terminal status when known (completed, failed, cancelled, ...).
-        metadata: event metadata of parallel ExecutionEvents (address, actor, group id,
-            index, cache and replay flags).
-        exception: the exception object, kept out of serialization.
-
-    Example:
-        >>> r = ExecutionResult(result=42, execution_time=0.1)
-        >>> r.ok, r.result
-        (True, 42)
-    """
-
-    model_config = ConfigDict(arbitrary_types_allowed=True, populate_by_name=True)
-
-    result: T | None = None
-    ok: bool = True
-    error_message: str | None = Field(
-        default=None, validation_alias=AliasChoices("error_message", "erro_message")
-    )
-    error_type: str | None = None
-    execution_time: float = 0.0
-    address: str | None = None
-    index: int | None = None
-    name: str | None = None
-    attempts: int = 1
-    status: ExecutionStatus | None = None
-    metadata: dict[str, Any] = Field(default_factory=dict)
-    traceback: str | None = None
-    exception: BaseException | None = Field(default=None, exclude=True, repr=False)
-
-    @property
-    def erro_message(self) -> str | None:
-        """The seed framework's spelling of :attr:`error_message`."""
-        return self.error_message
-
-
-_setattr = object.__setattr__
-_new_result = ExecutionResult.__new__
-
-
-@functools.cache
-def _run_event() -> Callable[..., Awaitable[ExecutionResult[Any]]]:
-    # Imported on first call: the runner imports this module.
-    from rh_agents.core._runner import run_event
-
-    return run_event
-
-
-def make_result(
-    result: Any = None,
-    *,
-    ok: bool = True,
-    error_message: str | None = None,
-    error_type: str | None = None,
-    execution_time: float = 0.0,
-    address: str | None = None,
-    index: int | None = None,
-    name: str | None = None,
-    attempts: int = 1,
-    status: ExecutionStatus | None = None,
-    metadata: dict[str, Any] | None = None,
-    traceback: str | None = None,
-    exception: BaseException | None = None,
-) -> ExecutionResult[Any]:
-    """An :class:`ExecutionResult` of values the core already holds, without validation.
-
-    The core builds one result per invocation and per group item, so this is a hot path:
-    validation would only re-check values of the right types, and setting the fields one
-    by one in declaration order lets CPython share one key table between all results
-    (about 600 B per result instead of 1 380 B). The order must follow the field
-    declarations (a test checks that the result equals a validated one).
-    """
-    r = _new_result(ExecutionResult)
-    _setattr(r, "result", result)  # creates the instance dict with the shared key table
-    fields = r.__dict__
-    fields["ok"] = ok
-    fields["error_message"] = error_message
-    fields["error_type"] = error_type
-    fields["execution_time"] = execution_time
-    fields["address"] = address
-    fields["index"] = index
-    fields["name"] = name
-    fields["attempts"] = attempts
-    fields["status"] = status
-    fields["metadata"] = {} if metadata is None else metadata
-    fields["traceback"] = traceback
-    fields["exception"] = exception
-    _setattr(r, "__pydantic_fields_set__", set())
-    _setattr(r, "__pydantic_extra__", None)
-    _setattr(r, "__pydantic_private__", None)
-    return r
-
-
-M = TypeVar("M", bound=BaseModel)
-
-
-def clone(model: M, **changes: Any) -> M:
-    """A shallow copy of ``model`` with ``changes``, without validation.
-
-    What ``model.model_copy(update=changes)`` does, at half the cost: the core copies an
-    event at each status change (its working copy, the immutable snapshots the history and
-    subscribers receive), and only ever with values of the right types.
-    """
-    fields = model.__dict__.copy()
-    if changes:
-        fields.update(changes)
-    return _assemble(
-        type(model), fields, set(model.__pydantic_fields_set__), model.__pydantic_private__
-    )
-
-
-def _assemble(
-    cls: type[M],
-    fields: dict[str, Any],
-    fields_set: set[str] | frozenset[str],
-    private: dict[str, Any] | None,
-) -> M:
-    """A ``cls`` instance made of these parts (copying ``private``), without validation."""
-    model = cls.__new__(cls)
-    _setattr(model, "__dict__", fields)
-    _setattr(model, "__pydantic_fields_set__", fields_set)
-    _setattr(model, "__pydantic_extra__", None)
-    _setattr(model, "__pydantic_private__", None if private is None else dict(private))
-    return model
 
 
 class ExecutionEvent(BaseModel, Generic[T]):
@@ -258,7 +123,7 @@ class ExecutionEvent(BaseModel, Generic[T]):
                 f"Calling the event for actor '{self.actor.name}' needs the ExecutionState: "
                 "await event(input_data, extra_context, execution_state)."
             )
-        return await _run_event()(self, input_data, extra_context or {}, execution_state)
+        return await run_event(self, input_data, extra_context or {}, execution_state)
 
 
 def _refuse_change(self: Any, *args: Any, **kwargs: Any) -> Any:
@@ -323,7 +188,7 @@ class _EventSnapshot(ExecutionEvent[Any]):
         fields = copy.deepcopy(self.__dict__, memo)
         fields["metadata"] = dict(fields["metadata"])
         fields_set = set(self.__pydantic_fields_set__)
-        return _assemble(ExecutionEvent, fields, fields_set, self.__pydantic_private__)
+        return assemble(ExecutionEvent, fields, fields_set, self.__pydantic_private__)
 
     def __reduce__(self) -> Any:
         return (_unpickle_snapshot, (self.__dict__, self.__pydantic_private__))
@@ -337,7 +202,7 @@ def _unpickle_snapshot(
 ) -> ExecutionEvent[Any]:
     fields = dict(fields)
     fields["metadata"] = _ReadOnlyDict(fields["metadata"])
-    return _assemble(_EventSnapshot, fields, frozenset(fields), private)
+    return assemble(_EventSnapshot, fields, frozenset(fields), private)
 
 
 def freeze(event: ExecutionEvent[Any]) -> ExecutionEvent[Any]:
@@ -355,7 +220,7 @@ def freeze(event: ExecutionEvent[Any]) -> ExecutionEvent[Any]:
     # Snapshots never change, so equal field sets can be one shared object.
     key = frozenset(event.__pydantic_fields_set__)
     fields_set = _fields_sets.setdefault(key, key) if len(_fields_sets) < 1024 else key
-    return _assemble(_EventSnapshot, fields, fields_set, event.__pydantic_private__)
+    return assemble(_EventSnapshot, fields, fields_set, event.__pydantic_private__)
 
 
 def thaw(event: ExecutionEvent[Any]) -> ExecutionEvent[Any]:
@@ -363,7 +228,7 @@ def thaw(event: ExecutionEvent[Any]) -> ExecutionEvent[Any]:
     fields = event.__dict__.copy()
     fields["metadata"] = dict(fields["metadata"])
     fields_set = set(event.__pydantic_fields_set__)
-    return _assemble(ExecutionEvent, fields, fields_set, event.__pydantic_private__)
+    return assemble(ExecutionEvent, fields, fields_set, event.__pydantic_private__)
 
 
 def is_snapshot(event: Any) -> bool:

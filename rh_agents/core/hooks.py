@@ -8,6 +8,12 @@ imports it) the factory of the default telemetry that states created without
 ``telemetry=`` use. ``*_started`` hooks return an opaque handle that the matching
 ``*_finished`` hook receives; a handle may make a span current for the code in between,
 so both calls happen in the same task.
+
+Work shipped to another process carries the trace context of the current span, so the
+worker's span joins the same trace. The core does not know how that context is
+captured: :func:`trace_carrier` calls what :func:`set_trace_propagation` registered
+(the top-level package registers OpenTelemetry's W3C propagation, from
+:mod:`rh_agents.telemetry.remote`); without it the carrier is empty.
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ __all__ = [
     "ambient_telemetry",
     "resolve_telemetry",
     "set_default_telemetry_factory",
+    "set_trace_propagation",
+    "trace_carrier",
 ]
 
 
@@ -280,3 +288,29 @@ def resolve_telemetry(telemetry: Any) -> Any:
         if telemetry is None and _default_factory is not None:
             telemetry = _default_factory()
     return None if telemetry is False else telemetry
+
+
+def _no_trace_context() -> dict[str, str]:
+    return {}
+
+
+_inject_trace_context: Callable[[], dict[str, str]] = _no_trace_context
+
+
+def set_trace_propagation(inject: Callable[[], dict[str, str]] | None) -> None:
+    """Set how :func:`trace_carrier` captures the trace context of the current span.
+
+    ``inject`` returns the carrier (e.g. ``{"traceparent": ...}``) for the span that is
+    current where it is called; None goes back to an empty carrier.
+    """
+    global _inject_trace_context
+    _inject_trace_context = inject if inject is not None else _no_trace_context
+
+
+def trace_carrier() -> dict[str, str]:
+    """The trace context of the current span, to ship with work run in another process.
+
+    Example:
+        >>> carrier = trace_carrier()  # {"traceparent": "00-..."} inside a span
+    """
+    return _inject_trace_context()

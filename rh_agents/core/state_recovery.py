@@ -2,9 +2,9 @@
 
 A :class:`StateSnapshot` is a whole-state checkpoint of one run. The execution core
 stores its history inside :attr:`StateSnapshot.execution_state` (opaque to this module)
-and hands the snapshot to a :class:`~rh_agents.state_backends.StateBackend`. Between
+and hands the snapshot to a :class:`~rh_agents.core.storage.StateBackend`. Between
 checkpoints every event record is appended to an
-:class:`~rh_agents.state_backends.EventJournal`, so nothing completed is lost when the
+:class:`~rh_agents.core.storage.EventJournal`, so nothing completed is lost when the
 process dies.
 
 Snapshots carry a schema :attr:`~StateSnapshot.version`. Validating a snapshot written

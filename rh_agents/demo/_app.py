@@ -32,7 +32,7 @@ from rh_agents.core.types import ExecutionStatus
 from rh_agents.demo._clock import PacedClock
 from rh_agents.demo._output import Display, collect_stats, make_display, render_summary
 from rh_agents.demo.pipeline import CorpusReport, DemoPipeline, Workload, run_pipeline
-from rh_agents.state_backends import SQLiteStateBackend
+from rh_agents.storage import SQLiteStateBackend
 from rh_agents.telemetry import (
     JsonLinesSpanExporter,
     MetricsPortInUseError,
@@ -112,7 +112,15 @@ def build_parser() -> argparse.ArgumentParser:
             "`rh-agents trace show STATE_DIR/spans.jsonl`."
         ),
     )
-    work = parser.add_argument_group("workload")
+    _add_workload_options(parser.add_argument_group("workload"), defaults)
+    _add_mode_options(parser.add_argument_group("mode"))
+    _add_output_options(
+        parser.add_argument_group("storage and telemetry"), parser.add_argument_group("output")
+    )
+    return parser
+
+
+def _add_workload_options(work: argparse._ArgumentGroup, defaults: Workload) -> None:
     work.add_argument(
         "--documents",
         type=_positive_int,
@@ -136,7 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="how fast the simulated time of latencies, retries and cooldowns runs (default "
         "1.0; 0.1 is 10x faster); the outcomes do not depend on it",
     )
-    mode = parser.add_argument_group("mode")
+
+
+def _add_mode_options(mode: argparse._ArgumentGroup) -> None:
     mode.add_argument(
         "--resume",
         action="store_true",
@@ -153,7 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="pause between --serve rounds (default 2 s times --speed)",
     )
-    where = parser.add_argument_group("storage and telemetry")
+
+
+def _add_output_options(where: argparse._ArgumentGroup, out: argparse._ArgumentGroup) -> None:
     where.add_argument(
         "--state-dir",
         default=DEFAULT_STATE_DIR,
@@ -174,7 +186,6 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ADDR",
         help="address to bind /metrics to (default 127.0.0.1; 0.0.0.0 in containers)",
     )
-    out = parser.add_argument_group("output")
     out.add_argument(
         "--printer",
         choices=["progress", "realtime"],
@@ -184,7 +195,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     out.add_argument("--no-progress", action="store_true", help="print only the summary")
     out.add_argument("-v", "--verbose", action="store_true", help="log warnings and details")
-    return parser
 
 
 # ------------------------------------------------------------------------ last run

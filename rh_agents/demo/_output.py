@@ -2,7 +2,7 @@
 
 Piped (or in a CI log), :class:`LinePrinter` writes whole plain lines, no escape codes:
 documents done, retries, degraded groups and breaker changes (and every call with
-``--printer realtime``). On a terminal, ``rh_agents.bus_handlers.ParallelEventPrinter``
+``--printer realtime``). On a terminal, ``rh_agents.printing.ParallelEventPrinter``
 draws live bars (retries, failures and group summaries are in the bars) and a
 :class:`LinePrinter` beside it adds the document and breaker lines, printed above the
 bars through the bar printer, so both views tell the same story.
@@ -242,7 +242,7 @@ class Display:
 def make_display(stream: TextIO, mode: str, enabled: bool) -> Display | None:
     """The progress output for ``stream``, or None when progress is off.
 
-    On a terminal, ``ParallelEventPrinter`` from :mod:`rh_agents.bus_handlers` draws
+    On a terminal, ``ParallelEventPrinter`` from :mod:`rh_agents.printing` draws
     the bars and the line printer writes through it; otherwise (and always when the
     output is piped) plain lines only.
     """
@@ -250,7 +250,7 @@ def make_display(stream: TextIO, mode: str, enabled: bool) -> Display | None:
         return None
     if stream.isatty():
         try:
-            handlers = importlib.import_module("rh_agents.bus_handlers")
+            handlers = importlib.import_module("rh_agents.printing")
         except ImportError:
             handlers = None
         printer_cls = getattr(handlers, "ParallelEventPrinter", None)

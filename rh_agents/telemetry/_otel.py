@@ -21,8 +21,6 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
-import traceback
-import weakref
 from contextvars import ContextVar
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
@@ -30,7 +28,6 @@ from typing import TYPE_CHECKING, Any
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
-from pydantic import ValidationError
 
 from rh_agents.core.errors import CircuitOpenError
 from rh_agents.core.hooks import GroupInfo, Outcome
@@ -38,16 +35,18 @@ from rh_agents.core.parallel import ParallelTimeoutError
 from rh_agents.core.types import EventType
 from rh_agents.core.usage import TokenUsage
 from rh_agents.telemetry import semconv as sc
+from rh_agents.telemetry._breakers import BreakerWatch
+from rh_agents.telemetry._errors import error_message, record_exception
+from rh_agents.telemetry._outcomes import FinalOutcomes, Pending
 from rh_agents.telemetry.semconv import Op, Rh, TokenType
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import Histogram
 
-    from rh_agents.core.circuit_breaker import CircuitBreaker, CircuitState
     from rh_agents.core.events import ExecutionEvent
     from rh_agents.telemetry.metrics import LiveGroup, RhAgentsMetrics
 
-__all__ = ["MESSAGE_LIMIT", "STACKTRACE_LIMIT", "OTelInstrumentation", "error_message"]
+__all__ = ["OTelInstrumentation"]
 
 logger = logging.getLogger("rh_agents.telemetry")
 
@@ -61,94 +60,7 @@ _OPS: dict[EventType | None, tuple[str, str, SpanKind]] = {
 }
 _DEFAULT_OP = _OPS[EventType.AGENT_CALL]
 _OPERATION_OF = {t.value: op for t, (op, _, _) in _OPS.items() if t is not None}
-MESSAGE_LIMIT = 500
-"""Characters of an exception message kept in a span (status, events)."""
-STACKTRACE_LIMIT = 8192
-"""Characters of a stack trace kept in an ``exception`` span event (its last ones)."""
 _FAILURES = (Outcome.FAILED, Outcome.REJECTED)
-
-
-def _bounded(text: str, limit: int) -> str:
-    if len(text) <= limit:
-        return text
-    return f"{text[: limit - 30]}... ({len(text)} characters)"
-
-
-def _validation_summary(error: ValidationError) -> str:
-    """What failed to validate, where and why, without the input values."""
-    reasons = [
-        f"{'.'.join(str(part) for part in e['loc']) or '(input)'}: {e['msg']}"
-        for e in error.errors(include_url=False, include_input=False, include_context=False)
-    ]
-    count = len(reasons)
-    return f"{count} validation error{'s' if count != 1 else ''}: {'; '.join(reasons)}"
-
-
-def _safe_text(error: BaseException) -> str:
-    text = str(error) or type(error).__name__
-    validation = error if isinstance(error, ValidationError) else error.__cause__
-    if isinstance(validation, ValidationError):
-        # rh_agents' own validation errors start with a sentence naming the actor and
-        # the model, then quote pydantic's report (which quotes the input).
-        head = text.split(": ", 1)[0] if validation is not error else type(error).__name__
-        return f"{head}: {_validation_summary(validation)}"
-    return text
-
-
-def error_message(error: BaseException) -> str:
-    """The message of ``error`` as spans show it: bounded to :data:`MESSAGE_LIMIT`
-    characters, and without the input values of a validation error.
-
-    Example:
-        >>> error_message(ValueError("x" * 1000)).endswith("(1000 characters)")
-        True
-    """
-    return _bounded(_safe_text(error), MESSAGE_LIMIT)
-
-
-def _type_name(error: BaseException) -> str:
-    cls = type(error)
-    module = cls.__module__
-    return f"{module}.{cls.__qualname__}" if module and module != "builtins" else cls.__qualname__
-
-
-def _stacktrace(error: BaseException) -> str:
-    """The traceback of ``error`` and its causes, each exception line with its bounded,
-    input-free message; the last :data:`STACKTRACE_LIMIT` characters."""
-    chain: list[BaseException] = []
-    current: BaseException | None = error
-    while current is not None and all(current is not seen for seen in chain):
-        chain.append(current)
-        cause = current.__cause__
-        current = (
-            cause if cause is not None or current.__suppress_context__ else (current.__context__)
-        )
-    parts: list[str] = []
-    for exc in reversed(chain):
-        if parts:
-            parts.append(
-                "\nThe above exception was the direct cause of the following exception:\n\n"
-                if exc.__cause__ is not None
-                else "\nDuring handling of the above exception, another exception occurred:\n\n"
-            )
-        if exc.__traceback__ is not None:
-            parts.append("Traceback (most recent call last):\n")
-            parts.extend(traceback.format_tb(exc.__traceback__))
-        parts.append(f"{_type_name(exc)}: {error_message(exc)}\n")
-    text = "".join(parts)
-    return text if len(text) <= STACKTRACE_LIMIT else "..." + text[-(STACKTRACE_LIMIT - 3) :]
-
-
-def _record_exception(span: Any, error: BaseException) -> None:
-    """``span.record_exception``, bounded and without validation inputs."""
-    span.add_event(
-        sc.EVENT_EXCEPTION,
-        {
-            sc.ATTR_EXCEPTION_TYPE: _type_name(error),
-            sc.ATTR_EXCEPTION_MESSAGE: error_message(error),
-            sc.ATTR_EXCEPTION_STACKTRACE: _stacktrace(error),
-        },
-    )
 
 
 class _EventHandle:
@@ -269,17 +181,12 @@ class _GroupHandle:
         self.backoffs: dict[int, float] = {}
 
 
-_Final = tuple[Any, str, str, str, str | None, bool]
-"""(its final-outcomes counter child, operation, name, outcome, error type, root) of an
-invocation an item ran."""
-
-
 class _ItemHandle:
     """One attempt of a group item; also what ``_current_item`` holds while it runs, so
     the event span of the item can carry its wait and attempt, and its invocations'
     outcomes wait for the group's verdict (final, or retried)."""
 
-    __slots__ = ("attempt", "backoff", "finals", "group", "index", "info_token", "token", "wait")
+    __slots__ = ("attempt", "backoff", "group", "index", "info_token", "pending", "token", "wait")
 
     def __init__(self, group: _GroupHandle | None, index: int, wait: float, attempt: int) -> None:
         self.group = group
@@ -287,7 +194,7 @@ class _ItemHandle:
         self.wait = wait
         self.attempt = attempt
         self.backoff = group.backoffs.pop(index, None) if group is not None else None
-        self.finals: list[_Final] = []
+        self.pending: Pending = []
         self.token: Any = None
         self.info_token: Any = None
 
@@ -380,7 +287,8 @@ class OTelInstrumentation:
         self._recording = metrics is not None or genai is not None
         self.conversation_id: str | None = None
         self._failed_hooks: set[str] = set()
-        self._breakers: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._breaker_watch = BreakerWatch(metrics, self._fault)
+        self._outcomes = FinalOutcomes(metrics) if metrics is not None else None
         self._groups: dict[int, _GroupHandle] = {}
         self._exemplar: tuple[int, dict[str, str]] = (0, {})
         # The event-loop lag monitor of setup() (watches the loops states run on).
@@ -472,47 +380,13 @@ class OTelInstrumentation:
             self._see_loop()
         if not _inside.get():
             handle.root = _inside.set(True)
-        info = _current_item.get() if event.is_parallel else None
-        if (
-            info is not None
-            and info.index == event.parallel_index
-            and info.group is not None
-            and info.group.group_id == event.group_id
-        ):
-            handle.item = info
-        else:
-            info = None
+        handle.item = info = _own_item(event)
         if self._tracer.get() is None:
             return handle
         try:
-            attrs: dict[str, Any] = {
-                sc.ATTR_OPERATION_NAME: op,
-                name_attr: name,
-                Rh.ADDRESS: event.address,
-            }
-            span_name = f"{op} {name}"
-            if event_type is EventType.LLM_CALL or event_type is EventType.AGENT_CALL:
-                model, provider = _model_of(event.actor)
-                if model is not None:
-                    attrs[sc.ATTR_REQUEST_MODEL] = model
-                    if event_type is EventType.LLM_CALL:
-                        span_name = f"{op} {model}"
-                if provider is not None:
-                    attrs[sc.ATTR_PROVIDER_NAME] = provider
-                if event_type is EventType.AGENT_CALL and self.conversation_id is not None:
-                    attrs[sc.ATTR_CONVERSATION_ID] = self.conversation_id
-            if event.is_parallel:
-                attrs[Rh.GROUP_ID] = event.group_id or ""
-                index = event.parallel_index
-                if index is not None:
-                    attrs[Rh.INDEX] = index
-                    if info is not None:
-                        attrs[Rh.WAIT] = info.wait
-                        attrs[Rh.ATTEMPT] = info.attempt
-                        if info.backoff is not None:
-                            attrs[Rh.RETRY_DELAY] = info.backoff
-            if event.is_replayed:
-                attrs[Rh.REPLAYED] = True
+            span_name, attrs = _event_attributes(
+                event, op, name_attr, name, info, self.conversation_id
+            )
             parent = otel_context.get_current()
             span = self._start_span("event_started", span_name, kind, attrs, parent)
             handle.span = span
@@ -581,7 +455,7 @@ class OTelInstrumentation:
             if error is not None and isinstance(error, Exception) and span.is_recording():
                 span.set_status(Status(StatusCode.ERROR, error_message(error)))
                 span.set_attribute(sc.ATTR_ERROR_TYPE, type(error).__name__)
-                _record_exception(span, error)
+                record_exception(span, error)
                 # Recorded where it was raised; the event span only takes its status.
                 attempt_handle.event.recorded = error
             span.end()
@@ -616,7 +490,7 @@ class OTelInstrumentation:
                         )
                         span.set_status(Status(StatusCode.ERROR, error_message(error)))
                         if error is not handle.recorded:
-                            _record_exception(span, error)
+                            record_exception(span, error)
                     elif outcome == Outcome.REPLAYED:
                         span.set_attributes({Rh.OUTCOME: outcome, Rh.REPLAYED: True})
                     elif outcome == Outcome.CACHED:
@@ -632,7 +506,10 @@ class OTelInstrumentation:
         if (usage is not None or handle.op == Op.CHAT) and (
             outcome == Outcome.COMPLETED or outcome == Outcome.FAILED
         ):
-            self._model_call(handle, event, usage, error, duration)
+            try:
+                _record_model_call(self.metrics, self.genai, handle, event, usage, error, duration)
+            except Exception:
+                self._fault("event_finished.model_call")
         m = self.metrics
         if m is None:
             return
@@ -645,80 +522,18 @@ class OTelInstrumentation:
                 error_type = type(error).__name__
                 m.child(m.errors, handle.op, handle.name, error_type).inc()
             item = handle.item
-            if item is not None:
-                # The group decides whether this outcome is what its caller gets.
-                item.finals.append(
-                    (
-                        series.final,
-                        handle.op,
-                        handle.name,
-                        outcome,
-                        error_type,
-                        handle.root is not None,
-                    )
-                )
-            else:
-                series.final.inc()
-                if error_type is not None:
-                    m.child(m.final_errors, handle.op, handle.name, error_type).inc()
-                if handle.root is not None:
-                    m.child(m.workflows, handle.name, outcome).inc()
+            assert self._outcomes is not None  # there are metrics
+            self._outcomes.invocation(
+                series,
+                handle.op,
+                handle.name,
+                outcome,
+                error_type,
+                handle.root is not None,
+                item.pending if item is not None else None,
+            )
         except Exception:
             self._fault("event_finished.metrics")
-
-    def _count_final(self, finals: list[_Final]) -> None:
-        m = self.metrics
-        assert m is not None
-        for counter, op, name, outcome, error_type, root in finals:
-            counter.inc()
-            if error_type is not None:
-                m.child(m.final_errors, op, name, error_type).inc()
-            if root:
-                m.child(m.workflows, name, outcome).inc()
-
-    def _model_call(
-        self,
-        handle: _EventHandle,
-        event: ExecutionEvent[Any],
-        usage: TokenUsage | None,
-        error: BaseException | None,
-        duration: float,
-    ) -> None:
-        """Tokens and duration of an invocation that called a model (a chat invocation
-        that ran its handler, or any that reported usage)."""
-        try:
-            request_model, provider = _model_of(event.actor)
-            response_model = usage.response_model if usage is not None else None
-            m = self.metrics
-            if m is not None:
-                model = response_model or request_model or "unknown"
-                m.child(m.model_duration, handle.name, model).observe(duration)
-                if usage is not None and usage.input_tokens:
-                    m.child(m.tokens, handle.name, model, TokenType.INPUT).inc(usage.input_tokens)
-                if usage is not None and usage.output_tokens:
-                    m.child(m.tokens, handle.name, model, TokenType.OUTPUT).inc(usage.output_tokens)
-            genai = self.genai
-            if genai is None:
-                return
-            attrs: dict[str, Any] = {sc.ATTR_OPERATION_NAME: handle.op}
-            if provider is not None:
-                attrs[sc.ATTR_PROVIDER_NAME] = provider
-            if request_model is not None:
-                attrs[sc.ATTR_REQUEST_MODEL] = request_model
-            if response_model is not None:
-                attrs[sc.ATTR_RESPONSE_MODEL] = response_model
-            if usage is not None:
-                genai.token_usage.record(
-                    usage.input_tokens, {**attrs, sc.ATTR_TOKEN_TYPE: TokenType.INPUT}
-                )
-                genai.token_usage.record(
-                    usage.output_tokens, {**attrs, sc.ATTR_TOKEN_TYPE: TokenType.OUTPUT}
-                )
-            if error is not None:
-                attrs[sc.ATTR_ERROR_TYPE] = type(error).__name__
-            genai.duration.record(duration, attrs)
-        except Exception:
-            self._fault("event_finished.model_call")
 
     # ------------------------------------------------------------------ groups
 
@@ -787,33 +602,15 @@ class OTelInstrumentation:
             return
         try:
             group_handle = item.group
-            if isinstance(error, CircuitOpenError) and group_handle is not None:
-                # Every rejection, also one the group retries.
-                span = group_handle.span
-                if span is not None and span.is_recording():
-                    span.add_event(
-                        Rh.EVENT_REJECTED,
-                        {
-                            Rh.BREAKER_NAME: error.breaker,
-                            Rh.INDEX: item.index,
-                            Rh.ATTEMPT: item.attempt,
-                        },
-                    )
+            if isinstance(error, CircuitOpenError):
+                _note_rejection(item, error)  # every rejection, also one the group retries
             if final:
-                failed = outcome in _FAILURES and error is not None
-                if failed and group_handle is not None and group_handle.first_error is None:
-                    group_handle.first_error = type(error).__name__
-                if self.metrics is not None:
-                    finals = item.finals
-                    if not finals:
-                        # Nothing of an actor ran (a plain coroutine, a rejected call):
-                        # counted under the group's name, as its retries are.
-                        m = self.metrics
-                        label = group_handle.label if group_handle is not None else "unnamed"
-                        counter = m.child(m.final_outcomes, Op.PARALLEL_ITEM, label, outcome)
-                        error_type = type(error).__name__ if failed else None
-                        finals = [(counter, Op.PARALLEL_ITEM, label, outcome, error_type, False)]
-                    self._count_final(finals)
+                error_type = type(error).__name__ if outcome in _FAILURES and error else None
+                if group_handle is not None:
+                    group_handle.first_error = group_handle.first_error or error_type
+                if self._outcomes is not None:
+                    label = group_handle.label if group_handle is not None else "unnamed"
+                    self._outcomes.item(item.pending, label, outcome, error_type)
         except Exception:
             self._fault("item_finished")
         finally:
@@ -880,32 +677,8 @@ class OTelInstrumentation:
         try:
             if span is not None:
                 if span.is_recording():
-                    span.set_attributes(
-                        {
-                            Rh.SIZE: group.total,
-                            Rh.COMPLETED: group.completed,
-                            Rh.FAILED: group.failed,
-                            Rh.CANCELLED: cancelled,
-                            Rh.STATUS: status,
-                            Rh.OUTCOME: status,
-                        }
-                    )
-                    if timed_out:
-                        span.set_attributes(
-                            {
-                                Rh.TIMED_OUT: True,
-                                sc.ATTR_ERROR_TYPE: type(error).__name__
-                                if error is not None
-                                else ParallelTimeoutError.__name__,
-                            }
-                        )
-                        span.add_event(Rh.EVENT_TIMEOUT, {Rh.TIMEOUT: group.timeout or -1.0})
-                        span.set_status(
-                            Status(StatusCode.ERROR, f"timed out after {group.timeout}s")
-                        )
-                    elif status == "failed":
-                        span.set_attribute(sc.ATTR_ERROR_TYPE, _group_error_type(handle, error))
-                        span.set_status(Status(StatusCode.ERROR, f"{group.failed} items failed"))
+                    first = handle.first_error if handle is not None else None
+                    _group_span_result(span, group, status, cancelled, timed_out, error, first)
                 span.end()
         except Exception:
             self._fault("group_finished.span")
@@ -945,60 +718,149 @@ class OTelInstrumentation:
     # ---------------------------------------------------------------- breakers
 
     def watch_breaker(self, breaker: Any) -> None:
-        try:
-            if breaker in self._breakers:
-                return
-            self._breakers.add(breaker)
-            if self.metrics is not None:
-                m = self.metrics
-                m.watch_breaker(breaker.name)
-                m.child(m.breaker_state, breaker.name).set(breaker.state.gauge_value)
-            breaker.add_listener(self._on_transition)
-            breaker.add_reject_listener(self._on_reject)
-        except Exception:
-            self._fault("watch_breaker")
-
-    def _on_transition(self, breaker: CircuitBreaker, old: CircuitState, new: CircuitState) -> None:
-        try:
-            if self.metrics is not None:
-                m = self.metrics
-                m.child(m.breaker_state, breaker.name).set(new.gauge_value)
-                m.child(m.breaker_transitions, breaker.name, new.value).inc()
-                if new.value == "open":
-                    m.child(m.breaker_trips, breaker.name).inc()
-                    m.breaker_opened(breaker, breaker.name, breaker.recovery_timeout)
-                elif old.value == "open":
-                    m.breaker_left_open(breaker)
-            span = trace.get_current_span()
-            if span.is_recording():
-                span.add_event(
-                    Rh.EVENT_STATE_CHANGE,
-                    {
-                        Rh.BREAKER_NAME: breaker.name,
-                        Rh.BREAKER_FROM: old.value,
-                        Rh.BREAKER_TO: new.value,
-                    },
-                )
-        except Exception:
-            self._fault("breaker_transition")
-
-    def _on_reject(self, breaker: CircuitBreaker) -> None:
-        try:
-            if self.metrics is not None:
-                m = self.metrics
-                m.child(m.breaker_rejections, breaker.name).inc()
-        except Exception:
-            self._fault("breaker_reject")
+        self._breaker_watch.watch(breaker)
 
 
-def _group_error_type(handle: _GroupHandle | None, error: BaseException | None) -> str:
-    """``error.type`` of a failed group: what it raised (the type of its first failed
-    item when that is what it raised), or ``_partial_failure`` when it returned its
+def _record_model_call(
+    m: RhAgentsMetrics | None,
+    genai: GenAIMetrics | None,
+    handle: _EventHandle,
+    event: ExecutionEvent[Any],
+    usage: TokenUsage | None,
+    error: BaseException | None,
+    duration: float,
+) -> None:
+    """Tokens and duration of an invocation that called a model (a chat invocation
+    that ran its handler, or any that reported usage)."""
+    request_model, provider = _model_of(event.actor)
+    response_model = usage.response_model if usage is not None else None
+    if m is not None:
+        model = response_model or request_model or "unknown"
+        m.child(m.model_duration, handle.name, model).observe(duration)
+        if usage is not None and usage.input_tokens:
+            m.child(m.tokens, handle.name, model, TokenType.INPUT).inc(usage.input_tokens)
+        if usage is not None and usage.output_tokens:
+            m.child(m.tokens, handle.name, model, TokenType.OUTPUT).inc(usage.output_tokens)
+    if genai is None:
+        return
+    attrs: dict[str, Any] = {sc.ATTR_OPERATION_NAME: handle.op}
+    if provider is not None:
+        attrs[sc.ATTR_PROVIDER_NAME] = provider
+    if request_model is not None:
+        attrs[sc.ATTR_REQUEST_MODEL] = request_model
+    if response_model is not None:
+        attrs[sc.ATTR_RESPONSE_MODEL] = response_model
+    if usage is not None:
+        genai.token_usage.record(usage.input_tokens, {**attrs, sc.ATTR_TOKEN_TYPE: TokenType.INPUT})
+        genai.token_usage.record(
+            usage.output_tokens, {**attrs, sc.ATTR_TOKEN_TYPE: TokenType.OUTPUT}
+        )
+    if error is not None:
+        attrs[sc.ATTR_ERROR_TYPE] = type(error).__name__
+    genai.duration.record(duration, attrs)
+
+
+def _group_span_result(
+    span: Any,
+    group: GroupInfo,
+    status: str,
+    cancelled: int,
+    timed_out: bool,
+    error: BaseException | None,
+    first_error: str | None,
+) -> None:
+    """How a group ended, on its span. A failed or timed-out group has ``error.type``:
+    what it raised (the type of its first failed item when that is what it raised,
+    ``ParallelTimeoutError`` on timeout), or ``_partial_failure`` when it returned its
     results with failed items."""
-    if error is None:
-        return sc.ERROR_TYPE_PARTIAL_FAILURE
-    first = handle.first_error if handle is not None else None
-    return first or type(error).__name__
+    span.set_attributes(
+        {
+            Rh.SIZE: group.total,
+            Rh.COMPLETED: group.completed,
+            Rh.FAILED: group.failed,
+            Rh.CANCELLED: cancelled,
+            Rh.STATUS: status,
+            Rh.OUTCOME: status,
+        }
+    )
+    if timed_out:
+        raised = type(error).__name__ if error is not None else ParallelTimeoutError.__name__
+        span.set_attributes({Rh.TIMED_OUT: True, sc.ATTR_ERROR_TYPE: raised})
+        span.add_event(Rh.EVENT_TIMEOUT, {Rh.TIMEOUT: group.timeout or -1.0})
+        span.set_status(Status(StatusCode.ERROR, f"timed out after {group.timeout}s"))
+    elif status == "failed":
+        if error is None:
+            error_type = sc.ERROR_TYPE_PARTIAL_FAILURE
+        else:
+            error_type = first_error or type(error).__name__
+        span.set_attribute(sc.ATTR_ERROR_TYPE, error_type)
+        span.set_status(Status(StatusCode.ERROR, f"{group.failed} items failed"))
+
+
+def _event_attributes(
+    event: ExecutionEvent[Any],
+    op: str,
+    name_attr: str,
+    name: str,
+    item: _ItemHandle | None,
+    conversation_id: str | None,
+) -> tuple[str, dict[str, Any]]:
+    """The name and the start attributes of an event span."""
+    event_type = event.event_type
+    attrs: dict[str, Any] = {
+        sc.ATTR_OPERATION_NAME: op,
+        name_attr: name,
+        Rh.ADDRESS: event.address,
+    }
+    span_name = f"{op} {name}"
+    if event_type is EventType.LLM_CALL or event_type is EventType.AGENT_CALL:
+        model, provider = _model_of(event.actor)
+        if model is not None:
+            attrs[sc.ATTR_REQUEST_MODEL] = model
+            if event_type is EventType.LLM_CALL:
+                span_name = f"{op} {model}"
+        if provider is not None:
+            attrs[sc.ATTR_PROVIDER_NAME] = provider
+        if event_type is EventType.AGENT_CALL and conversation_id is not None:
+            attrs[sc.ATTR_CONVERSATION_ID] = conversation_id
+    if event.is_parallel:
+        attrs[Rh.GROUP_ID] = event.group_id or ""
+        index = event.parallel_index
+        if index is not None:
+            attrs[Rh.INDEX] = index
+            if item is not None:
+                attrs[Rh.WAIT] = item.wait
+                attrs[Rh.ATTEMPT] = item.attempt
+                if item.backoff is not None:
+                    attrs[Rh.RETRY_DELAY] = item.backoff
+    if event.is_replayed:
+        attrs[Rh.REPLAYED] = True
+    return span_name, attrs
+
+
+def _note_rejection(item: _ItemHandle, error: CircuitOpenError) -> None:
+    """A ``circuit_breaker.rejected`` event on the group span of a rejected attempt."""
+    span = item.group.span if item.group is not None else None
+    if span is not None and span.is_recording():
+        span.add_event(
+            Rh.EVENT_REJECTED,
+            {Rh.BREAKER_NAME: error.breaker, Rh.INDEX: item.index, Rh.ATTEMPT: item.attempt},
+        )
+
+
+def _own_item(event: ExecutionEvent[Any]) -> _ItemHandle | None:
+    """The group item ``event`` is the work of (run directly by the item), if any."""
+    if not event.is_parallel:
+        return None
+    info = _current_item.get()
+    if (
+        info is not None
+        and info.index == event.parallel_index
+        and info.group is not None
+        and info.group.group_id == event.group_id
+    ):
+        return info
+    return None
 
 
 def _usage_attributes(usage: TokenUsage) -> dict[str, Any]:

@@ -11,12 +11,12 @@ import atexit
 import errno
 import logging
 import os
-import queue
 import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from queue import SimpleQueue
 from typing import Any, TypeVar
 
 from opentelemetry import trace
@@ -257,7 +257,7 @@ class _Reserve:
     """
 
     def __init__(self, size: int) -> None:
-        self._tasks: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._tasks: SimpleQueue[Callable[[], None] | None] = SimpleQueue()
         self._idle = size
         self._lock = threading.Lock()
         self._size = size
@@ -497,19 +497,8 @@ def setup(
         >>> state = ExecutionState(telemetry=handle.telemetry)  # doctest: +SKIP
     """
     disabled = os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() in _TRUE
-    timeout = (
-        float(export_timeout)
-        if export_timeout is not None
-        else _env_number("OTEL_BSP_EXPORT_TIMEOUT", 5000.0) / 1000
-    )
-    queue_size = max_queue_size or int(_env_number("OTEL_BSP_MAX_QUEUE_SIZE", MAX_QUEUE_SIZE))
-    batch = max_export_batch_size or int(
-        _env_number("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", MAX_EXPORT_BATCH)
-    )
-    delay_ms = (
-        schedule_delay * 1000
-        if schedule_delay is not None
-        else _env_number("OTEL_BSP_SCHEDULE_DELAY", SCHEDULE_DELAY_MS)
+    timeout, batching = _batch_settings(
+        export_timeout, max_queue_size, max_export_batch_size, schedule_delay
     )
     endpoint: str | None = None
     protocol = "http/protobuf"
@@ -531,7 +520,7 @@ def setup(
     file_path: Path | None = None
     monitor: LoopLagMonitor | None = None
     try:
-        metrics = metrics_for(registry)
+        span_metrics = metrics_for(registry).span_export()
         if disabled:
             logger.info("OTEL_SDK_DISABLED is set: rh_agents records no spans.")
         else:
@@ -541,21 +530,11 @@ def setup(
                 file_path = Path(trace_file) if trace_file is not None else DEFAULT_TRACE_FILE
                 created.append(JsonLinesSpanExporter(file_path))
             for exporter in [*(exporters or []), *created]:
-                processor = CountingSpanProcessor(
-                    exporter,
-                    metrics.span_export(),
-                    max_queue_size=queue_size,
-                    max_export_batch_size=min(batch, queue_size),
-                    schedule_delay_millis=delay_ms,
-                    export_timeout_millis=int(timeout * 1000),
-                )
+                processor = CountingSpanProcessor(exporter, span_metrics, **batching)
                 processors.append((processor, exporter))
                 provider.add_span_processor(processor)
         telemetry = Telemetry(provider, registry, tracing=not disabled)
-        if loop_lag_interval is not None and loop_lag_interval > 0:
-            monitor = LoopLagMonitor(metrics.loop_lag(), float(loop_lag_interval))
-            telemetry.instrumentation.loops = monitor
-            monitor.start()
+        monitor = _lag_monitor(telemetry, loop_lag_interval)
     except BaseException:
         if monitor is not None:
             monitor.stop()
@@ -575,13 +554,48 @@ def setup(
         protocol=protocol,
         monitor=monitor,
     )
-    handle.span_processor_settings = {
-        "max_queue_size": queue_size,
-        "max_export_batch_size": min(batch, queue_size),
+    handle.span_processor_settings = dict(batching)
+    return handle
+
+
+def _lag_monitor(telemetry: Telemetry, interval: float | None) -> LoopLagMonitor | None:
+    """The event-loop lag monitor of ``telemetry``, started (None: no monitor)."""
+    if interval is None or interval <= 0 or telemetry.metrics is None:
+        return None
+    monitor = LoopLagMonitor(telemetry.metrics.loop_lag(), float(interval))
+    telemetry.instrumentation.loops = monitor
+    monitor.start()
+    return monitor
+
+
+def _batch_settings(
+    export_timeout: float | None,
+    max_queue_size: int | None,
+    max_export_batch_size: int | None,
+    schedule_delay: float | None,
+) -> tuple[float, dict[str, Any]]:
+    """The export timeout in seconds and the BatchSpanProcessor arguments: the given
+    values, else the OTEL_BSP_* ones."""
+    timeout = (
+        float(export_timeout)
+        if export_timeout is not None
+        else _env_number("OTEL_BSP_EXPORT_TIMEOUT", 5000.0) / 1000
+    )
+    queue = max_queue_size or int(_env_number("OTEL_BSP_MAX_QUEUE_SIZE", MAX_QUEUE_SIZE))
+    batch = max_export_batch_size or int(
+        _env_number("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", MAX_EXPORT_BATCH)
+    )
+    delay_ms = (
+        schedule_delay * 1000
+        if schedule_delay is not None
+        else _env_number("OTEL_BSP_SCHEDULE_DELAY", SCHEDULE_DELAY_MS)
+    )
+    return timeout, {
+        "max_queue_size": queue,
+        "max_export_batch_size": min(batch, queue),
         "schedule_delay_millis": delay_ms,
         "export_timeout_millis": int(timeout * 1000),
     }
-    return handle
 
 
 def _abandon(

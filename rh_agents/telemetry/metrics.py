@@ -137,7 +137,30 @@ class RhAgentsMetrics:
     ) -> None:
         self.registry = registry
         self.cap = _LabelCap(max_label_values)
-        r = registry
+        self._add_invocation_metrics(registry)
+        self._add_outcome_metrics(registry)
+        self._add_group_and_breaker_metrics(registry)
+        # In-flight, queued and max_workers are read from the running groups at scrape
+        # time (see _ParallelCollector): a gauge set per group name would let concurrent
+        # groups of the same name overwrite each other.
+        self._live: dict[int, LiveGroup] = {}
+        self._last_max_workers: dict[str, int] = {}
+        self._live_lock = threading.Lock()
+        registry.register(_ParallelCollector(self))
+        # Time spent open: completed periods per breaker label, plus the breakers open
+        # now (by id), read when /metrics is scraped (see _BreakerCollector).
+        self.now = time.monotonic
+        self._open_total: dict[str, float] = {}
+        self._open_now: dict[int, tuple[str, float, float]] = {}
+        self._open_lock = threading.Lock()
+        registry.register(_BreakerCollector(self))
+        self._children: dict[tuple[Any, ...], Any] = {}
+        self._series: dict[tuple[str, str, str], EventSeries] = {}
+        self._lazy_lock = threading.Lock()
+        self._loop_lag: Histogram | None = None
+        self._span_export: SpanExportMetrics | None = None
+
+    def _add_invocation_metrics(self, r: CollectorRegistry) -> None:
         self.events = Counter(
             Rh.EVENTS,
             "Finished invocations by operation, actor and outcome.",
@@ -169,30 +192,8 @@ class RhAgentsMetrics:
             ["operation", "name"],
             registry=r,
         )
-        self.breaker_trips = Counter(
-            Rh.BREAKER_TRIPS,
-            "Transitions of a circuit breaker into open.",
-            ["breaker"],
-            registry=r,
-        )
-        self.breaker_rejections = Counter(
-            Rh.BREAKER_REJECTIONS,
-            "Calls rejected without running by an open circuit breaker.",
-            ["breaker"],
-            registry=r,
-        )
-        self.breaker_state = Gauge(
-            Rh.BREAKER_STATE,
-            "Circuit breaker state: 0 closed, 1 half-open, 2 open.",
-            ["breaker"],
-            registry=r,
-        )
-        self.breaker_transitions = Counter(
-            Rh.BREAKER_TRANSITIONS,
-            "Circuit breaker state changes, by the state entered (closed, half_open, open).",
-            ["breaker", "to_state"],
-            registry=r,
-        )
+
+    def _add_outcome_metrics(self, r: CollectorRegistry) -> None:
         self.final_outcomes = Counter(
             Rh.FINAL_OUTCOMES,
             "Invocations by the outcome their caller got: a group item's attempts that "
@@ -226,6 +227,32 @@ class RhAgentsMetrics:
             buckets=WAIT_BUCKETS,
             registry=r,
         )
+
+    def _add_group_and_breaker_metrics(self, r: CollectorRegistry) -> None:
+        self.breaker_trips = Counter(
+            Rh.BREAKER_TRIPS,
+            "Transitions of a circuit breaker into open.",
+            ["breaker"],
+            registry=r,
+        )
+        self.breaker_rejections = Counter(
+            Rh.BREAKER_REJECTIONS,
+            "Calls rejected without running by an open circuit breaker.",
+            ["breaker"],
+            registry=r,
+        )
+        self.breaker_state = Gauge(
+            Rh.BREAKER_STATE,
+            "Circuit breaker state: 0 closed, 1 half-open, 2 open.",
+            ["breaker"],
+            registry=r,
+        )
+        self.breaker_transitions = Counter(
+            Rh.BREAKER_TRANSITIONS,
+            "Circuit breaker state changes, by the state entered (closed, half_open, open).",
+            ["breaker", "to_state"],
+            registry=r,
+        )
         self.semaphore_wait = Histogram(
             Rh.SEMAPHORE_WAIT,
             "Time a parallel-group item waited for a worker slot.",
@@ -246,25 +273,6 @@ class RhAgentsMetrics:
             buckets=GROUP_DURATION_BUCKETS,
             registry=r,
         )
-        # In-flight, queued and max_workers are read from the running groups at scrape
-        # time (see _ParallelCollector): a gauge set per group name would let concurrent
-        # groups of the same name overwrite each other.
-        self._live: dict[int, LiveGroup] = {}
-        self._last_max_workers: dict[str, int] = {}
-        self._live_lock = threading.Lock()
-        registry.register(_ParallelCollector(self))
-        # Time spent open: completed periods per breaker label, plus the breakers open
-        # now (by id), read when /metrics is scraped (see _BreakerCollector).
-        self.now = time.monotonic
-        self._open_total: dict[str, float] = {}
-        self._open_now: dict[int, tuple[str, float, float]] = {}
-        self._open_lock = threading.Lock()
-        registry.register(_BreakerCollector(self))
-        self._children: dict[tuple[Any, ...], Any] = {}
-        self._series: dict[tuple[str, str, str], EventSeries] = {}
-        self._lazy_lock = threading.Lock()
-        self._loop_lag: Histogram | None = None
-        self._span_export: SpanExportMetrics | None = None
 
     def child(self, metric: Any, *values: str | None) -> Any:
         """The label child of ``metric`` for ``values`` (capped), cached.

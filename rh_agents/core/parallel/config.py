@@ -1,0 +1,160 @@
+"""The checks of a group's arguments, with messages that say what to pass instead."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from rh_agents.core._validate import is_finite_at_least, is_int_at_least
+from rh_agents.core.circuit_breaker import CircuitBreaker
+from rh_agents.core.errors import InvalidArgumentError
+from rh_agents.core.limiter import Limiter
+from rh_agents.core.parallel.models import ErrorStrategy
+from rh_agents.core.retry import RetryConfig
+
+if TYPE_CHECKING:
+    from rh_agents.core.circuit_breaker import CircuitBreakerRegistry
+    from rh_agents.core.clock import Clock
+
+__all__ = [
+    "check_group_name",
+    "check_limiter",
+    "check_positive_int",
+    "check_timeout",
+    "error_strategy",
+    "resolve_breaker",
+    "retry_policy",
+]
+
+
+def check_positive_int(name: str, value: Any, hint: str) -> int:
+    """``value`` if it is an integer >= 1; else an error naming ``name``."""
+    if not is_int_at_least(value, 1):
+        raise InvalidArgumentError(f"{name} must be a positive integer, got {value!r}. {hint}")
+    return int(value)
+
+
+def error_strategy(value: ErrorStrategy | str) -> ErrorStrategy:
+    """The strategy named by ``value``."""
+    try:
+        return ErrorStrategy(value)
+    except ValueError:
+        raise InvalidArgumentError(
+            f"Unknown error_strategy {value!r}; use ErrorStrategy.FAIL_SLOW "
+            "or ErrorStrategy.FAIL_FAST."
+        ) from None
+
+
+def check_timeout(timeout: float | None) -> float | None:
+    """The deadline in seconds (None: none)."""
+    if timeout is not None and not is_finite_at_least(timeout, 0, strict=True):
+        raise InvalidArgumentError(
+            f"timeout must be a positive number of seconds or None, got {timeout!r}."
+        )
+    return float(timeout) if timeout is not None else None
+
+
+def check_limiter(limiter: object) -> None:
+    """Refuse anything but a Limiter (or None)."""
+    if limiter is not None and not isinstance(limiter, Limiter):
+        raise InvalidArgumentError(bad_limiter_message(limiter))
+
+
+def retry_policy(
+    max_retries: int,
+    retry_delay: float,
+    retry_on: Any,
+    non_retryable: Sequence[type[BaseException]],
+) -> RetryConfig | None:
+    """The retry policy of a group's items (None: no retries)."""
+    if not is_int_at_least(max_retries, 0):
+        raise InvalidArgumentError(
+            f"max_retries must be an integer >= 0 (retries after the first attempt), "
+            f"got {max_retries!r}. Use 0 for no retries."
+        )
+    if max_retries or retry_delay != 1.0 or retry_on is not None or non_retryable:
+        # Built even without retries, so a bad retry_delay or retry_on is reported at
+        # once (the defaults need no check).
+        retry = RetryConfig.for_group(max_retries, retry_delay, retry_on, non_retryable)
+        return retry if max_retries else None
+    return None
+
+
+def resolve_breaker(
+    registry: CircuitBreakerRegistry,
+    breaker: CircuitBreaker | str | None,
+    threshold: int | None,
+    cooldown: float,
+    name: str | None,
+    clock: Clock,
+) -> CircuitBreaker | None:
+    """The group's circuit breaker: the one given, a shared one by name, a breaker of
+    its own when a threshold is given, or None."""
+    if isinstance(breaker, CircuitBreaker):
+        return breaker
+    if isinstance(breaker, str):
+        return registry.get(
+            breaker,
+            failure_threshold=threshold or 5,
+            recovery_timeout=cooldown,
+            clock=clock,
+        )
+    if breaker is not None:
+        raise InvalidArgumentError(
+            f"circuit_breaker must be a CircuitBreaker, a breaker name or None, got "
+            f"{type(breaker).__name__}."
+        )
+    if threshold is None:
+        return None
+    check_positive_int("circuit_breaker_threshold", threshold, "Or pass None for none.")
+    return CircuitBreaker(
+        f"parallel:{name or 'group'}",
+        failure_threshold=threshold,
+        recovery_timeout=cooldown,
+        clock=clock,
+    )
+
+
+GROUP_NAME_RESERVED = "#[]"
+"""Characters a group name must not contain: its address would be another one's."""
+
+
+def check_group_name(name: object) -> None:
+    """Reject group names that cannot be told apart from other addresses.
+
+    ``/`` is allowed: it is replaced by ``_`` in the address, and the per-parent ordinal
+    keeps a group ``a/b`` and a group ``a_b`` apart (``parallel:a_b``,
+    ``parallel:a_b#1``). ``#`` and ``[ ]`` are not: ``x#1`` would take the address of the
+    second group named ``x``, and ``y[0]`` that of item 0 of group ``y``.
+    """
+    if name is None:
+        return
+    if not isinstance(name, str):
+        raise InvalidArgumentError(f"name must be a string or None, got {name!r}.")
+    if not name.strip():
+        raise InvalidArgumentError(
+            f"A parallel group's name must not be empty or blank, got {name!r}; give it a "
+            "name such as 'docs', or leave name= out for an unnamed group."
+        )
+    bad = sorted(set(name) & set(GROUP_NAME_RESERVED))
+    if bad:
+        raise InvalidArgumentError(
+            f"Parallel group name {name!r} contains {''.join(bad)!r}; '#', '[' and ']' "
+            "structure addresses (a group named 'x#1' would get the address of the second "
+            "group named 'x', and 'y[0]' that of item 0 of group 'y'). Use letters, "
+            "digits, spaces, '-', '_', '.' or '/'."
+        )
+
+
+def bad_limiter_message(limiter: object) -> str:
+    if isinstance(limiter, str):
+        return (
+            f"limiter must be a Limiter object, got the string {limiter!r}; limiters are "
+            "shared by passing the same object, not by name. Create it once, e.g. "
+            f"`shared = Limiter({limiter!r}, max_concurrency=8)`, and pass `limiter=shared` "
+            "to every group that calls the resource."
+        )
+    return (
+        f"limiter must be a rh_agents Limiter or None, got {type(limiter).__name__}; "
+        "create one with Limiter(name, max_concurrency=...)."
+    )

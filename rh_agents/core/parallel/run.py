@@ -1,0 +1,230 @@
+"""One run of a group: from the group-started event to the terminal one.
+
+Every exit path (success, FAIL_FAST, timeout, leaving ``stream()``, an exception in the
+``async with`` body, external cancellation) cancels and awaits all work of the group,
+gives every unfinished item a result and records how the group ended, also when the
+run itself is cancelled while it waits for its workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from rh_agents.core._aio import cancel_and_wait, uninterrupted
+from rh_agents.core.parallel.attempt import ItemAttempts
+from rh_agents.core.parallel.errors import ParallelTimeoutError
+from rh_agents.core.parallel.models import GroupStatus, label_of, update
+from rh_agents.core.parallel.results import Results, group_event, publish_group, timeout_message
+from rh_agents.core.parallel.scheduler import Scheduler
+from rh_agents.core.types import ExecutionStatus
+
+if TYPE_CHECKING:
+    from rh_agents.core.context import Frame
+    from rh_agents.core.parallel.group import ParallelExecutionManager
+    from rh_agents.core.parallel.items import Item, ItemList
+    from rh_agents.core.parallel.models import GroupSettings
+
+__all__ = ["GroupRun"]
+
+logger = logging.getLogger("rh_agents.parallel")
+
+_TERMINAL = {
+    GroupStatus.COMPLETED: ExecutionStatus.COMPLETED,
+    GroupStatus.FAILED: ExecutionStatus.FAILED,
+    GroupStatus.CANCELLED: ExecutionStatus.CANCELLED,
+}
+
+
+class GroupRun:
+    """Runs the items of a group once and records how the group ended.
+
+    Args:
+        manager: the group; told the results and the error when the run ends.
+        items: the group's items.
+        settings: how the items run.
+        frame: the group's frame.
+        queue: where a stream learns which item ended.
+    """
+
+    def __init__(
+        self,
+        manager: ParallelExecutionManager,
+        items: ItemList,
+        settings: GroupSettings,
+        frame: Frame,
+        queue: asyncio.Queue[int | None] | None,
+    ) -> None:
+        state = manager.execution_state
+        self._manager = manager
+        self._state = state
+        self._tel = state.instrumentation
+        self._clock = state.clock
+        self._group = manager.group
+        self._label = label_of(self._group)
+        self._items = items
+        self._settings = settings
+        self._frame = frame
+        self._span: Any = None
+        self._started_at = 0.0
+        self.scheduler = Scheduler(items.items, self._clock)
+        self.results = Results(self._group, self._label, settings.error_strategy, len(items), queue)
+        self.attempts: ItemAttempts | None = None
+        self.error: BaseException | None = None
+        """What collecting raises: the deadline, or the failure that stopped the group."""
+
+    def statistics(self) -> dict[str, int]:
+        """Running items, peak concurrency, queued and delayed items."""
+        attempts = self.attempts
+        return {
+            "in_flight": attempts.in_flight if attempts is not None else 0,
+            "peak_in_flight": attempts.peak if attempts is not None else 0,
+            "queued": max(0, self.scheduler.queued()),
+            "delayed": len(self.scheduler.delayed),
+        }
+
+    async def execute(self) -> None:
+        """Run every item; raises the group's error (FAIL_FAST, timeout), if any."""
+        state, tel, group, settings = self._state, self._tel, self._group, self._settings
+        items = self._items.items
+        n = len(items)
+        update(group, total=n, status=GroupStatus.RUNNING, start_time=time.time())
+        self._items.forget_coroutines()
+        self._started_at = self._clock.monotonic()
+        for item in items:
+            item.ready_at = self._started_at
+        self._span = tel.group_started(group, settings.error_strategy.value)
+        scheduler = self.scheduler
+        attempts = ItemAttempts(
+            state, group, settings, self._frame, self._span, scheduler, self.results
+        )
+        self.attempts = attempts
+        workers_needed = min(settings.max_workers, n)
+        scheduler.inline = self._runs_inline(workers_needed)
+        cancelled = False
+        workers: list[asyncio.Task[None]] = []
+        watchdog: asyncio.Task[None] | None = None
+        errors: list[BaseException] = []
+        try:
+            await state.publish_event(group_event(group, ExecutionStatus.STARTED, False, ""))
+            if tel.enabled:
+                tel.queue_changed(group, 0, n)
+            if scheduler.inline:
+                await scheduler.work(attempts.run, self.crash)
+            else:
+                workers = [
+                    asyncio.create_task(scheduler.work(attempts.run, self.crash))
+                    for _ in range(workers_needed)
+                ]
+            scheduler.workers = workers
+            if settings.timeout is not None and n:
+                watchdog = asyncio.create_task(
+                    scheduler.watchdog(settings.timeout, self.results.all_done)
+                )
+            if workers:
+                # Workers handle their own errors (see Scheduler.work); one that dies
+                # anyway (KeyboardInterrupt, ...) ends the wait at once.
+                await asyncio.wait(workers, return_when=asyncio.FIRST_EXCEPTION)
+        except asyncio.CancelledError:
+            cancelled = True
+            raise
+        finally:
+            # Workers check `stopping` between items, so one whose item swallowed the
+            # cancellation still ends instead of running the rest of the queue.
+            scheduler.stopping = True
+            interrupted = False
+            try:
+                if workers or watchdog is not None:
+                    errors = await cancel_and_wait([*workers, watchdog])
+            except asyncio.CancelledError:
+                # Cancelled (again) while waiting for the workers: they are finished
+                # all the same, and the group must still record how it ended.
+                cancelled = interrupted = True
+            self._items.close()
+            finish = self._finish(cancelled, crashed=bool(errors))
+            if state.event_bus.has_listeners():
+                # Subscribers may suspend it: the final status must still be recorded.
+                await uninterrupted(finish)
+            else:
+                await finish  # nothing in it can suspend, so nothing can interrupt it
+            if interrupted:
+                raise asyncio.CancelledError
+        if errors:  # a worker died of a BaseException its error handling does not take
+            raise errors[0]
+        if self.error is not None:
+            raise self.error
+
+    def _runs_inline(self, workers_needed: int) -> bool:
+        """Whether the single worker runs in this task.
+
+        One worker and no deadline: run it in this task. A task of its own would only
+        add event-loop round trips (most of a small group's fixed cost), and without a
+        watchdog only this task's own canceller can stop it. Not in a task that has been
+        cancelled before (a pending or swallowed request): there, a CancelledError could
+        not be told apart from an item's own.
+        """
+        task = asyncio.current_task()
+        return (
+            workers_needed == 1
+            and self._settings.timeout is None
+            and task is not None
+            and task.cancelling() == 0
+        )
+
+    def crash(self, item: Item | None, error: Exception) -> None:
+        """Stop the group for an error raised outside an item's work.
+
+        A ``retry_on`` predicate that raises, a limiter or breaker that fails, the
+        history refusing the retry event: no item can succeed past that, so the group
+        stops as under FAIL_FAST (whatever its strategy), ends FAILED, and collecting
+        raises the error itself, with a note saying where it came from.
+        """
+        what = f"item {item.index} ('{item.name}')" if item is not None else "an item"
+        error.add_note(
+            f"Raised while parallel group '{self._label}' handled {what} outside the "
+            "item's own work (e.g. by a retry_on predicate, a limiter, a circuit breaker "
+            "or the history); the group stopped."
+        )
+        if item is not None and self.results.slots[item.index] is None:
+            self.results.fail(item, None, error, 0.0, fatal=True)
+        else:
+            self.results.stop_with(error)
+        self.scheduler.stop()
+
+    async def _finish(self, cancelled: bool, crashed: bool = False) -> None:
+        group, tel, scheduler = self._group, self._tel, self.scheduler
+        results = self.results.finish(
+            self._items.items, scheduler.timed_out, self._settings.timeout, scheduler.backing_off
+        )
+        failure = self.results.failure
+        if cancelled:
+            status = GroupStatus.CANCELLED
+        elif scheduler.timed_out or failure is not None or group.failed or crashed:
+            status = GroupStatus.FAILED
+        else:
+            status = GroupStatus.COMPLETED
+        update(group, status=status, end_time=time.time())
+        duration = self._clock.monotonic() - self._started_at
+        update(group, execution_time=duration)
+        timeout = timeout_message(self._label, self._settings.timeout, group)
+        if scheduler.timed_out and not cancelled:
+            self.error = ParallelTimeoutError(timeout, list(results), group)
+        elif failure is not None and not cancelled:
+            self.error = failure
+        tel.group_finished(
+            self._span,
+            group,
+            status.value,
+            group.cancelled,
+            duration,
+            scheduler.timed_out,
+            error=self.error,
+        )
+        if tel.enabled:
+            tel.queue_changed(group, 0, 0)
+        self._manager._ended(results, self.error)
+        await publish_group(self._state, group, _TERMINAL[status], scheduler.timed_out, timeout)
+        if group.failed and status is not GroupStatus.CANCELLED:
+            logger.warning("Parallel group %s: %s", self._label, group.error_summary())

@@ -1,0 +1,136 @@
+"""Which item runs next, the worker tasks that run them, and the group's deadline.
+
+At most ``max_workers`` workers pull items in add order; a factory is called only when
+a worker is free, so a group of 100 000 items holds at most ``max_workers`` running
+coroutines. A retry waits out its backoff in a queue of its own, without holding a
+worker, and goes before the items that have not started yet once it is due. A group
+of one worker and no deadline runs its worker inline, in the task that collects the
+results (see :class:`~rh_agents.core.parallel.run.GroupRun`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rh_agents.core.clock import Clock
+    from rh_agents.core.parallel.items import Item
+
+__all__ = ["Scheduler"]
+
+
+class Scheduler:
+    """The order in which the items of one run start, and the workers that start them.
+
+    Attributes:
+        items: every item, in add order.
+        cursor: how many items have been handed to a worker for the first time.
+        delayed: retries waiting out their backoff, as ``(ready_at, index, item)``.
+        backing_off: indices of the items in ``delayed``.
+        workers: the worker tasks (none when the worker runs inline).
+        inline: whether the single worker runs in the collecting task.
+        stopping: no further item starts (failure, deadline, cancellation).
+        timed_out: the group's deadline passed.
+    """
+
+    __slots__ = (
+        "_clock",
+        "backing_off",
+        "cursor",
+        "delayed",
+        "inline",
+        "items",
+        "stopping",
+        "timed_out",
+        "workers",
+    )
+
+    def __init__(self, items: list[Item], clock: Clock) -> None:
+        self._clock = clock
+        self.items = items
+        self.cursor = 0
+        self.delayed: list[tuple[float, int, Item]] = []
+        self.backing_off: set[int] = set()
+        self.workers: list[asyncio.Task[None]] = []
+        self.inline = False
+        self.stopping = False
+        self.timed_out = False
+
+    def queued(self) -> int:
+        """Items that have not started their first attempt yet."""
+        return len(self.items) - self.cursor
+
+    def next(self) -> Item | None:
+        """The item to run next, or None when nothing is left to start."""
+        # A retry whose backoff has passed goes before items that have not started yet,
+        # so a long queue does not postpone it indefinitely.
+        if self.delayed and self.delayed[0][0] <= self._clock.monotonic():
+            return heapq.heappop(self.delayed)[2]
+        if self.cursor < len(self.items):
+            item = self.items[self.cursor]
+            self.cursor += 1
+            return item
+        if self.delayed:
+            return heapq.heappop(self.delayed)[2]
+        return None
+
+    def retry_later(self, item: Item, delay: float) -> None:
+        """Run ``item`` again once ``delay`` seconds have passed."""
+        item.ready_at = self._clock.monotonic() + delay
+        heapq.heappush(self.delayed, (item.ready_at, item.index, item))
+        self.backing_off.add(item.index)
+
+    def resumed(self, item: Item) -> None:
+        """A retried item starts its next attempt."""
+        self.backing_off.discard(item.index)
+
+    def stop(self) -> None:
+        """Start no further item and cancel the running ones (the other workers)."""
+        self.stopping = True
+        me = asyncio.current_task()
+        for worker in self.workers:
+            if worker is not me:
+                worker.cancel()
+
+    async def work(
+        self,
+        attempt: Callable[[Item], Awaitable[None]],
+        crash: Callable[[Item | None, Exception], None],
+    ) -> None:
+        """One worker: run attempts of the next items until none is left or the group
+        stops. An exception that is not an item's own failure goes to ``crash``."""
+        clock = self._clock
+        item: Item | None = None
+        inline = self.inline
+        task = asyncio.current_task() if inline else None
+        try:
+            while not self.stopping:
+                if inline and task is not None and task.cancelling():
+                    # An item swallowed the cancellation of the task running the group
+                    # inline: stop here rather than run the rest of the queue.
+                    raise asyncio.CancelledError
+                item = self.next()
+                if item is None:
+                    return
+                if item.attempts:  # a retry, ready after its backoff (first attempts are)
+                    delay = item.ready_at - clock.monotonic()
+                    if delay > 0:
+                        await clock.sleep(delay)
+                        if self.stopping:  # pragma: no cover - stopping cancels the sleep first
+                            return
+                await attempt(item)
+        except Exception as exc:
+            # Not the item's work (its errors are results): the group's own machinery
+            # failed around it. Going on would hide the error and run the rest anyway.
+            crash(item, exc)
+
+    async def watchdog(self, seconds: float, finished: Callable[[], bool]) -> None:
+        """Stop the group when its deadline passes before every item ``finished``."""
+        await self._clock.sleep(seconds)
+        if finished():
+            return  # everything finished at the deadline itself: not a timeout
+        self.timed_out = True
+        self.stop()

@@ -1,0 +1,313 @@
+"""Replay: a restored run returns what it recorded instead of running it again.
+
+Everything that makes resuming correct lives here: restoring a state from a snapshot or
+from a backend's journal (refusing another pipeline's history, reporting damage),
+indexing the completions of the restored history, deciding which recorded completion a
+call returns (:meth:`Replayer.match`: same address and input, or a sibling call's with
+the same input), giving back the recorded value with its type, and, in VALIDATION mode,
+comparing what a re-run produced with what was recorded.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ValidationError
+
+from rh_agents.core.errors import (
+    InputValidationError,
+    SnapshotMismatchError,
+    StateCorruptedError,
+    StateNotFoundError,
+)
+from rh_agents.core.events import EventKind, ExecutionEvent
+from rh_agents.core.history import HistorySet, input_fingerprint
+from rh_agents.core.recording import import_model, restore_container
+from rh_agents.core.state_recovery import ReplayMode, StateMetadata, StateSnapshot
+from rh_agents.core.types import ExecutionStatus
+
+if TYPE_CHECKING:
+    from rh_agents.core.actors import BaseActor
+    from rh_agents.core.execution import ExecutionState
+    from rh_agents.core.storage import StateBackend
+
+__all__ = ["Replayer", "load_snapshot", "restored_history", "restored_metadata"]
+
+# The logger keeps the name of the module replay came from (users configure it).
+logger = logging.getLogger("rh_agents.execution")
+
+
+class Replayer:
+    """Decides, for each call of a restored run, whether it returns a recorded result.
+
+    Args:
+        state: the state whose restored history is replayed (its ``replay_mode``, its
+            ``divergences`` and its ``recorder`` for divergence warnings).
+
+    Attributes:
+        active: whether the state has completions to replay (it was restored).
+    """
+
+    __slots__ = ("_claimed", "_index", "_siblings", "_state", "active")
+
+    def __init__(self, state: ExecutionState) -> None:
+        self._state = state
+        self._index: dict[str, ExecutionEvent[Any]] = {}
+        # Completions by (parent address, actor key), and those already replayed.
+        self._siblings: dict[tuple[str, str], list[ExecutionEvent[Any]]] = {}
+        self._claimed: set[str] = set()
+        self.active = False
+
+    def load(self, history: HistorySet) -> None:
+        """Index the completions of a restored ``history``; calls at their addresses
+        return the recorded results from now on."""
+        self._index = {}
+        self._siblings = {}
+        self._claimed = set()
+        for address in history.completed_addresses():
+            event = history.get_completed_event(address)
+            if event is None:
+                continue
+            self._index[address] = event
+            if event.input_hash is not None:
+                self._siblings.setdefault(_sibling_key(address), []).append(event)
+        self.active = bool(self._index)
+
+    def recorded(self, address: str) -> ExecutionEvent[Any] | None:
+        """The completion recorded at ``address`` (VALIDATION mode compares with it)."""
+        return self._index.get(address)
+
+    def match(
+        self, actor: BaseActor, address: str, validate: Callable[[], Any]
+    ) -> tuple[ExecutionEvent[Any] | None, str | None]:
+        """The recorded completion this call replays (None: run it), and its fingerprint.
+
+        A call replays the completion recorded at its own address when the input is the
+        same. Calls of one actor under one parent take their ordinals when they start, so
+        siblings started concurrently (``asyncio.gather`` of branches that await first)
+        may get each other's addresses in another run: a call whose input differs from
+        its own address's record replays the sibling completion (same parent, actor and
+        tag) recorded with its input instead. Each completion is replayed at most once.
+        ``validate`` returns the validated input (called only when fingerprints matter).
+
+        Raises:
+            SnapshotMismatchError: the stored run was recorded by a different program.
+        """
+        own = self._index.get(address)
+        if own is not None and own.address in self._claimed:
+            own = None  # a sibling call replayed it already
+        group = self._siblings.get(_sibling_key(address))
+        if own is None and not group:
+            return None, None
+        where = f"'{address}'"
+        fix = (
+            "Start a fresh run (a new state_id), or resume this one with the program and "
+            "inputs that wrote it."
+        )
+        if own is not None:
+            if own.actor_name is not None and own.actor_name != actor.name:
+                raise SnapshotMismatchError(
+                    f"The stored history has actor '{own.actor_name}' at {where}, but this "
+                    f"program calls actor '{actor.name}' there: the history was written by "
+                    f"a different program, so its result cannot be replayed. {fix}"
+                )
+            if own.event_type is not None and own.event_type is not actor.event_type:
+                raise SnapshotMismatchError(
+                    f"The stored history has a {own.event_type.value} at {where}, but this "
+                    f"program makes a {actor.event_type.value} there (actor '{actor.name}'): "
+                    f"the history was written by a different program. {fix}"
+                )
+            if own.input_hash is None:
+                self._claimed.add(own.address)
+                return own, None
+        try:
+            data = validate()
+        except InputValidationError as exc:
+            if own is None:
+                return None, None  # the call itself reports the invalid input
+            raise SnapshotMismatchError(
+                f"Actor '{actor.name}' completed at {where} in the stored history, but the "
+                f"input it is called with now does not validate into its input_model: the "
+                f"history was written by a different program. {fix}"
+            ) from exc
+        current = input_fingerprint(data)
+        if own is not None and own.input_hash == current:
+            self._claimed.add(own.address)
+            return own, current
+        for sibling in group or ():
+            if sibling.input_hash == current and sibling.address not in self._claimed:
+                self._claimed.add(sibling.address)
+                return sibling, current
+        if own is not None:
+            raise SnapshotMismatchError(
+                f"Actor '{actor.name}' completed at {where} in the stored history with a "
+                f"different input (fingerprint {own.input_hash}, now {current}), and no "
+                f"sibling call of it completed with this input, so its recorded result "
+                f"would be wrong for this call. {fix}"
+            )
+        return None, current
+
+    def recorded_value(self, actor: BaseActor, recorded: ExecutionEvent[Any]) -> Any:
+        """The recorded result as the value the program gets: validated into the actor's
+        output_model (or the recorded model or container type) again.
+
+        Raises:
+            SnapshotMismatchError: it no longer validates (another program version).
+        """
+        raw = recorded._record_result if recorded._record_result is not None else recorded.result
+        model: type[BaseModel] | None = actor.output_model
+        kind = recorded._result_type
+        if model is None and kind and "[" not in kind and ":" in kind:
+            model = import_model(kind)
+        if raw is None or (model is None and not kind):
+            return raw
+        try:
+            if model is None:
+                return restore_container(kind or "", raw)
+            return model.model_validate(raw)
+        except ValidationError as exc:
+            target = model.__name__ if model is not None else kind
+            raise SnapshotMismatchError(
+                f"The recorded result at '{recorded.address}' no longer validates into "
+                f"{target} ({exc.error_count()} error(s)); the history was written "
+                "by a different version of the program. Start a fresh run instead of "
+                "resuming this one."
+            ) from exc
+
+    def replay_into(
+        self,
+        actor: BaseActor,
+        event: ExecutionEvent[Any],
+        recorded: ExecutionEvent[Any],
+        input_hash: str | None,
+    ) -> Any:
+        """Make ``event`` (the call's working copy) the replay of ``recorded``; returns
+        the value the call gives back."""
+        event.input_hash = input_hash
+        value = self.recorded_value(actor, recorded)
+        event.result = value
+        event.is_replayed = True
+        event.from_cache = recorded.from_cache
+        event.execution_time = recorded.execution_time
+        event.skip_republish = self._state.replay_mode is ReplayMode.NORMAL
+        event._record_result = recorded._record_result
+        event._result_type = recorded._result_type
+        return value
+
+    async def check(self, event: ExecutionEvent[Any], recorded: ExecutionEvent[Any]) -> None:
+        expected = recorded._record_result
+        failed = event.execution_status is not ExecutionStatus.COMPLETED
+        actual = None if failed else event._record_result
+        input_changed = (
+            recorded.input_hash is not None
+            and event.input_hash is not None
+            and recorded.input_hash != event.input_hash
+        )
+        if not failed and expected == actual and not input_changed:
+            return
+        info = {
+            "address": event.address,
+            "expected": expected,
+            "actual": actual,
+            "expected_status": ExecutionStatus.COMPLETED.value,
+            "actual_status": event.execution_status.value,
+        }
+        if input_changed:
+            info["input_changed"] = True
+        if failed:
+            info["error"] = event.message
+        self._state.divergences.append(info)
+        logger.warning(
+            "Replay divergence at %s: recorded %r, now %r (%s)",
+            event.address,
+            expected,
+            actual,
+            event.execution_status.value,
+        )
+        warning: ExecutionEvent[Any] = ExecutionEvent(
+            kind=EventKind.DIVERGENCE,
+            address=event.address,
+            actor_name=event.actor_name,
+            event_type=event.event_type,
+            execution_status=ExecutionStatus.COMPLETED,
+            message=f"Result at '{event.address}' differs from the recorded history.",
+            metadata={"replay_divergence": info},
+        )
+        await self._state.recorder.record(warning)
+
+
+def _sibling_key(address: str) -> tuple[str, str]:
+    """(parent address, actor key) of an invocation: its address without the ordinal."""
+    parent, _, segment = address.rpartition("/")
+    return parent, segment.partition("#")[0]
+
+
+# ----------------------------------------------------------------------- restoring
+
+
+def restored_metadata(snapshot: StateSnapshot, pipeline_name: str | None) -> StateMetadata:
+    """The metadata a state restored from ``snapshot`` by ``pipeline_name`` gets.
+
+    Raises:
+        SnapshotMismatchError: the snapshot belongs to another pipeline.
+    """
+    metadata = snapshot.metadata
+    if pipeline_name is None:
+        return metadata
+    recorded = metadata.pipeline_name
+    if recorded is not None and recorded != pipeline_name:
+        raise SnapshotMismatchError(
+            f"State '{snapshot.state_id}' was written by pipeline '{recorded}', not "
+            f"by '{pipeline_name}' which tries to resume it; replaying its results "
+            "would give wrong answers. Resume it with pipeline "
+            f"'{recorded}', or start a fresh run (a new state_id)."
+        )
+    if recorded is None:
+        metadata = metadata.model_copy(update={"pipeline_name": pipeline_name})
+    return metadata
+
+
+def restored_history(snapshot: StateSnapshot) -> tuple[HistorySet, dict[str, Any]]:
+    """The history and the storage of ``snapshot``.
+
+    Raises:
+        StateCorruptedError: the snapshot's history cannot be read.
+    """
+    body = snapshot.execution_state
+    events = body.get("events", [])
+    storage = body.get("storage") or {}
+    if not isinstance(events, list) or not isinstance(storage, dict):
+        raise StateCorruptedError(
+            f"The snapshot of state '{snapshot.state_id}' has no readable history (events "
+            f"is a {type(events).__name__}, storage a {type(storage).__name__}); it was "
+            "written by another program or is damaged. Start a fresh run."
+        )
+    return HistorySet.from_records(events), dict(storage)
+
+
+def load_snapshot(state_id: str, backend: StateBackend) -> StateSnapshot:
+    """The stored snapshot of ``state_id``, with the journal's records as its history.
+
+    Raises:
+        StateNotFoundError: the backend has no such state.
+    """
+    snapshot = backend.load_state(state_id)
+    records: list[dict[str, Any]] = []
+    load_events = getattr(backend, "load_events", None)
+    if callable(load_events):
+        records = list(load_events(state_id))
+    if snapshot is None and not records:
+        known = ", ".join(backend.list_states()[:10]) or "none"
+        raise StateNotFoundError(
+            f"No state '{state_id}' in {type(backend).__name__}; known states: "
+            f"{known}. Start a fresh run, or pass the id of an existing state."
+        )
+    if snapshot is None:
+        snapshot = StateSnapshot(state_id=state_id, execution_state={})
+    if records:
+        snapshot = snapshot.model_copy(
+            update={"execution_state": {**snapshot.execution_state, "events": records}}
+        )
+    return snapshot

@@ -1,0 +1,461 @@
+"""Tests of cache keys, cache backends and the single-flight ResultCache."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import sqlite3
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+
+from rh_agents.core.cache import (
+    CacheBackend,
+    InMemoryCacheBackend,
+    ResultCache,
+    SQLiteCacheBackend,
+    UncacheableInputError,
+    make_cache_key,
+)
+from rh_agents.core.errors import (
+    InvalidArgumentError,
+    LifecycleError,
+    ResultSerializationError,
+    SchemaVersionError,
+    StateCorruptedError,
+)
+
+
+class ManualClock:
+    """A clock that moves only when told: monotonic time for memory, wall time for SQLite."""
+
+    def __init__(self, now: float = 1_000.0) -> None:
+        self.now = now
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def time(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+# --------------------------------------------------------------------------- keys
+
+
+class Query(BaseModel):
+    text: str
+    tags: set[str]
+
+
+@dataclass
+class Point:
+    x: int
+    y: int
+
+
+def test_key_ignores_dict_key_order_and_set_order() -> None:
+    a = make_cache_key("search", "1", {"q": "cats", "opts": {"n": 3, "lang": "en"}})
+    b = make_cache_key("search", "1", {"opts": {"lang": "en", "n": 3}, "q": "cats"})
+    assert a == b
+    assert make_cache_key("a", "1", {3, 1, 2}) == make_cache_key("a", "1", {2, 3, 1})
+    assert len(a) == 64 and int(a, 16) >= 0
+
+
+def test_key_is_stable_across_releases() -> None:
+    # Persistent caches outlive processes: the key of a given input must never change.
+    # sha256 of the canonical JSON '["search","1.0.0",{"n":3,"q":"cats"}]'.
+    key = make_cache_key("search", "1.0.0", {"q": "cats", "n": 3})
+    assert key == "02e608ff4b69486ca0f34b868076b80156fcf0a5bbc22fa736a33df05cd9defe"
+
+
+def test_key_is_stable_across_processes_with_different_hash_seeds() -> None:
+    script = (
+        "from rh_agents.core.cache import make_cache_key\n"
+        "print(make_cache_key('a', '1', {'tags': {'x', 'y', 'z', 'w'}, 'f': frozenset('abc')}))"
+    )
+    root = str(Path(__file__).resolve().parents[2])
+    keys = {
+        subprocess.run(
+            [sys.executable, "-c", script],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=root,
+            env={"PYTHONHASHSEED": seed, "PYTHONPATH": root},
+        ).stdout.strip()
+        for seed in ("1", "2", "3")
+    }
+    assert len(keys) == 1
+
+
+def test_key_changes_with_name_version_and_input() -> None:
+    base = make_cache_key("search", "1", {"q": "cats"})
+    assert make_cache_key("search", "2", {"q": "cats"}) != base
+    assert make_cache_key("lookup", "1", {"q": "cats"}) != base
+    assert make_cache_key("search", "1", {"q": "dogs"}) != base
+    assert make_cache_key("search", "1", 1) != make_cache_key("search", "1", "1")
+
+
+def test_key_of_models_and_dataclasses_is_their_json_form() -> None:
+    model = Query(text="x", tags={"b", "a"})
+    assert make_cache_key("a", "1", model) == make_cache_key(
+        "a", "1", {"text": "x", "tags": ["a", "b"]}
+    )
+    assert make_cache_key("a", "1", Point(1, 2)) == make_cache_key("a", "1", {"y": 2, "x": 1})
+
+
+def test_unserializable_input_raises_a_clear_error() -> None:
+    with pytest.raises(UncacheableInputError, match=r"actor 'a'.*not JSON-serializable") as info:
+        make_cache_key("a", "1", {"handle": object()})
+    assert isinstance(info.value, TypeError)
+    assert isinstance(info.value, InvalidArgumentError)
+    cyclic: list[Any] = []
+    cyclic.append(cyclic)
+    with pytest.raises(UncacheableInputError):
+        make_cache_key("a", "1", cyclic)
+    with pytest.raises(InvalidArgumentError):
+        make_cache_key("", "1", 1)
+    with pytest.raises(InvalidArgumentError):
+        make_cache_key("a", 1, 1)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- backends
+
+
+def test_in_memory_ttl_follows_the_clock() -> None:
+    clock = ManualClock()
+    cache = InMemoryCacheBackend(clock=clock)
+    assert isinstance(cache, CacheBackend)
+    cache.set("short", "v", ttl=10.0)
+    cache.set("forever", "w", ttl=None)
+    clock.advance(9.999)
+    entry = cache.get("short")
+    assert entry is not None and entry.value == "v"
+    assert entry.stored_at == 1_000.0 and entry.expires_at == 1_010.0
+    clock.advance(0.001)
+    assert cache.get("short") is None
+    clock.advance(1e9)
+    forever = cache.get("forever")
+    assert forever is not None and forever.expires_at is None
+
+
+def test_in_memory_evicts_least_recently_used() -> None:
+    cache = InMemoryCacheBackend(clock=ManualClock(), max_entries=2)
+    cache.set("a", 1, ttl=None)
+    cache.set("b", 2, ttl=None)
+    assert cache.get("a") is not None  # "a" is now the most recently used
+    cache.set("c", 3, ttl=None)
+    assert cache.get("b") is None
+    assert [cache.get(k) is not None for k in ("a", "c")] == [True, True]
+    assert len(cache) == 2
+
+
+def test_in_memory_stores_none_delete_and_clear() -> None:
+    cache = InMemoryCacheBackend(clock=ManualClock())
+    cache.set("none", None, ttl=None)
+    entry = cache.get("none")
+    assert entry is not None and entry.value is None
+    assert cache.delete("none") is True and cache.delete("none") is False
+    cache.set("x", 1, ttl=None)
+    cache.clear()
+    assert cache.get("x") is None
+
+
+@pytest.mark.parametrize("ttl", [0, -1, float("nan"), True, "10"])
+def test_invalid_ttl_is_rejected(ttl: Any) -> None:
+    with pytest.raises(InvalidArgumentError, match="positive number of seconds"):
+        InMemoryCacheBackend().set("k", 1, ttl=ttl)
+
+
+def test_invalid_max_entries_is_rejected() -> None:
+    with pytest.raises(InvalidArgumentError, match="max_entries"):
+        InMemoryCacheBackend(max_entries=0)
+
+
+def test_sqlite_cache_survives_reopening_and_uses_wall_clock(tmp_path: Path) -> None:
+    path = tmp_path / "cache" / "results.db"
+    clock = ManualClock(now=1_700_000_000.0)
+    with SQLiteCacheBackend(path, clock=clock) as cache:
+        assert isinstance(cache, CacheBackend)
+        cache.set("k", {"answer": [42, "x"]}, ttl=60.0)
+        cache.set("model", Query(text="t", tags={"a"}), ttl=None)
+    clock.advance(59.0)
+    with SQLiteCacheBackend(path, clock=clock) as cache:
+        entry = cache.get("k")
+        assert entry is not None and entry.value == {"answer": [42, "x"]}
+        assert entry.expires_at == 1_700_000_060.0
+        model = cache.get("model")
+        assert model is not None and model.value == {"text": "t", "tags": ["a"]}
+        clock.advance(1.0)
+        assert cache.get("k") is None
+        assert cache.delete("model") is True
+        assert cache.get("model") is None
+
+
+def test_sqlite_cache_purge_and_clear(tmp_path: Path) -> None:
+    clock = ManualClock()
+    with SQLiteCacheBackend(tmp_path / "c.db", clock=clock) as cache:
+        cache.set("a", 1, ttl=1.0)
+        cache.set("b", 2, ttl=100.0)
+        cache.set("c", 3, ttl=None)
+        clock.advance(5.0)
+        assert cache.purge_expired() == 1
+        cache.clear()
+        assert cache.get("b") is None and cache.get("c") is None
+
+
+def test_sqlite_cache_rejects_values_that_are_not_json(tmp_path: Path) -> None:
+    with SQLiteCacheBackend(tmp_path / "c.db") as cache:
+        with pytest.raises(ResultSerializationError, match="not JSON-serializable"):
+            cache.set("k", object(), ttl=None)
+        assert cache.get("k") is None
+
+
+def test_sqlite_cache_drops_a_damaged_entry(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "c.db"
+    with SQLiteCacheBackend(path) as cache:
+        cache.set("k", [1], ttl=None)
+        conn = sqlite3.connect(path)
+        conn.execute("UPDATE cache_entries SET value = '[1,'")
+        conn.commit()
+        conn.close()
+        with caplog.at_level(logging.WARNING, logger="rh_agents.core.cache"):
+            assert cache.get("k") is None
+        assert "damaged cache entry" in caplog.text
+
+
+def test_sqlite_cache_open_errors(tmp_path: Path) -> None:
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(b"\x13" * 5000)
+    with pytest.raises(StateCorruptedError, match="not a SQLite database"):
+        SQLiteCacheBackend(garbage)
+
+    foreign = tmp_path / "foreign.db"
+    conn = sqlite3.connect(foreign)
+    conn.execute("CREATE TABLE t (x)")
+    conn.commit()
+    conn.close()
+    with pytest.raises(StateCorruptedError, match="not an rh_agents cache"):
+        SQLiteCacheBackend(foreign)
+
+    versioned = tmp_path / "v.db"
+    SQLiteCacheBackend(versioned).close()
+    conn = sqlite3.connect(versioned)
+    conn.execute("UPDATE rh_agents_meta SET value = '99' WHERE key = 'schema_version'")
+    conn.commit()
+    conn.close()
+    with pytest.raises(SchemaVersionError, match="'99'"):
+        SQLiteCacheBackend(versioned)
+
+
+def test_sqlite_history_file_is_not_a_cache(tmp_path: Path) -> None:
+    from rh_agents.state_backends import SQLiteStateBackend
+
+    path = tmp_path / "history.db"
+    SQLiteStateBackend(path).close()
+    with pytest.raises(StateCorruptedError, match="not an rh_agents cache"):
+        SQLiteCacheBackend(path)
+
+
+def test_sqlite_cache_closed_raises_lifecycle_error(tmp_path: Path) -> None:
+    cache = SQLiteCacheBackend(tmp_path / "c.db")
+    cache.close()
+    with pytest.raises(LifecycleError):
+        cache.get("k")
+
+
+# --------------------------------------------------------------------------- ResultCache
+
+
+class Counter:
+    """A compute function that counts its calls and can be held open by the test."""
+
+    def __init__(self, value: Any = "result", store: bool = True) -> None:
+        self.calls = 0
+        self.value = value
+        self.store = store
+        self.release = asyncio.Event()
+        self.started = asyncio.Event()
+        self.error: BaseException | None = None
+
+    async def __call__(self) -> tuple[Any, bool]:
+        self.calls += 1
+        self.started.set()
+        await self.release.wait()
+        if self.error is not None:
+            raise self.error
+        return self.value, self.store
+
+
+async def test_hit_after_a_stored_computation() -> None:
+    cache = ResultCache(InMemoryCacheBackend())
+    compute = Counter()
+    compute.release.set()
+    assert await cache.get_or_compute("k", None, compute) == ("result", False)
+    assert await cache.get_or_compute("k", None, compute) == ("result", True)
+    assert compute.calls == 1
+
+
+async def test_hundred_concurrent_callers_share_one_computation() -> None:
+    cache = ResultCache(InMemoryCacheBackend())
+    compute = Counter()
+    tasks = [asyncio.create_task(cache.get_or_compute("k", 60.0, compute)) for _ in range(100)]
+    await compute.started.wait()
+    assert cache.in_flight == 1
+    compute.release.set()
+    results = await asyncio.gather(*tasks)
+    assert compute.calls == 1
+    assert all(value == "result" for value, _ in results)
+    assert sorted(hit for _, hit in results) == [False] + [True] * 99
+    assert cache.in_flight == 0
+
+
+async def test_different_keys_compute_independently() -> None:
+    cache = ResultCache(InMemoryCacheBackend())
+    first, second = Counter("one"), Counter("two")
+    first.release.set()
+    second.release.set()
+    results = await asyncio.gather(
+        cache.get_or_compute("a", None, first), cache.get_or_compute("b", None, second)
+    )
+    assert list(results) == [("one", False), ("two", False)]
+
+
+async def test_unstored_result_is_shared_but_not_cached() -> None:
+    cache = ResultCache(InMemoryCacheBackend())
+    compute = Counter(value={"ok": False}, store=False)
+    tasks = [asyncio.create_task(cache.get_or_compute("k", None, compute)) for _ in range(5)]
+    await compute.started.wait()
+    compute.release.set()
+    results = await asyncio.gather(*tasks)
+    assert compute.calls == 1
+    assert all(value == {"ok": False} for value, _ in results)
+    assert cache.backend.get("k") is None
+    assert await cache.get_or_compute("k", None, compute) == ({"ok": False}, False)
+    assert compute.calls == 2
+
+
+async def test_leader_failure_reaches_every_follower_and_nothing_is_cached(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    cache = ResultCache(InMemoryCacheBackend())
+    compute = Counter()
+    compute.error = RuntimeError("upstream is down")
+    tasks = [asyncio.create_task(cache.get_or_compute("k", None, compute)) for _ in range(10)]
+    await compute.started.wait()
+    compute.release.set()
+    outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+    assert compute.calls == 1
+    assert all(isinstance(o, RuntimeError) and str(o) == "upstream is down" for o in outcomes)
+    assert cache.backend.get("k") is None
+    assert cache.in_flight == 0
+
+    compute.error = None
+    assert await cache.get_or_compute("k", None, compute) == ("result", False)
+    assert compute.calls == 2
+    gc.collect()
+    assert "never retrieved" not in caplog.text
+
+
+async def test_failure_without_followers_leaves_no_unretrieved_exception(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    cache = ResultCache(InMemoryCacheBackend())
+    compute = Counter()
+    compute.error = ValueError("bad input")
+    compute.release.set()
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        with pytest.raises(ValueError, match="bad input"):
+            await cache.get_or_compute("k", None, compute)
+        gc.collect()
+        await asyncio.sleep(0)
+    assert "never retrieved" not in caplog.text
+
+
+async def test_cancelled_leader_hands_over_to_a_follower() -> None:
+    cache = ResultCache(InMemoryCacheBackend())
+    compute = Counter()
+    leader = asyncio.create_task(cache.get_or_compute("k", None, compute))
+    await compute.started.wait()
+    followers = [asyncio.create_task(cache.get_or_compute("k", None, compute)) for _ in range(5)]
+    await asyncio.sleep(0)  # followers are now waiting on the leader
+    compute.started.clear()
+    leader.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await leader
+    await asyncio.wait_for(compute.started.wait(), timeout=5)  # a follower took over
+    assert compute.calls == 2
+    compute.release.set()
+    results = await asyncio.wait_for(asyncio.gather(*followers), timeout=5)
+    assert all(value == "result" for value, _ in results)
+    assert sorted(hit for _, hit in results) == [False] + [True] * 4
+    assert not any(task.cancelled() for task in followers)
+    assert cache.in_flight == 0
+    assert await cache.get_or_compute("k", None, compute) == ("result", True)
+
+
+async def test_cancelled_follower_does_not_disturb_the_leader() -> None:
+    cache = ResultCache(InMemoryCacheBackend())
+    compute = Counter()
+    leader = asyncio.create_task(cache.get_or_compute("k", None, compute))
+    await compute.started.wait()
+    follower = asyncio.create_task(cache.get_or_compute("k", None, compute))
+    other = asyncio.create_task(cache.get_or_compute("k", None, compute))
+    await asyncio.sleep(0)
+    follower.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await follower
+    compute.release.set()
+    assert await leader == ("result", False)
+    assert await other == ("result", True)
+    assert compute.calls == 1
+
+
+async def test_a_failure_to_store_is_logged_and_the_value_returned(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with SQLiteCacheBackend(tmp_path / "c.db") as backend:
+        cache = ResultCache(backend)
+        compute = Counter(value=object())
+        compute.release.set()
+        with caplog.at_level(logging.WARNING, logger="rh_agents.core.cache"):
+            value, hit = await cache.get_or_compute("k", None, compute)
+        assert value is compute.value and hit is False
+        assert "returned but not cached" in caplog.text
+        assert backend.get("k") is None
+
+
+async def test_result_cache_with_sqlite_survives_restart(tmp_path: Path) -> None:
+    path = tmp_path / "c.db"
+    compute = Counter(value={"n": 1})
+    compute.release.set()
+    with SQLiteCacheBackend(path) as backend:
+        assert await ResultCache(backend).get_or_compute("k", 3600.0, compute) == (
+            {"n": 1},
+            False,
+        )
+    with SQLiteCacheBackend(path) as backend:
+        assert await ResultCache(backend).get_or_compute("k", 3600.0, compute) == ({"n": 1}, True)
+    assert compute.calls == 1
+
+
+async def test_bad_ttl_fails_before_computing() -> None:
+    cache = ResultCache(InMemoryCacheBackend())
+    compute = Counter()
+    with pytest.raises(InvalidArgumentError):
+        await cache.get_or_compute("k", -5.0, compute)
+    assert compute.calls == 0

@@ -1,0 +1,107 @@
+"""The benchmark harness (bench/) runs and writes well-formed results.
+
+Only the shape of the output is checked, never a timing: the machine is shared and
+noisy, and the figures belong in bench/results.md, not in assertions. Competitors that
+are not installed here (aiometer and anyio live in bench/requirements.txt, not in the dev
+environment) must be reported as SKIP rows, not break the run.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+IDS = ["P1", "P2", "P3", "P4", "P5", "P6", "P7", "P8"]
+STATUSES = {"PASS", "MISS", "INFO", "SKIP"}
+
+pytestmark = pytest.mark.slow
+
+
+def _run(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [sys.executable, *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}"
+    return proc
+
+
+def _check_row(row: dict[str, Any]) -> None:
+    assert row["case"]
+    assert row["status"] in STATUSES, row
+    if row["status"] == "SKIP":
+        assert row["value"] is None and "not installed" in row["detail"], row
+        return
+    assert isinstance(row["value"], int | float) and math.isfinite(row["value"]), row
+    assert row["unit"], row
+    if row["target"]:
+        assert row["status"] in {"PASS", "MISS"}, row
+    else:
+        assert row["status"] == "INFO", row
+
+
+def test_quick_mode_writes_well_formed_results(tmp_path: Path) -> None:
+    proc = _run("-m", "bench", "--quick", "--no-profile", "--out", str(tmp_path))
+    for bench_id in IDS:
+        assert f"== {bench_id} " in proc.stdout
+
+    document = json.loads((tmp_path / "results.json").read_text())
+    assert document["mode"] == "quick"
+    env = document["environment"]
+    assert env["cores"] >= 1 and env["python"] and env["cpu"]
+    assert set(env["packages"]) >= {"rh_agents", "opentelemetry-sdk", "aiometer", "anyio"}
+    assert [b["id"] for b in document["benchmarks"]] == IDS
+    for bench in document["benchmarks"]:
+        assert bench["title"] and bench["measures"] and bench["rows"], bench["id"]
+        for row in bench["rows"]:
+            _check_row(row)
+    rows = [row for bench in document["benchmarks"] for row in bench["rows"]]
+    counted = {s: sum(row["status"] == s for row in rows) for s in ("PASS", "MISS", "SKIP")}
+    assert document["summary"] == counted
+    assert counted["PASS"] + counted["MISS"] > 0
+
+    p1 = {row["case"]: row for row in document["benchmarks"][0]["rows"]}
+    for module, label in (("aiometer", "aiometer.run_all"), ("anyio", "anyio TaskGroup")):
+        competitor = [row for case, row in p1.items() if label in case]
+        assert competitor, label
+        expected = "SKIP" if importlib.util.find_spec(module) is None else "PASS/MISS"
+        for row in competitor:
+            assert (row["status"] == "SKIP") == (expected == "SKIP"), row
+
+    # P8: the process pool always; the Dask rows are SKIP exactly when it is missing
+    p8 = document["benchmarks"][IDS.index("P8")]["rows"]
+    assert any("ProcessPoolItemExecutor(2)" in row["case"] for row in p8)
+    assert any(row["case"].startswith("process path per trivial item") for row in p8)
+    dask_rows = [row for row in p8 if "dask" in row["case"].lower() or "submit" in row["case"]]
+    assert len(dask_rows) == 5
+    no_dask = importlib.util.find_spec("distributed") is None
+    assert all((row["status"] == "SKIP") == no_dask for row in dask_rows), dask_rows
+
+    markdown = (tmp_path / "results.md").read_text()
+    assert "| # | Case | Measured | Target | Result |" in markdown
+    table = [line for line in markdown.splitlines() if line.startswith("| P")]
+    assert len(table) == len(rows)
+    for bench_id in IDS:
+        assert f"### {bench_id} " in markdown
+
+
+def test_profiles_name_where_the_time_and_memory_go(tmp_path: Path) -> None:
+    proc = _run("-m", "bench.profiling", "--quick", "--out", str(tmp_path), "P4", "P5", "P6")
+    assert "own time by package/module:" in proc.stdout
+    assert "rh_agents." in proc.stdout
+    assert "B/item" in proc.stdout  # the P5 memory attribution
+    assert "P6 is not profiled" in proc.stdout
+    assert (tmp_path / "P4.cprofile.txt").exists()
+    assert (tmp_path / "P5.tracemalloc.txt").exists()
