@@ -605,7 +605,8 @@ class OTelInstrumentation:
             if isinstance(error, CircuitOpenError):
                 _note_rejection(item, error)  # every rejection, also one the group retries
             if final:
-                error_type = type(error).__name__ if outcome in _FAILURES and error else None
+                failed = error is not None and outcome in _FAILURES
+                error_type = type(error).__name__ if failed else None
                 if group_handle is not None:
                     group_handle.first_error = group_handle.first_error or error_type
                 if self._outcomes is not None:
