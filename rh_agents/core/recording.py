@@ -13,6 +13,7 @@ import importlib
 import inspect
 import json
 from collections.abc import AsyncIterator, Iterator
+from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
@@ -92,10 +93,12 @@ class Recorder:
             await bus.publish(snapshot)
 
     def _append(self, snapshot: ExecutionEvent[Any], seq: int) -> None:
-        assert self._journal is not None
+        journal = self._journal
+        assert journal is not None
         state_id = self._state.state_id
+        started = perf_counter()
         try:
-            self._journal.append_event(state_id, event_to_record(snapshot, seq))
+            journal.append_event(state_id, event_to_record(snapshot, seq))
         except StateError:
             raise
         except Exception as exc:
@@ -105,6 +108,9 @@ class Recorder:
                 "Everything recorded before is intact; fix the backend (e.g. free disk "
                 "space) and resume the run."
             ) from exc
+        tel = self._state.instrumentation
+        if tel.enabled:
+            tel.journal_written(journal, perf_counter() - started)
 
     def input_hash(self, data: Any) -> str | None:
         """The input fingerprint to record, or None when this state records none."""

@@ -126,7 +126,9 @@ class ItemAttempts:
             if traced:
                 tel.queue_changed(group, self.in_flight, self._scheduler.queued())
                 # The wait for a worker slot (and the limiter): from ready to running.
-                handle = tel.item_started(self._span, group, item.index, started - item.ready_at)
+                handle = tel.item_started(
+                    self._span, group, item.index, started - item.ready_at, attempt=item.attempts
+                )
             try:
                 if self._breaker is not None:
                     permit = self._breaker.admit()
@@ -222,7 +224,7 @@ class ItemAttempts:
         ):
             delay = retry.calculate_delay(item.attempts, error, self._rng)
             if traced:
-                self._tel.item_finished(handle, self._group, Outcome.FAILED, error)
+                self._tel.item_finished(handle, self._group, Outcome.FAILED, error, final=False)
             await self._schedule_retry(item, value, error, delay)
             return
         outcome = Outcome.REJECTED if isinstance(error, CircuitOpenError) else Outcome.FAILED
@@ -249,7 +251,13 @@ class ItemAttempts:
         # Metric labels must stay low-cardinality: an item that never reached an actor
         # (a plain coroutine, a breaker rejection) is counted under its group's name.
         self._tel.item_retrying(
-            group, actor or group.name or "unnamed", operation, item.attempts, delay, error
+            group,
+            actor or group.name or "unnamed",
+            operation,
+            item.attempts,
+            delay,
+            error,
+            index=item.index,
         )
         address = result.address if result is not None else None
         event: ExecutionEvent[Any] = ExecutionEvent(

@@ -214,7 +214,13 @@ class GroupRun:
         elif failure is not None and not cancelled:
             self.error = failure
         tel.group_finished(
-            self._span, group, status.value, group.cancelled, duration, scheduler.timed_out
+            self._span,
+            group,
+            status.value,
+            group.cancelled,
+            duration,
+            scheduler.timed_out,
+            error=self.error,
         )
         if tel.enabled:
             tel.queue_changed(group, 0, 0)
