@@ -187,6 +187,7 @@ async def _bounded(
 
     cancelling = task.cancelling()
     dog = asyncio.get_running_loop().create_task(watchdog())
+    broken: list[BaseException] = []
     try:
         value = await work()
     except asyncio.CancelledError:
@@ -194,13 +195,19 @@ async def _bounded(
             policy._counters.timed_out += 1
             raise AttemptTimeoutError(what, seconds, attempt) from None
         raise
+    except BaseException:
+        if expired:
+            task.uncancel()  # the work turned its cancellation into an error of its own
+        raise
     finally:
-        if not dog.done():
-            await cancel_and_wait([dog])
+        # A watchdog that failed (a clock that raised) is reported, not left unretrieved.
+        broken = await cancel_and_wait([dog])
     if expired:
         # The work swallowed the cancellation that ended its time, and returned: take
         # the request back, so it does not cancel what the caller does next.
         task.uncancel()
+    if broken:
+        raise broken[0]
     return value
 
 

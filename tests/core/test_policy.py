@@ -359,6 +359,45 @@ async def test_work_that_swallows_its_timeout_keeps_its_result() -> None:
     assert result.ok and result.result == "kept going"
 
 
+async def test_work_that_turns_its_timeout_into_an_error_fails_with_that_error() -> None:
+    async with FakeClock() as clock:
+
+        async def converts(data: Any, extra: Any, state: Any) -> str:
+            try:
+                await clock.sleep(10.0)
+            except asyncio.CancelledError:
+                raise RuntimeError("gave up when cancelled") from None
+            return "slept"
+
+        policy = Policy(timeout=1.0)
+        tool = Tool(name="converts", handler=converts, policy=policy)
+        result = await ExecutionEvent(actor=tool)(None, {}, ExecutionState(clock=clock))
+        assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
+    assert (result.ok, result.error_message) == (False, "gave up when cancelled")
+    assert policy.statistics().timeout == TimeoutStatistics(1.0, 0)
+
+
+async def test_a_clock_that_fails_the_timeout_is_reported() -> None:
+    class BrokenClock:
+        def monotonic(self) -> float:
+            return 0.0
+
+        async def sleep(self, seconds: float) -> None:
+            raise OSError("the clock broke")
+
+    async def quick(data: Any, extra: Any, state: Any) -> str:
+        await asyncio.sleep(0)
+        return "done"
+
+    tool = Tool(name="quick", handler=quick, policy=Policy(timeout=1.0))
+    result = await ExecutionEvent(actor=tool)(None, {}, ExecutionState(clock=BrokenClock()))
+    assert (result.ok, result.error_type, result.error_message) == (
+        False,
+        "OSError",
+        "the clock broke",
+    )
+
+
 # ------------------------------------------------------ actors: the breaker and the limiter
 
 
