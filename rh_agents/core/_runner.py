@@ -16,6 +16,7 @@ import functools
 import inspect
 import operator
 import time
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
@@ -255,20 +256,22 @@ async def _execute(
     return value
 
 
-async def _run_handler(
+def _run_handler(
     actor: BaseActor,
     ev: ExecutionEvent[Any],
     data: Any,
     extra: dict[str, Any],
     state: ExecutionState,
     handle: Any,
-) -> Any:
+) -> Awaitable[Any]:
+    """The handler's attempt, or attempts under the actor's policy (the awaitable itself:
+    an unguarded call costs no extra coroutine)."""
     if actor.policy is None and actor.retry_config is None:
-        return await _attempt(actor, ev, data, extra, state, 1)
+        return _attempt(actor, ev, data, extra, state, 1)
     policy = actor.effective_policy
     if policy is None or guarded_outside(policy):
-        return await _attempt(actor, ev, data, extra, state, 1)
-    return await _guarded(policy, actor, ev, data, extra, state, handle)
+        return _attempt(actor, ev, data, extra, state, 1)
+    return _guarded(policy, actor, ev, data, extra, state, handle)
 
 
 async def _guarded(
