@@ -19,9 +19,17 @@ import inspect
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationInfo,
+    field_validator,
+)
 
 from rh_agents.core.errors import InvalidArgumentError, InvalidWorkError
+from rh_agents.core.policy import Policy
 from rh_agents.core.retry import RetryConfig
 from rh_agents.core.types import EventType
 
@@ -70,9 +78,21 @@ class BaseActor(BaseModel):
         cache_ttl: seconds a cached result stays valid (None: no expiry).
         preconditions / postconditions: checks run before the handler (on the input) and
             after it (on the result); ``False`` or an exception fails the invocation.
-        retry_config: opt-in retries of this actor's handler (None: no retries).
+        policy: the resilience guards of each call of the handler
+            (:class:`~rh_agents.core.policy.Policy`: retry, circuit breaker, limiter,
+            per-attempt timeout); None for none.
+        retry_config: opt-in retries of this actor's handler (None: no retries); the
+            shortcut for ``policy=Policy(retry=retry_config)``. Give one or the other.
 
     Assignments are validated like construction (``actor.handler = sync_fn`` is refused).
+
+    Example::
+
+        search = Tool(
+            name="search",
+            handler=search_web,
+            policy=Policy(retry=RetryConfig(max_attempts=3), timeout=10.0),
+        )
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True, validate_assignment=True)
@@ -89,6 +109,44 @@ class BaseActor(BaseModel):
     preconditions: list[Condition] = Field(default_factory=list)
     postconditions: list[Condition] = Field(default_factory=list)
     retry_config: RetryConfig | None = None
+    policy: Policy | None = None
+
+    # The policy built from the retry_config shortcut, once per RetryConfig (so its
+    # statistics count across calls).
+    _shortcut: Policy | None = PrivateAttr(default=None)
+
+    @property
+    def effective_policy(self) -> Policy | None:
+        """The policy each call runs under: :attr:`policy`, or the one built from the
+        :attr:`retry_config` shortcut; None when there is nothing to guard.
+
+        Example::
+
+            Tool(name="t", handler=h, retry_config=RetryConfig()).effective_policy.retry
+        """
+        policy = self.policy
+        if policy is not None:
+            return None if policy.is_empty else policy
+        retry = self.retry_config
+        if retry is None:
+            return None
+        built = self._shortcut
+        if built is None or built.retry is not retry:
+            built = self._shortcut = Policy(retry=retry)
+        return built
+
+    @field_validator("retry_config", "policy")
+    @classmethod
+    def _one_way_to_retry(cls, value: Any, info: ValidationInfo) -> Any:
+        other = "policy" if info.field_name == "retry_config" else "retry_config"
+        if value is not None and info.data.get(other) is not None:
+            name = info.data.get("name", "<unnamed>")
+            raise InvalidArgumentError(
+                f"Actor '{name}' got both retry_config= and policy=; retry_config is the "
+                "shortcut for policy=Policy(retry=...). Put the RetryConfig into the "
+                "policy (Policy(retry=RetryConfig(...), ...)) and leave retry_config out."
+            )
+        return value
 
     @field_validator("name")
     @classmethod

@@ -22,6 +22,7 @@ working. Classes defined outside this module are marked with their module::
     │   ├── InputValidationError (ValueError)        an input that does not match input_model
     │   ├── OutputValidationError (TypeError)        a result that does not match output_model
     │   ├── CircuitOpenError                         rejected by an open circuit breaker
+    │   ├── AttemptTimeoutError (TimeoutError)       an attempt outlived its policy's timeout
     │   ├── ResultSerializationError (TypeError)     a result the history cannot store
     │   ├── ParallelTimeoutError (TimeoutError)      core.parallel: a group's deadline passed
     │   └── RemoteExecutionError                     core.executors: remote work failed
@@ -47,6 +48,7 @@ from typing import Any
 
 __all__ = [
     "ArtifactNotFoundError",
+    "AttemptTimeoutError",
     "CircuitOpenError",
     "ConditionFailedError",
     "DuplicateNameError",
@@ -129,6 +131,33 @@ class CircuitOpenError(ExecutionFailure):
         )
         self.breaker = breaker
         self.retry_after = retry_after
+
+
+class AttemptTimeoutError(ExecutionFailure, TimeoutError):
+    """One attempt did not finish within the ``timeout`` of its
+    :class:`~rh_agents.core.policy.Policy` and was cancelled.
+
+    A failure like any other: the policy's retry guard retries it (each attempt gets a
+    fresh deadline), and ``except TimeoutError`` catches it.
+
+    Attributes:
+        what: the call that timed out, e.g. ``"actor 'search'"``.
+        timeout: the policy's timeout in seconds.
+        attempt: the 1-based number of the attempt that timed out.
+    """
+
+    def __init__(self, what: str, timeout: float, attempt: int) -> None:
+        super().__init__(
+            f"Attempt {attempt} of {what} did not finish within its policy's timeout of "
+            f"{timeout:g}s and was cancelled. Raise Policy(timeout=...) if the call needs "
+            f"longer, or let the policy retry it (Policy(retry=RetryConfig(...)))."
+        )
+        self.what = what
+        self.timeout = timeout
+        self.attempt = attempt
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.what, self.timeout, self.attempt))
 
 
 class ConditionFailedError(ExecutionFailure):

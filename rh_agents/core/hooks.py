@@ -124,7 +124,7 @@ class Instrumentation(Protocol):
         ...
 
     def attempt_started(self, handle: Any, attempt: int) -> Any:
-        """Attempt ``attempt`` (1-based) of an actor with a retry_config starts."""
+        """Attempt ``attempt`` (1-based) of an actor whose policy retries starts."""
         ...
 
     def attempt_finished(self, attempt_handle: Any, error: BaseException | None) -> None:
@@ -146,7 +146,8 @@ class Instrumentation(Protocol):
         ...
 
     def watch_breaker(self, breaker: Any) -> None:
-        """A circuit breaker is used by a group: record its trips, state and rejections."""
+        """A circuit breaker is used by a group or an actor's policy: record its trips,
+        state and rejections (called again for a breaker already watched)."""
         ...
 
     def item_finished(

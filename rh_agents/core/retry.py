@@ -1,12 +1,17 @@
 """Retry policy: which failures are worth another attempt, and how long to wait first.
 
-This module holds the *policy* only. The loops that actually re-run work live in the
-callers (actors, parallel groups), which ask a :class:`RetryConfig` three questions
-after each failed attempt:
+This module holds the *policy* only; :mod:`rh_agents.core.policy` runs it, for actors
+(``BaseActor(policy=...)`` or ``retry_config=``) and parallel groups alike. After each
+failed attempt the caller asks one question, :meth:`RetryConfig.next_delay`: how long to
+back off before the next attempt, or None to stop. It combines three parts:
 
 1. :meth:`RetryConfig.should_retry` - is this exception transient?
-2. :meth:`RetryConfig.calculate_delay` - how long should the caller back off?
-3. :meth:`RetryConfig.attempts_exhausted` - is the attempt or time budget used up?
+2. :meth:`RetryConfig.calculate_delay` - how long should the caller back off? (the wait:
+   a :class:`BackoffStrategy`, capped, jittered, at least an exception's ``retry_after``)
+3. :meth:`RetryConfig.attempts_exhausted` - does a stop condition say stop? Stop
+   conditions are small objects that compose like tenacity's:
+   ``StopAfterAttempt(3) | StopAfterDelay(30)`` stops at whichever comes first.
+   ``max_attempts`` and ``retry_timeout`` are the two built in; ``stop=`` adds more.
 
 Keeping the policy free of loops and clocks makes it trivial to test and lets every
 caller wait through its own injectable :class:`~rh_agents.core.clock.Clock`.
@@ -21,10 +26,8 @@ Example::
         try:
             return await call_llm()
         except Exception as exc:
-            if not config.should_retry(exc):
-                raise
-            delay = config.calculate_delay(attempt, exc)
-            if config.attempts_exhausted(attempt, started, clock.monotonic(), delay):
+            delay = config.next_delay(attempt, exc, started, clock.monotonic())
+            if delay is None:
                 raise
             await clock.sleep(delay)
 """
@@ -35,6 +38,7 @@ import asyncio
 import math
 import random
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
@@ -43,7 +47,15 @@ from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, fie
 from rh_agents.core._validate import is_finite_at_least, is_int_at_least
 from rh_agents.core.errors import InvalidArgumentError, UsageError
 
-__all__ = ["BackoffStrategy", "RetryConfig"]
+__all__ = [
+    "BackoffStrategy",
+    "RetryConfig",
+    "RetryState",
+    "StopAfterAttempt",
+    "StopAfterDelay",
+    "StopAny",
+    "StopCondition",
+]
 
 _RNG = random.Random()
 """Jitter source used when the caller passes no ``rng`` of its own."""
@@ -77,6 +89,128 @@ class BackoffStrategy(str, Enum):
     FIBONACCI = "fibonacci"
 
 
+@dataclass(frozen=True, slots=True)
+class RetryState:
+    """What a :class:`StopCondition` sees after a failed attempt.
+
+    Attributes:
+        attempt: the 1-based number of the attempt that just failed.
+        elapsed: seconds from the start of the first attempt to now (caller's clock).
+        next_delay: the backoff the caller would wait before the next attempt.
+    """
+
+    attempt: int
+    elapsed: float
+    next_delay: float
+
+
+class StopCondition:
+    """Says when to stop retrying; conditions combine with ``|`` (stop when any says so).
+
+    Subclass it and implement :meth:`__call__` for a condition of your own.
+
+    Example::
+
+        stop = StopAfterAttempt(5) | StopAfterDelay(30.0)
+        stop(RetryState(attempt=2, elapsed=31.0, next_delay=1.0))  # True: out of time
+    """
+
+    __slots__ = ()
+
+    def __call__(self, state: RetryState) -> bool:
+        """Whether retrying must stop after the failed attempt ``state`` describes."""
+        raise NotImplementedError
+
+    def __or__(self, other: StopCondition) -> StopCondition:
+        if not isinstance(other, StopCondition):
+            return NotImplemented
+        return StopAny(self, other)
+
+
+class StopAny(StopCondition):
+    """Stops when any of its conditions says so (what ``a | b`` builds)."""
+
+    __slots__ = ("conditions",)
+
+    def __init__(self, *conditions: StopCondition) -> None:
+        flat: list[StopCondition] = []
+        for condition in conditions:
+            flat.extend(condition.conditions if isinstance(condition, StopAny) else (condition,))
+        self.conditions: tuple[StopCondition, ...] = tuple(flat)
+
+    def __call__(self, state: RetryState) -> bool:
+        return any(condition(state) for condition in self.conditions)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, StopAny) and other.conditions == self.conditions
+
+    def __hash__(self) -> int:
+        return hash(self.conditions)
+
+    def __repr__(self) -> str:
+        return " | ".join(repr(condition) for condition in self.conditions)
+
+
+class StopAfterAttempt(StopCondition):
+    """Stops once ``attempts`` attempts (the first included) have failed.
+
+    Raises:
+        InvalidArgumentError: ``attempts`` is not an integer >= 1.
+    """
+
+    __slots__ = ("attempts",)
+
+    def __init__(self, attempts: int) -> None:
+        if not is_int_at_least(attempts, 1):
+            raise InvalidArgumentError(
+                f"StopAfterAttempt takes an integer >= 1 (the first attempt counts), got "
+                f"{attempts!r}."
+            )
+        self.attempts = attempts
+
+    def __call__(self, state: RetryState) -> bool:
+        return state.attempt >= self.attempts
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, StopAfterAttempt) and other.attempts == self.attempts
+
+    def __hash__(self) -> int:
+        return hash((StopAfterAttempt, self.attempts))
+
+    def __repr__(self) -> str:
+        return f"StopAfterAttempt({self.attempts})"
+
+
+class StopAfterDelay(StopCondition):
+    """Stops when the next attempt would start ``seconds`` or more after the first began
+    (the backoff about to be waited counts).
+
+    Raises:
+        InvalidArgumentError: ``seconds`` is not a finite number > 0.
+    """
+
+    __slots__ = ("seconds",)
+
+    def __init__(self, seconds: float) -> None:
+        if not is_finite_at_least(seconds, 0, strict=True):
+            raise InvalidArgumentError(
+                f"StopAfterDelay takes a finite number of seconds > 0, got {seconds!r}."
+            )
+        self.seconds = float(seconds)
+
+    def __call__(self, state: RetryState) -> bool:
+        return state.elapsed + max(state.next_delay, 0.0) >= self.seconds
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, StopAfterDelay) and other.seconds == self.seconds
+
+    def __hash__(self) -> int:
+        return hash((StopAfterDelay, self.seconds))
+
+    def __repr__(self) -> str:
+        return f"StopAfterDelay({self.seconds:g})"
+
+
 class RetryConfig(BaseModel):
     """When and how to retry failed work.
 
@@ -105,6 +239,8 @@ class RetryConfig(BaseModel):
             returns True. An exception raised by the predicate propagates to the caller.
         retry_timeout: total time budget in seconds, measured from the start of the
             first attempt; no new attempt starts once it would be exceeded.
+        stop: a further :class:`StopCondition` (e.g. one of your own); retrying stops
+            when it, ``max_attempts`` or ``retry_timeout`` says so.
         enabled: False turns retries off without changing the other settings.
 
     Example::
@@ -132,6 +268,7 @@ class RetryConfig(BaseModel):
     exclude_exceptions: tuple[type[BaseException], ...] = ()
     retry_on: Callable[[BaseException], bool] | None = None
     retry_timeout: float | None = None
+    stop: StopCondition | None = None
     enabled: bool = True
 
     if not TYPE_CHECKING:
@@ -182,6 +319,16 @@ class RetryConfig(BaseModel):
             raise ValueError(
                 f"retry_timeout must be a finite number of seconds > 0, or None for no "
                 f"time budget, got {value!r}."
+            )
+        return value
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _check_stop(cls, value: Any) -> Any:
+        if value is not None and not isinstance(value, StopCondition):
+            raise ValueError(
+                f"stop must be a StopCondition such as StopAfterDelay(30.0), got {value!r}. "
+                f"For a number of attempts use max_attempts=."
             )
         return value
 
@@ -340,10 +487,10 @@ class RetryConfig(BaseModel):
     ) -> bool:
         """Whether the caller must stop retrying after ``attempt`` failed.
 
-        True when the policy is disabled, when ``attempt`` has reached
-        ``max_attempts``, or when waiting ``next_delay`` from ``now`` would reach or
-        exceed the ``retry_timeout`` budget counted from ``started_at``. All times are
-        read from the caller's clock.
+        True when the policy is disabled or :attr:`stop_condition` says stop: ``attempt``
+        has reached ``max_attempts``, waiting ``next_delay`` from ``now`` would reach or
+        exceed the ``retry_timeout`` budget counted from ``started_at``, or the extra
+        ``stop`` condition holds. All times are read from the caller's clock.
 
         Args:
             attempt: the 1-based number of the attempt that just failed.
@@ -354,9 +501,61 @@ class RetryConfig(BaseModel):
         """
         if not self.enabled or attempt >= self.max_attempts:
             return True
-        if self.retry_timeout is None:
+        if self.retry_timeout is None and self.stop is None:
             return False
-        return (now + max(next_delay, 0.0)) - started_at >= self.retry_timeout
+        return self.stop_condition(RetryState(attempt, now - started_at, next_delay))
+
+    @property
+    def stop_condition(self) -> StopCondition:
+        """The stop conditions of this configuration, combined:
+        ``StopAfterAttempt(max_attempts)``, then ``StopAfterDelay(retry_timeout)`` and
+        ``stop`` when they are set."""
+        condition: StopCondition = StopAfterAttempt(self.max_attempts)
+        if self.retry_timeout is not None:
+            condition = condition | StopAfterDelay(self.retry_timeout)
+        if self.stop is not None:
+            condition = condition | self.stop
+        return condition
+
+    def next_delay(
+        self,
+        attempt: int,
+        error: BaseException,
+        started_at: float,
+        now: float,
+        rng: random.Random | None = None,
+    ) -> float | None:
+        """The backoff before the attempt after ``attempt``, or None to stop retrying.
+
+        The one retry decision of rh_agents (actors and parallel groups both ask it):
+        None when ``error`` is not retried (:meth:`should_retry`) or a stop condition
+        holds (:meth:`attempts_exhausted`, with the backoff counted against the time
+        budget); otherwise :meth:`calculate_delay`. No jitter is drawn for an attempt
+        that is not retried.
+
+        Args:
+            attempt: the 1-based number of the attempt that just failed.
+            error: what it raised.
+            started_at: clock time when the first attempt started.
+            now: the current clock time.
+            rng: the jitter source (see :meth:`calculate_delay`).
+
+        Raises:
+            Exception: whatever a ``retry_on`` predicate raises.
+
+        Example::
+
+            delay = config.next_delay(1, TimeoutError(), started, clock.monotonic())
+            if delay is None:
+                raise
+            await clock.sleep(delay)
+        """
+        if not self.should_retry(error) or attempt >= self.max_attempts:
+            return None
+        delay = self.calculate_delay(attempt, error, rng)
+        if self.attempts_exhausted(attempt, started_at, now, delay):
+            return None
+        return delay
 
     def _raw_delay(self, attempt: int) -> float:
         """The strategy's delay for ``attempt`` before capping; may exceed max_delay."""

@@ -10,6 +10,7 @@ from rh_agents.core.circuit_breaker import CircuitBreaker
 from rh_agents.core.errors import InvalidArgumentError
 from rh_agents.core.limiter import Limiter
 from rh_agents.core.parallel.models import ErrorStrategy
+from rh_agents.core.policy import Policy
 from rh_agents.core.retry import RetryConfig
 
 if TYPE_CHECKING:
@@ -22,6 +23,7 @@ __all__ = [
     "check_positive_int",
     "check_timeout",
     "error_strategy",
+    "group_policy",
     "resolve_breaker",
     "retry_policy",
 ]
@@ -78,6 +80,80 @@ def retry_policy(
         retry = RetryConfig.for_group(max_retries, retry_delay, retry_on, non_retryable)
         return retry if max_retries else None
     return None
+
+
+_SHORTCUT_DEFAULTS: dict[str, Any] = {
+    "max_retries": 0,
+    "retry_delay": 1.0,
+    "retry_on": None,
+    "non_retryable": (),
+    "circuit_breaker": None,
+    "circuit_breaker_threshold": None,
+    "circuit_breaker_timeout": 60.0,
+    "limiter": None,
+}
+"""The keyword arguments of a group that build its policy, with their defaults."""
+
+
+def group_policy(
+    policy: Policy | None,
+    shortcuts: dict[str, Any],
+    name: str | None,
+    registry: CircuitBreakerRegistry,
+    clock: Clock,
+) -> Policy | None:
+    """The group's policy: ``policy``, or the one its shortcut arguments build (None when
+    they ask for no guard).
+
+    Args:
+        policy: what ``policy=`` got.
+        shortcuts: the shortcut arguments by name (see ``_SHORTCUT_DEFAULTS``).
+        name: the group's name (names the group's own breaker).
+        registry: where a breaker named by ``circuit_breaker="..."`` is shared.
+        clock: the clock of a breaker created here.
+
+    Raises:
+        InvalidArgumentError: ``policy`` is not a Policy, or comes with a shortcut
+            argument, or a shortcut argument is invalid.
+    """
+    if policy is not None:
+        if not isinstance(policy, Policy):
+            raise InvalidArgumentError(
+                f"policy must be a rh_agents Policy or None, got {type(policy).__name__}; "
+                "build one with Policy(retry=..., breaker=..., limiter=..., timeout=...)."
+            )
+        given = [
+            key
+            for key, default in _SHORTCUT_DEFAULTS.items()
+            if shortcuts[key] != default and not (default == () and not shortcuts[key])
+        ]
+        if given:
+            raise InvalidArgumentError(
+                f"state.parallel() got policy= together with {', '.join(given)}; those "
+                "arguments are shortcuts that build a policy, so the two would conflict. "
+                "Put everything into the Policy (retry=RetryConfig.for_group(...), "
+                "breaker=, limiter=, timeout=) or leave policy= out."
+            )
+        return policy
+    check_limiter(shortcuts["limiter"])
+    retry = retry_policy(
+        shortcuts["max_retries"],
+        shortcuts["retry_delay"],
+        shortcuts["retry_on"],
+        shortcuts["non_retryable"],
+    )
+    breaker = resolve_breaker(
+        registry,
+        shortcuts["circuit_breaker"],
+        shortcuts["circuit_breaker_threshold"],
+        shortcuts["circuit_breaker_timeout"],
+        name,
+        clock,
+    )
+    limiter = shortcuts["limiter"]
+    if retry is None and breaker is None and limiter is None:
+        return None
+    return Policy(retry=retry, breaker=breaker, limiter=limiter)
 
 
 def resolve_breaker(

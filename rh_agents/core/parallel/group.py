@@ -30,6 +30,7 @@ from rh_agents.core.parallel.lending import Hold, lend, reclaim
 from rh_agents.core.parallel.models import (
     ErrorStrategy,
     GroupSettings,
+    GroupStatistics,
     GroupStatus,
     ParallelEventGroup,
     label_of,
@@ -43,6 +44,7 @@ from rh_agents.core.parallel.results import (
     stop_runner,
 )
 from rh_agents.core.parallel.run import GroupRun
+from rh_agents.core.policy import Policy
 from rh_agents.core.result import ExecutionResult
 from rh_agents.core.types import ExecutionStatus
 
@@ -88,6 +90,15 @@ class ParallelExecutionManager:
         executor: where items run (:class:`~rh_agents.core.executors.AsyncioExecutor`
             by default).
         rng: random source for retry jitter (seed it for reproducible delays).
+        policy: the guards of every attempt of every item, as one
+            :class:`~rh_agents.core.policy.Policy` (retry, breaker, limiter, and a
+            per-attempt ``timeout``). ``max_retries``, ``retry_delay``, ``retry_on``,
+            ``non_retryable``, ``circuit_breaker*`` and ``limiter`` are shortcuts that
+            build one; give either the policy or shortcuts, not both.
+
+    Attributes:
+        policy: the group's policy (given, or built from the shortcuts); None when the
+            group has no guard.
 
     Example:
         >>> async with state.parallel(max_workers=3, name="docs") as p:  # doctest: +SKIP
@@ -112,6 +123,7 @@ class ParallelExecutionManager:
         non_retryable: Sequence[type[BaseException]] = (),
         executor: ItemExecutor | None = None,
         rng: random.Random | None = None,
+        policy: Policy | None = None,
     ) -> None:
         config.check_positive_int(
             "max_workers", max_workers, "Use 1 to run the items one at a time."
@@ -119,30 +131,35 @@ class ParallelExecutionManager:
         strategy = config.error_strategy(error_strategy)
         self.timeout = config.check_timeout(timeout)
         config.check_group_name(name)
-        config.check_limiter(limiter)
-        self._retry = config.retry_policy(max_retries, retry_delay, retry_on, non_retryable)
+        shortcuts = {
+            "max_retries": max_retries,
+            "retry_delay": retry_delay,
+            "retry_on": retry_on,
+            "non_retryable": non_retryable,
+            "circuit_breaker": circuit_breaker,
+            "circuit_breaker_threshold": circuit_breaker_threshold,
+            "circuit_breaker_timeout": circuit_breaker_timeout,
+            "limiter": limiter,
+        }
+        self.policy = config.group_policy(
+            policy, shortcuts, name, execution_state.circuit_breakers, execution_state.clock
+        )
         self.execution_state = execution_state
         self.max_workers = max_workers
         self.error_strategy = strategy
-        self.max_retries = max_retries
-        self.limiter = limiter
+        guards = self.policy
+        self.max_retries = guards.max_attempts - 1 if guards is not None else 0
+        self.limiter = guards.limiter if guards is not None else None
+        self.circuit_breaker = guards.breaker if guards is not None else None
         self.executor = executor
         self._rng = rng
-        self.circuit_breaker = config.resolve_breaker(
-            execution_state.circuit_breakers,
-            circuit_breaker,
-            circuit_breaker_threshold,
-            circuit_breaker_timeout,
-            name,
-            execution_state.clock,
-        )
         self.group = ParallelEventGroup(
             name=name, max_workers=max_workers, error_strategy=strategy, timeout=self.timeout
         )
         if self.circuit_breaker is not None:
             execution_state.instrumentation.watch_breaker(self.circuit_breaker)
         self.results: list[ExecutionResult[Any]] = []
-        self._items = ItemList(self.group, max_retries if self._retry is not None else 0)
+        self._items = ItemList(self.group, self.max_retries)
         self._phase = _Phase.NEW
         self._frame: Frame | None = None
         self._run_now: GroupRun | None = None  # the run, once collecting started it
@@ -419,12 +436,18 @@ class ParallelExecutionManager:
         if error is not None:
             raise error
 
-    def statistics(self) -> dict[str, int]:
-        """Live counts: running items, peak concurrency, queued and delayed items."""
+    def statistics(self) -> GroupStatistics:
+        """Live counts: running items, peak concurrency, queued and delayed items.
+
+        Returns:
+            A frozen :class:`~rh_agents.core.parallel.models.GroupStatistics`, also
+            readable as a mapping (``p.statistics()["in_flight"]``). The group's guards
+            count in ``p.policy.statistics()``.
+        """
         run = self._run_now
         if run is not None:
             return run.statistics()
-        return {"in_flight": 0, "peak_in_flight": 0, "queued": len(self._items), "delayed": 0}
+        return GroupStatistics(0, 0, len(self._items), 0)
 
     # -------------------------------------------------------------------- running
 
@@ -434,10 +457,8 @@ class ParallelExecutionManager:
             max_workers=self.max_workers,
             error_strategy=self.error_strategy,
             timeout=self.timeout,
-            retry=self._retry,
+            policy=None if self.policy is None or self.policy.is_empty else self.policy,
             rng=self._rng,
-            limiter=self.limiter,
-            breaker=self.circuit_breaker,
             executor=self.executor,
         )
         run = GroupRun(self, self._items, settings, self._frame, self._queue)

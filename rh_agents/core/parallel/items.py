@@ -21,7 +21,16 @@ _FACTORY_TYPES = (FunctionType, MethodType, functools.partial)
 class Item:
     """One item of a group: its work, name, position and attempts so far."""
 
-    __slots__ = ("_name", "attempts", "coro", "factory", "index", "ready_at", "started")
+    __slots__ = (
+        "_name",
+        "attempts",
+        "coro",
+        "factory",
+        "first_started",
+        "index",
+        "ready_at",
+        "started",
+    )
 
     def __init__(
         self,
@@ -37,6 +46,7 @@ class Item:
         self.attempts = 0
         self.started = False
         self.ready_at = 0.0
+        self.first_started = 0.0  # clock time of the first attempt, for a retry budget
 
     @property
     def name(self) -> str:

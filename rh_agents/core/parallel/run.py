@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from rh_agents.core._aio import cancel_and_wait, uninterrupted
 from rh_agents.core.parallel.attempt import ItemAttempts
 from rh_agents.core.parallel.errors import ParallelTimeoutError
-from rh_agents.core.parallel.models import GroupStatus, label_of, update
+from rh_agents.core.parallel.models import GroupStatistics, GroupStatus, label_of, update
 from rh_agents.core.parallel.results import Results, group_event, publish_group, timeout_message
 from rh_agents.core.parallel.scheduler import Scheduler
 from rh_agents.core.types import ExecutionStatus
@@ -75,15 +75,15 @@ class GroupRun:
         self.error: BaseException | None = None
         """What collecting raises: the deadline, or the failure that stopped the group."""
 
-    def statistics(self) -> dict[str, int]:
+    def statistics(self) -> GroupStatistics:
         """Running items, peak concurrency, queued and delayed items."""
         attempts = self.attempts
-        return {
-            "in_flight": attempts.in_flight if attempts is not None else 0,
-            "peak_in_flight": attempts.peak if attempts is not None else 0,
-            "queued": max(0, self.scheduler.queued()),
-            "delayed": len(self.scheduler.delayed),
-        }
+        return GroupStatistics(
+            in_flight=attempts.in_flight if attempts is not None else 0,
+            peak_in_flight=attempts.peak if attempts is not None else 0,
+            queued=max(0, self.scheduler.queued()),
+            delayed=len(self.scheduler.delayed),
+        )
 
     async def execute(self) -> None:
         """Run every item; raises the group's error (FAIL_FAST, timeout), if any."""
