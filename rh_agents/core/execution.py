@@ -332,7 +332,7 @@ class ExecutionState:
         max_retries: int = 0,
         retry_delay: float = 1.0,
         circuit_breaker_threshold: int | None = None,
-        circuit_breaker_timeout: float = 60.0,
+        circuit_breaker_timeout: float | None = None,
         limiter: Limiter | None = None,
         circuit_breaker: Any = None,
         **options: Any,
