@@ -98,13 +98,12 @@ async def run_event(
             outcome = Outcome.CACHED if fields["from_cache"] else Outcome.COMPLETED
         elapsed = time.perf_counter() - started
         fields["execution_time"] = elapsed
-        # Taken before the terminal status is recorded (the status it shows is STARTED).
-        metadata = _parallel_metadata(ev) if group_id is not None else None
         _settle(fields, value if error is None else None, error)
         terminal = True
         await recorder.record(ev, _S.COMPLETED if error is None else _S.FAILED)
         if recorded is not None:
             await replayer.check(ev, recorded)
+        metadata = _parallel_metadata(ev) if group_id is not None else None
         result = _result(ev, value if error is None else None, error, elapsed, metadata)
     except (asyncio.CancelledError, KeyboardInterrupt, SystemExit) as exc:
         # Cancelled, or the process is being stopped from inside the call: the history
@@ -191,6 +190,7 @@ def _result(
             execution_time=elapsed,
             address=ev.address,
             status=_S.COMPLETED,
+            from_cache=ev.from_cache,
             metadata=metadata,
         )
     return make_result(
@@ -376,6 +376,7 @@ async def _replayed(
         execution_time=recorded.execution_time or 0.0,
         address=ev.address,
         status=_S.RECOVERED,
+        replayed=True,
         metadata=_parallel_metadata(ev) if ev.is_parallel else None,
     )
 

@@ -25,6 +25,10 @@ class ExecutionResult(BaseModel, Generic[T]):
         address: the invocation's address, for ExecutionEvent calls.
         index / name / attempts: set on results of parallel-group items.
         status: the terminal status when known (completed, failed, cancelled, ...).
+        from_cache: the value came from the result cache (a hit, or a call that waited
+            for an identical concurrent call) instead of running the handler.
+        replayed: the value is the recorded result of a restored run (status
+            RECOVERED); the handler did not run.
         metadata: event metadata of parallel ExecutionEvents (address, actor, group id,
             index, cache and replay flags).
         exception: the exception object, kept out of serialization.
@@ -49,6 +53,8 @@ class ExecutionResult(BaseModel, Generic[T]):
     name: str | None = None
     attempts: int = 1
     status: ExecutionStatus | None = None
+    from_cache: bool = False
+    replayed: bool = False
     metadata: dict[str, Any] = Field(default_factory=dict)
     traceback: str | None = None
     exception: BaseException | None = Field(default=None, exclude=True, repr=False)
@@ -75,6 +81,8 @@ def make_result(
     name: str | None = None,
     attempts: int = 1,
     status: ExecutionStatus | None = None,
+    from_cache: bool = False,
+    replayed: bool = False,
     metadata: dict[str, Any] | None = None,
     traceback: str | None = None,
     exception: BaseException | None = None,
@@ -99,6 +107,8 @@ def make_result(
     fields["name"] = name
     fields["attempts"] = attempts
     fields["status"] = status
+    fields["from_cache"] = from_cache
+    fields["replayed"] = replayed
     fields["metadata"] = {} if metadata is None else metadata
     fields["traceback"] = traceback
     fields["exception"] = exception
