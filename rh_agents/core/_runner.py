@@ -22,7 +22,7 @@ from pydantic import BaseModel, ValidationError
 from rh_agents.core._aio import uninterrupted
 from rh_agents.core._models import clone
 from rh_agents.core.actors import RESERVED_ADDRESS_CHARS
-from rh_agents.core.cache import make_cache_key
+from rh_agents.core.cache import call_cache_key
 from rh_agents.core.context import Frame, current_frame
 from rh_agents.core.errors import (
     ConditionFailedError,
@@ -235,7 +235,7 @@ async def _execute(
         recorder.encode_result(actor, value, ev)
         return value, True
 
-    key = make_cache_key(actor.name, actor.version, data)
+    key = call_cache_key(actor.name, actor.version, data, extra, actor.cache_key)
     value, hit = await state.result_cache.get_or_compute(key, actor.cache_ttl, compute)
     ev.__dict__["from_cache"] = hit
     if hit:

@@ -65,8 +65,14 @@ class BaseActor(BaseModel):
             re-validated into it on resume.
         handler: ``async def handler(input_data, extra_context, execution_state)``.
         event_type: the kind of call (agent, tool or LLM).
-        cacheable: results are cached by (name, version, input) when True.
+        cacheable: results are cached when True, under a key made of the name, the
+            version, the input and the call's extra_context (see ``cache_key``).
         version: part of the cache key; bump it when the handler's behaviour changes.
+        cache_key: what identifies the answer of a call, ``fn(input_data,
+            extra_context)`` returning JSON-like data (the name and version are added
+            to it); None (default): the input and the whole extra_context. Give one when
+            the extra_context holds objects without a JSON form (a client, a lock),
+            which are refused otherwise, or parts that do not change the answer.
         cache_ttl: seconds a cached result stays valid (None: no expiry).
         preconditions / postconditions: checks run before the handler (on the input) and
             after it (on the result); ``False`` or an exception fails the invocation.
@@ -86,6 +92,7 @@ class BaseActor(BaseModel):
     cacheable: bool = False
     version: str = "1.0.0"
     cache_ttl: float | None = None
+    cache_key: Callable[[Any, Any], Any] | None = None
     preconditions: list[Condition] = Field(default_factory=list)
     postconditions: list[Condition] = Field(default_factory=list)
     retry_config: RetryConfig | None = None
