@@ -24,6 +24,7 @@ from rh_agents.core._models import assemble, clone
 from rh_agents.core._runner import run_event
 from rh_agents.core.actors import BaseActor
 from rh_agents.core.errors import ImmutableEventError, InvalidArgumentError
+from rh_agents.core.executors import remote_call_error
 from rh_agents.core.result import ExecutionResult, make_result
 from rh_agents.core.types import EventType, ExecutionStatus
 from rh_agents.core.usage import TokenUsage
@@ -118,6 +119,9 @@ class ExecutionEvent(BaseModel, Generic[T]):
             raise InvalidArgumentError(
                 "This ExecutionEvent has no actor; build it as ExecutionEvent(actor=...)."
             )
+        shipped = remote_call_error(self.actor.name)
+        if shipped is not None:
+            raise shipped
         if execution_state is None:
             raise InvalidArgumentError(
                 f"Calling the event for actor '{self.actor.name}' needs the ExecutionState: "
