@@ -29,7 +29,7 @@ __all__ = [
 ]
 
 # The logger keeps the name of the module the bus came from (users configure it).
-logger = logging.getLogger("rh_agents.execution")
+logger: logging.Logger = logging.getLogger("rh_agents.execution")
 
 Subscriber = Callable[[Any], Any]
 
@@ -140,19 +140,19 @@ class EventBus:
                 f"subscriber_queue_size must be a positive integer, got "
                 f"{subscriber_queue_size!r}. The default is {DEFAULT_SUBSCRIBER_QUEUE_SIZE}."
             )
-        self.subscriber_timeout = (
+        self.subscriber_timeout: float | None = (
             float(subscriber_timeout) if subscriber_timeout is not None else None
         )
-        self.subscriber_queue_size = subscriber_queue_size
+        self.subscriber_queue_size: int = subscriber_queue_size
         self._subscribers: tuple[_Subscriber, ...] = ()
         self._streams: list[EventStream] = []
         self._tasks: set[asyncio.Task[None]] = set()
-        self.subscriber_errors = 0
+        self.subscriber_errors: int = 0
         """Exceptions raised by subscribers, over all of them."""
-        self.subscriber_timeouts = 0
+        self.subscriber_timeouts: int = 0
         """Deliveries cut off (that event is lost for that subscriber): inline when the
         subscriber's budget ran out, or in the background after ``subscriber_timeout``."""
-        self.dropped_events = 0
+        self.dropped_events: int = 0
         """Events some subscriber did not receive in full, over all of them: dropped from
         a detached subscriber's full queue (never a terminal event), cut off by the
         ``subscriber_timeout``, or left queued when the bus was closed."""
@@ -428,7 +428,7 @@ class EventStream:
         self._maxsize = maxsize
         self._queue: asyncio.Queue[Any] = asyncio.Queue()  # maxsize enforced by _offer
         self._closed = False
-        self.dropped = 0
+        self.dropped: int = 0
         """Events not delivered because the stream's queue (``maxsize``) was full."""
 
     def _offer(self, event: Any) -> None:

@@ -109,8 +109,8 @@ class CircuitPermit:
         self._owner = owner
         self._epoch = epoch
         self._settled = False
-        self.breaker = owner.name
-        self.is_probe = is_probe
+        self.breaker: str = owner.name
+        self.is_probe: bool = is_probe
 
     @property
     def settled(self) -> bool:

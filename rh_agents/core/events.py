@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import copy
 import time
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+from typing_extensions import TypeVar
 
 from rh_agents.core._models import assemble, clone
 from rh_agents.core._runner import run_event
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
 
 __all__ = ["EventKind", "ExecutionEvent", "ExecutionResult", "clone", "make_result"]
 
-T = TypeVar("T")
+T = TypeVar("T", default=Any)
 
 
 class EventKind:
@@ -59,9 +60,14 @@ class ExecutionEvent(BaseModel, Generic[T]):
         >>> result = await event(Query(text="x"), {}, state)  # doctest: +SKIP
     """
 
-    model_config = ConfigDict(arbitrary_types_allowed=True)
+    model_config: ClassVar[ConfigDict] = ConfigDict(arbitrary_types_allowed=True)
 
-    actor: BaseActor | None = None
+    if TYPE_CHECKING:
+        # Type checkers infer T from the actor: ExecutionEvent(actor=Tool[Q, A](...)) is
+        # an ExecutionEvent[A], and calling it returns an ExecutionResult[A].
+        actor: BaseActor[Any, T] | None = None
+    else:
+        actor: BaseActor | None = None
     kind: str = EventKind.EVENT
     address: str = ""
     tag: str = ""

@@ -2,22 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+from typing_extensions import TypeVar
 
 from rh_agents.core.types import ExecutionStatus
 
 __all__ = ["ExecutionResult", "make_result"]
 
-T = TypeVar("T")
+T = TypeVar("T", default=Any)
 
 
 class ExecutionResult(BaseModel, Generic[T]):
     """What an invocation (or a parallel-group item) returned.
 
     Attributes:
-        result: the value, when ``ok``.
+        result: the value, when ``ok`` (None otherwise; typed as the value, so check
+            ``ok`` before using it).
         ok: False when the work failed, was rejected, timed out or was cancelled.
         error_message: what went wrong (also readable as the seed's ``erro_message``).
         error_type: the exception class name.
@@ -39,9 +41,16 @@ class ExecutionResult(BaseModel, Generic[T]):
         (True, 42)
     """
 
-    model_config = ConfigDict(arbitrary_types_allowed=True, populate_by_name=True)
+    model_config: ClassVar[ConfigDict] = ConfigDict(
+        arbitrary_types_allowed=True, populate_by_name=True
+    )
 
-    result: T | None = None
+    if TYPE_CHECKING:
+        # Typed as the value a successful call returns, so `result.result.text` needs no
+        # narrowing; it is None when ``ok`` is False (check ``ok`` first).
+        result: T = None  # type: ignore[assignment]
+    else:
+        result: T | None = None
     ok: bool = True
     error_message: str | None = Field(
         default=None, validation_alias=AliasChoices("error_message", "erro_message")

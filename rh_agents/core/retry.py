@@ -36,7 +36,7 @@ import math
 import random
 from collections.abc import Callable
 from enum import Enum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
 
@@ -126,7 +126,9 @@ class RetryConfig(BaseModel):
         config.calculate_delay(3)            # between 1.0 and 2.0 seconds (jittered)
     """
 
-    model_config = ConfigDict(arbitrary_types_allowed=True, frozen=True, extra="forbid")
+    model_config: ClassVar[ConfigDict] = ConfigDict(
+        arbitrary_types_allowed=True, frozen=True, extra="forbid"
+    )
 
     max_attempts: int = 3
     backoff_strategy: BackoffStrategy = BackoffStrategy.EXPONENTIAL

@@ -39,7 +39,7 @@ __all__ = [
     "metrics_for",
 ]
 
-logger = logging.getLogger("rh_agents.telemetry")
+logger: logging.Logger = logging.getLogger("rh_agents.telemetry")
 
 DURATION_BUCKETS = (
     0.001,

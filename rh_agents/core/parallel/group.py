@@ -124,7 +124,7 @@ class ParallelExecutionManager:
             "max_workers", max_workers, "Use 1 to run the items one at a time."
         )
         strategy = config.error_strategy(error_strategy)
-        self.timeout = config.check_timeout(timeout)
+        self.timeout: float | None = config.check_timeout(timeout)
         config.check_group_name(name)
         config.check_limiter(limiter)
         config.check_executor(executor)
@@ -136,7 +136,7 @@ class ParallelExecutionManager:
         self.limiter = limiter
         self.executor = executor
         self._rng = rng
-        self.circuit_breaker = config.resolve_breaker(
+        self.circuit_breaker: CircuitBreaker | None = config.resolve_breaker(
             execution_state.circuit_breakers,
             circuit_breaker,
             circuit_breaker_threshold,
@@ -144,7 +144,7 @@ class ParallelExecutionManager:
             name,
             execution_state.clock,
         )
-        self.group = ParallelEventGroup(
+        self.group: ParallelEventGroup = ParallelEventGroup(
             name=name, max_workers=max_workers, error_strategy=strategy, timeout=self.timeout
         )
         if self.circuit_breaker is not None:

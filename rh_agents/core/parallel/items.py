@@ -30,13 +30,13 @@ class Item:
         factory: Callable[[], Awaitable[Any]] | None,
         coro: Awaitable[Any] | None,
     ) -> None:
-        self.index = index
+        self.index: int = index
         self._name = name
-        self.factory = factory
-        self.coro = coro
-        self.attempts = 0
-        self.started = False
-        self.ready_at = 0.0
+        self.factory: Callable[[], Awaitable[Any]] | None = factory
+        self.coro: Awaitable[Any] | None = coro
+        self.attempts: int = 0
+        self.started: bool = False
+        self.ready_at: float = 0.0
 
     @property
     def name(self) -> str:

@@ -22,9 +22,9 @@ class Hold:
     __slots__ = ("held", "lent", "limiter")
 
     def __init__(self, limiter: Limiter) -> None:
-        self.limiter = limiter
-        self.held = True
-        self.lent = 0
+        self.limiter: Limiter = limiter
+        self.held: bool = True
+        self.lent: int = 0
 
     def release(self) -> None:
         """Give the permit back (the item ended), unless it is lent out."""
