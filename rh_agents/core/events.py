@@ -55,6 +55,10 @@ class ExecutionEvent(BaseModel, Generic[T]):
     are immutable copies taken at each status change, so a later change never alters what
     a subscriber already saw.
 
+    Type checkers infer ``T`` from the actor: built with a ``Tool[Query, list[str]]``,
+    the event is an ``ExecutionEvent[list[str]]`` and calling it returns an
+    ``ExecutionResult[list[str]]``.
+
     Example:
         >>> event = ExecutionEvent(actor=search_tool, tag="first")  # doctest: +SKIP
         >>> result = await event(Query(text="x"), {}, state)  # doctest: +SKIP
