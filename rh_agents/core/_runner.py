@@ -31,7 +31,7 @@ from rh_agents.core._guarded import (
 )
 from rh_agents.core._models import clone
 from rh_agents.core.actors import RESERVED_ADDRESS_CHARS
-from rh_agents.core.cache import make_cache_key
+from rh_agents.core.cache import call_cache_key
 from rh_agents.core.context import Frame, current_frame
 from rh_agents.core.errors import (
     CircuitOpenError,
@@ -109,13 +109,12 @@ async def run_event(
             outcome = Outcome.CACHED if fields["from_cache"] else Outcome.COMPLETED
         elapsed = time.perf_counter() - started
         fields["execution_time"] = elapsed
-        # Taken before the terminal status is recorded (the status it shows is STARTED).
-        metadata = _parallel_metadata(ev) if group_id is not None else None
         _settle(fields, value if error is None else None, error)
         terminal = True
         await recorder.record(ev, _S.COMPLETED if error is None else _S.FAILED)
         if recorded is not None:
             await replayer.check(ev, recorded)
+        metadata = _parallel_metadata(ev) if group_id is not None else None
         result = _result(ev, value if error is None else None, error, elapsed, metadata)
     except (asyncio.CancelledError, KeyboardInterrupt, SystemExit) as exc:
         # Cancelled, or the process is being stopped from inside the call: the history
@@ -202,6 +201,7 @@ def _result(
             execution_time=elapsed,
             address=ev.address,
             status=_S.COMPLETED,
+            from_cache=ev.from_cache,
             metadata=metadata,
         )
     return make_result(
@@ -246,7 +246,7 @@ async def _execute(
         recorder.encode_result(actor, value, ev)
         return value, True
 
-    key = make_cache_key(actor.name, actor.version, data)
+    key = call_cache_key(actor.name, actor.version, data, extra, actor.cache_key)
     value, hit = await state.result_cache.get_or_compute(key, actor.cache_ttl, compute)
     ev.__dict__["from_cache"] = hit
     if hit:
@@ -446,6 +446,7 @@ async def _replayed(
         execution_time=recorded.execution_time or 0.0,
         address=ev.address,
         status=_S.RECOVERED,
+        replayed=True,
         metadata=_parallel_metadata(ev) if ev.is_parallel else None,
     )
 

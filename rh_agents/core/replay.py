@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 __all__ = ["Replayer", "load_snapshot", "restored_history", "restored_metadata"]
 
 # The logger keeps the name of the module replay came from (users configure it).
-logger = logging.getLogger("rh_agents.execution")
+logger: logging.Logger = logging.getLogger("rh_agents.execution")
 
 
 class Replayer:
@@ -58,7 +58,7 @@ class Replayer:
         # Completions by (parent address, actor key), and those already replayed.
         self._siblings: dict[tuple[str, str], list[ExecutionEvent[Any]]] = {}
         self._claimed: set[str] = set()
-        self.active = False
+        self.active: bool = False
 
     def load(self, history: HistorySet) -> None:
         """Index the completions of a restored ``history``; calls at their addresses

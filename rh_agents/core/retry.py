@@ -37,14 +37,19 @@ from __future__ import annotations
 import asyncio
 import math
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
 
-from rh_agents.core._validate import is_finite_at_least, is_int_at_least
+from rh_agents.core._validate import (
+    ExceptionClasses,
+    exception_classes,
+    is_finite_at_least,
+    is_int_at_least,
+)
 from rh_agents.core.errors import InvalidArgumentError, UsageError
 
 __all__ = [
@@ -232,9 +237,10 @@ class RetryConfig(BaseModel):
         backoff_multiplier: growth factor for ``EXPONENTIAL``; at least 1.
         jitter: multiply each delay by a random factor in [0.5, 1.0], so that many
             callers failing together do not retry in lock-step.
-        retry_on_exceptions: only exceptions of these types are retried.
+        retry_on_exceptions: only exceptions of these types are retried (give a class,
+            or a tuple, list or set of classes; stored as a tuple).
         exclude_exceptions: exceptions of these types are never retried, even when they
-            also match ``retry_on_exceptions``.
+            also match ``retry_on_exceptions`` (a class, or a tuple, list or set).
         retry_on: an extra predicate; when set, an exception is retried only if it also
             returns True. An exception raised by the predicate propagates to the caller.
         retry_timeout: total time budget in seconds, measured from the start of the
@@ -256,7 +262,9 @@ class RetryConfig(BaseModel):
         config.calculate_delay(3)            # between 1.0 and 2.0 seconds (jittered)
     """
 
-    model_config = ConfigDict(arbitrary_types_allowed=True, frozen=True, extra="forbid")
+    model_config: ClassVar[ConfigDict] = ConfigDict(
+        arbitrary_types_allowed=True, frozen=True, extra="forbid"
+    )
 
     max_attempts: int = 3
     backoff_strategy: BackoffStrategy = BackoffStrategy.EXPONENTIAL
@@ -334,18 +342,8 @@ class RetryConfig(BaseModel):
 
     @field_validator("retry_on_exceptions", "exclude_exceptions", mode="before")
     @classmethod
-    def _check_exception_types(cls, value: Any) -> Any:
-        if isinstance(value, type):
-            value = (value,)
-        if not isinstance(value, (tuple, list)) or not all(
-            isinstance(item, type) and issubclass(item, BaseException) for item in value
-        ):
-            raise ValueError(
-                f"Expected an exception class or a tuple of exception classes, got "
-                f"{value!r}. Pass classes such as (TimeoutError, ConnectionError), not "
-                f"instances or names."
-            )
-        return tuple(value)
+    def _check_exception_types(cls, value: Any, info: ValidationInfo) -> Any:
+        return exception_classes(value, str(info.field_name))
 
     @field_validator("retry_on", mode="before")
     @classmethod
@@ -364,11 +362,8 @@ class RetryConfig(BaseModel):
         cls,
         max_retries: int,
         retry_delay: float,
-        retry_on: Sequence[type[BaseException]]
-        | type[BaseException]
-        | Callable[[BaseException], bool]
-        | None = None,
-        non_retryable: Sequence[type[BaseException]] = (),
+        retry_on: ExceptionClasses | Callable[[BaseException], bool] | None = None,
+        non_retryable: ExceptionClasses = (),
     ) -> RetryConfig:
         """Build the configuration a parallel group uses for each of its items.
 
@@ -378,16 +373,19 @@ class RetryConfig(BaseModel):
             retry_delay: the first backoff delay in seconds; later delays grow
                 exponentially (x2) with jitter. ``max_delay`` is at least 60 s and never
                 below ``retry_delay``.
-            retry_on: exception classes to retry (a class or a sequence of classes), or
-                a predicate ``fn(exc) -> bool``; None retries every ``Exception``.
-            non_retryable: exception classes that are never retried.
+            retry_on: exception classes to retry (a class, or a tuple, list or set of
+                classes), or a predicate ``fn(exc) -> bool``; None retries every
+                ``Exception``.
+            non_retryable: exception classes that are never retried (a class, or a
+                tuple, list or set of classes).
 
         Returns:
             A new :class:`RetryConfig`.
 
         Raises:
-            InvalidArgumentError: ``max_retries`` is not an integer >= 0, or
-                ``retry_delay`` is negative, NaN or infinite.
+            InvalidArgumentError: ``max_retries`` is not an integer >= 0,
+                ``retry_delay`` is negative, NaN or infinite, or ``retry_on`` /
+                ``non_retryable`` hold something that is not an exception class.
 
         Example::
 
@@ -404,12 +402,12 @@ class RetryConfig(BaseModel):
             )
         types: tuple[type[BaseException], ...] = (Exception,)
         predicate: Callable[[BaseException], bool] | None = None
-        if isinstance(retry_on, type):
-            types = (retry_on,)
-        elif isinstance(retry_on, (tuple, list)):
-            types = tuple(retry_on)
+        if isinstance(retry_on, type | tuple | list | set | frozenset) or (
+            retry_on is not None and not callable(retry_on)
+        ):
+            types = exception_classes(retry_on, "retry_on")
         elif retry_on is not None:
-            predicate = retry_on  # type: ignore[assignment]
+            predicate = retry_on
         return cls(
             max_attempts=max_retries + 1,
             backoff_strategy=BackoffStrategy.EXPONENTIAL,
@@ -417,7 +415,7 @@ class RetryConfig(BaseModel):
             max_delay=max(60.0, float(retry_delay)),
             jitter=True,
             retry_on_exceptions=types,
-            exclude_exceptions=tuple(non_retryable),
+            exclude_exceptions=exception_classes(non_retryable, "non_retryable"),
             retry_on=predicate,
         )
 

@@ -43,7 +43,7 @@ __all__ = [
     "metrics_for",
 ]
 
-logger = logging.getLogger("rh_agents.telemetry")
+logger: logging.Logger = logging.getLogger("rh_agents.telemetry")
 
 DURATION_BUCKETS = (
     0.001,

@@ -94,8 +94,8 @@ class ItemAttempts:
         self._span = span
         self._scheduler = scheduler
         self._results = results
-        self.in_flight = 0
-        self.peak = 0
+        self.in_flight: int = 0
+        self.peak: int = 0
 
     async def run(self, item: Item) -> None:
         """Run one attempt of ``item`` and record how it ended.

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import inspect
 from typing import TYPE_CHECKING, Any
 
-from rh_agents.core._validate import is_finite_at_least, is_int_at_least
+from rh_agents.core._validate import ExceptionClasses, is_finite_at_least, is_int_at_least
 from rh_agents.core.circuit_breaker import CircuitBreaker
 from rh_agents.core.errors import InvalidArgumentError
 from rh_agents.core.limiter import Limiter
@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from rh_agents.core.clock import Clock
 
 __all__ = [
+    "check_executor",
     "check_group_name",
     "check_limiter",
     "check_positive_int",
@@ -62,11 +63,43 @@ def check_limiter(limiter: object) -> None:
         raise InvalidArgumentError(bad_limiter_message(limiter))
 
 
+def check_executor(executor: object) -> None:
+    """Refuse anything but an executor object (or None)."""
+    if executor is None or (
+        not isinstance(executor, type)
+        and inspect.iscoroutinefunction(getattr(executor, "run", None))
+    ):
+        return
+    raise InvalidArgumentError(bad_executor_message(executor))
+
+
+def bad_executor_message(executor: object) -> str:
+    if isinstance(executor, str):
+        return (
+            f"executor must be an executor object, got the string {executor!r}; executors "
+            "are objects, not names. For processes of this machine open "
+            "`async with ProcessPoolItemExecutor(max_workers=4) as pool:` and pass "
+            "`executor=pool`; for a Dask cluster use DaskExecutor the same way (both from "
+            "rh_agents.executors). Leave executor out to run the items in the event loop."
+        )
+    if isinstance(executor, type):
+        return (
+            f"executor must be an executor object, got the class {executor.__name__}; "
+            f"create one and pass it, e.g. executor={executor.__name__}() (a pool is "
+            "opened with `async with`)."
+        )
+    return (
+        f"executor must be an ItemExecutor (an object with `async def run(item)`, such as "
+        f"rh_agents.executors.ProcessPoolItemExecutor) or None, got "
+        f"{type(executor).__name__}."
+    )
+
+
 def retry_policy(
     max_retries: int,
     retry_delay: float,
     retry_on: Any,
-    non_retryable: Sequence[type[BaseException]],
+    non_retryable: ExceptionClasses,
 ) -> RetryConfig | None:
     """The retry policy of a group's items (None: no retries)."""
     if not is_int_at_least(max_retries, 0):
@@ -89,7 +122,7 @@ _SHORTCUT_DEFAULTS: dict[str, Any] = {
     "non_retryable": (),
     "circuit_breaker": None,
     "circuit_breaker_threshold": None,
-    "circuit_breaker_timeout": 60.0,
+    "circuit_breaker_timeout": None,
     "limiter": None,
 }
 """The keyword arguments of a group that build its policy, with their defaults."""
@@ -160,20 +193,20 @@ def resolve_breaker(
     registry: CircuitBreakerRegistry,
     breaker: CircuitBreaker | str | None,
     threshold: int | None,
-    cooldown: float,
+    cooldown: float | None,
     name: str | None,
     clock: Clock,
 ) -> CircuitBreaker | None:
     """The group's circuit breaker: the one given, a shared one by name, a breaker of
-    its own when a threshold is given, or None."""
+    its own when a threshold is given, or None.
+
+    Settings left out (None) take a shared breaker's own, or the defaults (5 failures,
+    60 s); settings that differ from a shared breaker's are refused by the registry."""
     if isinstance(breaker, CircuitBreaker):
         return breaker
     if isinstance(breaker, str):
         return registry.get(
-            breaker,
-            failure_threshold=threshold or 5,
-            recovery_timeout=cooldown,
-            clock=clock,
+            breaker, failure_threshold=threshold, recovery_timeout=cooldown, clock=clock
         )
     if breaker is not None:
         raise InvalidArgumentError(
@@ -186,7 +219,7 @@ def resolve_breaker(
     return CircuitBreaker(
         f"parallel:{name or 'group'}",
         failure_threshold=threshold,
-        recovery_timeout=cooldown,
+        recovery_timeout=60.0 if cooldown is None else cooldown,
         clock=clock,
     )
 

@@ -13,12 +13,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Callable
 from enum import Enum
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from rh_agents.core._aio import uninterrupted
+from rh_agents.core._validate import ExceptionClasses
 from rh_agents.core.circuit_breaker import CircuitBreaker
 from rh_agents.core.context import Frame, group_id_for
 from rh_agents.core.errors import LifecycleError
@@ -80,15 +81,21 @@ class ParallelExecutionManager:
         retry_delay: first backoff delay in seconds (exponential, with jitter).
         circuit_breaker_threshold: consecutive failures that open the group's own
             breaker; None (default) for no breaker unless ``circuit_breaker`` is given.
-        circuit_breaker_timeout: seconds an open breaker waits before a probe.
+        circuit_breaker_timeout: seconds an open breaker waits before a probe (None:
+            60 for a new breaker; a breaker shared by name keeps its own).
         limiter: a shared :class:`~rh_agents.core.limiter.Limiter` capping concurrency
             across groups: the object itself, passed to every group that shares it.
         circuit_breaker: a :class:`~rh_agents.core.circuit_breaker.CircuitBreaker` or
-            the name of one in ``execution_state.circuit_breakers`` (shared by name).
-        retry_on: exception classes, or a predicate, deciding what is retried.
-        non_retryable: exception classes never retried.
-        executor: where items run (:class:`~rh_agents.core.executors.AsyncioExecutor`
-            by default).
+            the name of one in ``execution_state.circuit_breakers`` (shared by name; the
+            threshold and timeout given must agree with the shared breaker's, or be
+            left out).
+        retry_on: exception classes (a class, or a tuple, list or set of them), or a
+            predicate ``fn(exc) -> bool``, deciding what is retried.
+        non_retryable: exception classes never retried (a class, or a tuple, list or
+            set of them).
+        executor: where items run: an executor object such as
+            :class:`rh_agents.executors.ProcessPoolItemExecutor` (None: in the event
+            loop, like :class:`~rh_agents.core.executors.AsyncioExecutor`).
         rng: random source for retry jitter (seed it for reproducible delays).
         policy: the guards of every attempt of every item, as one
             :class:`~rh_agents.core.policy.Policy` (retry, breaker, limiter, and a
@@ -116,11 +123,11 @@ class ParallelExecutionManager:
         max_retries: int = 0,
         retry_delay: float = 1.0,
         circuit_breaker_threshold: int | None = None,
-        circuit_breaker_timeout: float = 60.0,
+        circuit_breaker_timeout: float | None = None,
         limiter: Limiter | None = None,
         circuit_breaker: CircuitBreaker | str | None = None,
-        retry_on: Any = None,
-        non_retryable: Sequence[type[BaseException]] = (),
+        retry_on: ExceptionClasses | Callable[[BaseException], bool] | None = None,
+        non_retryable: ExceptionClasses = (),
         executor: ItemExecutor | None = None,
         rng: random.Random | None = None,
         policy: Policy | None = None,
@@ -129,7 +136,7 @@ class ParallelExecutionManager:
             "max_workers", max_workers, "Use 1 to run the items one at a time."
         )
         strategy = config.error_strategy(error_strategy)
-        self.timeout = config.check_timeout(timeout)
+        self.timeout: float | None = config.check_timeout(timeout)
         config.check_group_name(name)
         shortcuts = {
             "max_retries": max_retries,
@@ -141,6 +148,7 @@ class ParallelExecutionManager:
             "circuit_breaker_timeout": circuit_breaker_timeout,
             "limiter": limiter,
         }
+        config.check_executor(executor)
         self.policy = config.group_policy(
             policy, shortcuts, name, execution_state.circuit_breakers, execution_state.clock
         )
@@ -153,7 +161,7 @@ class ParallelExecutionManager:
         self.circuit_breaker = guards.breaker if guards is not None else None
         self.executor = executor
         self._rng = rng
-        self.group = ParallelEventGroup(
+        self.group: ParallelEventGroup = ParallelEventGroup(
             name=name, max_workers=max_workers, error_strategy=strategy, timeout=self.timeout
         )
         if self.circuit_breaker is not None:
@@ -171,6 +179,18 @@ class ParallelExecutionManager:
         self._owner: asyncio.Task[Any] | None = None  # the task that entered the block
 
     # ---------------------------------------------------------------- lifecycle
+
+    if not TYPE_CHECKING:  # type checkers keep flagging a plain `with` as an error
+
+        def __enter__(self) -> None:
+            raise LifecycleError(
+                "A parallel group is an async context manager: use `async with "
+                "state.parallel(...) as p:` inside an `async def` (a plain `with` cannot "
+                "run the group's items)."
+            )
+
+        def __exit__(self, *exc_info: object) -> None:
+            return None  # pragma: no cover - __enter__ always raises
 
     async def __aenter__(self) -> ParallelExecutionManager:
         if self._phase is not _Phase.NEW:

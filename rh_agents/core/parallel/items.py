@@ -39,14 +39,14 @@ class Item:
         factory: Callable[[], Awaitable[Any]] | None,
         coro: Awaitable[Any] | None,
     ) -> None:
-        self.index = index
+        self.index: int = index
         self._name = name
-        self.factory = factory
-        self.coro = coro
-        self.attempts = 0
-        self.started = False
-        self.ready_at = 0.0
-        self.first_started = 0.0  # clock time of the first attempt, for a retry budget
+        self.factory: Callable[[], Awaitable[Any]] | None = factory
+        self.coro: Awaitable[Any] | None = coro
+        self.attempts: int = 0
+        self.started: bool = False
+        self.ready_at: float = 0.0
+        self.first_started: float = 0.0  # clock time of the first attempt, for a retry budget
 
     @property
     def name(self) -> str:

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 __all__ = ["GroupRun"]
 
-logger = logging.getLogger("rh_agents.parallel")
+logger: logging.Logger = logging.getLogger("rh_agents.parallel")
 
 _TERMINAL = {
     GroupStatus.COMPLETED: ExecutionStatus.COMPLETED,
@@ -69,8 +69,10 @@ class GroupRun:
         self._frame = frame
         self._span: Any = None
         self._started_at = 0.0
-        self.scheduler = Scheduler(items.items, self._clock)
-        self.results = Results(self._group, self._label, settings.error_strategy, len(items), queue)
+        self.scheduler: Scheduler = Scheduler(items.items, self._clock)
+        self.results: Results = Results(
+            self._group, self._label, settings.error_strategy, len(items), queue
+        )
         self.attempts: ItemAttempts | None = None
         self.error: BaseException | None = None
         """What collecting raises: the deadline, or the failure that stopped the group."""
