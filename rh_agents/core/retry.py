@@ -171,7 +171,7 @@ class StopAfterAttempt(StopCondition):
                 f"StopAfterAttempt takes an integer >= 1 (the first attempt counts), got "
                 f"{attempts!r}."
             )
-        self.attempts = attempts
+        self.attempts: int = attempts
 
     def __call__(self, state: RetryState) -> bool:
         return state.attempt >= self.attempts
@@ -201,7 +201,7 @@ class StopAfterDelay(StopCondition):
             raise InvalidArgumentError(
                 f"StopAfterDelay takes a finite number of seconds > 0, got {seconds!r}."
             )
-        self.seconds = float(seconds)
+        self.seconds: float = float(seconds)
 
     def __call__(self, state: RetryState) -> bool:
         return state.elapsed + max(state.next_delay, 0.0) >= self.seconds

@@ -18,7 +18,7 @@ import threading
 import time
 import weakref
 from bisect import bisect_left
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
@@ -136,7 +136,7 @@ class RhAgentsMetrics:
         self, registry: CollectorRegistry, max_label_values: int = DEFAULT_MAX_LABEL_VALUES
     ) -> None:
         self.registry = registry
-        self.cap = _LabelCap(max_label_values)
+        self.cap: _LabelCap = _LabelCap(max_label_values)
         self._add_invocation_metrics(registry)
         self._add_outcome_metrics(registry)
         self._add_group_and_breaker_metrics(registry)
@@ -149,7 +149,7 @@ class RhAgentsMetrics:
         registry.register(_ParallelCollector(self))
         # Time spent open: completed periods per breaker label, plus the breakers open
         # now (by id), read when /metrics is scraped (see _BreakerCollector).
-        self.now = time.monotonic
+        self.now: Callable[[], float] = time.monotonic
         self._open_total: dict[str, float] = {}
         self._open_now: dict[int, tuple[str, float, float]] = {}
         self._open_lock = threading.Lock()
@@ -161,32 +161,32 @@ class RhAgentsMetrics:
         self._span_export: SpanExportMetrics | None = None
 
     def _add_invocation_metrics(self, r: CollectorRegistry) -> None:
-        self.events = Counter(
+        self.events: Counter = Counter(
             Rh.EVENTS,
             "Finished invocations by operation, actor and outcome.",
             ["operation", "name", "outcome"],
             registry=r,
         )
-        self.errors = Counter(
+        self.errors: Counter = Counter(
             Rh.EVENT_ERRORS,
             "Failed invocations by exception type.",
             ["operation", "name", "error_type"],
             registry=r,
         )
-        self.duration = Histogram(
+        self.duration: Histogram = Histogram(
             Rh.EVENT_DURATION,
             "Duration of invocations.",
             ["operation", "name", "outcome"],
             buckets=DURATION_BUCKETS,
             registry=r,
         )
-        self.tokens = Counter(
+        self.tokens: Counter = Counter(
             Rh.TOKENS,
             "Tokens used by model calls, by actor, model and token type (input, output).",
             ["name", "model", "token_type"],
             registry=r,
         )
-        self.retries = Counter(
+        self.retries: Counter = Counter(
             Rh.RETRIES,
             "Retries scheduled after a failed attempt.",
             ["operation", "name"],
@@ -194,33 +194,33 @@ class RhAgentsMetrics:
         )
 
     def _add_outcome_metrics(self, r: CollectorRegistry) -> None:
-        self.final_outcomes = Counter(
+        self.final_outcomes: Counter = Counter(
             Rh.FINAL_OUTCOMES,
             "Invocations by the outcome their caller got: a group item's attempts that "
             "the group retried are left out, its last attempt counts.",
             ["operation", "name", "outcome"],
             registry=r,
         )
-        self.final_errors = Counter(
+        self.final_errors: Counter = Counter(
             Rh.FINAL_ERRORS,
             "Invocations whose caller got a failure (failed or rejected), by exception type.",
             ["operation", "name", "error_type"],
             registry=r,
         )
-        self.workflows = Counter(
+        self.workflows: Counter = Counter(
             Rh.WORKFLOWS,
             "Root invocations (not run inside another invocation) by final outcome.",
             ["name", "outcome"],
             registry=r,
         )
-        self.model_duration = Histogram(
+        self.model_duration: Histogram = Histogram(
             Rh.MODEL_DURATION,
             "Duration of model calls by actor and model (the responding model when reported).",
             ["name", "model"],
             buckets=DURATION_BUCKETS,
             registry=r,
         )
-        self.journal_write = Histogram(
+        self.journal_write: Histogram = Histogram(
             Rh.JOURNAL_WRITE,
             "Time to append one entry to a state's event journal, by backend type.",
             ["backend"],
@@ -229,44 +229,44 @@ class RhAgentsMetrics:
         )
 
     def _add_group_and_breaker_metrics(self, r: CollectorRegistry) -> None:
-        self.breaker_trips = Counter(
+        self.breaker_trips: Counter = Counter(
             Rh.BREAKER_TRIPS,
             "Transitions of a circuit breaker into open.",
             ["breaker"],
             registry=r,
         )
-        self.breaker_rejections = Counter(
+        self.breaker_rejections: Counter = Counter(
             Rh.BREAKER_REJECTIONS,
             "Calls rejected without running by an open circuit breaker.",
             ["breaker"],
             registry=r,
         )
-        self.breaker_state = Gauge(
+        self.breaker_state: Gauge = Gauge(
             Rh.BREAKER_STATE,
             "Circuit breaker state: 0 closed, 1 half-open, 2 open.",
             ["breaker"],
             registry=r,
         )
-        self.breaker_transitions = Counter(
+        self.breaker_transitions: Counter = Counter(
             Rh.BREAKER_TRANSITIONS,
             "Circuit breaker state changes, by the state entered (closed, half_open, open).",
             ["breaker", "to_state"],
             registry=r,
         )
-        self.semaphore_wait = Histogram(
+        self.semaphore_wait: Histogram = Histogram(
             Rh.SEMAPHORE_WAIT,
             "Time a parallel-group item waited for a worker slot.",
             ["group"],
             buckets=WAIT_BUCKETS,
             registry=r,
         )
-        self.groups = Counter(
+        self.groups: Counter = Counter(
             Rh.GROUPS,
             "Finished parallel groups by status.",
             ["group", "status"],
             registry=r,
         )
-        self.group_duration = Histogram(
+        self.group_duration: Histogram = Histogram(
             Rh.GROUP_DURATION,
             "Duration of parallel groups.",
             ["group", "status"],
@@ -432,10 +432,10 @@ class LiveGroup:
     __slots__ = ("in_flight", "label", "max_workers", "queued")
 
     def __init__(self, label: str, max_workers: int) -> None:
-        self.label = label
-        self.max_workers = max_workers
-        self.in_flight = 0
-        self.queued = 0
+        self.label: str = label
+        self.max_workers: int = max_workers
+        self.in_flight: int = 0
+        self.queued: int = 0
 
 
 class EventSeries:
@@ -453,12 +453,12 @@ class EventSeries:
     __slots__ = ("bounds", "bucket_traces", "counter", "counter_trace", "final", "histogram")
 
     def __init__(self, counter: Any, histogram: Any, final: Any) -> None:
-        self.counter = counter
-        self.histogram = histogram
-        self.final = final  # the final-outcomes child of the same labels
+        self.counter: Any = counter
+        self.histogram: Any = histogram
+        self.final: Any = final  # the final-outcomes child of the same labels
         self.bounds: list[float] = list(histogram._upper_bounds)
-        self.counter_trace = 0
-        self.bucket_traces = [0] * len(self.bounds)
+        self.counter_trace: int = 0
+        self.bucket_traces: list[int] = [0] * len(self.bounds)
 
     def record(self, duration: float, trace_id: int, exemplar: dict[str, str] | None) -> None:
         """Count one event and observe its duration, with the trace as exemplar."""
@@ -555,19 +555,19 @@ class SpanExportMetrics:
     """
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.exported = Counter(
+        self.exported: Counter = Counter(
             Rh.SPANS_EXPORTED,
             "Spans an exporter accepted, by exporter type.",
             ["exporter"],
             registry=registry,
         )
-        self.failed = Counter(
+        self.failed: Counter = Counter(
             Rh.SPANS_EXPORT_FAILED,
             "Spans in exports that failed or raised, by exporter type.",
             ["exporter"],
             registry=registry,
         )
-        self.dropped = Counter(
+        self.dropped: Counter = Counter(
             Rh.SPANS_DROPPED,
             "Spans dropped before reaching an exporter, by exporter type and reason "
             "(queue_full, shutdown).",

@@ -149,16 +149,16 @@ class ParallelExecutionManager:
             "limiter": limiter,
         }
         config.check_executor(executor)
-        self.policy = config.group_policy(
+        self.policy: Policy | None = config.group_policy(
             policy, shortcuts, name, execution_state.circuit_breakers, execution_state.clock
         )
         self.execution_state = execution_state
         self.max_workers = max_workers
         self.error_strategy = strategy
         guards = self.policy
-        self.max_retries = guards.max_attempts - 1 if guards is not None else 0
-        self.limiter = guards.limiter if guards is not None else None
-        self.circuit_breaker = guards.breaker if guards is not None else None
+        self.max_retries: int = guards.max_attempts - 1 if guards is not None else 0
+        self.limiter: Limiter | None = guards.limiter if guards is not None else None
+        self.circuit_breaker: CircuitBreaker | None = guards.breaker if guards is not None else None
         self.executor = executor
         self._rng = rng
         self.group: ParallelEventGroup = ParallelEventGroup(
