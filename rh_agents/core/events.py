@@ -16,14 +16,16 @@ from __future__ import annotations
 
 import copy
 import time
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+from typing_extensions import TypeVar
 
 from rh_agents.core._models import assemble, clone
 from rh_agents.core._runner import run_event
 from rh_agents.core.actors import BaseActor
 from rh_agents.core.errors import ImmutableEventError, InvalidArgumentError
+from rh_agents.core.executors import remote_call_error
 from rh_agents.core.result import ExecutionResult, make_result
 from rh_agents.core.types import EventType, ExecutionStatus
 from rh_agents.core.usage import TokenUsage
@@ -33,7 +35,7 @@ if TYPE_CHECKING:
 
 __all__ = ["EventKind", "ExecutionEvent", "ExecutionResult", "clone", "make_result"]
 
-T = TypeVar("T")
+T = TypeVar("T", default=Any)
 
 
 class EventKind:
@@ -53,14 +55,23 @@ class ExecutionEvent(BaseModel, Generic[T]):
     are immutable copies taken at each status change, so a later change never alters what
     a subscriber already saw.
 
+    Type checkers infer ``T`` from the actor: built with a ``Tool[Query, list[str]]``,
+    the event is an ``ExecutionEvent[list[str]]`` and calling it returns an
+    ``ExecutionResult[list[str]]``.
+
     Example:
         >>> event = ExecutionEvent(actor=search_tool, tag="first")  # doctest: +SKIP
         >>> result = await event(Query(text="x"), {}, state)  # doctest: +SKIP
     """
 
-    model_config = ConfigDict(arbitrary_types_allowed=True)
+    model_config: ClassVar[ConfigDict] = ConfigDict(arbitrary_types_allowed=True)
 
-    actor: BaseActor | None = None
+    if TYPE_CHECKING:
+        # Type checkers infer T from the actor: ExecutionEvent(actor=Tool[Q, A](...)) is
+        # an ExecutionEvent[A], and calling it returns an ExecutionResult[A].
+        actor: BaseActor[Any, T] | None = None
+    else:
+        actor: BaseActor | None = None
     kind: str = EventKind.EVENT
     address: str = ""
     tag: str = ""
@@ -120,6 +131,9 @@ class ExecutionEvent(BaseModel, Generic[T]):
             raise InvalidArgumentError(
                 "This ExecutionEvent has no actor; build it as ExecutionEvent(actor=...)."
             )
+        shipped = remote_call_error(self.actor.name)
+        if shipped is not None:
+            raise shipped
         if execution_state is None:
             raise InvalidArgumentError(
                 f"Calling the event for actor '{self.actor.name}' needs the ExecutionState: "

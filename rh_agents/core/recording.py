@@ -22,6 +22,7 @@ import inspect
 import json
 from collections.abc import AsyncIterator, Awaitable, Iterator
 from datetime import UTC, datetime
+from time import perf_counter
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel
@@ -139,9 +140,15 @@ class Recorder:
                 raise self._error
             if self._journal is None:
                 await self._open()
+            tel = state.instrumentation
+            started = perf_counter() if tel.enabled else 0.0
             waiting = self._append(snapshot)
             if waiting is not None:
                 await self._wait(waiting, snapshot)
+            if tel.enabled:
+                # What the caller waited for this entry (queued, or committed when
+                # a result is handed back only once it is durable).
+                tel.journal_written(state.state_backend, perf_counter() - started)
         else:
             state.history.append(snapshot)
         bus = state.event_bus

@@ -51,7 +51,7 @@ __all__ = [
 ]
 
 # The logger keeps the name of the module replay came from (users configure it).
-logger = logging.getLogger("rh_agents.execution")
+logger: logging.Logger = logging.getLogger("rh_agents.execution")
 
 
 class Replayer:
@@ -75,7 +75,7 @@ class Replayer:
         self._claimed: set[str] = set()
         self._program = RecordedProgram()
         self._types = _known_types(result_types)
-        self.active = False
+        self.active: bool = False
 
     def load(self, history: HistorySet, program: RecordedProgram | None = None) -> None:
         """Index the completions of a restored ``history``; calls at their addresses
