@@ -29,7 +29,7 @@ MEASURES = (
 )
 
 WORKERS = 100
-FLAT = Target("<=", 1.25)
+FLAT = Target("<=", 1.15)
 
 
 def _contender(n: int, telemetry: bool, exported: list[int], gc_s: list[float]) -> Contender:
