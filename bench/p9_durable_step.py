@@ -148,10 +148,11 @@ def run(cfg: Config) -> BenchResult:
     per_step = {name: median(t) / steps * 1e6 for name, t in times.items()}
     result.data = {"runs": runs, "seconds": times, "us_per_step": per_step}
     savers = dict(zip(KINDS, ("no checkpointer", "InMemorySaver", "SqliteSaver"), strict=True))
+    journals = dict(zip(KINDS, ("no journal", "in-memory journal", "SQLite journal"), strict=True))
     for kind in KINDS:
         rh = f"rh_agents, {kind}"
-        result.rows.append(measured(f"rh_agents per step, {kind} journal", per_step[rh], "µs"))
-        case = f"LangGraph ({savers[kind]}) / rh_agents ({kind} journal), per step"
+        result.rows.append(measured(f"rh_agents per step, {journals[kind]}", per_step[rh], "µs"))
+        case = f"LangGraph ({savers[kind]}) / rh_agents ({journals[kind]}), per step"
         lg = f"LangGraph, {kind}"
         if lg in times:
             result.rows.append(
