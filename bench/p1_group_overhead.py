@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
 from bench import competitors as c
@@ -11,13 +10,13 @@ from bench._common import (
     BenchResult,
     Config,
     Contender,
-    GcTimer,
     Target,
     measured,
     median,
     paired_ratio,
     side_by_side,
     skipped,
+    timed_run,
 )
 from bench.workloads import trivial_factories
 from rh_agents import ExecutionState
@@ -40,21 +39,15 @@ def _contenders(n: int, workers: int, gc_share: dict[str, list[float]]) -> dict[
 
     async def rh() -> float:
         state = ExecutionState(telemetry=False)
-        with GcTimer() as collector:
-            start = time.perf_counter()
-            results = await c.rh_group(state, factories, workers)
-            took = time.perf_counter() - start
-        gc_share.setdefault("rh_agents", []).append(collector.seconds / took * 100.0)
+        results, took, collected = await timed_run(lambda: c.rh_group(state, factories, workers))
+        gc_share.setdefault("rh_agents", []).append(collected / took * 100.0)
         assert len(results) == n and results[-1].result == n - 1
         return took
 
     def timed(fn: Any, name: str) -> Contender:
         async def run() -> float:
-            with GcTimer() as collector:
-                start = time.perf_counter()
-                results = await fn(factories, workers)
-                took = time.perf_counter() - start
-            gc_share.setdefault(name, []).append(collector.seconds / took * 100.0)
+            results, took, collected = await timed_run(lambda: fn(factories, workers))
+            gc_share.setdefault(name, []).append(collected / took * 100.0)
             assert len(results) == n and results[-1] == n - 1
             return took
 

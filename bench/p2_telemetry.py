@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -12,12 +11,12 @@ from bench._common import (
     BenchResult,
     Config,
     Contender,
-    GcTimer,
     Target,
     measured,
     median,
     paired_ratio,
     side_by_side,
+    timed_run,
 )
 from bench._telemetry import (
     DEFAULT,
@@ -56,13 +55,10 @@ def _rh(
         telemetry, sdk = make()
         state = ExecutionState() if telemetry is None else ExecutionState(telemetry=telemetry)
         factories = event_factories(ECHO, state, list(range(n)))
-        with GcTimer() as collector:
-            start = time.perf_counter()
-            results = await c.rh_group(state, factories, WORKERS)
-            if sdk is not None:
-                sdk.flush()
-            took = time.perf_counter() - start
-        gc_share.setdefault(label, []).append(collector.seconds / took * 100.0)
+        results, took, collected = await timed_run(
+            lambda: c.rh_group(state, factories, WORKERS), sdk.flush if sdk else None
+        )
+        gc_share.setdefault(label, []).append(collected / took * 100.0)
         assert len(results) == n and all(r.ok for r in results)
         if sdk is not None:
             exported.setdefault(label, []).append(sdk.exported())
@@ -83,13 +79,10 @@ def _floor(
         sdk = SdkTracing() if telemetry else None
         floor = Floor(sdk)
         factories = trivial_factories(n)
-        with GcTimer() as collector:
-            start = time.perf_counter()
-            results = await floor.run(factories, WORKERS, telemetry)
-            if sdk is not None:
-                sdk.flush()
-            took = time.perf_counter() - start
-        gc_share.setdefault(label, []).append(collector.seconds / took * 100.0)
+        results, took, collected = await timed_run(
+            lambda: floor.run(factories, WORKERS, telemetry), sdk.flush if sdk else None
+        )
+        gc_share.setdefault(label, []).append(collected / took * 100.0)
         assert len(results) == n and len(floor.history) == n
         if sdk is not None:
             exported.setdefault(label, []).append(sdk.exported())

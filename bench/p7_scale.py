@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 from bench import competitors as c
 from bench._common import (
     BenchResult,
     Config,
     Contender,
-    GcTimer,
     Target,
     measured,
     median,
     paired_ratio,
     side_by_side,
+    timed_run,
 )
 from bench._telemetry import full_telemetry
 from bench.workloads import ECHO, event_factories
@@ -42,17 +41,14 @@ def _contender(
         tel, sdk = full_telemetry() if telemetry else (False, None)
         state = ExecutionState(telemetry=tel)
         factories = event_factories(ECHO, state, list(range(n)))
-        with GcTimer() as collector:
-            start = time.perf_counter()
-            results = await c.rh_group(state, factories, WORKERS)
-            if sdk is not None:
-                sdk.flush()
-            took = time.perf_counter() - start
+        results, took, collected = await timed_run(
+            lambda: c.rh_group(state, factories, WORKERS), sdk.flush if sdk else None
+        )
         assert len(results) == n
         if sdk is not None:
             exported.append(sdk.exported())
             sdk.close()
-        return took, collector.seconds
+        return took, collected
 
     async def run() -> float:
         took = collected = 0.0
