@@ -90,7 +90,6 @@ _NO_FIELDS_SET: set[str] = set()
 """The fields-set of every result built by :func:`make_result` (none was set explicitly):
 one shared set instead of one per result, a container less per group item for the
 garbage collector to track. Never changed (see ``ExecutionResult.__setattr__``)."""
-_new_result = ExecutionResult.__new__
 
 
 def make_result(
