@@ -131,6 +131,21 @@ class GcTimer:
         gc.callbacks.remove(self._callback)
 
 
+async def timed_run(
+    work: Callable[[], Awaitable[Any]], after: Callable[[], None] | None = None
+) -> tuple[Any, float, float]:
+    """Await ``work()`` (then call ``after``, e.g. a span flush, still on the clock) and
+    return its result, the seconds it took and the seconds the garbage collector took
+    meanwhile."""
+    with GcTimer() as collector:
+        start = time.perf_counter()
+        result = await work()
+        if after is not None:
+            after()
+        took = time.perf_counter() - start
+    return result, took, collector.seconds
+
+
 class Stopwatch:
     """``with Stopwatch() as sw: ...`` then ``sw.seconds``."""
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -17,6 +16,7 @@ from bench._common import (
     median,
     paired_ratio,
     side_by_side,
+    timed_run,
 )
 from bench._telemetry import (
     DEFAULT,
@@ -39,22 +39,26 @@ MEASURES = (
 )
 
 VS_FLOOR = Target("<=", 1.3)
+GC_SHARE = Target("<", 5.0, "%")
 NOOP_TRACING = Target("<=", 1.05)
 WORKERS = 100
 
 
 def _rh(
-    label: str, make: Callable[..., tuple[Any, Any]], n: int, exported: dict[str, list[int]]
+    label: str,
+    make: Callable[..., tuple[Any, Any]],
+    n: int,
+    exported: dict[str, list[int]],
+    gc_share: dict[str, list[float]],
 ) -> Contender:
     async def run() -> float:
         telemetry, sdk = make()
         state = ExecutionState() if telemetry is None else ExecutionState(telemetry=telemetry)
         factories = event_factories(ECHO, state, list(range(n)))
-        start = time.perf_counter()
-        results = await c.rh_group(state, factories, WORKERS)
-        if sdk is not None:
-            sdk.flush()
-        took = time.perf_counter() - start
+        results, took, collected = await timed_run(
+            lambda: c.rh_group(state, factories, WORKERS), sdk.flush if sdk else None
+        )
+        gc_share.setdefault(label, []).append(collected / took * 100.0)
         assert len(results) == n and all(r.ok for r in results)
         if sdk is not None:
             exported.setdefault(label, []).append(sdk.exported())
@@ -64,16 +68,21 @@ def _rh(
     return run
 
 
-def _floor(label: str, n: int, telemetry: bool, exported: dict[str, list[int]]) -> Contender:
+def _floor(
+    label: str,
+    n: int,
+    telemetry: bool,
+    exported: dict[str, list[int]],
+    gc_share: dict[str, list[float]],
+) -> Contender:
     async def run() -> float:
         sdk = SdkTracing() if telemetry else None
         floor = Floor(sdk)
         factories = trivial_factories(n)
-        start = time.perf_counter()
-        results = await floor.run(factories, WORKERS, telemetry)
-        if sdk is not None:
-            sdk.flush()
-        took = time.perf_counter() - start
+        results, took, collected = await timed_run(
+            lambda: floor.run(factories, WORKERS, telemetry), sdk.flush if sdk else None
+        )
+        gc_share.setdefault(label, []).append(collected / took * 100.0)
         assert len(results) == n and len(floor.history) == n
         if sdk is not None:
             exported.setdefault(label, []).append(sdk.exported())
@@ -93,17 +102,20 @@ def run(cfg: Config) -> BenchResult:
     n = cfg.pick(2_000, 10_000)
     rounds = cfg.n_rounds(3, 5)
     exported: dict[str, list[int]] = {}
+    gc_share: dict[str, list[float]] = {}
     contenders: dict[str, Contender] = {
-        f"rh_agents, {label}": _rh(f"rh_agents, {label}", make, n, exported)
+        f"rh_agents, {label}": _rh(f"rh_agents, {label}", make, n, exported, gc_share)
         for label, make in variants().items()
     }
-    contenders[FLOOR] = _floor(FLOOR, n, True, exported)
-    contenders[BARE] = _floor(BARE, n, False, exported)
+    contenders[FLOOR] = _floor(FLOOR, n, True, exported, gc_share)
+    contenders[BARE] = _floor(BARE, n, False, exported, gc_share)
     times = asyncio.run(side_by_side(contenders, rounds))
     exported = {k: v[-rounds:] for k, v in exported.items()}  # drop the warm-up's counts
+    gc_share = {k: v[-rounds:] for k, v in gc_share.items()}
     per_event = {name: median(t) / n * 1e6 for name, t in times.items()}
     result.data = {"n": n, "max_workers": WORKERS, "seconds": times, "us_per_event": per_event}
     result.data["spans_exported"] = exported
+    result.data["gc_percent"] = gc_share
     full = times[f"rh_agents, {FULL}"]
     result.rows.append(
         measured(
@@ -115,6 +127,16 @@ def run(cfg: Config) -> BenchResult:
             f"floor {per_event[FLOOR]:.1f} µs/event",
         )
     )
+    for label, target in ((f"rh_agents, {FULL}", GC_SHARE), (FLOOR, None)):
+        result.rows.append(
+            measured(
+                f"{label.split(',')[0].split(':')[0]}: time in the garbage collector",
+                median(gc_share[label]),
+                "%",
+                target,
+                "gc.callbacks, same runs; rounds " + ", ".join(f"{g:.1f}" for g in gc_share[label]),
+            )
+        )
     expected = n + 1  # the events' spans and the group's
     for label in (f"rh_agents, {FULL}", FLOOR):
         counts = exported.get(label, [0])

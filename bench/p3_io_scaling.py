@@ -28,7 +28,9 @@ MEASURES = (
 )
 
 SLEEP_S = 0.010
-AT_50 = Target("<=", 1.05)
+AT_50 = Target("<=", 1.03)
+"""rh_agents against raw asyncio at the same concurrency: raw asyncio itself is about
+1.15x the ideal with 10 ms sleeps here (timer granularity), which no library can undo."""
 
 
 def _contenders(n: int, workers: int) -> dict[str, Contender]:
@@ -69,7 +71,7 @@ def run(cfg: Config) -> BenchResult:
                 f"{label}: rh_agents / ideal {ideal * 1e3:.0f} ms",
                 rh / ideal,
                 "x",
-                AT_50 if workers == 50 else None,
+                None,
                 f"rh_agents {rh * 1e3:.1f} ms; raw Semaphore+gather {raw * 1e3:.1f} ms "
                 f"= {raw / ideal:.2f}x ideal",
             )
@@ -79,6 +81,7 @@ def run(cfg: Config) -> BenchResult:
                 f"{label}: rh_agents / raw Semaphore+gather",
                 paired_ratio(times["rh_agents"], times["raw"]),
                 "x",
+                AT_50 if workers == 50 else None,
             )
         )
     result.notes.append(

@@ -73,9 +73,23 @@ class ExecutionResult(BaseModel, Generic[T]):
         """The seed framework's spelling of :attr:`error_message`."""
         return self.error_message
 
+    if not TYPE_CHECKING:
+
+        def __setattr__(self, name: str, value: Any) -> None:
+            # Results built by make_result share one empty fields-set; pydantic adds the
+            # name to it on assignment, so the result takes a set of its own first
+            # (copies already get their own: pydantic copies the set).
+            if self.__pydantic_fields_set__ is _NO_FIELDS_SET:
+                _setattr(self, "__pydantic_fields_set__", set())
+            super().__setattr__(name, value)
+
 
 _setattr = object.__setattr__
 _new_result = ExecutionResult.__new__
+_NO_FIELDS_SET: set[str] = set()
+"""The fields-set of every result built by :func:`make_result` (none was set explicitly):
+one shared set instead of one per result, a container less per group item for the
+garbage collector to track. Never changed (see ``ExecutionResult.__setattr__``)."""
 
 
 def make_result(
@@ -121,7 +135,7 @@ def make_result(
     fields["metadata"] = {} if metadata is None else metadata
     fields["traceback"] = traceback
     fields["exception"] = exception
-    _setattr(r, "__pydantic_fields_set__", set())
+    _setattr(r, "__pydantic_fields_set__", _NO_FIELDS_SET)
     _setattr(r, "__pydantic_extra__", None)
     _setattr(r, "__pydantic_private__", None)
     return r

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-IDS = ["P1", "P2", "P3", "P4", "P5", "P6", "P7", "P8", "P9"]
+IDS = ["P1", "P2", "P3", "P4", "P5", "P6", "P7", "P8", "P9", "P11"]
 STATUSES = {"PASS", "MISS", "INFO", "SKIP"}
 
 pytestmark = pytest.mark.slow
@@ -88,6 +88,19 @@ def test_quick_mode_writes_well_formed_results(tmp_path: Path) -> None:
     assert len(dask_rows) == 5
     no_dask = importlib.util.find_spec("distributed") is None
     assert all((row["status"] == "SKIP") == no_dask for row in dask_rows), dask_rows
+
+    # P11: the rh_agents rows always; LangGraph's are SKIP exactly when it is missing
+    p11 = document["benchmarks"][IDS.index("P11")]["rows"]
+    assert sum(row["case"].startswith("rh_agents per step") for row in p11) == 3
+    langgraph_rows = [row for row in p11 if row["case"].startswith("LangGraph")]
+    assert len(langgraph_rows) == 3
+    no_langgraph = importlib.util.find_spec("langgraph") is None
+    assert all((row["status"] == "SKIP") == no_langgraph for row in langgraph_rows)
+
+    # The collector's share is measured where it matters (P1 at the largest size, P2)
+    gc_rows = [row["case"] for row in rows if "garbage collector" in row["case"]]
+    assert any("rh_agents' time in the garbage collector" in case for case in gc_rows)
+    assert any(case.startswith("rh_agents: time in the garbage collector") for case in gc_rows)
 
     markdown = (tmp_path / "results.md").read_text()
     assert "| # | Case | Measured | Target | Result |" in markdown

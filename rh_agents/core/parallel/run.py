@@ -58,7 +58,7 @@ class GroupRun:
         queue: asyncio.Queue[int | None] | None,
     ) -> None:
         state = manager.execution_state
-        self._manager = manager
+        self._manager: ParallelExecutionManager | None = manager
         self._state = state
         self._tel = state.instrumentation
         self._clock = state.clock
@@ -226,7 +226,11 @@ class GroupRun:
         )
         if tel.enabled:
             tel.queue_changed(group, 0, 0)
-        self._manager._ended(results, self.error)
+        # The manager keeps this run (statistics()); dropping the way back leaves no
+        # cycle, so a finished group and its items are freed without the collector.
+        manager, self._manager = self._manager, None
+        assert manager is not None  # a run finishes once
+        manager._ended(results, self.error)
         await publish_group(self._state, group, _TERMINAL[status], scheduler.timed_out, timeout)
         if group.failed and status is not GroupStatus.CANCELLED:
             logger.warning("Parallel group %s: %s", self._label, group.error_summary())
