@@ -325,7 +325,7 @@ class ExecutionState:
 
     def parallel(
         self,
-        max_workers: int = 5,
+        max_workers: int | None = 5,
         error_strategy: ErrorStrategy | str | None = None,
         timeout: float | None = None,
         name: str | None = None,

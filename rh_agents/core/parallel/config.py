@@ -18,9 +18,11 @@ if TYPE_CHECKING:
     from rh_agents.core.clock import Clock
 
 __all__ = [
+    "DEFAULT_MAX_WORKERS",
     "check_executor",
     "check_group_name",
     "check_limiter",
+    "check_max_workers",
     "check_positive_int",
     "check_timeout",
     "error_strategy",
@@ -28,6 +30,23 @@ __all__ = [
     "resolve_breaker",
     "retry_policy",
 ]
+
+
+DEFAULT_MAX_WORKERS = 32
+"""The most workers of a group opened with ``max_workers=None``: as many as it has items,
+up to this many."""
+
+
+def check_max_workers(value: Any) -> int | None:
+    """``value`` if it is an integer >= 1 or None (as many workers as items, capped)."""
+    if value is None:
+        return None
+    return check_positive_int(
+        "max_workers",
+        value,
+        "Use 1 to run the items one at a time, or None for as many workers as items "
+        f"(at most {DEFAULT_MAX_WORKERS}).",
+    )
 
 
 def check_positive_int(name: str, value: Any, hint: str) -> int:

@@ -70,7 +70,9 @@ class ParallelExecutionManager:
 
     Args:
         execution_state: the state the group's events are recorded in.
-        max_workers: at most this many items run at once (>= 1).
+        max_workers: at most this many items run at once (>= 1); None for as many as
+            the group has items, at most
+            :data:`~rh_agents.core.parallel.DEFAULT_MAX_WORKERS` (32).
         error_strategy: FAIL_SLOW (default) or FAIL_FAST (also as strings).
         timeout: deadline in seconds for the whole group, counted from the start of
             execution; None for no deadline.
@@ -116,7 +118,7 @@ class ParallelExecutionManager:
     def __init__(
         self,
         execution_state: ExecutionState,
-        max_workers: int = 5,
+        max_workers: int | None = 5,
         error_strategy: ErrorStrategy | str = ErrorStrategy.FAIL_SLOW,
         timeout: float | None = None,
         name: str | None = None,
@@ -132,9 +134,7 @@ class ParallelExecutionManager:
         rng: random.Random | None = None,
         policy: Policy | None = None,
     ) -> None:
-        config.check_positive_int(
-            "max_workers", max_workers, "Use 1 to run the items one at a time."
-        )
+        workers = config.check_max_workers(max_workers)
         strategy = config.error_strategy(error_strategy)
         self.timeout: float | None = config.check_timeout(timeout)
         config.check_group_name(name)
@@ -153,7 +153,7 @@ class ParallelExecutionManager:
             policy, shortcuts, name, execution_state.circuit_breakers, execution_state.clock
         )
         self.execution_state = execution_state
-        self.max_workers = max_workers
+        self.max_workers: int | None = workers
         self.error_strategy = strategy
         guards = self.policy
         self.max_retries: int = guards.max_attempts - 1 if guards is not None else 0
@@ -162,7 +162,10 @@ class ParallelExecutionManager:
         self.executor = executor
         self._rng = rng
         self.group: ParallelEventGroup = ParallelEventGroup(
-            name=name, max_workers=max_workers, error_strategy=strategy, timeout=self.timeout
+            name=name,
+            max_workers=config.DEFAULT_MAX_WORKERS if workers is None else workers,
+            error_strategy=strategy,
+            timeout=self.timeout,
         )
         if self.circuit_breaker is not None:
             execution_state.instrumentation.watch_breaker(self.circuit_breaker)
@@ -473,8 +476,14 @@ class ParallelExecutionManager:
 
     async def _run(self) -> None:
         assert self._frame is not None
+        workers = self.max_workers
+        if workers is None:
+            # As many workers as items, up to the default cap; the span, the metrics and
+            # the printers show the number of workers the group really gets.
+            workers = config.DEFAULT_MAX_WORKERS
+            update(self.group, max_workers=max(1, min(len(self._items), workers)))
         settings = GroupSettings(
-            max_workers=self.max_workers,
+            max_workers=workers,
             error_strategy=self.error_strategy,
             timeout=self.timeout,
             policy=None if self.policy is None or self.policy.is_empty else self.policy,
