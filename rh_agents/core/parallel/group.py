@@ -263,7 +263,7 @@ class ParallelExecutionManager:
 
     # --------------------------------------------------------------------- adding
 
-    def add(self, work: Any, name: str | None = None) -> int:
+    def add(self, work: Any, name: str | None = None, *, priority: int = 0) -> int:
         """Add one item; returns its index.
 
         Args:
@@ -271,6 +271,9 @@ class ParallelExecutionManager:
                 (a factory; started only when a worker is free, and needed for retries).
             name: unique name of the item (default ``item_<index>``), used by
                 :meth:`gather_dict`, printers and results.
+            priority: among the items waiting for a worker, a higher priority starts
+                first; equal priorities start in add order (the default 0 for all: add
+                order). Results, indexes and addresses stay in add order.
 
         Raises:
             LifecycleError: outside ``async with``, or after execution started.
@@ -290,7 +293,7 @@ class ParallelExecutionManager:
                 f"Cannot add to parallel group '{self._label}' after its results were "
                 "collected or while it runs; open a new group for more work."
             )
-        return self._items.add(work, name)
+        return self._items.add(work, name, priority)
 
     @property
     def _label(self) -> str:

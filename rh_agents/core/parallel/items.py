@@ -28,6 +28,7 @@ class Item:
         "factory",
         "first_started",
         "index",
+        "priority",
         "ready_at",
         "started",
     )
@@ -38,8 +39,10 @@ class Item:
         name: str | None,
         factory: Callable[[], Awaitable[Any]] | None,
         coro: Awaitable[Any] | None,
+        priority: int = 0,
     ) -> None:
         self.index: int = index
+        self.priority: int = priority
         self._name = name
         self.factory: Callable[[], Awaitable[Any]] | None = factory
         self.coro: Awaitable[Any] | None = coro
@@ -113,8 +116,13 @@ class ItemList:
     def __len__(self) -> int:
         return len(self.items)
 
-    def add(self, work: Any, name: str | None) -> int:
+    def add(self, work: Any, name: str | None, priority: int = 0) -> int:
         """Add one item (see :meth:`ParallelExecutionManager.add`); returns its index."""
+        if not isinstance(priority, int) or isinstance(priority, bool):
+            close_rejected(work)
+            raise InvalidArgumentError(
+                f"An item's priority must be an integer (higher starts first), got {priority!r}."
+            )
         index = len(self.items)
         if name is not None:
             self._check_name(work, name)
@@ -124,9 +132,9 @@ class ItemList:
         kind = type(work)
         if kind is CoroutineType or (kind not in _FACTORY_TYPES and inspect.isawaitable(work)):
             self._check_awaitable(work, name or f"item_{index}", index)
-            item = Item(index, name, None, work)
+            item = Item(index, name, None, work, priority)
         elif callable(work):
-            item = Item(index, name, work, None)
+            item = Item(index, name, work, None, priority)
         else:
             raise InvalidWorkError(
                 f"p.add() takes a coroutine object or a zero-argument callable returning "
