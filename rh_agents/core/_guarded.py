@@ -24,13 +24,14 @@ from contextvars import ContextVar, Token
 from typing import TYPE_CHECKING, Any
 
 from rh_agents.core._aio import cancel_and_wait
-from rh_agents.core.errors import AttemptTimeoutError
+from rh_agents.core.errors import AttemptTimeoutError, RejectedResultError
 
 if TYPE_CHECKING:
     from rh_agents.core.circuit_breaker import CircuitPermit
     from rh_agents.core.clock import Clock
     from rh_agents.core.limiter import Limiter
     from rh_agents.core.policy import Policy
+    from rh_agents.core.retry import RetryConfig
 
 __all__ = [
     "Hold",
@@ -119,7 +120,9 @@ async def run_attempt(
             returning its exception; such a value counts against the breaker.
 
     Returns:
-        The value and, when ``failure`` found one, its failure.
+        The value and, when ``failure`` found one, its failure; or a
+        :class:`RejectedResultError` when the retry guard's ``retry_on_result``
+        predicate rejects the value (it counts against the breaker too).
 
     Raises:
         CircuitOpenError: the breaker rejected the attempt (``work`` did not start).
@@ -142,6 +145,8 @@ async def run_attempt(
             _guarding.reset(token)
         if failure is not None:
             error = failure(value)
+        if error is None and policy.retry is not None:
+            error = _rejected(policy.retry, value, what, attempt)
     except Exception:
         if breaker is not None and permit is not None:
             breaker.record_failure(permit)
@@ -157,6 +162,14 @@ async def run_attempt(
         else:
             breaker.record_failure(permit)
     return value, error
+
+
+def _rejected(retry: RetryConfig, value: Any, what: str, attempt: int) -> BaseException | None:
+    """The failure a value stands for under ``retry.retry_on_result``, or None."""
+    predicate = retry.retry_on_result
+    if predicate is None or not retry.enabled or not predicate(value):
+        return None
+    return RejectedResultError(what, attempt, value)
 
 
 async def _bounded(

@@ -301,7 +301,9 @@ async def _guarded(
             held = await hold_permit(limiter) if limiter is not None else None
             try:
                 work = functools.partial(_attempt, actor, ev, data, extra, state, attempt)
-                value, _ = await run_attempt(policy, work, clock, what, attempt)
+                value, rejected = await run_attempt(policy, work, clock, what, attempt)
+                if rejected is not None:  # retry_on_result rejected the value
+                    raise rejected
             finally:
                 if held is not None:
                     give_back(*held)

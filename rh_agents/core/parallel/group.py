@@ -104,6 +104,10 @@ class ParallelExecutionManager:
             per-attempt ``timeout``). ``max_retries``, ``retry_delay``, ``retry_on``,
             ``non_retryable``, ``circuit_breaker*`` and ``limiter`` are shortcuts that
             build one; give either the policy or shortcuts, not both.
+        item_timeout: seconds each attempt of each item may take (the policy's
+            ``timeout``): a slow item fails with
+            :class:`~rh_agents.core.errors.AttemptTimeoutError`, the others go on, and a
+            retry gets a fresh deadline. ``timeout`` bounds the whole group instead.
 
     Attributes:
         policy: the group's policy (given, or built from the shortcuts); None when the
@@ -133,6 +137,7 @@ class ParallelExecutionManager:
         executor: ItemExecutor | None = None,
         rng: random.Random | None = None,
         policy: Policy | None = None,
+        item_timeout: float | None = None,
     ) -> None:
         workers = config.check_max_workers(max_workers)
         strategy = config.error_strategy(error_strategy)
@@ -147,6 +152,7 @@ class ParallelExecutionManager:
             "circuit_breaker_threshold": circuit_breaker_threshold,
             "circuit_breaker_timeout": circuit_breaker_timeout,
             "limiter": limiter,
+            "item_timeout": item_timeout,
         }
         config.check_executor(executor)
         self.policy: Policy | None = config.group_policy(
