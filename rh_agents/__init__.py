@@ -14,6 +14,7 @@ from typing import Any
 from rh_agents.core import executors as _core_executors
 from rh_agents.core import hooks as _hooks
 from rh_agents.core.actors import LLM, Agent, BaseActor, Tool, ToolSet
+from rh_agents.core.adaptive_limiter import AdaptiveLimiter
 from rh_agents.core.circuit_breaker import CircuitBreaker, CircuitBreakerRegistry, CircuitState
 from rh_agents.core.clock import Clock, SystemClock
 from rh_agents.core.errors import (
@@ -94,6 +95,7 @@ del _name, _module
 
 __all__ = [
     "LLM",
+    "AdaptiveLimiter",
     "Agent",
     "AttemptTimeoutError",
     "BackoffStrategy",

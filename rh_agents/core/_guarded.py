@@ -6,7 +6,8 @@ An attempt under a :class:`~rh_agents.core.policy.Policy` goes, in this order:
    nested groups sharing the limiter while the attempt waits for them, see
    :mod:`rh_agents.core.parallel.lending`);
 2. :func:`run_attempt` - the breaker's admission, the work under the timeout, the
-   outcome reported to the breaker;
+   outcome reported to the breaker and to the limiter (which an
+   :class:`~rh_agents.core.adaptive_limiter.AdaptiveLimiter` adapts to);
 3. after a failure, :func:`retry_delay` - the retry guard's decision: the backoff before
    the next attempt, or None.
 
@@ -147,9 +148,11 @@ async def run_attempt(
             error = failure(value)
         if error is None and policy.retry is not None:
             error = _rejected(policy.retry, value, what, attempt)
-    except Exception:
+    except Exception as exc:
         if breaker is not None and permit is not None:
             breaker.record_failure(permit)
+        if policy.limiter is not None:
+            policy.limiter.record_outcome(exc)
         raise
     except BaseException:
         # Cancelled (or the process stops): not the dependency's fault.
@@ -161,6 +164,8 @@ async def run_attempt(
             breaker.record_success(permit)
         else:
             breaker.record_failure(permit)
+    if policy.limiter is not None:
+        policy.limiter.record_outcome(error)
     return value, error
 
 

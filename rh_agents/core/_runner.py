@@ -292,6 +292,8 @@ async def _guarded(
     tel = state.instrumentation
     if policy.breaker is not None:
         tel.watch_breaker(policy.breaker)
+    if limiter is not None:
+        tel.watch_limiter(limiter)
     what = f"actor '{actor.name}'"
     attempt = 1
     first_try = clock.monotonic()

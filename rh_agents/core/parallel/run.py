@@ -98,6 +98,8 @@ class GroupRun:
         for item in items:
             item.ready_at = self._started_at
         self._span = tel.group_started(group, settings.error_strategy.value)
+        if settings.policy is not None and settings.policy.limiter is not None:
+            tel.watch_limiter(settings.policy.limiter, self._span)
         scheduler = self.scheduler
         attempts = ItemAttempts(
             state, group, settings, self._frame, self._span, scheduler, self.results
