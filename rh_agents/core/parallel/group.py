@@ -281,25 +281,40 @@ class ParallelExecutionManager:
                 first; equal priorities start in add order (the default 0 for all: add
                 order). Results, indexes and addresses stay in add order.
 
+        Items can also be added while the group runs, from inside an item or from the
+        ``async with`` body (e.g. while consuming :meth:`stream`), until its last item
+        has finished: they count in the group's total and appear in :meth:`gather` and
+        :meth:`stream` like the others, in add order. Their addresses do not depend on
+        timing: ``[3.0]`` is the first item added by item 3, ``[+0]`` the first added by
+        the body, so a resumed run that adds the same items replays them.
+
         Raises:
-            LifecycleError: outside ``async with``, or after execution started.
+            LifecycleError: outside ``async with``, or after the group's last item has
+                finished (or the group stopped: FAIL_FAST, timeout, cancellation).
             InvalidWorkError: ``work`` is not awaitable; a coroutine object in a group
                 with retries; the same coroutine object as an earlier item; or an
                 ``asyncio.Task`` / ``Future``, which already runs outside the group's
                 control (pass a factory that creates the work instead).
             DuplicateNameError: ``name`` is already used in this group.
         """
-        if self._phase is not _Phase.OPEN:
-            close_rejected(work)
-            if self._phase is _Phase.NEW:
-                raise LifecycleError(
-                    "add() must be called inside `async with state.parallel(...) as p:`."
-                )
+        if self._phase is _Phase.OPEN:
+            return self._items.add(work, name, priority)
+        run = self._run_now
+        if self._phase is _Phase.RUNNING:
+            if run is None:  # collecting started, the run not yet: it takes this item
+                return self._items.add(work, name, priority)
+            if run.accepting and not run.scheduler.stopping:
+                return run.add(work, name, priority)
+        close_rejected(work)
+        if self._phase is _Phase.NEW:
             raise LifecycleError(
-                f"Cannot add to parallel group '{self._label}' after its results were "
-                "collected or while it runs; open a new group for more work."
+                "add() must be called inside `async with state.parallel(...) as p:`."
             )
-        return self._items.add(work, name, priority)
+        raise LifecycleError(
+            f"Cannot add to parallel group '{self._label}' after its results were "
+            "collected (its last item has finished, or it was stopped); open a new group "
+            "for more work."
+        )
 
     @property
     def _label(self) -> str:
@@ -428,13 +443,17 @@ class ParallelExecutionManager:
         self._phase = _Phase.RUNNING
         queue: asyncio.Queue[int | None] = asyncio.Queue()
         self._queue = queue
+        waits = asyncio.Event()  # the consumer found the queue empty: it may add more
         self._lend()
-        runner = asyncio.create_task(self._run())
+        runner = asyncio.create_task(self._run(waits))
         self._runner = runner
         started.append(runner)
         try:
             while True:
+                if queue.empty():
+                    waits.set()
                 index = await queue.get()
+                waits.clear()
                 if index is None:
                     break
                 assert self._run_now is not None
@@ -483,7 +502,7 @@ class ParallelExecutionManager:
 
     # -------------------------------------------------------------------- running
 
-    async def _run(self) -> None:
+    async def _run(self, consumer_waits: asyncio.Event | None = None) -> None:
         assert self._frame is not None
         workers = self.max_workers
         if workers is None:
@@ -499,6 +518,6 @@ class ParallelExecutionManager:
             rng=self._rng,
             executor=self.executor,
         )
-        run = GroupRun(self, self._items, settings, self._frame, self._queue)
+        run = GroupRun(self, self._items, settings, self._frame, self._queue, consumer_waits)
         self._run_now = run
         await run.execute()

@@ -79,6 +79,10 @@ class Scheduler:
             return heapq.heappop(self.delayed)[2]
         return None
 
+    def push(self, item: Item) -> None:
+        """An item added while the group runs waits for a worker like the others."""
+        heapq.heappush(self.waiting, (-item.priority, item.index))
+
     def retry_later(self, item: Item, delay: float) -> None:
         """Run ``item`` again once ``delay`` seconds have passed."""
         item.ready_at = self._clock.monotonic() + delay
