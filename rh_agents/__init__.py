@@ -28,6 +28,7 @@ from rh_agents.core.errors import (
 )
 from rh_agents.core.events import ExecutionEvent, ExecutionResult
 from rh_agents.core.execution import EventBus, ExecutionState, HistorySet
+from rh_agents.core.interrupts import Interrupted, PendingInterrupt, interrupt
 from rh_agents.core.limiter import Limiter
 from rh_agents.core.parallel import (
     ErrorStrategy,
@@ -115,12 +116,14 @@ __all__ = [
     "ExecutionStatus",
     "GroupStatus",
     "HistorySet",
+    "Interrupted",
     "Limiter",
     "ParallelDisplayMode",
     "ParallelEventGroup",
     "ParallelExecutionManager",
     "ParallelGroupError",
     "ParallelTimeoutError",
+    "PendingInterrupt",
     "Policy",
     "RejectedResultError",
     "ReplayMode",
@@ -135,4 +138,5 @@ __all__ = [
     "ToolSet",
     "UsageError",
     "__version__",
+    "interrupt",
 ]

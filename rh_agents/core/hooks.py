@@ -48,6 +48,7 @@ class Outcome:
     REPLAYED = "replayed"
     CACHED = "cached"
     REJECTED = "rejected"
+    AWAITING = "awaiting"  # paused at interrupt(), waiting for a human's answer
 
 
 class GroupInfo(Protocol):

@@ -16,9 +16,10 @@ from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
 from rh_agents.core._guarded import give_back, hold_permit, retry_delay, run_attempt
+from rh_agents.core._pause import Interrupted
 from rh_agents.core.context import Frame, current_frame
 from rh_agents.core.errors import CircuitOpenError, EventFailedError, StateError
-from rh_agents.core.events import ExecutionEvent, ExecutionResult
+from rh_agents.core.events import ExecutionEvent, ExecutionResult, make_result
 from rh_agents.core.executors import WorkItem, run_item
 from rh_agents.core.hooks import Outcome
 from rh_agents.core.parallel.items import running_item
@@ -108,7 +109,6 @@ class ItemAttempts:
         traced = tel.enabled  # once per attempt: telemetry may be switched on meanwhile
         clock = self._clock
         group = self._group
-        policy = self._policy
         held: tuple[Hold, Token[tuple[Hold, ...]]] | None = None
         if self._limiter is not None:
             held = await hold_permit(self._limiter)
@@ -136,24 +136,7 @@ class ItemAttempts:
                     self._span, group, item.index, started - item.ready_at, attempt=item.attempts
                 )
             try:
-                if policy is None:
-                    if self._executor is None:
-                        value = await item.awaitable()
-                    else:
-                        value = await self._start(item, item_frame)
-                    if isinstance(value, ExecutionResult) and not value.ok:
-                        error = _failure_of(value)
-                else:
-                    if item.attempts == 1:
-                        item.first_started = started
-                    value, error = await run_attempt(
-                        policy,
-                        functools.partial(self._start, item, item_frame),
-                        clock,
-                        f"item {item.index} ('{item.name}') of parallel group '{label_of(group)}'",
-                        item.attempts,
-                        _failure_of,
-                    )
+                value, error = await self._attempt(item, item_frame, started)
             except asyncio.CancelledError as exc:
                 if self._group_cancelled():
                     if traced:
@@ -173,12 +156,44 @@ class ItemAttempts:
             if traced:
                 tel.queue_changed(group, self.in_flight, self._scheduler.queued())
         elapsed = clock.monotonic() - started
+        if isinstance(value, ExecutionResult) and isinstance(value.exception, Interrupted):
+            # The item waits for a human; the others go on (see core.interrupts).
+            if traced:
+                tel.item_finished(handle, group, Outcome.AWAITING, None)
+            self._results.pause(item, value.exception, elapsed)
+            return
         if error is None:
             if traced:
                 tel.item_finished(handle, group, Outcome.COMPLETED, None)
             self._results.complete(item, value, elapsed)
             return
         await self._failed(item, value, error, elapsed, handle, traced)
+
+    async def _attempt(
+        self, item: Item, item_frame: Frame, started: float
+    ) -> tuple[Any, BaseException | None]:
+        """The attempt's work under the group's policy, if any: its value and failure.
+
+        An item that pauses at ``interrupt()`` returns an ``ok=False`` result holding
+        the :class:`Interrupted`, as a top-level call that paused does.
+        """
+        policy = self._policy
+        try:
+            if policy is None:
+                value = await self._start(item, item_frame)
+                return value, _failure_of(value)
+            if item.attempts == 1:
+                item.first_started = started
+            return await run_attempt(
+                policy,
+                functools.partial(self._start, item, item_frame),
+                self._clock,
+                f"item {item.index} ('{item.name}') of parallel group '{label_of(self._group)}'",
+                item.attempts,
+                _failure_of,
+            )
+        except Interrupted as pause:
+            return make_result(ok=False, status=ExecutionStatus.AWAITING, exception=pause), None
 
     def _start(self, item: Item, item_frame: Frame) -> Awaitable[Any]:
         """The attempt's work: the item's awaitable, or its run through the executor."""
@@ -292,6 +307,8 @@ class ItemAttempts:
 def _failure_of(value: Any) -> BaseException | None:
     """The failure an item's value stands for: an ``ok=False`` ExecutionResult's."""
     if isinstance(value, ExecutionResult) and not value.ok:
+        if isinstance(value.exception, Interrupted):
+            return None  # waiting for a human is no failure (and is not retried)
         return value.exception or EventFailedError(
             value.error_message or "The event failed.", value
         )

@@ -15,6 +15,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from rh_agents.core._aio import cancel_and_wait, uninterrupted
+from rh_agents.core._pause import Interrupted
 from rh_agents.core.parallel.attempt import ItemAttempts
 from rh_agents.core.parallel.errors import ParallelTimeoutError
 from rh_agents.core.parallel.items import running_item
@@ -285,6 +286,10 @@ class GroupRun:
             self.error = ParallelTimeoutError(timeout, list(results), group)
         elif failure is not None and not cancelled:
             self.error = failure
+        elif self.results.pauses and not cancelled:
+            # Items wait for a human: the group ended for the others; the enclosing
+            # handler pauses in turn (see core.interrupts).
+            self.error = Interrupted.merge(self.results.pauses)
         tel.group_finished(
             self._span,
             group,
