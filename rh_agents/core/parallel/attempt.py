@@ -136,7 +136,13 @@ class ItemAttempts:
                     self._span, group, item.index, started - item.ready_at, attempt=item.attempts
                 )
             try:
-                value, error = await self._attempt(item, item_frame, started)
+                if self._policy is None and self._executor is None:
+                    value = await item.awaitable()  # the fast path: no guard, no executor
+                    error = _failure_of(value)
+                else:
+                    value, error = await self._attempt(item, item_frame, started)
+            except Interrupted as pause:
+                value, error = _pause_result(pause), None
             except asyncio.CancelledError as exc:
                 if self._group_cancelled():
                     if traced:
@@ -156,11 +162,7 @@ class ItemAttempts:
             if traced:
                 tel.queue_changed(group, self.in_flight, self._scheduler.queued())
         elapsed = clock.monotonic() - started
-        if isinstance(value, ExecutionResult) and isinstance(value.exception, Interrupted):
-            # The item waits for a human; the others go on (see core.interrupts).
-            if traced:
-                tel.item_finished(handle, group, Outcome.AWAITING, None)
-            self._results.pause(item, value.exception, elapsed)
+        if self._paused(item, value, elapsed, handle, traced):
             return
         if error is None:
             if traced:
@@ -169,31 +171,35 @@ class ItemAttempts:
             return
         await self._failed(item, value, error, elapsed, handle, traced)
 
+    def _paused(self, item: Item, value: Any, elapsed: float, handle: Any, traced: bool) -> bool:
+        """Whether the attempt ended paused at ``interrupt()`` (then recorded as such)."""
+        if isinstance(value, ExecutionResult) and isinstance(value.exception, Interrupted):
+            # The item waits for a human; the others go on (see core.interrupts).
+            if traced:
+                self._tel.item_finished(handle, self._group, Outcome.AWAITING, None)
+            self._results.pause(item, value.exception, elapsed)
+            return True
+        return False
+
     async def _attempt(
         self, item: Item, item_frame: Frame, started: float
     ) -> tuple[Any, BaseException | None]:
-        """The attempt's work under the group's policy, if any: its value and failure.
-
-        An item that pauses at ``interrupt()`` returns an ``ok=False`` result holding
-        the :class:`Interrupted`, as a top-level call that paused does.
-        """
+        """The attempt's work under the group's policy, or through its executor: its
+        value and its failure."""
         policy = self._policy
-        try:
-            if policy is None:
-                value = await self._start(item, item_frame)
-                return value, _failure_of(value)
-            if item.attempts == 1:
-                item.first_started = started
-            return await run_attempt(
-                policy,
-                functools.partial(self._start, item, item_frame),
-                self._clock,
-                f"item {item.index} ('{item.name}') of parallel group '{label_of(self._group)}'",
-                item.attempts,
-                _failure_of,
-            )
-        except Interrupted as pause:
-            return make_result(ok=False, status=ExecutionStatus.AWAITING, exception=pause), None
+        if policy is None:
+            value = await self._start(item, item_frame)
+            return value, _failure_of(value)
+        if item.attempts == 1:
+            item.first_started = started
+        return await run_attempt(
+            policy,
+            functools.partial(self._start, item, item_frame),
+            self._clock,
+            f"item {item.index} ('{item.name}') of parallel group '{label_of(self._group)}'",
+            item.attempts,
+            _failure_of,
+        )
 
     def _start(self, item: Item, item_frame: Frame) -> Awaitable[Any]:
         """The attempt's work: the item's awaitable, or its run through the executor."""
@@ -302,6 +308,12 @@ class ItemAttempts:
             metadata={"item": item.name},
         )
         await self._state.publish_event(event)
+
+
+def _pause_result(pause: Interrupted) -> ExecutionResult[Any]:
+    """What an item that paused at ``interrupt()`` returned, in effect: an ``ok=False``
+    result holding the pause, as a top-level call that paused returns."""
+    return make_result(ok=False, status=ExecutionStatus.AWAITING, exception=pause)
 
 
 def _failure_of(value: Any) -> BaseException | None:
