@@ -82,8 +82,8 @@ async def interrupt(payload: Any = None, *, state: ExecutionState | None = None)
             "an item of a group opened outside any handler."
         )
     address = frame.join(frame.next_segment(INTERRUPT_KEY))
-    recorded = state.replayer.recorded(address)
-    if recorded is not None:  # answered and recorded in an earlier run
+    recorded = state.history.get_completed_event(address)
+    if recorded is not None:  # answered, and recorded, when the run was resumed before
         return recorded.result
     answers = state._interrupt_answers
     if address in answers:
