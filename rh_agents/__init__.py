@@ -14,18 +14,21 @@ from typing import Any
 from rh_agents.core import executors as _core_executors
 from rh_agents.core import hooks as _hooks
 from rh_agents.core.actors import LLM, Agent, BaseActor, Tool, ToolSet
+from rh_agents.core.adaptive_limiter import AdaptiveLimiter
 from rh_agents.core.circuit_breaker import CircuitBreaker, CircuitBreakerRegistry, CircuitState
 from rh_agents.core.clock import Clock, SystemClock
 from rh_agents.core.errors import (
     AttemptTimeoutError,
     CircuitOpenError,
     EventFailedError,
+    RejectedResultError,
     RhAgentsError,
     StateError,
     UsageError,
 )
 from rh_agents.core.events import ExecutionEvent, ExecutionResult
 from rh_agents.core.execution import EventBus, ExecutionState, HistorySet
+from rh_agents.core.interrupts import Interrupted, PendingInterrupt, interrupt
 from rh_agents.core.limiter import Limiter
 from rh_agents.core.parallel import (
     ErrorStrategy,
@@ -93,6 +96,7 @@ del _name, _module
 
 __all__ = [
     "LLM",
+    "AdaptiveLimiter",
     "Agent",
     "AttemptTimeoutError",
     "BackoffStrategy",
@@ -112,13 +116,16 @@ __all__ = [
     "ExecutionStatus",
     "GroupStatus",
     "HistorySet",
+    "Interrupted",
     "Limiter",
     "ParallelDisplayMode",
     "ParallelEventGroup",
     "ParallelExecutionManager",
     "ParallelGroupError",
     "ParallelTimeoutError",
+    "PendingInterrupt",
     "Policy",
+    "RejectedResultError",
     "ReplayMode",
     "RetryConfig",
     "RhAgentsError",
@@ -131,4 +138,5 @@ __all__ = [
     "ToolSet",
     "UsageError",
     "__version__",
+    "interrupt",
 ]

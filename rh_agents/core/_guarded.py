@@ -6,7 +6,8 @@ An attempt under a :class:`~rh_agents.core.policy.Policy` goes, in this order:
    nested groups sharing the limiter while the attempt waits for them, see
    :mod:`rh_agents.core.parallel.lending`);
 2. :func:`run_attempt` - the breaker's admission, the work under the timeout, the
-   outcome reported to the breaker;
+   outcome reported to the breaker and to the limiter (which an
+   :class:`~rh_agents.core.adaptive_limiter.AdaptiveLimiter` adapts to);
 3. after a failure, :func:`retry_delay` - the retry guard's decision: the backoff before
    the next attempt, or None.
 
@@ -24,13 +25,14 @@ from contextvars import ContextVar, Token
 from typing import TYPE_CHECKING, Any
 
 from rh_agents.core._aio import cancel_and_wait
-from rh_agents.core.errors import AttemptTimeoutError
+from rh_agents.core.errors import AttemptTimeoutError, RejectedResultError
 
 if TYPE_CHECKING:
     from rh_agents.core.circuit_breaker import CircuitPermit
     from rh_agents.core.clock import Clock
     from rh_agents.core.limiter import Limiter
     from rh_agents.core.policy import Policy
+    from rh_agents.core.retry import RetryConfig
 
 __all__ = [
     "Hold",
@@ -119,7 +121,9 @@ async def run_attempt(
             returning its exception; such a value counts against the breaker.
 
     Returns:
-        The value and, when ``failure`` found one, its failure.
+        The value and, when ``failure`` found one, its failure; or a
+        :class:`RejectedResultError` when the retry guard's ``retry_on_result``
+        predicate rejects the value (it counts against the breaker too).
 
     Raises:
         CircuitOpenError: the breaker rejected the attempt (``work`` did not start).
@@ -142,9 +146,13 @@ async def run_attempt(
             _guarding.reset(token)
         if failure is not None:
             error = failure(value)
-    except Exception:
+        if error is None and policy.retry is not None:
+            error = _rejected(policy.retry, value, what, attempt)
+    except Exception as exc:
         if breaker is not None and permit is not None:
             breaker.record_failure(permit)
+        if policy.limiter is not None:
+            policy.limiter.record_outcome(exc)
         raise
     except BaseException:
         # Cancelled (or the process stops): not the dependency's fault.
@@ -156,7 +164,17 @@ async def run_attempt(
             breaker.record_success(permit)
         else:
             breaker.record_failure(permit)
+    if policy.limiter is not None:
+        policy.limiter.record_outcome(error)
     return value, error
+
+
+def _rejected(retry: RetryConfig, value: Any, what: str, attempt: int) -> BaseException | None:
+    """The failure a value stands for under ``retry.retry_on_result``, or None."""
+    predicate = retry.retry_on_result
+    if predicate is None or not retry.enabled or not predicate(value):
+        return None
+    return RejectedResultError(what, attempt, value)
 
 
 async def _bounded(

@@ -17,6 +17,7 @@ import inspect
 import operator
 import time
 from collections.abc import Awaitable
+from contextvars import Token
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
@@ -30,6 +31,7 @@ from rh_agents.core._guarded import (
     run_attempt,
 )
 from rh_agents.core._models import clone
+from rh_agents.core._pause import Interrupted, current_state
 from rh_agents.core.actors import RESERVED_ADDRESS_CHARS
 from rh_agents.core.cache import call_cache_key
 from rh_agents.core.context import Frame, current_frame
@@ -88,6 +90,7 @@ async def run_event(
 
     token = current_frame.set(frame)
     invocation = current_invocation.set(ev)
+    running_in = current_state.set(state)
     recorder = state.recorder
     tel = state.instrumentation
     handle = tel.event_started(ev, None) if tel.enabled else None
@@ -116,26 +119,65 @@ async def run_event(
             await replayer.check(ev, recorded)
         metadata = _parallel_metadata(ev) if group_id is not None else None
         result = _result(ev, value if error is None else None, error, elapsed, metadata)
+    except Interrupted as pause:
+        outcome = Outcome.AWAITING
+        result = await _paused(ev, pause, started, state, invocation.old_value)
     except (asyncio.CancelledError, KeyboardInterrupt, SystemExit) as exc:
-        # Cancelled, or the process is being stopped from inside the call: the history
-        # says so (a resumed run runs it again) instead of leaving a start without an end.
         outcome, error = Outcome.CANCELLED, exc
         if not terminal:
-            fields["execution_time"] = time.perf_counter() - started
-            if isinstance(exc, asyncio.CancelledError):
-                fields["message"] = "cancelled"
-                await uninterrupted(recorder.record(ev, _S.CANCELLED))
-            else:
-                fields["message"] = f"interrupted ({type(exc).__name__})"
-                await uninterrupted(recorder.record(ev, _S.INTERRUPTED))
+            await _stopped(ev, exc, started, state)
         raise
     finally:
+        current_state.reset(running_in)
         current_invocation.reset(invocation)
         current_frame.reset(token)
         if tel.enabled:
             tel.event_finished(handle, ev, outcome, error, time.perf_counter() - started)
         _copy_back(template, ev)
     return result
+
+
+async def _paused(
+    ev: ExecutionEvent[Any],
+    pause: Interrupted,
+    started: float,
+    state: ExecutionState,
+    enclosing: Any,
+) -> ExecutionResult[Any]:
+    """The handler awaits a human (see :mod:`rh_agents.core.interrupts`): the call waits
+    too. Only the top-level call (``enclosing``: no invocation, or ``Token.MISSING``)
+    returns a result; a nested one passes the pause on to its caller."""
+    fields = ev.__dict__
+    fields["execution_time"] = time.perf_counter() - started
+    fields["message"] = f"awaiting {len(pause.interrupts)} answer(s)"
+    await uninterrupted(state.recorder.record(ev, _S.AWAITING))
+    if enclosing is not None and enclosing is not Token.MISSING:
+        raise pause
+    return make_result(
+        ok=False,
+        error_message=str(pause),
+        error_type="Interrupted",
+        execution_time=fields["execution_time"],
+        address=ev.address,
+        status=_S.AWAITING,
+        metadata=_parallel_metadata(ev) if ev.group_id is not None else None,
+        exception=pause,
+    )
+
+
+async def _stopped(
+    ev: ExecutionEvent[Any], stop: BaseException, started: float, state: ExecutionState
+) -> None:
+    """Cancelled, or the process is being stopped from inside the call: the history says
+    so (a resumed run runs it again) instead of leaving a start without an end."""
+    fields = ev.__dict__
+    fields["execution_time"] = time.perf_counter() - started
+    if isinstance(stop, asyncio.CancelledError):
+        fields["message"] = "cancelled"
+        await uninterrupted(state.recorder.record(ev, _S.CANCELLED))
+    else:
+        fields["message"] = f"interrupted ({type(stop).__name__})"
+        await uninterrupted(state.recorder.record(ev, _S.INTERRUPTED))
 
 
 def _settle(fields: dict[str, Any], value: Any, error: BaseException | None) -> None:
@@ -296,6 +338,8 @@ async def _guarded(
     tel = state.instrumentation
     if policy.breaker is not None:
         tel.watch_breaker(policy.breaker)
+    if limiter is not None:
+        tel.watch_limiter(limiter)
     what = f"actor '{actor.name}'"
     attempt = 1
     first_try = clock.monotonic()
@@ -305,7 +349,9 @@ async def _guarded(
             held = await hold_permit(limiter) if limiter is not None else None
             try:
                 work = functools.partial(_attempt, actor, ev, data, extra, state, attempt)
-                value, _ = await run_attempt(policy, work, clock, what, attempt)
+                value, rejected = await run_attempt(policy, work, clock, what, attempt)
+                if rejected is not None:  # retry_on_result rejected the value
+                    raise rejected
             finally:
                 if held is not None:
                     give_back(*held)

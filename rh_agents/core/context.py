@@ -109,9 +109,10 @@ class Frame:
             pushed[name] = frame
         return frame
 
-    def item(self, index: int, group_id: str) -> Frame:
-        """The frame of item ``index`` of the parallel group whose frame this is."""
-        return self._under(f"{self.address}[{index}]", group_id, index)
+    def item(self, index: int, group_id: str, key: str | None = None) -> Frame:
+        """The frame of item ``index`` of the parallel group whose frame this is; its
+        address ends in ``[key]`` (default: the index; see ``Item.key``)."""
+        return self._under(f"{self.address}[{index if key is None else key}]", group_id, index)
 
     @property
     def segments(self) -> list[str]:

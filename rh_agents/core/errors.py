@@ -24,6 +24,7 @@ working. Classes defined outside this module are marked with their module::
     │   ├── OutputValidationError (TypeError)        a result that does not match output_model
     │   ├── CircuitOpenError                         rejected by an open circuit breaker
     │   ├── AttemptTimeoutError (TimeoutError)       an attempt outlived its policy's timeout
+    │   ├── RejectedResultError                      a result retry_on_result asked to retry
     │   ├── ResultSerializationError (TypeError)     a result the history cannot store
     │   ├── ParallelTimeoutError (TimeoutError)      core.parallel: a group's deadline passed
     │   └── RemoteExecutionError                     core.executors: remote work failed
@@ -62,6 +63,7 @@ __all__ = [
     "InvalidWorkError",
     "LifecycleError",
     "OutputValidationError",
+    "RejectedResultError",
     "ResultSerializationError",
     "RhAgentsError",
     "SchemaVersionError",
@@ -224,6 +226,35 @@ class AttemptTimeoutError(ExecutionFailure, TimeoutError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.what, self.timeout, self.attempt))
+
+
+class RejectedResultError(ExecutionFailure):
+    """An attempt returned a result that the retry policy's ``retry_on_result`` predicate
+    said to retry (an "overloaded" answer, an empty completion, ...).
+
+    The retry guard retries it like a raised failure, whatever ``retry_on_exceptions``
+    says; when no attempt is left, the call fails with it and its ``result`` is the last
+    attempt's value.
+
+    Attributes:
+        what: the call, e.g. ``"actor 'writer'"``.
+        attempt: the 1-based number of the attempt that returned ``result``.
+        result: what the attempt returned.
+    """
+
+    def __init__(self, what: str, attempt: int, result: Any) -> None:
+        super().__init__(
+            f"Attempt {attempt} of {what} returned a result that the retry policy's "
+            f"retry_on_result predicate rejected: {result!r:.120}. It is retried while "
+            f"attempts and time are left; raise RetryConfig(max_attempts=...) or change "
+            f"the predicate if such results are acceptable."
+        )
+        self.what = what
+        self.attempt = attempt
+        self.result = result
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.what, self.attempt, self.result))
 
 
 class ConditionFailedError(ExecutionFailure):

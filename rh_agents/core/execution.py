@@ -42,6 +42,7 @@ from rh_agents.core.errors import InvalidArgumentError, LifecycleError
 from rh_agents.core.events import ExecutionEvent
 from rh_agents.core.history import HistorySet
 from rh_agents.core.hooks import NOOP, Instrumentation, resolve_telemetry
+from rh_agents.core.interrupts import PendingInterrupt, pending_in, resolve_answers
 from rh_agents.core.parallel import ErrorStrategy, ParallelExecutionManager
 from rh_agents.core.recording import DEFAULT_MAX_RESULT_BYTES, Recorder
 from rh_agents.core.replay import (
@@ -170,6 +171,7 @@ class ExecutionState:
         self.divergences: list[dict[str, Any]] = []
         self.check_program: bool = bool(check_program)
         self._root = Frame.new_root()
+        self._interrupt_answers: dict[str, Any] = {}
         self.replayer: Replayer = Replayer(self, result_types)
         self.recorder: Recorder = Recorder(self)  # last: it may save the first snapshot
 
@@ -242,6 +244,44 @@ class ExecutionState:
     def is_restored(self) -> bool:
         """Whether this state was restored from a snapshot or backend (replay active)."""
         return self.replayer.active
+
+    # ---------------------------------------------------------------- interrupts
+
+    @property
+    def pending_interrupts(self) -> list[PendingInterrupt]:
+        """The ``interrupt()`` calls that wait for an answer (from the history, so also
+        in a state loaded in another process), each with its ``address`` and ``payload``.
+
+        Example:
+            >>> [p.payload for p in state.pending_interrupts]  # doctest: +SKIP
+            [{'question': 'Publish this draft?'}]
+        """
+        return pending_in(self.history)
+
+    def resume_with(self, answer: Any) -> None:
+        """Answer the pending interrupts; then make the same top-level call again.
+
+        Everything that completed replays, each ``interrupt()`` returns its answer and
+        the run goes on.
+
+        Args:
+            answer: the answer of the only pending interrupt, or a dict mapping the
+                ``address`` of each one to answer (several pending).
+
+        Raises:
+            LifecycleError: no interrupt is pending.
+            InvalidArgumentError: several are pending and ``answer`` does not map them.
+
+        Example:
+            >>> state = ExecutionState.load_from_state_id(run_id, backend)  # doctest: +SKIP
+            >>> state.resume_with("approved")  # doctest: +SKIP
+            >>> result = await ExecutionEvent(actor=publisher)(draft, {}, state)  # doctest: +SKIP
+        """
+        self._interrupt_answers.update(resolve_answers(self.pending_interrupts, answer))
+        # The same call again from the start: addresses count afresh, and what the
+        # history holds as completed replays, in this process as in a loaded state.
+        self._root = Frame.new_root()
+        self.replayer.reload(self.history)
 
     # ----------------------------------------------------------------- snapshots
 
@@ -368,7 +408,7 @@ class ExecutionState:
 
     def parallel(
         self,
-        max_workers: int = 5,
+        max_workers: int | None = 5,
         error_strategy: ErrorStrategy | str | None = None,
         timeout: float | None = None,
         name: str | None = None,

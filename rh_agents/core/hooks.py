@@ -48,6 +48,7 @@ class Outcome:
     REPLAYED = "replayed"
     CACHED = "cached"
     REJECTED = "rejected"
+    AWAITING = "awaiting"  # paused at interrupt(), waiting for a human's answer
 
 
 class GroupInfo(Protocol):
@@ -150,6 +151,12 @@ class Instrumentation(Protocol):
         state and rejections (called again for a breaker already watched)."""
         ...
 
+    def watch_limiter(self, limiter: Any, group: Any = None) -> None:
+        """A limiter is used by a group (``group``: the handle ``group_started`` gave) or
+        an actor's policy: record an adaptive limiter's limit as it changes, and on the
+        group's span (called again for a limiter already watched)."""
+        ...
+
     def item_finished(
         self,
         item: Any,
@@ -241,6 +248,9 @@ class NoopInstrumentation:
         return None
 
     def watch_breaker(self, breaker: Any) -> None:
+        return None
+
+    def watch_limiter(self, limiter: Any, group: Any = None) -> None:
         return None
 
     def item_finished(

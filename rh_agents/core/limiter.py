@@ -38,6 +38,8 @@ class LimiterStatistics:
         waiting: callers inside ``acquire()`` that do not hold a permit yet.
         peak_in_use: the highest ``in_use`` seen since the limiter was created.
         total_acquired: completed ``acquire()`` calls since the limiter was created.
+        limit: an :class:`~rh_agents.core.adaptive_limiter.AdaptiveLimiter`'s current
+            limit (between 1 and ``max_concurrency``); None for a fixed limiter.
     """
 
     name: str
@@ -46,6 +48,7 @@ class LimiterStatistics:
     waiting: int
     peak_in_use: int
     total_acquired: int
+    limit: int | None = None
 
 
 class Limiter:
@@ -103,6 +106,8 @@ class Limiter:
         _check_settings(name, max_concurrency, rate, burst)
         self._name = name
         self._max = max_concurrency
+        # Permits handed out at most now: max_concurrency, unless a subclass adapts it.
+        self._limit = max_concurrency
         self._rate = None if rate is None else float(rate)
         self._burst = burst
         self._clock = clock
@@ -197,6 +202,16 @@ class Limiter:
             )
         self._give_slot()
 
+    def record_outcome(self, error: BaseException | None) -> None:
+        """How a call made under a permit ended (None: it succeeded).
+
+        The guarded attempt (:mod:`rh_agents.core._guarded`) reports every attempt of a
+        policy with this limiter here, before the permit is released. A fixed limiter
+        ignores it; :class:`~rh_agents.core.adaptive_limiter.AdaptiveLimiter` adapts its
+        limit to it.
+        """
+        return None
+
     async def __aenter__(self) -> None:
         await self.acquire()
 
@@ -214,7 +229,7 @@ class Limiter:
     async def _take_slot(self) -> None:
         """Take a concurrency slot, queueing behind earlier callers."""
         self._drop_cancelled_head()
-        if self._slots < self._max and not self._waiters:
+        if self._slots < self._limit and not self._waiters:
             self._slots += 1
             return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -236,11 +251,19 @@ class Limiter:
     def _give_slot(self) -> None:
         """Hand a taken slot to the first live waiter, or free it."""
         self._drop_cancelled_head()
-        if self._waiters:
+        if self._waiters and self._slots <= self._limit:
             # The slot changes hands; self._slots stays the same.
             self._waiters.popleft().set_result(None)
         else:
             self._slots -= 1
+
+    def _wake(self) -> None:
+        """Hand free slots to waiters (the limit grew)."""
+        self._drop_cancelled_head()
+        while self._waiters and self._slots < self._limit:
+            self._slots += 1
+            self._waiters.popleft().set_result(None)
+            self._drop_cancelled_head()
 
     def _drop_cancelled_head(self) -> None:
         while self._waiters and self._waiters[0].done():

@@ -59,8 +59,8 @@ DEFAULT_MAX_RESULT_BYTES = 16 * 1024 * 1024
 """The default largest JSON-encoded result a journal accepts (16 MiB)."""
 
 _S = ExecutionStatus
-_ENDS = frozenset({_S.COMPLETED, _S.FAILED, _S.CANCELLED, _S.INTERRUPTED})
-_AWAITED = frozenset({_S.COMPLETED, _S.FAILED})
+_ENDS = frozenset({_S.COMPLETED, _S.FAILED, _S.CANCELLED, _S.INTERRUPTED, _S.AWAITING})
+_AWAITED = frozenset({_S.COMPLETED, _S.FAILED, _S.AWAITING})
 """The records a caller waits for: a result is handed back only once it is durable."""
 _FLUSHED = _AWAITED | {_S.RETRYING}
 """... and a retry waits for its RETRYING record before its backoff: a run killed while

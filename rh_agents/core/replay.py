@@ -103,6 +103,11 @@ class Replayer:
         self._check_program(actor, address)
         return self._index.get(address)
 
+    def reload(self, history: HistorySet) -> None:
+        """Index ``history`` again (a run resumed in place), keeping the recorded
+        program that :meth:`load` was given."""
+        self.load(history, self._program)
+
     def _check_program(self, actor: BaseActor, address: str) -> None:
         """Refuse a call the recorded program would not have made: a top-level actor it
         never called, or an actor of another version."""

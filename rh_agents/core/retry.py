@@ -50,7 +50,7 @@ from rh_agents.core._validate import (
     is_finite_at_least,
     is_int_at_least,
 )
-from rh_agents.core.errors import InvalidArgumentError, UsageError
+from rh_agents.core.errors import InvalidArgumentError, RejectedResultError, UsageError
 
 __all__ = [
     "BackoffStrategy",
@@ -243,6 +243,13 @@ class RetryConfig(BaseModel):
             also match ``retry_on_exceptions`` (a class, or a tuple, list or set).
         retry_on: an extra predicate; when set, an exception is retried only if it also
             returns True. An exception raised by the predicate propagates to the caller.
+        retry_on_result: a predicate on what an attempt *returned*; when it returns True
+            (an "overloaded" answer, an empty completion) the attempt counts as failed
+            with :class:`~rh_agents.core.errors.RejectedResultError` and is retried like
+            a raised failure (``retry_on_exceptions`` and ``retry_on`` do not filter
+            it). When no attempt is left, the call fails with that error; its
+            ``result`` is the last value. For a group's item the predicate sees the
+            item's value (an ``ExecutionResult`` for an event call).
         retry_timeout: total time budget in seconds, measured from the start of the
             first attempt; no new attempt starts once it would be exceeded.
         stop: a further :class:`StopCondition` (e.g. one of your own); retrying stops
@@ -275,6 +282,7 @@ class RetryConfig(BaseModel):
     retry_on_exceptions: tuple[type[BaseException], ...] = (Exception,)
     exclude_exceptions: tuple[type[BaseException], ...] = ()
     retry_on: Callable[[BaseException], bool] | None = None
+    retry_on_result: Callable[[Any], bool] | None = None
     retry_timeout: float | None = None
     stop: StopCondition | None = None
     enabled: bool = True
@@ -344,6 +352,13 @@ class RetryConfig(BaseModel):
     @classmethod
     def _check_exception_types(cls, value: Any, info: ValidationInfo) -> Any:
         return exception_classes(value, str(info.field_name))
+
+    @field_validator("retry_on_result", mode="before")
+    @classmethod
+    def _check_result_predicate(cls, value: Any) -> Any:
+        if value is not None and not callable(value):
+            raise ValueError(f"retry_on_result is a predicate fn(result) -> bool, got {value!r}.")
+        return value
 
     @field_validator("retry_on", mode="before")
     @classmethod
@@ -427,12 +442,16 @@ class RetryConfig(BaseModel):
         ``GeneratorExit``), or for a :class:`~rh_agents.core.errors.UsageError` (a
         programming mistake fails the same way every time). Otherwise true when ``exc``
         is an instance of ``retry_on_exceptions``, not of ``exclude_exceptions``, and
-        the ``retry_on`` predicate (if any) agrees.
+        the ``retry_on`` predicate (if any) agrees. A
+        :class:`~rh_agents.core.errors.RejectedResultError` (a result that
+        ``retry_on_result`` rejected) is always worth another attempt.
 
         This does not look at the attempt count; see :meth:`attempts_exhausted`.
         """
         if not self.enabled or isinstance(exc, _NEVER_RETRIED):
             return False
+        if isinstance(exc, RejectedResultError):
+            return True
         if self.exclude_exceptions and isinstance(exc, self.exclude_exceptions):
             return False
         if not isinstance(exc, self.retry_on_exceptions):

@@ -5,7 +5,9 @@
     orchestrator                              Agent
       parallel documents (max_workers=4)
         document [doc-N]                      Agent, one per document
-          parallel chunks (max_retries=2)     transient LLM errors are retried
+          parallel chunks (max_retries=2)     transient LLM errors are retried; an
+                                              adaptive limiter shared by all documents
+                                              halves the LLM's concurrency on overload
             stub-llm [chunk-M]                LLM: summarizes one chunk
           parallel search (breaker search-api)
             search [chunk-M]                  Tool: looks up the chunk's main keyword
@@ -42,6 +44,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from rh_agents.core.actors import LLM, Agent, Tool, ToolSet
+from rh_agents.core.adaptive_limiter import AdaptiveLimiter
 from rh_agents.core.errors import CircuitOpenError
 from rh_agents.core.events import ExecutionEvent, ExecutionResult
 from rh_agents.core.execution import ExecutionState
@@ -224,7 +227,13 @@ def make_corpus(workload: Workload) -> CorpusRequest:
 
 
 class ModelOverloadedError(RuntimeError):
-    """The (simulated) model provider is overloaded; a transient error worth retrying."""
+    """The (simulated) model provider is overloaded; a transient error worth retrying.
+
+    Its ``status_code`` (529, "overloaded") is an overload signal for the LLM's
+    :class:`~rh_agents.core.adaptive_limiter.AdaptiveLimiter`.
+    """
+
+    status_code = 529
 
 
 class SearchUnavailableError(ConnectionError):
@@ -305,6 +314,10 @@ class DemoPipeline:
             output_model=ChunkSummary,
             handler=self._complete,
         )
+        # Shared by every document's chunks group: the calls to the model provider
+        # across the whole run, halved when it answers "overloaded", grown back as
+        # calls succeed.
+        self.llm_limiter: AdaptiveLimiter = AdaptiveLimiter(LLM_NAME, max_concurrency=8)
         self.search: Tool[SearchQuery, SearchHits] = Tool(
             name="search",
             description="Looks a keyword up in the (simulated) search API.",
@@ -386,6 +399,7 @@ class DemoPipeline:
         async with state.parallel(
             max_workers=2,
             name="chunks",
+            limiter=self.llm_limiter,
             max_retries=2,
             retry_delay=w.retry_delay,
             rng=random.Random(f"chunks|{w.seed}|{spec.doc_id}"),

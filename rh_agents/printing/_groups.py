@@ -91,7 +91,16 @@ def group_address(ev: EventView) -> str | None:
     at = ev.address.rfind(marker + "/")
     if at < 0 and ev.address.endswith(marker):
         at = len(ev.address) - len(marker)
-    return ev.address[:at] if at > 0 else None
+    if at > 0:
+        return ev.address[:at]
+    # An item added while its group ran: its segment is keyed by who added it
+    # (``[3.0]``, ``[+1]``), not by its index; it is the last item segment.
+    ends = [found.end(1) for found in _ITEM_SEGMENT.finditer(ev.address)]
+    return ev.address[: ends[-1]] if ends else None
+
+
+_ITEM_SEGMENT = re.compile(r"(?:^|/)(parallel:[^/\[\]]*)\[[0-9.+]+\](?=/|$)")
+"""An item segment of an address: the group's segment, then ``[key]``."""
 
 
 SEGMENT_SUFFIX = re.compile(r"#\d+$")

@@ -37,6 +37,7 @@ from rh_agents.core.usage import TokenUsage
 from rh_agents.telemetry import semconv as sc
 from rh_agents.telemetry._breakers import BreakerWatch
 from rh_agents.telemetry._errors import error_message, record_exception
+from rh_agents.telemetry._limiters import LimiterWatch
 from rh_agents.telemetry._outcomes import FinalOutcomes, Pending
 from rh_agents.telemetry.semconv import Op, Rh, TokenType
 
@@ -161,6 +162,8 @@ class _GroupHandle:
         "first_error",
         "group_id",
         "label",
+        "limiter",
+        "limiter_lowest",
         "live",
         "span",
         "started",
@@ -179,6 +182,9 @@ class _GroupHandle:
         self.first_error: str | None = None
         # Backoff before the next attempt of each item being retried, by index.
         self.backoffs: dict[int, float] = {}
+        # The group's adaptive limiter, and the lowest limit it reached meanwhile.
+        self.limiter: Any = None
+        self.limiter_lowest: int = 0
 
 
 class _ItemHandle:
@@ -269,7 +275,20 @@ def _span_left_started(error: BaseException) -> Any:
         del tb
 
 
-class OTelInstrumentation:
+class _Watches:
+    """The hooks that watch shared guards (circuit breakers, adaptive limiters)."""
+
+    _breaker_watch: BreakerWatch
+    _limiter_watch: LimiterWatch
+
+    def watch_breaker(self, breaker: Any) -> None:
+        self._breaker_watch.watch(breaker)
+
+    def watch_limiter(self, limiter: Any, group: Any = None) -> None:
+        self._limiter_watch.watch(limiter, group if isinstance(group, _GroupHandle) else None)
+
+
+class OTelInstrumentation(_Watches):
     """Spans through an OpenTelemetry tracer, metrics into an :class:`RhAgentsMetrics`."""
 
     def __init__(
@@ -288,6 +307,7 @@ class OTelInstrumentation:
         self.conversation_id: str | None = None
         self._failed_hooks: set[str] = set()
         self._breaker_watch = BreakerWatch(metrics, self._fault)
+        self._limiter_watch = LimiterWatch(metrics, self._fault)
         self._outcomes = FinalOutcomes(metrics) if metrics is not None else None
         self._groups: dict[int, _GroupHandle] = {}
         self._exemplar: tuple[int, dict[str, str]] = (0, {})
@@ -676,6 +696,8 @@ class OTelInstrumentation:
             # clock, which may be simulated): the exemplar and its trace agree.
             duration = perf_counter() - handle.started
         try:
+            if handle is not None and handle.limiter is not None:
+                self._limiter_watch.group_ended(handle)
             if span is not None:
                 if span.is_recording():
                     first = handle.first_error if handle is not None else None
@@ -715,11 +737,6 @@ class OTelInstrumentation:
             m.child(m.journal_write, type(journal).__name__).observe(seconds)
         except Exception:
             self._fault("journal_written")
-
-    # ---------------------------------------------------------------- breakers
-
-    def watch_breaker(self, breaker: Any) -> None:
-        self._breaker_watch.watch(breaker)
 
 
 def _record_model_call(

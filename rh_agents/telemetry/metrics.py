@@ -247,6 +247,13 @@ class RhAgentsMetrics:
             ["breaker"],
             registry=r,
         )
+        self.limiter_limit: Gauge = Gauge(
+            Rh.LIMITER_LIMIT_GAUGE,
+            "Current limit of an adaptive limiter: the permits it hands out at most now "
+            "(it shrinks on overload and grows back as calls succeed).",
+            ["limiter"],
+            registry=r,
+        )
         self.breaker_transitions: Counter = Counter(
             Rh.BREAKER_TRANSITIONS,
             "Circuit breaker state changes, by the state entered (closed, half_open, open).",

@@ -164,12 +164,20 @@ class Rh:
     BREAKER_NAME: Final = "rh_agents.circuit_breaker.name"
     BREAKER_FROM: Final = "rh_agents.circuit_breaker.from"
     BREAKER_TO: Final = "rh_agents.circuit_breaker.to"
+    LIMITER_NAME: Final = "rh_agents.limiter.name"
+    LIMITER_LIMIT: Final = "rh_agents.limiter.limit"
+    """On a group span: the adaptive limiter's limit when the group ended (and on a
+    ``limiter.limit_change`` event: the new limit)."""
+    LIMITER_LIMIT_INITIAL: Final = "rh_agents.limiter.limit.initial"
+    LIMITER_LIMIT_MIN: Final = "rh_agents.limiter.limit.min"
+    LIMITER_FROM: Final = "rh_agents.limiter.from"
 
     # span events
     EVENT_RETRY: Final = "retry"
     EVENT_REJECTED: Final = "circuit_breaker.rejected"
     EVENT_STATE_CHANGE: Final = "circuit_breaker.state_change"
     EVENT_TIMEOUT: Final = "timeout"
+    EVENT_LIMIT_CHANGE: Final = "limiter.limit_change"
 
     # Prometheus metrics (counters get ``_total`` in the exposition)
     EVENTS: Final = "rh_agents_events"
@@ -197,3 +205,4 @@ class Rh:
     IN_FLIGHT: Final = "rh_agents_parallel_in_flight"
     QUEUED: Final = "rh_agents_parallel_queued"
     MAX_WORKERS_GAUGE: Final = "rh_agents_parallel_max_workers"
+    LIMITER_LIMIT_GAUGE: Final = "rh_agents_limiter_limit"

@@ -113,6 +113,7 @@ async def test_the_group_exposes_the_policy_its_shortcuts_built() -> None:
         ({"circuit_breaker_threshold": 3}, "circuit_breaker_threshold"),
         ({"circuit_breaker_timeout": 5.0}, "circuit_breaker_timeout"),
         ({"limiter": Limiter("api", max_concurrency=1)}, "limiter"),
+        ({"item_timeout": 2.0}, "item_timeout"),
     ],
 )
 def test_a_policy_with_conflicting_shortcuts_is_refused(
@@ -124,7 +125,8 @@ def test_a_policy_with_conflicting_shortcuts_is_refused(
     assert str(caught.value) == (
         f"state.parallel() got policy= together with {named}; those arguments are "
         "shortcuts that build a policy, so the two would conflict. Put everything into the "
-        "Policy (retry=RetryConfig.for_group(...), breaker=, limiter=, timeout=) or leave "
+        "Policy (retry=RetryConfig.for_group(...), breaker=, limiter=, timeout= for "
+        "item_timeout) or leave "
         "policy= out."
     )
 

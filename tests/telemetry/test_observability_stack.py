@@ -86,6 +86,7 @@ METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
     "rh_agents_parallel_in_flight": ("gauge", ("group",)),
     "rh_agents_parallel_queued": ("gauge", ("group",)),
     "rh_agents_parallel_max_workers": ("gauge", ("group",)),
+    "rh_agents_limiter_limit": ("gauge", ("limiter",)),
 }
 
 

@@ -48,6 +48,7 @@ The package, one module per part of a group's life:
 
 from __future__ import annotations
 
+from rh_agents.core.parallel.config import DEFAULT_MAX_WORKERS
 from rh_agents.core.parallel.errors import ParallelGroupError, ParallelTimeoutError
 from rh_agents.core.parallel.group import ParallelExecutionManager
 from rh_agents.core.parallel.models import (
@@ -60,6 +61,7 @@ from rh_agents.core.parallel.models import (
 )
 
 __all__ = [
+    "DEFAULT_MAX_WORKERS",
     "ErrorStrategy",
     "GroupStatistics",
     "GroupStatus",

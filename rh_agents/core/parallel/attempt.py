@@ -16,11 +16,13 @@ from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
 from rh_agents.core._guarded import give_back, hold_permit, retry_delay, run_attempt
+from rh_agents.core._pause import Interrupted
 from rh_agents.core.context import Frame, current_frame
 from rh_agents.core.errors import CircuitOpenError, EventFailedError, StateError
-from rh_agents.core.events import ExecutionEvent, ExecutionResult
+from rh_agents.core.events import ExecutionEvent, ExecutionResult, make_result
 from rh_agents.core.executors import WorkItem, run_item
 from rh_agents.core.hooks import Outcome
+from rh_agents.core.parallel.items import running_item
 from rh_agents.core.parallel.models import label_of
 from rh_agents.core.parallel.results import Results, placeholder_actor
 from rh_agents.core.types import ExecutionStatus
@@ -107,7 +109,6 @@ class ItemAttempts:
         traced = tel.enabled  # once per attempt: telemetry may be switched on meanwhile
         clock = self._clock
         group = self._group
-        policy = self._policy
         held: tuple[Hold, Token[tuple[Hold, ...]]] | None = None
         if self._limiter is not None:
             held = await hold_permit(self._limiter)
@@ -117,8 +118,9 @@ class ItemAttempts:
             self._scheduler.resumed(item)
         item.attempts += 1
         item.started = True
-        item_frame = self._frame.item(item.index, group.group_id)
+        item_frame = self._frame.item(item.index, group.group_id, item.key)
         token = current_frame.set(item_frame)
+        adder = running_item.set((group, item))
         self.in_flight += 1
         if self.in_flight > self.peak:
             self.peak = self.in_flight
@@ -134,24 +136,13 @@ class ItemAttempts:
                     self._span, group, item.index, started - item.ready_at, attempt=item.attempts
                 )
             try:
-                if policy is None:
-                    if self._executor is None:
-                        value = await item.awaitable()
-                    else:
-                        value = await self._start(item, item_frame)
-                    if isinstance(value, ExecutionResult) and not value.ok:
-                        error = _failure_of(value)
+                if self._policy is None and self._executor is None:
+                    value = await item.awaitable()  # the fast path: no guard, no executor
+                    error = _failure_of(value)
                 else:
-                    if item.attempts == 1:
-                        item.first_started = started
-                    value, error = await run_attempt(
-                        policy,
-                        functools.partial(self._start, item, item_frame),
-                        clock,
-                        f"item {item.index} ('{item.name}') of parallel group '{label_of(group)}'",
-                        item.attempts,
-                        _failure_of,
-                    )
+                    value, error = await self._attempt(item, item_frame, started)
+            except Interrupted as pause:
+                value, error = _pause_result(pause), None
             except asyncio.CancelledError as exc:
                 if self._group_cancelled():
                     if traced:
@@ -163,6 +154,7 @@ class ItemAttempts:
             except Exception as exc:
                 error = exc
         finally:
+            running_item.reset(adder)
             current_frame.reset(token)
             self.in_flight -= 1
             if held is not None:
@@ -170,12 +162,44 @@ class ItemAttempts:
             if traced:
                 tel.queue_changed(group, self.in_flight, self._scheduler.queued())
         elapsed = clock.monotonic() - started
+        if self._paused(item, value, elapsed, handle, traced):
+            return
         if error is None:
             if traced:
                 tel.item_finished(handle, group, Outcome.COMPLETED, None)
             self._results.complete(item, value, elapsed)
             return
         await self._failed(item, value, error, elapsed, handle, traced)
+
+    def _paused(self, item: Item, value: Any, elapsed: float, handle: Any, traced: bool) -> bool:
+        """Whether the attempt ended paused at ``interrupt()`` (then recorded as such)."""
+        if isinstance(value, ExecutionResult) and isinstance(value.exception, Interrupted):
+            # The item waits for a human; the others go on (see core.interrupts).
+            if traced:
+                self._tel.item_finished(handle, self._group, Outcome.AWAITING, None)
+            self._results.pause(item, value.exception, elapsed)
+            return True
+        return False
+
+    async def _attempt(
+        self, item: Item, item_frame: Frame, started: float
+    ) -> tuple[Any, BaseException | None]:
+        """The attempt's work under the group's policy, or through its executor: its
+        value and its failure."""
+        policy = self._policy
+        if policy is None:
+            value = await self._start(item, item_frame)
+            return value, _failure_of(value)
+        if item.attempts == 1:
+            item.first_started = started
+        return await run_attempt(
+            policy,
+            functools.partial(self._start, item, item_frame),
+            self._clock,
+            f"item {item.index} ('{item.name}') of parallel group '{label_of(self._group)}'",
+            item.attempts,
+            _failure_of,
+        )
 
     def _start(self, item: Item, item_frame: Frame) -> Awaitable[Any]:
         """The attempt's work: the item's awaitable, or its run through the executor."""
@@ -269,7 +293,8 @@ class ItemAttempts:
         event: ExecutionEvent[Any] = ExecutionEvent(
             actor=placeholder_actor(label),
             actor_name=label,
-            address=address or f"{self._frame.address}[{item.index}]",
+            address=address
+            or f"{self._frame.address}[{item.index if item.key is None else item.key}]",
             execution_status=ExecutionStatus.RETRYING,
             group_id=group.group_id,
             parallel_index=item.index,
@@ -285,9 +310,17 @@ class ItemAttempts:
         await self._state.publish_event(event)
 
 
+def _pause_result(pause: Interrupted) -> ExecutionResult[Any]:
+    """What an item that paused at ``interrupt()`` returned, in effect: an ``ok=False``
+    result holding the pause, as a top-level call that paused returns."""
+    return make_result(ok=False, status=ExecutionStatus.AWAITING, exception=pause)
+
+
 def _failure_of(value: Any) -> BaseException | None:
     """The failure an item's value stands for: an ``ok=False`` ExecutionResult's."""
     if isinstance(value, ExecutionResult) and not value.ok:
+        if isinstance(value.exception, Interrupted):
+            return None  # waiting for a human is no failure (and is not retried)
         return value.exception or EventFailedError(
             value.error_message or "The event failed.", value
         )

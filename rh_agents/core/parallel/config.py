@@ -18,9 +18,11 @@ if TYPE_CHECKING:
     from rh_agents.core.clock import Clock
 
 __all__ = [
+    "DEFAULT_MAX_WORKERS",
     "check_executor",
     "check_group_name",
     "check_limiter",
+    "check_max_workers",
     "check_positive_int",
     "check_timeout",
     "error_strategy",
@@ -28,6 +30,23 @@ __all__ = [
     "resolve_breaker",
     "retry_policy",
 ]
+
+
+DEFAULT_MAX_WORKERS = 32
+"""The most workers of a group opened with ``max_workers=None``: as many as it has items,
+up to this many."""
+
+
+def check_max_workers(value: Any) -> int | None:
+    """``value`` if it is an integer >= 1 or None (as many workers as items, capped)."""
+    if value is None:
+        return None
+    return check_positive_int(
+        "max_workers",
+        value,
+        "Use 1 to run the items one at a time, or None for as many workers as items "
+        f"(at most {DEFAULT_MAX_WORKERS}).",
+    )
 
 
 def check_positive_int(name: str, value: Any, hint: str) -> int:
@@ -124,6 +143,7 @@ _SHORTCUT_DEFAULTS: dict[str, Any] = {
     "circuit_breaker_threshold": None,
     "circuit_breaker_timeout": None,
     "limiter": None,
+    "item_timeout": None,
 }
 """The keyword arguments of a group that build its policy, with their defaults."""
 
@@ -165,7 +185,7 @@ def group_policy(
                 f"state.parallel() got policy= together with {', '.join(given)}; those "
                 "arguments are shortcuts that build a policy, so the two would conflict. "
                 "Put everything into the Policy (retry=RetryConfig.for_group(...), "
-                "breaker=, limiter=, timeout=) or leave policy= out."
+                "breaker=, limiter=, timeout= for item_timeout) or leave policy= out."
             )
         return policy
     check_limiter(shortcuts["limiter"])
@@ -184,9 +204,15 @@ def group_policy(
         clock,
     )
     limiter = shortcuts["limiter"]
-    if retry is None and breaker is None and limiter is None:
+    item_timeout = shortcuts["item_timeout"]
+    if item_timeout is not None and not is_finite_at_least(item_timeout, 0, strict=True):
+        raise InvalidArgumentError(
+            f"item_timeout must be a positive number of seconds (the bound of each attempt "
+            f"of each item) or None, got {item_timeout!r}."
+        )
+    if retry is None and breaker is None and limiter is None and item_timeout is None:
         return None
-    return Policy(retry=retry, breaker=breaker, limiter=limiter)
+    return Policy(retry=retry, breaker=breaker, limiter=limiter, timeout=item_timeout)
 
 
 def resolve_breaker(

@@ -70,7 +70,9 @@ class ParallelExecutionManager:
 
     Args:
         execution_state: the state the group's events are recorded in.
-        max_workers: at most this many items run at once (>= 1).
+        max_workers: at most this many items run at once (>= 1); None for as many as
+            the group has items, at most
+            :data:`~rh_agents.core.parallel.DEFAULT_MAX_WORKERS` (32).
         error_strategy: FAIL_SLOW (default) or FAIL_FAST (also as strings).
         timeout: deadline in seconds for the whole group, counted from the start of
             execution; None for no deadline.
@@ -102,6 +104,10 @@ class ParallelExecutionManager:
             per-attempt ``timeout``). ``max_retries``, ``retry_delay``, ``retry_on``,
             ``non_retryable``, ``circuit_breaker*`` and ``limiter`` are shortcuts that
             build one; give either the policy or shortcuts, not both.
+        item_timeout: seconds each attempt of each item may take (the policy's
+            ``timeout``): a slow item fails with
+            :class:`~rh_agents.core.errors.AttemptTimeoutError`, the others go on, and a
+            retry gets a fresh deadline. ``timeout`` bounds the whole group instead.
 
     Attributes:
         policy: the group's policy (given, or built from the shortcuts); None when the
@@ -116,7 +122,7 @@ class ParallelExecutionManager:
     def __init__(
         self,
         execution_state: ExecutionState,
-        max_workers: int = 5,
+        max_workers: int | None = 5,
         error_strategy: ErrorStrategy | str = ErrorStrategy.FAIL_SLOW,
         timeout: float | None = None,
         name: str | None = None,
@@ -131,10 +137,9 @@ class ParallelExecutionManager:
         executor: ItemExecutor | None = None,
         rng: random.Random | None = None,
         policy: Policy | None = None,
+        item_timeout: float | None = None,
     ) -> None:
-        config.check_positive_int(
-            "max_workers", max_workers, "Use 1 to run the items one at a time."
-        )
+        workers = config.check_max_workers(max_workers)
         strategy = config.error_strategy(error_strategy)
         self.timeout: float | None = config.check_timeout(timeout)
         config.check_group_name(name)
@@ -147,13 +152,14 @@ class ParallelExecutionManager:
             "circuit_breaker_threshold": circuit_breaker_threshold,
             "circuit_breaker_timeout": circuit_breaker_timeout,
             "limiter": limiter,
+            "item_timeout": item_timeout,
         }
         config.check_executor(executor)
         self.policy: Policy | None = config.group_policy(
             policy, shortcuts, name, execution_state.circuit_breakers, execution_state.clock
         )
         self.execution_state = execution_state
-        self.max_workers = max_workers
+        self.max_workers: int | None = workers
         self.error_strategy = strategy
         guards = self.policy
         self.max_retries: int = guards.max_attempts - 1 if guards is not None else 0
@@ -162,7 +168,10 @@ class ParallelExecutionManager:
         self.executor = executor
         self._rng = rng
         self.group: ParallelEventGroup = ParallelEventGroup(
-            name=name, max_workers=max_workers, error_strategy=strategy, timeout=self.timeout
+            name=name,
+            max_workers=config.DEFAULT_MAX_WORKERS if workers is None else workers,
+            error_strategy=strategy,
+            timeout=self.timeout,
         )
         if self.circuit_breaker is not None:
             execution_state.instrumentation.watch_breaker(self.circuit_breaker)
@@ -260,7 +269,7 @@ class ParallelExecutionManager:
 
     # --------------------------------------------------------------------- adding
 
-    def add(self, work: Any, name: str | None = None) -> int:
+    def add(self, work: Any, name: str | None = None, *, priority: int = 0) -> int:
         """Add one item; returns its index.
 
         Args:
@@ -268,26 +277,44 @@ class ParallelExecutionManager:
                 (a factory; started only when a worker is free, and needed for retries).
             name: unique name of the item (default ``item_<index>``), used by
                 :meth:`gather_dict`, printers and results.
+            priority: among the items waiting for a worker, a higher priority starts
+                first; equal priorities start in add order (the default 0 for all: add
+                order). Results, indexes and addresses stay in add order.
+
+        Items can also be added while the group runs, from inside an item or from the
+        ``async with`` body (e.g. while consuming :meth:`stream`), until its last item
+        has finished: they count in the group's total and appear in :meth:`gather` and
+        :meth:`stream` like the others, in add order. Their addresses do not depend on
+        timing: ``[3.0]`` is the first item added by item 3, ``[+0]`` the first added by
+        the body, so a resumed run that adds the same items replays them.
 
         Raises:
-            LifecycleError: outside ``async with``, or after execution started.
+            LifecycleError: outside ``async with``, or after the group's last item has
+                finished (or the group stopped: FAIL_FAST, timeout, cancellation).
             InvalidWorkError: ``work`` is not awaitable; a coroutine object in a group
                 with retries; the same coroutine object as an earlier item; or an
                 ``asyncio.Task`` / ``Future``, which already runs outside the group's
                 control (pass a factory that creates the work instead).
             DuplicateNameError: ``name`` is already used in this group.
         """
-        if self._phase is not _Phase.OPEN:
-            close_rejected(work)
-            if self._phase is _Phase.NEW:
-                raise LifecycleError(
-                    "add() must be called inside `async with state.parallel(...) as p:`."
-                )
+        if self._phase is _Phase.OPEN:
+            return self._items.add(work, name, priority)
+        run = self._run_now
+        if self._phase is _Phase.RUNNING:
+            if run is None:  # collecting started, the run not yet: it takes this item
+                return self._items.add(work, name, priority)
+            if run.accepting and not run.scheduler.stopping:
+                return run.add(work, name, priority)
+        close_rejected(work)
+        if self._phase is _Phase.NEW:
             raise LifecycleError(
-                f"Cannot add to parallel group '{self._label}' after its results were "
-                "collected or while it runs; open a new group for more work."
+                "add() must be called inside `async with state.parallel(...) as p:`."
             )
-        return self._items.add(work, name)
+        raise LifecycleError(
+            f"Cannot add to parallel group '{self._label}' after its results were "
+            "collected (its last item has finished, or it was stopped); open a new group "
+            "for more work."
+        )
 
     @property
     def _label(self) -> str:
@@ -416,13 +443,17 @@ class ParallelExecutionManager:
         self._phase = _Phase.RUNNING
         queue: asyncio.Queue[int | None] = asyncio.Queue()
         self._queue = queue
+        waits = asyncio.Event()  # the consumer found the queue empty: it may add more
         self._lend()
-        runner = asyncio.create_task(self._run())
+        runner = asyncio.create_task(self._run(waits))
         self._runner = runner
         started.append(runner)
         try:
             while True:
+                if queue.empty():
+                    waits.set()
                 index = await queue.get()
+                waits.clear()
                 if index is None:
                     break
                 assert self._run_now is not None
@@ -471,16 +502,22 @@ class ParallelExecutionManager:
 
     # -------------------------------------------------------------------- running
 
-    async def _run(self) -> None:
+    async def _run(self, consumer_waits: asyncio.Event | None = None) -> None:
         assert self._frame is not None
+        workers = self.max_workers
+        if workers is None:
+            # As many workers as items, up to the default cap; the span, the metrics and
+            # the printers show the number of workers the group really gets.
+            workers = config.DEFAULT_MAX_WORKERS
+            update(self.group, max_workers=max(1, min(len(self._items), workers)))
         settings = GroupSettings(
-            max_workers=self.max_workers,
+            max_workers=workers,
             error_strategy=self.error_strategy,
             timeout=self.timeout,
             policy=None if self.policy is None or self.policy.is_empty else self.policy,
             rng=self._rng,
             executor=self.executor,
         )
-        run = GroupRun(self, self._items, settings, self._frame, self._queue)
+        run = GroupRun(self, self._items, settings, self._frame, self._queue, consumer_waits)
         self._run_now = run
         await run.execute()

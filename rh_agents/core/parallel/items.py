@@ -6,13 +6,14 @@ import asyncio
 import functools
 import inspect
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from types import CoroutineType, FunctionType, MethodType
 from typing import Any
 
 from rh_agents.core.errors import DuplicateNameError, InvalidArgumentError, InvalidWorkError
 from rh_agents.core.parallel.models import ParallelEventGroup, label_of
 
-__all__ = ["Item", "ItemList"]
+__all__ = ["Item", "ItemList", "running_item"]
 
 _FACTORY_TYPES = (FunctionType, MethodType, functools.partial)
 """Callable types that are never awaitable themselves (the common factories)."""
@@ -23,11 +24,14 @@ class Item:
 
     __slots__ = (
         "_name",
+        "adds",
         "attempts",
         "coro",
         "factory",
         "first_started",
         "index",
+        "key",
+        "priority",
         "ready_at",
         "started",
     )
@@ -38,8 +42,17 @@ class Item:
         name: str | None,
         factory: Callable[[], Awaitable[Any]] | None,
         coro: Awaitable[Any] | None,
+        priority: int = 0,
+        key: str | None = None,
     ) -> None:
         self.index: int = index
+        self.priority: int = priority
+        # The item's address segment ``[key]``: its index, for an item added before the
+        # group ran; for one added while it runs, who added it and the how-manieth
+        # (``3.0``: item 3's first; ``+0``: the body's first), which, unlike the index,
+        # does not depend on which concurrent item added first.
+        self.key: str | None = key
+        self.adds: int = 0  # items this item added while the group ran
         self._name = name
         self.factory: Callable[[], Awaitable[Any]] | None = factory
         self.coro: Awaitable[Any] | None = coro
@@ -113,8 +126,13 @@ class ItemList:
     def __len__(self) -> int:
         return len(self.items)
 
-    def add(self, work: Any, name: str | None) -> int:
+    def add(self, work: Any, name: str | None, priority: int = 0, key: str | None = None) -> int:
         """Add one item (see :meth:`ParallelExecutionManager.add`); returns its index."""
+        if not isinstance(priority, int) or isinstance(priority, bool):
+            close_rejected(work)
+            raise InvalidArgumentError(
+                f"An item's priority must be an integer (higher starts first), got {priority!r}."
+            )
         index = len(self.items)
         if name is not None:
             self._check_name(work, name)
@@ -124,9 +142,9 @@ class ItemList:
         kind = type(work)
         if kind is CoroutineType or (kind not in _FACTORY_TYPES and inspect.isawaitable(work)):
             self._check_awaitable(work, name or f"item_{index}", index)
-            item = Item(index, name, None, work)
+            item = Item(index, name, None, work, priority, key)
         elif callable(work):
-            item = Item(index, name, work, None)
+            item = Item(index, name, work, None, priority, key)
         else:
             raise InvalidWorkError(
                 f"p.add() takes a coroutine object or a zero-argument callable returning "
@@ -208,6 +226,13 @@ class ItemList:
         """Close the coroutine objects of items that never ran."""
         for item in self.items:
             item.close()
+
+
+running_item: ContextVar[tuple[object, Item] | None] = ContextVar(
+    "rh_agents_running_item", default=None
+)
+"""The group (its model) and the item whose attempt runs the current code, so that
+``p.add`` made there knows who adds."""
 
 
 def close_rejected(work: Any) -> None:

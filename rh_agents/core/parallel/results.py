@@ -18,6 +18,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from rh_agents.core._aio import cancel_and_wait
+from rh_agents.core._pause import Interrupted
 from rh_agents.core.actors import BaseActor
 from rh_agents.core.errors import EventFailedError
 from rh_agents.core.events import EventKind, ExecutionEvent, ExecutionResult, clone, make_result
@@ -92,7 +93,7 @@ class Results:
         queue: where a stream learns which item ended (the index; None at the end).
     """
 
-    __slots__ = ("_group", "_label", "_queue", "_strategy", "failure", "slots")
+    __slots__ = ("_group", "_label", "_queue", "_strategy", "failure", "pauses", "slots")
 
     def __init__(
         self,
@@ -109,6 +110,8 @@ class Results:
         self.slots: list[ExecutionResult[Any] | None] = [None] * n
         self.failure: BaseException | None = None
         """The error that stopped the group (FAIL_FAST, or an error of its machinery)."""
+        self.pauses: list[Interrupted] = []
+        """The ``interrupt()`` pauses of items that wait for a human, in order."""
 
     def all_done(self) -> bool:
         """Whether every item has its result."""
@@ -174,6 +177,23 @@ class Results:
         if self._queue is not None:
             self._queue.put_nowait(item.index)
         return False
+
+    def pause(self, item: Item, pause: Interrupted, elapsed: float) -> None:
+        """Item ``item`` waits for a human (``interrupt()``); the group goes on."""
+        self.slots[item.index] = make_result(
+            ok=False,
+            error_message=str(pause),
+            error_type="Interrupted",
+            execution_time=elapsed,
+            index=item.index,
+            name=item.name,
+            attempts=item.attempts,
+            status=ExecutionStatus.AWAITING,
+            exception=pause,
+        )
+        self.pauses.append(pause)
+        if self._queue is not None:
+            self._queue.put_nowait(item.index)
 
     def stop_with(self, error: BaseException) -> None:
         """The group stops for ``error`` (unless an earlier error stopped it already)."""

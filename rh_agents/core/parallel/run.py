@@ -9,13 +9,16 @@ run itself is cancelled while it waits for its workers.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 from typing import TYPE_CHECKING, Any
 
 from rh_agents.core._aio import cancel_and_wait, uninterrupted
+from rh_agents.core._pause import Interrupted
 from rh_agents.core.parallel.attempt import ItemAttempts
 from rh_agents.core.parallel.errors import ParallelTimeoutError
+from rh_agents.core.parallel.items import running_item
 from rh_agents.core.parallel.models import GroupStatistics, GroupStatus, label_of, update
 from rh_agents.core.parallel.results import Results, group_event, publish_group, timeout_message
 from rh_agents.core.parallel.scheduler import Scheduler
@@ -56,6 +59,7 @@ class GroupRun:
         settings: GroupSettings,
         frame: Frame,
         queue: asyncio.Queue[int | None] | None,
+        consumer_waits: asyncio.Event | None = None,
     ) -> None:
         state = manager.execution_state
         self._manager: ParallelExecutionManager | None = manager
@@ -76,6 +80,12 @@ class GroupRun:
         self.attempts: ItemAttempts | None = None
         self.error: BaseException | None = None
         """What collecting raises: the deadline, or the failure that stopped the group."""
+        self.accepting: bool = True
+        """Whether ``p.add`` may still add items (until the last item has finished)."""
+        self._consumer_waits = consumer_waits
+        self._queue = queue
+        self._body_adds = 0
+        self._context = contextvars.copy_context()  # the workers' context, set in execute
 
     def statistics(self) -> GroupStatistics:
         """Running items, peak concurrency, queued and delayed items."""
@@ -98,6 +108,8 @@ class GroupRun:
         for item in items:
             item.ready_at = self._started_at
         self._span = tel.group_started(group, settings.error_strategy.value)
+        if settings.policy is not None and settings.policy.limiter is not None:
+            tel.watch_limiter(settings.policy.limiter, self._span)
         scheduler = self.scheduler
         attempts = ItemAttempts(
             state, group, settings, self._frame, self._span, scheduler, self.results
@@ -105,34 +117,29 @@ class GroupRun:
         self.attempts = attempts
         workers_needed = min(settings.max_workers, n)
         scheduler.inline = self._runs_inline(workers_needed)
+        self._context = contextvars.copy_context()
         cancelled = False
-        workers: list[asyncio.Task[None]] = []
+        workers = scheduler.workers
         watchdog: asyncio.Task[None] | None = None
         errors: list[BaseException] = []
         try:
             await state.publish_event(group_event(group, ExecutionStatus.STARTED, False, ""))
             if tel.enabled:
                 tel.queue_changed(group, 0, n)
-            if scheduler.inline:
-                await scheduler.work(attempts.run, self.crash)
-            else:
-                workers = [
-                    asyncio.create_task(scheduler.work(attempts.run, self.crash))
-                    for _ in range(workers_needed)
-                ]
-            scheduler.workers = workers
+            self._start_workers(workers_needed)
             if settings.timeout is not None and n:
                 watchdog = asyncio.create_task(
                     scheduler.watchdog(settings.timeout, self.results.all_done)
                 )
-            if workers:
-                # Workers handle their own errors (see Scheduler.work); one that dies
-                # anyway (KeyboardInterrupt, ...) ends the wait at once.
-                await asyncio.wait(workers, return_when=asyncio.FIRST_EXCEPTION)
+            await self._work(attempts)
+            while await self._more_from_consumer():
+                self._start_workers(settings.max_workers)
+                await self._work(attempts)
         except asyncio.CancelledError:
             cancelled = True
             raise
         finally:
+            self.accepting = False
             # Workers check `stopping` between items, so one whose item swallowed the
             # cancellation still ends instead of running the rest of the queue.
             scheduler.stopping = True
@@ -157,6 +164,70 @@ class GroupRun:
             raise errors[0]
         if self.error is not None:
             raise self.error
+
+    async def _work(self, attempts: ItemAttempts) -> None:
+        """Run the items waiting now, and those added meanwhile, until none is left."""
+        scheduler = self.scheduler
+        if scheduler.inline:
+            # Items added meanwhile may have started worker tasks beside this one.
+            await scheduler.work(attempts.run, self.crash)
+        # Workers handle their own errors (see Scheduler.work); one that dies anyway
+        # (KeyboardInterrupt, ...) ends the wait at once. Items added meanwhile may start
+        # more workers: wait until none is left running.
+        while running := [w for w in scheduler.workers if not w.done()]:
+            done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_EXCEPTION)
+            if any(not w.cancelled() and w.exception() is not None for w in done):
+                return
+
+    def _start_workers(self, most: int) -> None:
+        """Start a worker per waiting item, up to ``most`` (none when it runs inline)."""
+        if not self.scheduler.inline:
+            for _ in range(min(most, self.scheduler.queued())):
+                self._start_worker()
+
+    def _start_worker(self) -> None:
+        assert self.attempts is not None
+        work = self.scheduler.work(self.attempts.run, self.crash)
+        # In the run's own context: a worker started by an item's p.add must not inherit
+        # that item's frame.
+        self.scheduler.workers.append(asyncio.create_task(work, context=self._context.copy()))
+
+    async def _more_from_consumer(self) -> bool:
+        """For a stream: wait until its consumer has taken every result and asks for
+        more; whether it added items meanwhile (they run before the group ends)."""
+        waits, queue = self._consumer_waits, self._queue
+        if waits is None or queue is None or self.scheduler.stopping:
+            return False
+        while True:
+            await waits.wait()  # set by the consumer when it finds the queue empty
+            if queue.empty():
+                break
+            await asyncio.sleep(0)  # results came since: let the consumer take them
+        return self.scheduler.queued() > 0 and not self.scheduler.stopping
+
+    def add(self, work: Any, name: str | None, priority: int) -> int:
+        """Add an item while the group runs (see ``ParallelExecutionManager.add``)."""
+        group, scheduler = self._group, self.scheduler
+        adder = running_item.get()
+        if adder is not None and adder[0] is group:
+            parent = adder[1]
+            key = f"{parent.index if parent.key is None else parent.key}.{parent.adds}"
+            parent.adds += 1
+        else:
+            key = f"+{self._body_adds}"
+            self._body_adds += 1
+        index = self._items.add(work, name, priority, key)
+        item = self._items.items[index]
+        item.ready_at = self._clock.monotonic()
+        self.results.slots.append(None)
+        update(group, total=len(self._items))
+        scheduler.push(item)
+        running = sum(1 for w in scheduler.workers if not w.done()) + scheduler.inline
+        if running < self._settings.max_workers:
+            self._start_worker()
+        if self._tel.enabled and self.attempts is not None:
+            self._tel.queue_changed(group, self.attempts.in_flight, scheduler.queued())
+        return index
 
     def _runs_inline(self, workers_needed: int) -> bool:
         """Whether the single worker runs in this task.
@@ -215,6 +286,10 @@ class GroupRun:
             self.error = ParallelTimeoutError(timeout, list(results), group)
         elif failure is not None and not cancelled:
             self.error = failure
+        elif self.results.pauses and not cancelled:
+            # Items wait for a human: the group ended for the others; the enclosing
+            # handler pauses in turn (see core.interrupts).
+            self.error = Interrupted.merge(self.results.pauses)
         tel.group_finished(
             self._span,
             group,

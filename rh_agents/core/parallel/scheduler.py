@@ -1,6 +1,7 @@
 """Which item runs next, the worker tasks that run them, and the group's deadline.
 
-At most ``max_workers`` workers pull items in add order; a factory is called only when
+At most ``max_workers`` workers pull items, the highest ``priority`` first and in add
+order among equals (``p.add(..., priority=n)``); a factory is called only when
 a worker is free, so a group of 100 000 items holds at most ``max_workers`` running
 coroutines. A retry waits out its backoff in a queue of its own, without holding a
 worker, and goes before the items that have not started yet once it is due. A group
@@ -27,7 +28,8 @@ class Scheduler:
 
     Attributes:
         items: every item, in add order.
-        cursor: how many items have been handed to a worker for the first time.
+        waiting: the items that have not started, as a heap of ``(-priority, index)``:
+            the highest priority first, add order among equals.
         delayed: retries waiting out their backoff, as ``(ready_at, index, item)``.
         backing_off: indices of the items in ``delayed``.
         workers: the worker tasks (none when the worker runs inline).
@@ -39,19 +41,21 @@ class Scheduler:
     __slots__ = (
         "_clock",
         "backing_off",
-        "cursor",
         "delayed",
         "inline",
         "items",
         "stopping",
         "timed_out",
+        "waiting",
         "workers",
     )
 
     def __init__(self, items: list[Item], clock: Clock) -> None:
         self._clock = clock
         self.items: list[Item] = items
-        self.cursor: int = 0
+        # Already in heap order when every priority is the same (add order).
+        self.waiting: list[tuple[int, int]] = [(-item.priority, item.index) for item in items]
+        heapq.heapify(self.waiting)
         self.delayed: list[tuple[float, int, Item]] = []
         self.backing_off: set[int] = set()
         self.workers: list[asyncio.Task[None]] = []
@@ -61,7 +65,7 @@ class Scheduler:
 
     def queued(self) -> int:
         """Items that have not started their first attempt yet."""
-        return len(self.items) - self.cursor
+        return len(self.waiting)
 
     def next(self) -> Item | None:
         """The item to run next, or None when nothing is left to start."""
@@ -69,13 +73,15 @@ class Scheduler:
         # so a long queue does not postpone it indefinitely.
         if self.delayed and self.delayed[0][0] <= self._clock.monotonic():
             return heapq.heappop(self.delayed)[2]
-        if self.cursor < len(self.items):
-            item = self.items[self.cursor]
-            self.cursor += 1
-            return item
+        if self.waiting:
+            return self.items[heapq.heappop(self.waiting)[1]]
         if self.delayed:
             return heapq.heappop(self.delayed)[2]
         return None
+
+    def push(self, item: Item) -> None:
+        """An item added while the group runs waits for a worker like the others."""
+        heapq.heappush(self.waiting, (-item.priority, item.index))
 
     def retry_later(self, item: Item, delay: float) -> None:
         """Run ``item`` again once ``delay`` seconds have passed."""
