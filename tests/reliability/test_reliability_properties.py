@@ -325,11 +325,23 @@ TRIPS_THE_BREAKER = Plan(
 )
 
 
+ALL_COMPLETE = Plan(
+    size=5,
+    max_workers=2,
+    strategy=ErrorStrategy.FAIL_SLOW,
+    timeout=None,
+    max_retries=1,
+    breaker=None,
+    attempts=[[(1, True), (1, True)]] * 5,
+)
+
+
 def test_random_groups_keep_every_invariant() -> None:
     kinds = Counter[str]()
 
     @PROPERTY_SETTINGS
     @example(TIMES_OUT)
+    @example(ALL_COMPLETE)
     @example(TRIPS_THE_BREAKER)
     @given(plans())
     def property_holds(plan: Plan) -> None:
@@ -341,10 +353,11 @@ def test_random_groups_keep_every_invariant() -> None:
     property_holds()
     print(f"group examples: {dict(kinds)}")
     # The invariants were checked on every kind of run, not only on easy ones (how many
-    # random examples time out varies a lot, hence the explicit example).
+    # random examples time out or complete entirely varies a lot, hence the explicit
+    # examples).
     assert kinds["examples"] >= 40, kinds
     for kind in GROUP_KINDS:
-        least = 1 if kind == "timed out" else 3
+        least = 1 if kind in ("timed out", "all completed") else 3
         assert kinds[kind] >= least, f"only {kinds[kind]} examples {kind!r}: {dict(kinds)}"
 
 
