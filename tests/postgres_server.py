@@ -2,7 +2,8 @@
 
 The binaries come from Debian's ``postgresql`` package (``/usr/lib/postgresql/<N>/bin``;
 ``.ci/run`` installs it). The cluster listens on a free loopback port (and a socket in
-its own folder), with ``fsync`` off (the tests kill processes, not the machine).
+its own folder), with ``fsync`` off (the tests kill processes, not the machine; commits stay
+synchronous, so a server killed with ``pg_ctl restart -m immediate`` loses none).
 PostgreSQL refuses to run as root: as root the cluster is created and started as the
 ``postgres`` system user. The server is stopped (``pg_ctl stop -m immediate``) and the
 folder removed at the end, however the tests end.
@@ -93,7 +94,7 @@ class PostgresCluster:
             conf.write(
                 f"\nport = {self.port}\nlisten_addresses = '127.0.0.1'\n"
                 f"unix_socket_directories = '{self.sockets}'\nfsync = off\n"
-                "synchronous_commit = off\nfull_page_writes = off\nmax_connections = 200\n"
+                "full_page_writes = off\nmax_connections = 200\n"
                 "shared_buffers = 32MB\n"
             )
         self._pg_ctl("start")

@@ -157,6 +157,9 @@ class Connections:
                 raise self.wrap(exc, action) from exc
             _log.info("A connection to the %s was lost (%s); reconnecting.", self.where, exc)
             replace(conn)
+            pool = self._pool
+            if pool is not None:
+                pool.check()  # the other idle connections died with it: replace them too
             conn = get()
             try:
                 conn.execute(begin)
