@@ -6,6 +6,7 @@ psycopg_pool); importing this module does not import psycopg, constructing a bac
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -13,10 +14,15 @@ from collections.abc import Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from pydantic_core import PydanticSerializationError, to_jsonable_python
+
+from rh_agents.core.cache import CacheEntry, WallClock
+from rh_agents.core.cache import _expires_at as expires_at
 from rh_agents.core.errors import (
     ArtifactNotFoundError,
     InvalidArgumentError,
     LifecycleError,
+    ResultSerializationError,
     StateCorruptedError,
 )
 from rh_agents.core.state_recovery import StateSnapshot, StateStatus
@@ -35,7 +41,7 @@ if TYPE_CHECKING:
     from rh_agents.storage._postgres_conn import Connections
     from rh_agents.storage._postgres_runs import PostgresRuns
 
-__all__ = ["PostgresArtifactBackend", "PostgresStateBackend"]
+__all__ = ["PostgresArtifactBackend", "PostgresCacheBackend", "PostgresStateBackend"]
 
 _log = logging.getLogger("rh_agents.state_backends")
 
@@ -458,3 +464,118 @@ class PostgresArtifactBackend:
                 'SELECT artifact_id FROM artifacts ORDER BY artifact_id COLLATE "C"'
             ).fetchall()
         return [str(row[0]) for row in rows]
+
+
+# --------------------------------------------------------------------------- the cache
+
+_NOW = "extract(epoch from clock_timestamp())"
+
+
+class PostgresCacheBackend:
+    """A persistent :class:`~rh_agents.core.cache.CacheBackend` in the database of a
+    :class:`PostgresStateBackend`, shared by every coordinator that uses it.
+
+    Stores like :class:`~rh_agents.core.cache.SQLiteCacheBackend`: values as JSON (a
+    pydantic model comes back as a dict), a damaged entry is logged, removed and counts
+    as a miss. TTL is measured on the **server's** clock (so coordinators whose clocks
+    disagree agree on expiry), or on ``clock`` when one is given (tests). It is an
+    :class:`~rh_agents.core.cache.AsyncCacheBackend`: the
+    :class:`~rh_agents.core.cache.ResultCache` of a state reads and writes it off the
+    event loop. Single flight (one computation per key while others wait) holds within
+    one process; coordinators on other machines may compute the same key at the same
+    time, and the last one stored wins.
+
+    Args:
+        backend: the state backend whose database, schema and pool it uses.
+        clock: a wall clock for TTLs instead of the server's (None: the server's).
+
+    Example:
+        >>> cache = PostgresCacheBackend(backend)  # doctest: +SKIP
+        >>> state = ExecutionState(state_backend=backend, cache_backend=cache)  # doctest: +SKIP
+    """
+
+    def __init__(self, backend: PostgresStateBackend, *, clock: WallClock | None = None) -> None:
+        self._db = backend._db
+        self._clock = clock
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._db.where}, schema={self._db.schema!r})"
+
+    def _now(self) -> tuple[str, tuple[Any, ...]]:
+        """The SQL for "now" and its parameters (the server's clock, or ``clock``)."""
+        if self._clock is None:
+            return _NOW, ()
+        return "%s", (self._clock.time(),)
+
+    def get(self, key: str) -> CacheEntry | None:
+        now, params = self._now()
+        with self._db.pooled("read a cache entry") as conn:
+            row = conn.execute(
+                f"SELECT value, stored_at, expires_at, {now} FROM cache_entries WHERE key = %s",
+                (*params, key),
+            ).fetchone()
+            if row is None:
+                return None
+            text, stored_at, expires_at, at = row
+            if expires_at is not None and float(at) >= float(expires_at):
+                conn.execute("DELETE FROM cache_entries WHERE key = %s", (key,))
+                return None
+            try:
+                value = json.loads(text)
+            except (TypeError, ValueError) as exc:
+                _log.warning(
+                    "Dropping the damaged cache entry %s in %s (%s); it counts as a miss.",
+                    key,
+                    self._db.where,
+                    exc,
+                )
+                conn.execute("DELETE FROM cache_entries WHERE key = %s", (key,))
+                return None
+        return CacheEntry(
+            value=value,
+            stored_at=float(stored_at),
+            expires_at=None if expires_at is None else float(expires_at),
+        )
+
+    def set(self, key: str, value: Any, ttl: float | None) -> None:
+        expires_in = None if ttl is None else expires_at(0.0, ttl)
+        try:
+            text = json.dumps(to_jsonable_python(value), separators=(",", ":"))
+        except (PydanticSerializationError, TypeError, ValueError) as exc:
+            raise ResultSerializationError(
+                f"The value for cache key {key} cannot be stored because it is not "
+                f"JSON-serializable ({exc}). Return JSON-like data or a pydantic model, or "
+                "use an InMemoryCacheBackend."
+            ) from exc
+        now, params = self._now()
+        with self._db.pooled("write a cache entry") as conn:
+            conn.execute(
+                "INSERT INTO cache_entries (key, value, stored_at, expires_at) "
+                f"VALUES (%s, %s, {now}, {now} + %s) ON CONFLICT (key) DO UPDATE SET "
+                "value = excluded.value, stored_at = excluded.stored_at, "
+                "expires_at = excluded.expires_at",
+                (key, text, *params, *params, expires_in),
+            )
+
+    async def get_async(self, key: str) -> CacheEntry | None:
+        return await asyncio.to_thread(self.get, key)
+
+    async def set_async(self, key: str, value: Any, ttl: float | None) -> None:
+        await asyncio.to_thread(self.set, key, value, ttl)
+
+    def delete(self, key: str) -> bool:
+        with self._db.pooled("delete a cache entry") as conn:
+            return conn.execute("DELETE FROM cache_entries WHERE key = %s", (key,)).rowcount > 0
+
+    def clear(self) -> None:
+        with self._db.pooled("clear the cache") as conn:
+            conn.execute("DELETE FROM cache_entries")
+
+    def purge_expired(self) -> int:
+        """Delete every expired entry and return how many were deleted."""
+        now, params = self._now()
+        with self._db.pooled("purge expired entries") as conn:
+            return conn.execute(
+                f"DELETE FROM cache_entries WHERE expires_at IS NOT NULL AND expires_at <= {now}",
+                params,
+            ).rowcount

@@ -23,9 +23,11 @@ import pytest
 from postgres_server import PostgresCluster
 
 from rh_agents.core.actors import Agent, Tool
+from rh_agents.core.cache import AsyncCacheBackend, ResultCache
 from rh_agents.core.errors import (
     ArtifactNotFoundError,
     InvalidArgumentError,
+    ResultSerializationError,
     SchemaVersionError,
     StateCorruptedError,
     StateLockedError,
@@ -34,7 +36,7 @@ from rh_agents.core.errors import (
 from rh_agents.core.events import ExecutionEvent
 from rh_agents.core.execution import ExecutionState
 from rh_agents.core.types import ExecutionStatus
-from rh_agents.state_backends import PostgresStateBackend
+from rh_agents.state_backends import PostgresCacheBackend, PostgresStateBackend
 
 S = ExecutionStatus
 
@@ -479,3 +481,81 @@ def test_artifacts_keep_their_kind(cluster: PostgresCluster, schema: str) -> Non
             artifacts.save_artifact("../x", "x")
         with pytest.raises(InvalidArgumentError, match="neither bytes, str nor JSON"):
             artifacts.save_artifact("obj", object())
+
+
+# ------------------------------------------------------------ the result cache
+
+
+class FakeWallClock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def time(self) -> float:
+        return self.now
+
+
+async def test_the_result_cache_is_shared_by_coordinators_and_computes_once(
+    cluster: PostgresCluster, schema: str
+) -> None:
+    first = PostgresStateBackend(cluster.dsn(), schema=schema)
+    second = PostgresStateBackend(cluster.dsn(), schema=schema)
+    computed = 0
+    gate, started = asyncio.Event(), asyncio.Event()
+
+    async def compute() -> tuple[Any, bool]:
+        nonlocal computed
+        computed += 1
+        started.set()
+        await gate.wait()
+        return {"answer": 42}, True
+
+    cache = ResultCache(PostgresCacheBackend(first))
+    assert isinstance(cache.backend, AsyncCacheBackend)
+    callers = [asyncio.create_task(cache.get_or_compute("k", None, compute)) for _ in range(20)]
+    await started.wait()  # the leader computes; the others wait for it or find it stored
+    gate.set()
+    outcomes = await asyncio.gather(*callers)
+    assert computed == 1  # single flight
+    assert sorted(hit for _, hit in outcomes) == [False] + [True] * 19
+    assert all(value == {"answer": 42} for value, _ in outcomes)
+
+    # another coordinator finds it stored
+    other = ResultCache(PostgresCacheBackend(second))
+    assert await other.get_or_compute("k", None, compute) == ({"answer": 42}, True)
+    assert computed == 1
+    for backend in (first, second):
+        await asyncio.to_thread(backend.close)
+
+
+def test_cache_entries_expire_and_damage_counts_as_a_miss(
+    cluster: PostgresCluster, schema: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = FakeWallClock()
+    with PostgresStateBackend(cluster.dsn(), schema=schema) as backend:
+        cache = PostgresCacheBackend(backend, clock=clock)
+        cache.set("short", [1, 2], ttl=10)
+        cache.set("forever", "x", ttl=None)
+        entry = cache.get("short")
+        assert entry is not None and entry.value == [1, 2]
+        assert (entry.stored_at, entry.expires_at) == (clock.now, clock.now + 10)
+        clock.now += 10
+        assert cache.get("short") is None
+        assert cache.get("forever") is not None and cache.purge_expired() == 0
+        cache.set("short", 1, ttl=5)
+        clock.now += 6
+        assert cache.purge_expired() == 1
+        # the server's clock, when no clock is given
+        served = PostgresCacheBackend(backend)
+        served.set("live", True, ttl=3600)
+        live = served.get("live")
+        assert live is not None and live.value is True and live.expires_at is not None
+        assert live.expires_at - live.stored_at == pytest.approx(3600)
+        sql(cluster, f"UPDATE {schema}.cache_entries SET value = '{{oops' WHERE key = 'live'")
+        with caplog.at_level(logging.WARNING, logger="rh_agents.state_backends"):
+            assert served.get("live") is None
+        assert "Dropping the damaged cache entry live" in caplog.text
+        with pytest.raises(ResultSerializationError, match="is not JSON-serializable"):
+            served.set("bad", object(), ttl=None)
+        assert served.delete("forever") and not served.delete("forever")
+        served.clear()
+        assert served.get("bad") is None and cache.get("forever") is None
