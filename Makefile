@@ -25,8 +25,13 @@ lint: $(STAMP)
 	$(BIN)/ruff check rh_agents tests examples bench tools
 	$(BIN)/ruff format --check rh_agents tools
 
+# rh_agents/ with mypy --strict; the code users copy (examples/ and the README's python
+# blocks) with plain mypy, as a user runs it; the public API's type completeness
+# (pyright --verifytypes, at least 95 %).
 typecheck: $(STAMP)
 	$(BIN)/mypy
+	$(BIN)/python tools/typecheck_user_code.py
+	$(BIN)/python tools/type_completeness.py --minimum 95
 
 # coverage starts before pytest so the rh_agents pytest plugin's early import is measured.
 unit: $(STAMP)

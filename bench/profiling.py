@@ -16,6 +16,7 @@ import cProfile
 import gc
 import io
 import pstats
+import tempfile
 import tracemalloc
 from collections import defaultdict
 from collections.abc import Callable, Coroutine
@@ -68,12 +69,26 @@ async def _p7(cfg: Config) -> None:
     await _events_full_telemetry(cfg.pick(5_000, 50_000))
 
 
+async def _p9(cfg: Config) -> None:
+    from rh_agents.state_backends import SQLiteStateBackend
+
+    with tempfile.TemporaryDirectory(prefix="rh-profile-p9-") as tmp:
+        backend = SQLiteStateBackend(Path(tmp) / "history.db")
+        try:
+            state = ExecutionState(telemetry=False, state_backend=backend)
+            await c.rh_group(state, event_factories(ECHO, state, list(range(10_000))), 100)
+            ExecutionState.load_from_state_id(state.state_id, backend)
+        finally:
+            backend.close()
+
+
 SCENARIOS: dict[str, tuple[str, Scenario]] = {
     "P1": ("rh_agents group of trivial factories, W=100, no telemetry", _p1),
     "P2": ("rh_agents group of trivial ExecutionEvents, W=100, full telemetry", _p2),
     "P3": ("rh_agents group of 1,000 ExecutionEvents sleeping 10 ms, W=50", _p3),
     "P4": ("one-item groups around a trivial ExecutionEvent, one after another", _p4),
     "P7": ("rh_agents group of many trivial ExecutionEvents, W=100, full telemetry", _p7),
+    "P9": ("10,000 trivial ExecutionEvents with a SQLite journal, then their resume", _p9),
 }
 
 

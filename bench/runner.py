@@ -19,6 +19,7 @@ from bench import (
     p6_cpu_bound,
     p7_scale,
     p8_distributed,
+    p9_storage,
 )
 from bench._common import (
     MISS,
@@ -40,6 +41,7 @@ BENCHMARKS: tuple[ModuleType, ...] = (
     p6_cpu_bound,
     p7_scale,
     p8_distributed,
+    p9_storage,
 )
 
 DEFAULT_OUT = Path(__file__).resolve().parent

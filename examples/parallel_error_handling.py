@@ -11,8 +11,10 @@
    RETRYING event on the bus, and the worker is free for other items during the backoff.
 4. A circuit breaker shared by name (``circuit_breaker="search-api"``): after repeated
    failures calls are rejected without running, until a probe after the cooldown succeeds.
+5. One ``Policy`` for an actor and a group: each attempt is bounded by a timeout, and a
+   retry gets a fresh deadline; the group given the same policy guards its items once.
 
-No network is used; the run takes ~0.3 s.
+No network is used; the run takes ~1 s.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from rh_agents import (
     ExecutionState,
     ExecutionStatus,
     ParallelGroupError,
+    Policy,
+    RetryConfig,
     Tool,
 )
 
@@ -185,6 +189,43 @@ async def breaker(state: ExecutionState) -> None:
     )
 
 
+# -------------------------------------------------- 5. one policy, per-attempt timeouts
+
+_model_calls: dict[str, int] = {}
+
+
+async def hangs_once(data: Query, extra: dict[str, Any], state: ExecutionState) -> str:
+    """A model that hangs on the first call of each prompt, then answers at once."""
+    _model_calls[data.text] = _model_calls.get(data.text, 0) + 1
+    if _model_calls[data.text] == 1:
+        await asyncio.sleep(60)
+    return f"answer to {data.text!r}"
+
+
+model_policy = Policy(
+    retry=RetryConfig(max_attempts=3, initial_delay=0.01, jitter=False),
+    timeout=0.2,  # seconds per attempt
+)
+model = Tool(name="model", input_model=Query, handler=hangs_once, policy=model_policy)
+
+
+async def policies(state: ExecutionState) -> None:
+    print("5. one Policy: a timeout per attempt, retried with a fresh deadline")
+    result = await ExecutionEvent(actor=model)(Query(text="hello"), {}, state)
+    [retry] = [e for e in state.history.get_event_list() if e.address == "model" and e.is_retry]
+    print(f"   {result.result}, after attempt {retry.retry_attempt} failed: {retry.error_type}")
+    async with state.parallel(max_workers=2, name="prompts", policy=model_policy) as p:
+        for text in ("a", "b"):
+            p.add(lambda text=text: ExecutionEvent(actor=model)(Query(text=text), {}, state))
+    print(f"   group with the same policy: {[(r.result, r.attempts) for r in p.results]}")
+    stats = model_policy.statistics()
+    assert stats.retry is not None and stats.timeout is not None
+    print(
+        f"   policy statistics: {stats.retry.attempts} attempts, {stats.retry.retries} "
+        f"retries, {stats.timeout.timed_out} timed out"
+    )
+
+
 async def main() -> None:
     # Failed groups are also logged (logger "rh_agents.parallel", level WARNING).
     logging.basicConfig(format="   (log) %(message)s", level=logging.WARNING)
@@ -193,6 +234,7 @@ async def main() -> None:
     await fail_fast(state)
     await retries(state)
     await breaker(state)
+    await policies(state)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from rh_agents.core.actors import LLM, Agent, BaseActor, Tool, ToolSet
 from rh_agents.core.circuit_breaker import CircuitBreaker, CircuitBreakerRegistry, CircuitState
 from rh_agents.core.clock import Clock, SystemClock
 from rh_agents.core.errors import (
+    AttemptTimeoutError,
     CircuitOpenError,
     EventFailedError,
     RhAgentsError,
@@ -35,6 +36,7 @@ from rh_agents.core.parallel import (
     ParallelGroupError,
     ParallelTimeoutError,
 )
+from rh_agents.core.policy import Policy
 from rh_agents.core.retry import BackoffStrategy, RetryConfig
 from rh_agents.core.state_recovery import ReplayMode, StateMetadata, StateSnapshot, StateStatus
 from rh_agents.core.types import EventType, ExecutionStatus
@@ -92,6 +94,7 @@ del _name, _module
 __all__ = [
     "LLM",
     "Agent",
+    "AttemptTimeoutError",
     "BackoffStrategy",
     "BaseActor",
     "CircuitBreaker",
@@ -115,6 +118,7 @@ __all__ = [
     "ParallelExecutionManager",
     "ParallelGroupError",
     "ParallelTimeoutError",
+    "Policy",
     "ReplayMode",
     "RetryConfig",
     "RhAgentsError",

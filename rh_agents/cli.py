@@ -435,6 +435,10 @@ def build_parser() -> argparse.ArgumentParser:
             "Print each trace of an OTLP JSON span file as an indented tree (children "
             "under their parent span, by start time) with durations, outcomes and errors."
         ),
+        epilog=(
+            "Exit status: 0 when traces were printed, 1 when the file holds no spans or "
+            "no trace matches --trace, 2 when the file cannot be read."
+        ),
     )
     show.add_argument("file", type=Path, help="the span file, e.g. .rh_agents/spans.jsonl")
     show.add_argument(
@@ -473,9 +477,9 @@ def _trace_show(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         print(
             f"No spans in {path}. Spans are written in batches while a program runs and "
             "flushed when it exits; run `python -m rh_agents.demo` to record some.",
-            file=out,
+            file=err,
         )
-        return 0
+        return 1
     text, count = render_traces(
         spans, max_depth=args.max_depth, trace_prefix=args.trace, last=args.last
     )

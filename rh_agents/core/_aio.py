@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import weakref
 from collections.abc import Awaitable, Iterable, Iterator, Sized
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -114,7 +113,8 @@ class _Turns:
                 future.set_result(None)
 
 
-_turns: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Turns] = weakref.WeakKeyDictionary()
+_turns: dict[asyncio.AbstractEventLoop, _Turns] = {}
+"""The loops a simulated clock runs on (entries leave with the clock's block)."""
 
 
 @contextmanager
@@ -138,12 +138,17 @@ def ordered_outside_work(loop: asyncio.AbstractEventLoop, waker: asyncio.Event) 
                 turns.forget(ticket)
 
 
-async def outside(awaitable: Awaitable[T]) -> T:
-    """Await work done outside the event loop (see the comment above)."""
+def outside(awaitable: Awaitable[T]) -> Awaitable[T]:
+    """``awaitable``, work done outside the event loop, to await in its turn (see the
+    comment above; with the real clock it is ``awaitable`` itself)."""
     loop = asyncio.get_running_loop()
     turns = _turns.get(loop)
     if turns is None:
-        return await awaitable
+        return awaitable
+    return _in_turn(awaitable, turns, loop)
+
+
+async def _in_turn(awaitable: Awaitable[T], turns: _Turns, loop: asyncio.AbstractEventLoop) -> T:
     ticket = turns.next_ticket
     turns.next_ticket += 1
     done: asyncio.Future[None] = loop.create_future()

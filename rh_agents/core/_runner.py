@@ -12,19 +12,29 @@ module imports it), so the import graph has no cycle.
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import operator
 import time
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
 
 from rh_agents.core._aio import uninterrupted
+from rh_agents.core._guarded import (
+    give_back,
+    guarded_outside,
+    hold_permit,
+    retry_delay,
+    run_attempt,
+)
 from rh_agents.core._models import clone
 from rh_agents.core.actors import RESERVED_ADDRESS_CHARS
-from rh_agents.core.cache import make_cache_key
+from rh_agents.core.cache import call_cache_key
 from rh_agents.core.context import Frame, current_frame
 from rh_agents.core.errors import (
+    CircuitOpenError,
     ConditionFailedError,
     InputValidationError,
     InvalidArgumentError,
@@ -42,6 +52,7 @@ if TYPE_CHECKING:
     from rh_agents.core.actors import BaseActor
     from rh_agents.core.events import ExecutionEvent
     from rh_agents.core.execution import ExecutionState
+    from rh_agents.core.policy import Policy
 
 __all__ = ["run_event"]
 
@@ -90,7 +101,7 @@ async def run_event(
             value = await _execute(actor, ev, input_data, extra, state, handle)
         except (asyncio.CancelledError, StateError):
             raise
-        except InputValidationError as exc:
+        except (InputValidationError, CircuitOpenError) as exc:
             outcome, error = Outcome.REJECTED, exc
         except Exception as exc:
             outcome, error = Outcome.FAILED, exc
@@ -98,13 +109,12 @@ async def run_event(
             outcome = Outcome.CACHED if fields["from_cache"] else Outcome.COMPLETED
         elapsed = time.perf_counter() - started
         fields["execution_time"] = elapsed
-        # Taken before the terminal status is recorded (the status it shows is STARTED).
-        metadata = _parallel_metadata(ev) if group_id is not None else None
         _settle(fields, value if error is None else None, error)
         terminal = True
         await recorder.record(ev, _S.COMPLETED if error is None else _S.FAILED)
         if recorded is not None:
             await replayer.check(ev, recorded)
+        metadata = _parallel_metadata(ev) if group_id is not None else None
         result = _result(ev, value if error is None else None, error, elapsed, metadata)
     except (asyncio.CancelledError, KeyboardInterrupt, SystemExit) as exc:
         # Cancelled, or the process is being stopped from inside the call: the history
@@ -153,11 +163,10 @@ def _working_copy(
     """The working copy of this call; the core writes its fields directly (no validation
     to run: every value is of the right type) and snapshots it at each status change."""
     group_id = parent.group_id
-    return clone(
+    ev = clone(
         template,
         address=address,
         actor_name=actor.name,
-        actor_version=actor.version,
         event_type=actor.event_type,
         execution_status=_S.STARTED,
         group_id=group_id,
@@ -176,6 +185,10 @@ def _working_copy(
         usage=None,
         timestamp=time.time(),
     )
+    private = ev.__pydantic_private__
+    assert private is not None
+    private["_actor_version"] = actor.version  # recorded with the call (replay compares)
+    return ev
 
 
 def _result(
@@ -192,6 +205,7 @@ def _result(
             execution_time=elapsed,
             address=ev.address,
             status=_S.COMPLETED,
+            from_cache=ev.from_cache,
             metadata=metadata,
         )
     return make_result(
@@ -236,7 +250,7 @@ async def _execute(
         recorder.encode_result(actor, value, ev)
         return value, True
 
-    key = make_cache_key(actor.name, actor.version, data)
+    key = call_cache_key(actor.name, actor.version, data, extra, actor.cache_key)
     value, hit = await state.result_cache.get_or_compute(key, actor.cache_ttl, compute)
     ev.__dict__["from_cache"] = hit
     if hit:
@@ -246,7 +260,26 @@ async def _execute(
     return value
 
 
-async def _run_handler(
+def _run_handler(
+    actor: BaseActor,
+    ev: ExecutionEvent[Any],
+    data: Any,
+    extra: dict[str, Any],
+    state: ExecutionState,
+    handle: Any,
+) -> Awaitable[Any]:
+    """The handler's attempt, or attempts under the actor's policy (the awaitable itself:
+    an unguarded call costs no extra coroutine)."""
+    if actor.policy is None and actor.retry_config is None:
+        return _attempt(actor, ev, data, extra, state, 1)
+    policy = actor.effective_policy
+    if policy is None or guarded_outside(policy):
+        return _attempt(actor, ev, data, extra, state, 1)
+    return _guarded(policy, actor, ev, data, extra, state, handle)
+
+
+async def _guarded(
+    policy: Policy,
     actor: BaseActor,
     ev: ExecutionEvent[Any],
     data: Any,
@@ -254,52 +287,92 @@ async def _run_handler(
     state: ExecutionState,
     handle: Any,
 ) -> Any:
-    config = actor.retry_config
-    attempt = 1
-    first_try = state.clock.monotonic()
+    """The handler's attempts under the actor's policy (see :mod:`rh_agents.core._guarded`);
+    a failed attempt the retry guard retries is recorded as RETRYING, then backed off in
+    place. With a retry guard, each attempt is an ``attempt {n}`` span."""
+    retry = policy.retry
+    limiter = policy.limiter
+    clock = state.clock
     tel = state.instrumentation
-    fields = ev.__dict__
+    if policy.breaker is not None:
+        tel.watch_breaker(policy.breaker)
+    what = f"actor '{actor.name}'"
+    attempt = 1
+    first_try = clock.monotonic()
     while True:
-        attempt_span = tel.attempt_started(handle, attempt) if config is not None else None
-        reported = fields["usage"]
+        attempt_span = tel.attempt_started(handle, attempt) if retry is not None else None
         try:
-            value = await call_handler(actor, ev.address, data, extra, state, attempt)
-            if fields["usage"] is reported and actor.event_type is EventType.LLM_CALL:
-                # Nothing reported with record_usage: read the provider's response.
-                picked = usage_from_result(value)
-                if picked is not None:
-                    add_usage(ev, picked)
-            value = _validate_output(actor, value)
-            for position, check in enumerate(actor.postconditions, 1):
-                if not await _check(check, value, extra, state):
-                    raise ConditionFailedError(
-                        f"Postcondition {position} of actor '{actor.name}' "
-                        f"({_callable_name(check)}) returned False for its result."
-                    )
-            if config is not None:
-                tel.attempt_finished(attempt_span, None)
-            return value
+            held = await hold_permit(limiter) if limiter is not None else None
+            try:
+                work = functools.partial(_attempt, actor, ev, data, extra, state, attempt)
+                value, _ = await run_attempt(policy, work, clock, what, attempt)
+            finally:
+                if held is not None:
+                    give_back(*held)
         except BaseException as exc:
-            if config is not None:
+            if retry is not None:
                 tel.attempt_finished(attempt_span, exc)
-            if not isinstance(exc, Exception) or config is None or not config.should_retry(exc):
+            if not isinstance(exc, Exception):
                 raise
-            if config.attempts_exhausted(attempt, first_try, state.clock.monotonic()):
+            delay = retry_delay(policy, attempt, exc, first_try, clock.monotonic())
+            if delay is None:
                 raise
-            delay = config.calculate_delay(attempt, exc)
-            retry = clone(
-                ev,
-                retry_attempt=attempt,
-                is_retry=True,
-                retry_delay=delay,
-                original_error=_describe(exc),
-                error_type=type(exc).__name__,
-                usage=None,
-            )
-            tel.event_retrying(handle, ev, attempt, delay, exc)
-            await state.recorder.record(retry, _S.RETRYING)
-            await state.clock.sleep(delay)
+            await _retrying(ev, attempt, delay, exc, state, handle)
+            await clock.sleep(delay)
             attempt += 1
+            continue
+        if retry is not None:
+            tel.attempt_finished(attempt_span, None)
+        return value
+
+
+async def _retrying(
+    ev: ExecutionEvent[Any],
+    attempt: int,
+    delay: float,
+    error: Exception,
+    state: ExecutionState,
+    handle: Any,
+) -> None:
+    """Record that ``attempt`` failed and is retried after ``delay`` seconds."""
+    retry = clone(
+        ev,
+        retry_attempt=attempt,
+        is_retry=True,
+        retry_delay=delay,
+        original_error=_describe(error),
+        error_type=type(error).__name__,
+        usage=None,
+    )
+    state.instrumentation.event_retrying(handle, ev, attempt, delay, error)
+    await state.recorder.record(retry, _S.RETRYING)
+
+
+async def _attempt(
+    actor: BaseActor,
+    ev: ExecutionEvent[Any],
+    data: Any,
+    extra: dict[str, Any],
+    state: ExecutionState,
+    attempt: int,
+) -> Any:
+    """One attempt: the handler, the usage it reported, its output and postconditions."""
+    fields = ev.__dict__
+    reported = fields["usage"]
+    value = await call_handler(actor, ev.address, data, extra, state, attempt)
+    if fields["usage"] is reported and actor.event_type is EventType.LLM_CALL:
+        # Nothing reported with record_usage: read the provider's response.
+        picked = usage_from_result(value)
+        if picked is not None:
+            add_usage(ev, picked)
+    value = _validate_output(actor, value)
+    for position, check in enumerate(actor.postconditions, 1):
+        if not await _check(check, value, extra, state):
+            raise ConditionFailedError(
+                f"Postcondition {position} of actor '{actor.name}' "
+                f"({_callable_name(check)}) returned False for its result."
+            )
+    return value
 
 
 def _coerce(model: type[BaseModel] | None, value: Any) -> Any:
@@ -377,6 +450,7 @@ async def _replayed(
         execution_time=recorded.execution_time or 0.0,
         address=ev.address,
         status=_S.RECOVERED,
+        replayed=True,
         metadata=_parallel_metadata(ev) if ev.is_parallel else None,
     )
 

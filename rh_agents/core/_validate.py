@@ -1,10 +1,52 @@
-"""Shared argument predicates (private); each caller words its own error message."""
+"""Shared argument checks (private).
+
+The predicates leave the error message to their caller; :func:`exception_classes` is the
+one place that turns "an exception class, or a tuple, list or set of them" into a tuple,
+for every argument that takes exception classes (``retry_on``, ``non_retryable``,
+``RetryConfig.retry_on_exceptions`` and ``exclude_exceptions``).
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
+from typing import TypeAlias
 
-__all__ = ["is_finite_at_least", "is_int_at_least"]
+from rh_agents.core.errors import InvalidArgumentError
+
+__all__ = ["ExceptionClasses", "exception_classes", "is_finite_at_least", "is_int_at_least"]
+
+ExceptionClasses: TypeAlias = type[BaseException] | Collection[type[BaseException]]
+"""One exception class, or a tuple, list or set of them."""
+
+_COLLECTIONS = (tuple, list, set, frozenset)
+
+
+def exception_classes(value: object, name: str) -> tuple[type[BaseException], ...]:
+    """``value`` (a class, or a tuple, list or set of classes) as a tuple of classes.
+
+    A set comes out sorted by qualified name, so the result does not depend on hashing.
+
+    Raises:
+        InvalidArgumentError: ``value`` is something else, or holds something that is not
+            an exception class (an instance, a name); the message names ``name``.
+    """
+    items = value if isinstance(value, _COLLECTIONS) else (value,)
+    bad = [item for item in items if not _is_exception_class(item)]
+    if bad:
+        what = "instances" if isinstance(bad[0], BaseException) else "names or other objects"
+        raise InvalidArgumentError(
+            f"{name} takes an exception class or a tuple (or list, or set) of exception "
+            f"classes, got {value!r}: {bad[0]!r} is not one. Pass classes, not {what}, "
+            "e.g. ConnectionError or (TimeoutError, ConnectionError)."
+        )
+    if isinstance(value, set | frozenset):
+        return tuple(sorted(value, key=lambda cls: f"{cls.__module__}.{cls.__qualname__}"))
+    return tuple(items)
+
+
+def _is_exception_class(item: object) -> bool:
+    return isinstance(item, type) and issubclass(item, BaseException)
 
 
 def is_int_at_least(value: object, minimum: int) -> bool:

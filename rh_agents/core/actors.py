@@ -17,21 +17,28 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypedDict, overload
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator
+from typing_extensions import TypeVar, Unpack
 
 from rh_agents.core.errors import InvalidArgumentError, InvalidWorkError
+from rh_agents.core.policy import Policy
 from rh_agents.core.retry import RetryConfig
 from rh_agents.core.types import EventType
 
 __all__ = [
     "LLM",
     "RESERVED_ADDRESS_CHARS",
+    "ActorOptions",
     "Agent",
+    "AgentOptions",
     "BaseActor",
     "Condition",
     "Handler",
+    "InT",
+    "LLMOptions",
+    "OutT",
     "Tool",
     "ToolSet",
 ]
@@ -45,6 +52,35 @@ Handler = Callable[..., Awaitable[Any]]
 Condition = Callable[..., Any]
 """A sync or async check; returning ``False`` (or raising) fails the invocation."""
 
+InT = TypeVar("InT", default=Any)
+"""What an actor's handler takes: its ``input_model``, or the handler's first parameter."""
+
+OutT = TypeVar("OutT", default=Any)
+"""What an actor's call returns: its ``output_model``, or what its handler returns."""
+
+
+class ActorOptions(TypedDict, total=False):
+    """The keyword arguments every actor takes besides ``name``, ``handler`` and the
+    models (for type checkers; see :class:`BaseActor` for what each means)."""
+
+    description: str
+    event_type: EventType
+    cacheable: bool
+    version: str
+    cache_ttl: float | None
+    cache_key: Callable[[Any, Any], Any] | None
+    preconditions: list[Condition]
+    postconditions: list[Condition]
+    retry_config: RetryConfig | None
+    policy: Policy | None
+
+
+class LLMOptions(ActorOptions, total=False):
+    """The keyword arguments of :class:`LLM` besides those of every actor."""
+
+    model: str | None
+    provider: str | None
+
 
 def _is_async_callable(fn: object) -> bool:
     if inspect.iscoroutinefunction(fn):
@@ -54,8 +90,15 @@ def _is_async_callable(fn: object) -> bool:
     return callable(target) and inspect.iscoroutinefunction(target.__call__)
 
 
-class BaseActor(BaseModel):
+class BaseActor(BaseModel, Generic[InT, OutT]):
     """Something that can be invoked through an ExecutionEvent.
+
+    Actors are generic in what they take and what a call returns (``Tool[Query,
+    list[str]]``), and type checkers infer both when the actor is built: the output type
+    is ``output_model`` when one is given, else the return type of the handler; the
+    input type is ``input_model``, else the handler's first parameter. An
+    ``ExecutionEvent(actor=...)`` call then returns an ``ExecutionResult`` of that output
+    type, so ``result.result`` is typed without annotations.
 
     Attributes:
         name: identifies the actor in addresses, spans, metrics and the cache key.
@@ -65,17 +108,39 @@ class BaseActor(BaseModel):
             re-validated into it on resume.
         handler: ``async def handler(input_data, extra_context, execution_state)``.
         event_type: the kind of call (agent, tool or LLM).
-        cacheable: results are cached by (name, version, input) when True.
+        cacheable: results are cached when True, under a key made of the name, the
+            version, the input and the call's extra_context (see ``cache_key``).
         version: part of the cache key; bump it when the handler's behaviour changes.
+        cache_key: what identifies the answer of a call, ``fn(input_data,
+            extra_context)`` returning JSON-like data (the name and version are added
+            to it); None (default): the input and the whole extra_context. Give one when
+            the extra_context holds objects without a JSON form (a client, a lock),
+            which are refused otherwise, or parts that do not change the answer.
         cache_ttl: seconds a cached result stays valid (None: no expiry).
         preconditions / postconditions: checks run before the handler (on the input) and
             after it (on the result); ``False`` or an exception fails the invocation.
-        retry_config: opt-in retries of this actor's handler (None: no retries).
+        policy: the resilience guards of each call of the handler
+            (:class:`~rh_agents.core.policy.Policy`: retry, circuit breaker, limiter,
+            per-attempt timeout); None for none.
+        retry_config: opt-in retries of this actor's handler (None: no retries); the
+            shortcut for ``policy=Policy(retry=retry_config)``. Give one or the other.
 
     Assignments are validated like construction (``actor.handler = sync_fn`` is refused).
+
+    Example:
+        >>> async def search(query: str, extra_context, state) -> list[str]:
+        ...     return [query]
+        >>> tool = Tool(name="search", handler=search)  # a Tool[str, list[str]]
+        >>> guarded = Tool(
+        ...     name="search",
+        ...     handler=search,
+        ...     policy=Policy(retry=RetryConfig(max_attempts=3), timeout=10.0),
+        ... )
     """
 
-    model_config = ConfigDict(arbitrary_types_allowed=True, validate_assignment=True)
+    model_config: ClassVar[ConfigDict] = ConfigDict(
+        arbitrary_types_allowed=True, validate_assignment=True
+    )
 
     name: str
     description: str = ""
@@ -86,9 +151,74 @@ class BaseActor(BaseModel):
     cacheable: bool = False
     version: str = "1.0.0"
     cache_ttl: float | None = None
+    cache_key: Callable[[Any, Any], Any] | None = None
     preconditions: list[Condition] = Field(default_factory=list)
     postconditions: list[Condition] = Field(default_factory=list)
     retry_config: RetryConfig | None = None
+    policy: Policy | None = None
+
+    # The policy built from the retry_config shortcut, once per RetryConfig (so its
+    # statistics count across calls).
+    _shortcut: Policy | None = PrivateAttr(default=None)
+
+    @property
+    def effective_policy(self) -> Policy | None:
+        """The policy each call runs under: :attr:`policy`, or the one built from the
+        :attr:`retry_config` shortcut; None when there is nothing to guard.
+
+        Example::
+
+            Tool(name="t", handler=h, retry_config=RetryConfig()).effective_policy.retry
+        """
+        policy = self.policy
+        if policy is not None:
+            return None if policy.is_empty else policy
+        retry = self.retry_config
+        if retry is None:
+            return None
+        built = self._shortcut
+        if built is None or built.retry is not retry:
+            built = self._shortcut = Policy(retry=retry)
+        return built
+
+    @field_validator("retry_config", "policy")
+    @classmethod
+    def _one_way_to_retry(cls, value: Any, info: ValidationInfo) -> Any:
+        other = "policy" if info.field_name == "retry_config" else "retry_config"
+        if value is not None and info.data.get(other) is not None:
+            name = info.data.get("name", "<unnamed>")
+            raise InvalidArgumentError(
+                f"Actor '{name}' got both retry_config= and policy=; retry_config is the "
+                "shortcut for policy=Policy(retry=...). Put the RetryConfig into the "
+                "policy (Policy(retry=RetryConfig(...), ...)) and leave retry_config out."
+            )
+        return value
+
+    if TYPE_CHECKING:
+
+        @overload
+        def __init__(
+            self,
+            *,
+            name: str,
+            handler: Callable[..., Awaitable[Any]],
+            output_model: type[OutT],
+            input_model: type[InT] | None = None,
+            **options: Unpack[ActorOptions],
+        ) -> None: ...
+
+        @overload
+        def __init__(
+            self,
+            *,
+            name: str,
+            handler: Callable[[InT, Any, Any], Awaitable[OutT]],
+            output_model: None = None,
+            input_model: type[InT] | None = None,
+            **options: Unpack[ActorOptions],
+        ) -> None: ...
+
+        def __init__(self, **data: Any) -> None: ...
 
     @field_validator("name")
     @classmethod
@@ -126,13 +256,45 @@ class BaseActor(BaseModel):
         return value
 
 
-class Tool(BaseActor):
-    """An actor that performs one action (a search, an API call, a computation)."""
+class Tool(BaseActor[InT, OutT]):
+    """An actor that performs one action (a search, an API call, a computation).
+
+    Example:
+        >>> async def add_one(n: int, extra_context, state) -> int:
+        ...     return n + 1
+        >>> tool = Tool(name="add-one", handler=add_one)  # a Tool[int, int]
+    """
 
     event_type: EventType = EventType.TOOL_CALL
 
+    if TYPE_CHECKING:
 
-class LLM(BaseActor):
+        @overload
+        def __init__(
+            self,
+            *,
+            name: str,
+            handler: Callable[..., Awaitable[Any]],
+            output_model: type[OutT],
+            input_model: type[InT] | None = None,
+            **options: Unpack[ActorOptions],
+        ) -> None: ...
+
+        @overload
+        def __init__(
+            self,
+            *,
+            name: str,
+            handler: Callable[[InT, Any, Any], Awaitable[OutT]],
+            output_model: None = None,
+            input_model: type[InT] | None = None,
+            **options: Unpack[ActorOptions],
+        ) -> None: ...
+
+        def __init__(self, **data: Any) -> None: ...
+
+
+class LLM(BaseActor[InT, OutT]):
     """An actor that calls a language model; cacheable by default for an hour.
 
     Attributes:
@@ -147,6 +309,32 @@ class LLM(BaseActor):
     model: str | None = None
     provider: str | None = None
 
+    if TYPE_CHECKING:
+
+        @overload
+        def __init__(
+            self,
+            *,
+            name: str,
+            handler: Callable[..., Awaitable[Any]],
+            output_model: type[OutT],
+            input_model: type[InT] | None = None,
+            **options: Unpack[LLMOptions],
+        ) -> None: ...
+
+        @overload
+        def __init__(
+            self,
+            *,
+            name: str,
+            handler: Callable[[InT, Any, Any], Awaitable[OutT]],
+            output_model: None = None,
+            input_model: type[InT] | None = None,
+            **options: Unpack[LLMOptions],
+        ) -> None: ...
+
+        def __init__(self, **data: Any) -> None: ...
+
 
 class ToolSet(BaseModel):
     """An ordered collection of tools with lookup by name.
@@ -157,7 +345,7 @@ class ToolSet(BaseModel):
         True
     """
 
-    model_config = ConfigDict(arbitrary_types_allowed=True)
+    model_config: ClassVar[ConfigDict] = ConfigDict(arbitrary_types_allowed=True)
 
     tools: list[Tool] = Field(default_factory=list)
 
@@ -199,12 +387,45 @@ class ToolSet(BaseModel):
         return len(self.tools)
 
 
-class Agent(BaseActor):
+class AgentOptions(ActorOptions, total=False):
+    """The keyword arguments of :class:`Agent` besides those of every actor."""
+
+    tools: ToolSet | list[Tool] | tuple[Tool, ...]
+    llm: LLM | None
+
+
+class Agent(BaseActor[InT, OutT]):
     """An actor that orchestrates tools and, optionally, an LLM."""
 
     event_type: EventType = EventType.AGENT_CALL
     tools: ToolSet = Field(default_factory=ToolSet)
     llm: LLM | None = None
+
+    if TYPE_CHECKING:
+
+        @overload
+        def __init__(
+            self,
+            *,
+            name: str,
+            handler: Callable[..., Awaitable[Any]],
+            output_model: type[OutT],
+            input_model: type[InT] | None = None,
+            **options: Unpack[AgentOptions],
+        ) -> None: ...
+
+        @overload
+        def __init__(
+            self,
+            *,
+            name: str,
+            handler: Callable[[InT, Any, Any], Awaitable[OutT]],
+            output_model: None = None,
+            input_model: type[InT] | None = None,
+            **options: Unpack[AgentOptions],
+        ) -> None: ...
+
+        def __init__(self, **data: Any) -> None: ...
 
     @field_validator("tools", mode="before")
     @classmethod

@@ -19,6 +19,7 @@ from typing import Any
 
 from rh_agents.core._aio import cancel_and_wait
 from rh_agents.core.errors import InvalidArgumentError
+from rh_agents.core.types import ExecutionStatus
 
 __all__ = [
     "DEFAULT_SUBSCRIBER_QUEUE_SIZE",
@@ -28,13 +29,14 @@ __all__ = [
 ]
 
 # The logger keeps the name of the module the bus came from (users configure it).
-logger = logging.getLogger("rh_agents.execution")
+logger: logging.Logger = logging.getLogger("rh_agents.execution")
 
 Subscriber = Callable[[Any], Any]
 
 
 class _Subscriber:
     __slots__ = (
+        "busy_since",
         "detached",
         "dropped",
         "errors",
@@ -42,6 +44,8 @@ class _Subscriber:
         "inline_seconds",
         "is_async",
         "key",
+        "overflowed",
+        "pending",
         "queue",
         "task",
         "timeouts",
@@ -58,7 +62,10 @@ class _Subscriber:
         self.timeouts = 0
         self.dropped = 0
         self.inline_seconds = 0.0
+        self.pending = 0  # inline deliveries in progress (concurrent publishers)
+        self.busy_since = 0.0  # loop time since which one has been in progress
         self.detached = False
+        self.overflowed = False  # its queue was full once (logged)
         self.queue: deque[Any] = deque()
         self.task: asyncio.Task[None] | None = None
 
@@ -81,15 +88,21 @@ class EventBus:
 
     A subscriber cannot hold a run hostage. An async subscriber is awaited inline, so it
     has seen an event before the run goes on, until it has held up publishing for
-    ``subscriber_timeout`` seconds in total (a call that reaches that budget is cut
-    off). It is then logged once and *detached*: from then on it receives the events in
-    the background, in order, from a queue of at most ``subscriber_queue_size`` events
-    drained by a task the bus owns (each delivery still cut off after
-    ``subscriber_timeout``); when that queue is full, further events are dropped for that
-    subscriber only and counted. So an async subscriber adds at most
-    ``subscriber_timeout`` seconds to a run, however slow or stuck it is. Sync
-    subscribers run inline on the event loop and cannot be interrupted: keep them fast.
-    :meth:`aclose` stops the background deliveries cleanly.
+    ``subscriber_timeout`` seconds in total. Publishers awaiting it side by side (the
+    workers of a group) hold the run up once, not once each: the time charged is the
+    time during which at least one delivery to it was in progress, so a fast subscriber
+    receives every event inline, in publish order, however many workers publish. When
+    the allowance is used up, the deliveries in progress are cut off and it is logged
+    once and *detached*: from then on it receives the events in the background, in
+    order, from a queue of at most ``subscriber_queue_size`` events drained by a task
+    the bus owns (each delivery still cut off after ``subscriber_timeout``); when that
+    queue is full, further progress events are dropped for that subscriber only, never a
+    terminal one. Every event a subscriber does not receive in full is counted in
+    :attr:`dropped_events` (and the first loss logged). So an async subscriber adds at
+    most ``subscriber_timeout`` seconds to a run, however slow or stuck it is. Sync
+    subscribers (the printers) run inline on the event loop, cannot be interrupted and
+    never lose an event: keep them fast. :meth:`aclose` stops the background deliveries
+    cleanly.
 
     Args:
         subscriber_timeout: the budget in seconds per async subscriber (default 5);
@@ -127,20 +140,22 @@ class EventBus:
                 f"subscriber_queue_size must be a positive integer, got "
                 f"{subscriber_queue_size!r}. The default is {DEFAULT_SUBSCRIBER_QUEUE_SIZE}."
             )
-        self.subscriber_timeout = (
+        self.subscriber_timeout: float | None = (
             float(subscriber_timeout) if subscriber_timeout is not None else None
         )
-        self.subscriber_queue_size = subscriber_queue_size
+        self.subscriber_queue_size: int = subscriber_queue_size
         self._subscribers: tuple[_Subscriber, ...] = ()
         self._streams: list[EventStream] = []
         self._tasks: set[asyncio.Task[None]] = set()
-        self.subscriber_errors = 0
+        self.subscriber_errors: int = 0
         """Exceptions raised by subscribers, over all of them."""
-        self.subscriber_timeouts = 0
+        self.subscriber_timeouts: int = 0
         """Deliveries cut off (that event is lost for that subscriber): inline when the
         subscriber's budget ran out, or in the background after ``subscriber_timeout``."""
-        self.dropped_events = 0
-        """Events not delivered to a detached subscriber because its queue was full."""
+        self.dropped_events: int = 0
+        """Events some subscriber did not receive in full, over all of them: dropped from
+        a detached subscriber's full queue (never a terminal event), cut off by the
+        ``subscriber_timeout``, or left queued when the bus was closed."""
 
     def subscribe(self, handler: Any) -> Any:
         """Add a subscriber; returns it, so this works as a decorator."""
@@ -212,27 +227,43 @@ class EventBus:
         if limit is None:
             await awaitable
             return
+        # The allowance is charged for the time the run was held up by this subscriber:
+        # while several publishers await it side by side, that time passes once, not once
+        # per delivery. So every delivery in progress shares one deadline.
         loop = asyncio.get_running_loop()
-        started = loop.time()
-        scope = asyncio.timeout(max(0.0, limit - sub.inline_seconds))
+        if sub.pending == 0:
+            sub.busy_since = loop.time()
+        sub.pending += 1
+        scope = asyncio.timeout_at(sub.busy_since + limit - sub.inline_seconds)
         try:
             async with scope:
                 await awaitable
         except TimeoutError:
             if not scope.expired():
                 raise  # the subscriber's own TimeoutError: reported as an error
-            sub.inline_seconds = limit
             self._timed_out(sub)
             self._detach(sub)
-        else:
-            sub.inline_seconds += loop.time() - started
-            if sub.inline_seconds >= limit:
-                self._detach(sub)
+        finally:
+            sub.pending -= 1
+            if sub.pending == 0:
+                sub.inline_seconds += loop.time() - sub.busy_since
+                if sub.inline_seconds >= limit:
+                    self._detach(sub)
 
     def _timed_out(self, sub: _Subscriber) -> None:
+        """A delivery was cut off: that event is lost for ``sub``, and counted."""
         sub.timeouts += 1
         self.subscriber_timeouts += 1
-        if sub.timeouts > 1:
+        self._lost(sub, 1)
+        if sub.timeouts == 1:
+            logger.warning(
+                "A delivery to event subscriber %r was cut off after its time allowance "
+                "(subscriber_timeout %gs); that event is lost for it (counted in "
+                "EventBus.dropped_events).",
+                sub.key,
+                self.subscriber_timeout,
+            )
+        else:
             logger.debug("Event subscriber %r was cut off again", sub.key)
 
     def _detach(self, sub: _Subscriber) -> None:
@@ -248,13 +279,14 @@ class EventBus:
             )
 
     def _enqueue(self, sub: _Subscriber, event: Any) -> None:
-        if len(sub.queue) >= self.subscriber_queue_size:
-            sub.dropped += 1
-            self.dropped_events += 1
-            if sub.dropped == 1:
+        if len(sub.queue) >= self.subscriber_queue_size and not is_terminal(event):
+            self._lost(sub, 1)
+            if not sub.overflowed:
+                sub.overflowed = True
                 logger.warning(
                     "Event subscriber %r is too slow: its queue of %d events is full, so "
-                    "events are dropped for it (counted in EventBus.dropped_events).",
+                    "events are dropped for it, all but terminal ones (counted in "
+                    "EventBus.dropped_events).",
                     sub.key,
                     self.subscriber_queue_size,
                 )
@@ -281,10 +313,15 @@ class EventBus:
                 self._timed_out(sub)
             except asyncio.CancelledError:
                 if _being_cancelled():
+                    self._lost(sub, 1)  # the delivery the bus's closing cut short
                     raise
                 self._report(sub)
             except Exception:
                 self._report(sub)
+
+    def _lost(self, sub: _Subscriber, count: int) -> None:
+        sub.dropped += count
+        self.dropped_events += count
 
     def _report(self, sub: _Subscriber) -> None:
         sub.errors += 1
@@ -316,17 +353,16 @@ class EventBus:
         """End every stream and stop the background deliveries cleanly.
 
         Queued events of detached subscribers get ``grace`` seconds (default none) to
-        be delivered; what is left is dropped, and the delivery tasks are cancelled and
-        awaited, so none outlives this call.
+        be delivered; what is left is dropped (counted in :attr:`dropped_events`), and the
+        delivery tasks are cancelled and awaited, so none outlives this call.
         """
         self.close()
         if grace > 0:
             await self.drain(grace)
         for sub in self._subscribers:
+            self._lost(sub, len(sub.queue))
             sub.queue.clear()
         await cancel_and_wait(self._drainers())
-        for sub in self._subscribers:
-            sub.queue.clear()  # a delivery cut short by the cancellation
 
     def stream(self, maxsize: int = 0) -> EventStream:
         """An async iterator over events published from now on.
@@ -356,6 +392,21 @@ class EventBus:
 
 _END = object()
 
+_TERMINAL = frozenset(
+    {
+        ExecutionStatus.COMPLETED,
+        ExecutionStatus.FAILED,
+        ExecutionStatus.CANCELLED,
+        ExecutionStatus.INTERRUPTED,
+        ExecutionStatus.RECOVERED,
+    }
+)
+
+
+def is_terminal(event: Any) -> bool:
+    """Whether ``event`` ends an invocation or a group (never dropped for a full queue)."""
+    return getattr(event, "execution_status", None) in _TERMINAL
+
 
 def _being_cancelled() -> bool:
     """Whether the current task has been asked to stop (not a CancelledError of its own)."""
@@ -364,33 +415,37 @@ def _being_cancelled() -> bool:
 
 
 class EventStream:
-    """Events of one :meth:`EventBus.stream` call, in publish order."""
+    """Events of one :meth:`EventBus.stream` call, in publish order.
+
+    With a ``maxsize``, a reader that falls behind misses the progress events published
+    while its queue is full (counted in :attr:`dropped`), never a terminal one: events
+    whose status ends an invocation or group (completed, failed, cancelled, interrupted,
+    recovered) are queued beyond ``maxsize``.
+    """
 
     def __init__(self, bus: EventBus, maxsize: int) -> None:
         self._bus = bus
-        self._queue: asyncio.Queue[Any] = asyncio.Queue(maxsize)
+        self._maxsize = maxsize
+        self._queue: asyncio.Queue[Any] = asyncio.Queue()  # maxsize enforced by _offer
         self._closed = False
-        self.dropped = 0
+        self.dropped: int = 0
         """Events not delivered because the stream's queue (``maxsize``) was full."""
 
     def _offer(self, event: Any) -> None:
         # A full stream (a reader that fell behind) must never fail the publisher.
-        try:
-            self._queue.put_nowait(event)
-        except asyncio.QueueFull:
+        if 0 < self._maxsize <= self._queue.qsize() and not is_terminal(event):
             self.dropped += 1
             if self.dropped == 1:
                 logger.warning(
                     "An event stream is full (maxsize=%d); events are dropped for it "
-                    "until its reader catches up.",
-                    self._queue.maxsize,
+                    "until its reader catches up (terminal events are always kept).",
+                    self._maxsize,
                 )
+            return
+        self._queue.put_nowait(event)
 
     def _end(self) -> None:
-        try:
-            self._queue.put_nowait(_END)
-        except asyncio.QueueFull:
-            self._closed = True  # the reader ends once it has drained the queue
+        self._queue.put_nowait(_END)
 
     def __aiter__(self) -> AsyncIterator[Any]:
         return self

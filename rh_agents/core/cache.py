@@ -1,7 +1,9 @@
 """The result cache of cacheable actors.
 
-A cacheable actor's result is stored under a key made from the actor's name, its
-version and its input (:func:`make_cache_key`). :class:`ResultCache` looks the key up in
+A cacheable actor's result is stored under a key made from everything that can change
+the answer: the actor's name, its version, the input and the call's ``extra_context``
+(:func:`make_cache_key`), or what the actor's ``cache_key`` says identifies the answer
+(:func:`call_cache_key`). :class:`ResultCache` looks the key up in
 a :class:`CacheBackend` and, on a miss, runs the computation once even when many callers
 ask for the same key at the same time (single flight).
 
@@ -26,7 +28,7 @@ import sqlite3
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol, runtime_checkable
@@ -56,6 +58,7 @@ __all__ = [
     "SystemWallClock",
     "UncacheableInputError",
     "WallClock",
+    "call_cache_key",
     "make_cache_key",
 ]
 
@@ -93,18 +96,33 @@ def _normalize(value: Any) -> Any:
     return value
 
 
-def make_cache_key(actor_name: str, version: str, input_data: Any) -> str:
-    """The cache key of one actor input: a SHA-256 hex digest.
+_UNSERIALIZABLE = (PydanticSerializationError, TypeError, ValueError, RecursionError)
+
+
+def _jsonable(value: Any) -> Any:
+    return to_jsonable_python(_normalize(value), bytes_mode="base64")
+
+
+def make_cache_key(
+    actor_name: str,
+    version: str,
+    input_data: Any,
+    extra_context: Mapping[str, Any] | None = None,
+) -> str:
+    """The cache key of one actor call: a SHA-256 hex digest.
 
     The digest covers canonical JSON (sorted keys, no whitespace) of the actor's name,
-    its version and its input, so equal inputs give equal keys in every process: dict
-    key order and set order do not matter. Inputs are compared by their JSON form (as
+    its version, its input and (when given) the call's ``extra_context``: everything
+    that can change the answer. Equal values give equal keys in every process: dict key
+    order and set order do not matter. Values are compared by their JSON form (as
     produced by ``pydantic_core.to_jsonable_python``, bytes as base64): a tuple and a
     list with the same items, or a model and the dict of its fields, share a key.
     Bump ``version`` whenever the actor's behaviour changes, to stop reusing old results.
 
     Raises:
-        UncacheableInputError: ``input_data`` cannot be serialized (or is cyclic).
+        UncacheableInputError: ``input_data`` or a value of ``extra_context`` has no
+            stable JSON form (an object such as a client or a lock, or a cycle); the
+            message names the key of ``extra_context`` that has none.
         InvalidArgumentError: ``actor_name`` is empty or either name is not a string.
 
     Example:
@@ -112,6 +130,10 @@ def make_cache_key(actor_name: str, version: str, input_data: Any) -> str:
         ...     "search", "1", {"n": 3, "q": "x"}
         ... )
         True
+        >>> make_cache_key("llm", "1", "hi", {"persona": "pirate"}) == make_cache_key(
+        ...     "llm", "1", "hi", {"persona": "lawyer"}
+        ... )
+        False
     """
     if not isinstance(actor_name, str) or not actor_name:
         raise InvalidArgumentError(
@@ -123,14 +145,72 @@ def make_cache_key(actor_name: str, version: str, input_data: Any) -> str:
             "Pass it as text, for example '1' or '2024-06-01'."
         )
     try:
-        canonical = _canonical_json([actor_name, version, _normalize(input_data)])
-    except (PydanticSerializationError, TypeError, ValueError, RecursionError) as exc:
+        parts = [actor_name, version, _jsonable(input_data)]
+    except _UNSERIALIZABLE as exc:
         raise UncacheableInputError(
             f"The input of actor {actor_name!r} cannot be used as a cache key because it is "
             f"not JSON-serializable ({exc}). Make the input a pydantic model or plain "
             "JSON-like data, or mark the actor as not cacheable."
         ) from exc
+    if extra_context is not None:
+        parts.append(_extra_part(actor_name, extra_context))
+    canonical = json.dumps(parts, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def _extra_part(actor_name: str, extra_context: Mapping[str, Any]) -> Any:
+    """The JSON form of ``extra_context`` in a cache key, or an error naming its bad key."""
+    try:
+        return _jsonable(dict(extra_context))
+    except _UNSERIALIZABLE as exc:
+        failure: BaseException = exc
+    for key, value in extra_context.items():
+        try:
+            _jsonable(value)
+        except _UNSERIALIZABLE as exc:
+            where = f"the value under {key!r} ({type(value).__name__}) has no stable JSON form"
+            failure = exc
+            break
+    else:  # pragma: no cover - only the keys themselves can be unserializable then
+        where = "its keys have no stable JSON form"
+    raise UncacheableInputError(
+        f"The extra_context of actor {actor_name!r} cannot be part of its cache key: {where} "
+        f"({failure}). A cacheable actor's key covers the extra_context of the call, because "
+        "it can change the answer. Give the actor a cache_key=lambda input_data, "
+        "extra_context: ... that returns what identifies the answer (for example "
+        "(input_data, extra_context['persona'])), or make it cacheable=False."
+    ) from failure
+
+
+def call_cache_key(
+    actor_name: str,
+    version: str,
+    input_data: Any,
+    extra_context: Mapping[str, Any],
+    cache_key: Callable[[Any, Any], Any] | None = None,
+) -> str:
+    """The cache key of one call of a cacheable actor, as the core computes it.
+
+    Without ``cache_key``: :func:`make_cache_key` of the input and the extra_context.
+    With it (the actor's ``cache_key``): :func:`make_cache_key` of what
+    ``cache_key(input_data, extra_context)`` returns, which says what identifies the
+    answer (the actor's name and version are still part of the key).
+
+    Raises:
+        UncacheableInputError: the key cannot be made (see :func:`make_cache_key`), or
+            ``cache_key`` returned something without a stable JSON form.
+    """
+    if cache_key is None:
+        return make_cache_key(actor_name, version, input_data, extra_context)
+    value = cache_key(input_data, extra_context)
+    try:
+        return make_cache_key(actor_name, version, value)
+    except UncacheableInputError as exc:
+        raise UncacheableInputError(
+            f"The cache_key of actor {actor_name!r} returned a {type(value).__name__}, which "
+            f"has no stable JSON form ({exc.__cause__}). Return JSON-like data that "
+            "identifies the answer: strings, numbers, lists, dicts or pydantic models."
+        ) from exc.__cause__
 
 
 # --------------------------------------------------------------------------- backends

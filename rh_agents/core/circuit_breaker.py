@@ -59,6 +59,10 @@ class CircuitState(str, Enum):
         return _GAUGE_VALUES[self]
 
 
+_DEFAULT_THRESHOLD = 5
+_DEFAULT_COOLDOWN = 60.0
+"""The settings of a breaker the registry creates when the caller gives none."""
+
 _GAUGE_VALUES = {CircuitState.CLOSED: 0, CircuitState.HALF_OPEN: 1, CircuitState.OPEN: 2}
 
 StateListener = Callable[["CircuitBreaker", CircuitState, CircuitState], None]
@@ -105,8 +109,8 @@ class CircuitPermit:
         self._owner = owner
         self._epoch = epoch
         self._settled = False
-        self.breaker = owner.name
-        self.is_probe = is_probe
+        self.breaker: str = owner.name
+        self.is_probe: bool = is_probe
 
     @property
     def settled(self) -> bool:
@@ -453,25 +457,37 @@ class CircuitBreakerRegistry:
     def get(
         self,
         name: str,
-        failure_threshold: int = 5,
-        recovery_timeout: float = 60.0,
+        failure_threshold: int | None = None,
+        recovery_timeout: float | None = None,
         clock: Clock = SYSTEM_CLOCK,
     ) -> CircuitBreaker:
         """Return the breaker called ``name``, creating it on first use.
 
-        The settings only apply when the breaker is created: an existing breaker keeps
-        the threshold, timeout and clock it was created with, whatever later callers
-        pass, because the dependency has one health state however many callers use it.
+        A dependency has one health state however many callers use it, so a breaker
+        shared by name has one set of settings: a setting left out (None) takes the
+        existing breaker's (or, for a new one, the default: 5 failures, 60 s), and a
+        setting that differs from the existing breaker's is refused. The clock only
+        applies when the breaker is created.
 
         Raises:
-            InvalidArgumentError: an argument is out of range (checked on every call,
-                so a bad setting is caught even when the breaker already exists).
+            InvalidArgumentError: an argument is out of range, or the breaker exists
+                with another ``failure_threshold`` or ``recovery_timeout`` (the message
+                names both settings).
+
+        Example::
+
+            registry.get("openai", failure_threshold=3)
+            registry.get("openai")                        # the same breaker
+            registry.get("openai", failure_threshold=5)   # InvalidArgumentError
         """
-        _check_settings(name, failure_threshold, recovery_timeout)
+        threshold = _DEFAULT_THRESHOLD if failure_threshold is None else failure_threshold
+        cooldown = _DEFAULT_COOLDOWN if recovery_timeout is None else recovery_timeout
+        _check_settings(name, threshold, cooldown)
         breaker = self._breakers.get(name)
         if breaker is not None:
+            _check_same_settings(breaker, failure_threshold, recovery_timeout)
             return breaker
-        breaker = CircuitBreaker(name, failure_threshold, recovery_timeout, clock)
+        breaker = CircuitBreaker(name, threshold, cooldown, clock)
         self._breakers[name] = breaker
         for hook in list(self._create_hooks):
             try:
@@ -505,6 +521,24 @@ class CircuitBreakerRegistry:
 
     def __repr__(self) -> str:
         return f"<CircuitBreakerRegistry {sorted(self._breakers)}>"
+
+
+def _check_same_settings(
+    breaker: CircuitBreaker, failure_threshold: int | None, recovery_timeout: float | None
+) -> None:
+    """Refuse settings that differ from those of the existing shared ``breaker``."""
+    threshold = breaker.failure_threshold if failure_threshold is None else failure_threshold
+    cooldown = breaker.recovery_timeout if recovery_timeout is None else recovery_timeout
+    if threshold == breaker.failure_threshold and cooldown == breaker.recovery_timeout:
+        return
+    raise InvalidArgumentError(
+        f"Circuit breaker {breaker.name!r} already exists with failure_threshold="
+        f"{breaker.failure_threshold}, recovery_timeout={breaker.recovery_timeout!r}; this "
+        f"call asks for failure_threshold={threshold}, recovery_timeout={cooldown!r}. A "
+        "breaker shared by name has one set of settings (its dependency has one health "
+        "state): pass the same settings, or none to share the existing breaker, or use "
+        "another name for a breaker of its own."
+    )
 
 
 def _check_settings(name: object, failure_threshold: object, recovery_timeout: object) -> None:

@@ -18,10 +18,12 @@ working. Classes defined outside this module are marked with their module::
     │   └── LifecycleError (RuntimeError)            used in the wrong state
     ├── ExecutionFailure
     │   ├── EventFailedError                         an ok=False result under FAIL_FAST
+    │   │                                            (also of the handler's exception class)
     │   ├── ConditionFailedError                     a pre- or postcondition said no
     │   ├── InputValidationError (ValueError)        an input that does not match input_model
     │   ├── OutputValidationError (TypeError)        a result that does not match output_model
     │   ├── CircuitOpenError                         rejected by an open circuit breaker
+    │   ├── AttemptTimeoutError (TimeoutError)       an attempt outlived its policy's timeout
     │   ├── ResultSerializationError (TypeError)     a result the history cannot store
     │   ├── ParallelTimeoutError (TimeoutError)      core.parallel: a group's deadline passed
     │   └── RemoteExecutionError                     core.executors: remote work failed
@@ -48,6 +50,7 @@ from typing import Any
 
 __all__ = [
     "ArtifactNotFoundError",
+    "AttemptTimeoutError",
     "CircuitOpenError",
     "ConditionFailedError",
     "DuplicateNameError",
@@ -111,13 +114,76 @@ class ExecutionFailure(RhAgentsError):
 class EventFailedError(ExecutionFailure):
     """An ExecutionEvent returned ``ok=False`` where a failure must raise (FAIL_FAST).
 
+    When the event's handler raised, the error FAIL_FAST raises is made by
+    :meth:`caused_by`: its ``__cause__`` is the handler's exception, and it is also an
+    instance of that exception's class (a class named like ``EventFailedError[ValueError]``),
+    so ``except ValueError`` catches it as it catches a plain item's ``ValueError``.
+
     Attributes:
         result: the failed :class:`~rh_agents.core.events.ExecutionResult`.
+
+    Example:
+        >>> try:
+        ...     raise EventFailedError.caused_by("Item 0 failed: bad", None, ValueError("bad"))
+        ... except ValueError as exc:
+        ...     print(type(exc).__name__, isinstance(exc.__cause__, ValueError))
+        EventFailedError[ValueError] True
     """
 
     def __init__(self, message: str, result: Any = None) -> None:
         super().__init__(message)
         self.result = result
+
+    @classmethod
+    def caused_by(cls, message: str, result: Any, cause: BaseException | None) -> EventFailedError:
+        """An EventFailedError for ``result`` that is also an instance of ``cause``'s class.
+
+        The attributes of ``cause`` are copied onto it (``except QuotaError as e:
+        e.code`` works) and ``cause`` becomes its ``__cause__``. A class that cannot be
+        subclassed (pydantic's ``ValidationError``) is stood in for by its nearest base
+        that can (``ValueError``); without a ``cause`` it is a plain EventFailedError.
+        """
+        kind = _failure_class(type(cause)) if isinstance(cause, Exception) else cls
+        failure = kind.__new__(kind, message)
+        if kind is not cls and cause is not None:
+            failure.__dict__.update(
+                (key, value) for key, value in vars(cause).items() if key != "__notes__"
+            )
+        BaseException.__init__(failure, message)
+        failure.result = result
+        failure.__cause__ = cause
+        return failure
+
+
+_failure_classes: dict[type[BaseException], type[EventFailedError]] = {}
+
+
+def _failure_class(kind: type[BaseException]) -> type[EventFailedError]:
+    """The subclass of EventFailedError and ``kind`` (or its nearest base that allows it)."""
+    made = _failure_classes.get(kind)
+    if made is not None:
+        return made
+    made = EventFailedError
+    for base in kind.__mro__:
+        if base in (Exception, BaseException, object) or issubclass(EventFailedError, base):
+            break
+        try:
+            mixed = type(
+                f"EventFailedError[{base.__name__}]",
+                (EventFailedError, base),
+                # the message names the item and the group, whatever ``base`` prints
+                {"__module__": __name__, "__str__": BaseException.__str__},
+            )
+            mixed.__new__(mixed, "")
+        except TypeError:
+            # A final class, a layout conflict, or a __new__ that needs arguments of its
+            # own (pydantic's ValidationError): try the next base.
+            continue
+        made = mixed
+        break
+    if len(_failure_classes) < 256:  # classes made at run time must not pile up
+        _failure_classes[kind] = made
+    return made
 
 
 class CircuitOpenError(ExecutionFailure):
@@ -131,6 +197,33 @@ class CircuitOpenError(ExecutionFailure):
         )
         self.breaker = breaker
         self.retry_after = retry_after
+
+
+class AttemptTimeoutError(ExecutionFailure, TimeoutError):
+    """One attempt did not finish within the ``timeout`` of its
+    :class:`~rh_agents.core.policy.Policy` and was cancelled.
+
+    A failure like any other: the policy's retry guard retries it (each attempt gets a
+    fresh deadline), and ``except TimeoutError`` catches it.
+
+    Attributes:
+        what: the call that timed out, e.g. ``"actor 'search'"``.
+        timeout: the policy's timeout in seconds.
+        attempt: the 1-based number of the attempt that timed out.
+    """
+
+    def __init__(self, what: str, timeout: float, attempt: int) -> None:
+        super().__init__(
+            f"Attempt {attempt} of {what} did not finish within its policy's timeout of "
+            f"{timeout:g}s and was cancelled. Raise Policy(timeout=...) if the call needs "
+            f"longer, or let the policy retry it (Policy(retry=RetryConfig(...)))."
+        )
+        self.what = what
+        self.timeout = timeout
+        self.attempt = attempt
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.what, self.timeout, self.attempt))
 
 
 class ConditionFailedError(ExecutionFailure):

@@ -16,14 +16,16 @@ from __future__ import annotations
 
 import copy
 import time
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+from typing_extensions import TypeVar
 
 from rh_agents.core._models import assemble, clone
 from rh_agents.core._runner import run_event
 from rh_agents.core.actors import BaseActor
 from rh_agents.core.errors import ImmutableEventError, InvalidArgumentError
+from rh_agents.core.executors import remote_call_error
 from rh_agents.core.result import ExecutionResult, make_result
 from rh_agents.core.types import EventType, ExecutionStatus
 from rh_agents.core.usage import TokenUsage
@@ -33,7 +35,7 @@ if TYPE_CHECKING:
 
 __all__ = ["EventKind", "ExecutionEvent", "ExecutionResult", "clone", "make_result"]
 
-T = TypeVar("T")
+T = TypeVar("T", default=Any)
 
 
 class EventKind:
@@ -53,14 +55,23 @@ class ExecutionEvent(BaseModel, Generic[T]):
     are immutable copies taken at each status change, so a later change never alters what
     a subscriber already saw.
 
+    Type checkers infer ``T`` from the actor: built with a ``Tool[Query, list[str]]``,
+    the event is an ``ExecutionEvent[list[str]]`` and calling it returns an
+    ``ExecutionResult[list[str]]``.
+
     Example:
         >>> event = ExecutionEvent(actor=search_tool, tag="first")  # doctest: +SKIP
         >>> result = await event(Query(text="x"), {}, state)  # doctest: +SKIP
     """
 
-    model_config = ConfigDict(arbitrary_types_allowed=True)
+    model_config: ClassVar[ConfigDict] = ConfigDict(arbitrary_types_allowed=True)
 
-    actor: BaseActor | None = None
+    if TYPE_CHECKING:
+        # Type checkers infer T from the actor: ExecutionEvent(actor=Tool[Q, A](...)) is
+        # an ExecutionEvent[A], and calling it returns an ExecutionResult[A].
+        actor: BaseActor[Any, T] | None = None
+    else:
+        actor: BaseActor | None = None
     kind: str = EventKind.EVENT
     address: str = ""
     tag: str = ""
@@ -90,13 +101,12 @@ class ExecutionEvent(BaseModel, Generic[T]):
     usage: TokenUsage | None = None
     """Tokens the invocation's model calls used (``record_usage``, or the ``usage`` of an
     LLM actor's result); set on its terminal entry, None when nothing was reported."""
-    actor_version: str | None = None
-    """The ``version`` of the actor that ran the invocation; a resumed run refuses to
-    replay a history recorded with another version of an actor."""
 
     # The JSON form of ``result`` once computed (shared by the journal and snapshots).
     _record_result: Any = PrivateAttr(default=None)
     _result_type: str | None = PrivateAttr(default=None)
+    # The version of the actor that ran it (recorded; a resumed run compares it).
+    _actor_version: str | None = PrivateAttr(default=None)
 
     @property
     def name(self) -> str | None:
@@ -121,6 +131,9 @@ class ExecutionEvent(BaseModel, Generic[T]):
             raise InvalidArgumentError(
                 "This ExecutionEvent has no actor; build it as ExecutionEvent(actor=...)."
             )
+        shipped = remote_call_error(self.actor.name)
+        if shipped is not None:
+            raise shipped
         if execution_state is None:
             raise InvalidArgumentError(
                 f"Calling the event for actor '{self.actor.name}' needs the ExecutionState: "
@@ -159,9 +172,27 @@ class _ReadOnlyDict(dict[str, Any]):
 
 _NO_METADATA = _ReadOnlyDict()
 _fields_sets: dict[frozenset[str], frozenset[str]] = {}
-_NO_PRIVATE: dict[str, Any] = {"_record_result": None, "_result_type": None}
+_NO_PRIVATE: dict[str, Any] = {"_record_result": None, "_result_type": None, "_actor_version": None}
 """The private attributes of most snapshots (no encoded result), shared: snapshots never
 change theirs, and copies (:func:`thaw`) copy it."""
+_VERSIONED: dict[str, dict[str, Any]] = {}  # the same, per actor version
+
+
+def _shared_private(private: dict[str, Any] | None) -> dict[str, Any]:
+    """The private attributes a snapshot keeps: a shared dict when no result is encoded."""
+    if private is None:
+        return _NO_PRIVATE
+    if private.get("_record_result") is not None or private.get("_result_type") is not None:
+        return dict(private)
+    version = private.get("_actor_version")
+    if version is None:
+        return _NO_PRIVATE
+    shared = _VERSIONED.get(version)
+    if shared is None:
+        shared = {"_record_result": None, "_result_type": None, "_actor_version": version}
+        if len(_VERSIONED) < 1024:
+            _VERSIONED[version] = shared
+    return shared
 
 
 class _EventSnapshot(ExecutionEvent[Any]):
@@ -251,15 +282,9 @@ def snapshot_of(
     metadata = values["metadata"]
     if type(metadata) is not _ReadOnlyDict:
         values["metadata"] = _ReadOnlyDict(metadata) if metadata else _NO_METADATA
-    if private is not None and (
-        private.get("_record_result") is not None or private.get("_result_type") is not None
-    ):
-        private = dict(private)
-    else:
-        private = _NO_PRIVATE
     _setattr(snapshot, "__pydantic_fields_set__", fields_set)
     _setattr(snapshot, "__pydantic_extra__", None)
-    _setattr(snapshot, "__pydantic_private__", private)
+    _setattr(snapshot, "__pydantic_private__", _shared_private(private))
     return snapshot
 
 

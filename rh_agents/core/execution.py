@@ -143,20 +143,20 @@ class ExecutionState:
         result_types: Iterable[type[BaseModel]] = (),
         check_program: bool = True,
     ) -> None:
-        self.max_result_bytes = _check_max_result_bytes(max_result_bytes)
-        self.record_input_hashes = _check_record_input_hashes(record_input_hashes)
-        self.replay_mode = _replay_mode(replay_mode)
-        self.state_id = state_id or str(uuid.uuid4())
-        self.event_bus = event_bus if event_bus is not None else EventBus()
-        self.history = history if history is not None else HistorySet()
+        self.max_result_bytes: int | None = _check_max_result_bytes(max_result_bytes)
+        self.record_input_hashes: bool | None = _check_record_input_hashes(record_input_hashes)
+        self.replay_mode: ReplayMode = _replay_mode(replay_mode)
+        self.state_id: str = state_id or str(uuid.uuid4())
+        self.event_bus: EventBus = event_bus if event_bus is not None else EventBus()
+        self.history: HistorySet = history if history is not None else HistorySet()
         self.storage: dict[str, Any] = storage if storage is not None else {}
         self.state_backend = state_backend
         self.artifact_backend = artifact_backend
         self.artifact_refs: dict[str, str] = {}
-        self.metadata = metadata or StateMetadata()
+        self.metadata: StateMetadata = metadata or StateMetadata()
         self.clock: Clock = clock or SYSTEM_CLOCK
-        self.telemetry = telemetry = resolve_telemetry(telemetry)
-        instrumentation = getattr(telemetry, "instrumentation", NOOP)
+        self.telemetry: Any = resolve_telemetry(telemetry)
+        instrumentation = getattr(self.telemetry, "instrumentation", NOOP)
         bind = getattr(instrumentation, "for_state", None)  # per-state attributes
         self.instrumentation: Instrumentation = (
             bind(self.state_id) if bind is not None else instrumentation
@@ -164,14 +164,14 @@ class ExecutionState:
         self.result_cache: ResultCache | None = ResultCache(
             cache_backend if cache_backend is not None else InMemoryCacheBackend(self.clock)
         )
-        self.circuit_breakers = (
+        self.circuit_breakers: CircuitBreakerRegistry = (
             circuit_breakers if circuit_breakers is not None else CircuitBreakerRegistry()
         )
         self.divergences: list[dict[str, Any]] = []
-        self.check_program = bool(check_program)
+        self.check_program: bool = bool(check_program)
         self._root = Frame.new_root()
-        self.replayer = Replayer(self, result_types)
-        self.recorder = Recorder(self)  # last: it may save the first snapshot
+        self.replayer: Replayer = Replayer(self, result_types)
+        self.recorder: Recorder = Recorder(self)  # last: it may save the first snapshot
 
     @property
     def backend(self) -> StateBackend | None:
@@ -375,7 +375,7 @@ class ExecutionState:
         max_retries: int = 0,
         retry_delay: float = 1.0,
         circuit_breaker_threshold: int | None = None,
-        circuit_breaker_timeout: float = 60.0,
+        circuit_breaker_timeout: float | None = None,
         limiter: Limiter | None = None,
         circuit_breaker: Any = None,
         **options: Any,

@@ -36,13 +36,14 @@ anything above the core.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import contextlib
+from collections.abc import Awaitable, Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from rh_agents.core.context import Frame, current_frame
-from rh_agents.core.errors import ExecutionFailure, InvalidWorkError
+from rh_agents.core.errors import ExecutionFailure, InvalidWorkError, LifecycleError
 from rh_agents.core.hooks import trace_carrier
 
 if TYPE_CHECKING:
@@ -283,6 +284,51 @@ def call_handler(
                 )
             )
     return actor.handler(data, extra, state)
+
+
+# What the current task runs in a remote executor's worker ("the handler of 'x'"), set by
+# the worker around shipped work; ExecutionEvent calls consult it (remote_call_error).
+_shipped_work: ContextVar[tuple[str, str] | None] = ContextVar(
+    "rh_agents_shipped_work", default=None
+)
+
+
+@contextlib.contextmanager
+def running_shipped_work(what: str, where: str) -> Iterator[None]:
+    """Mark the work run inside this block as shipped to a remote executor's worker.
+
+    Args:
+        what: the work, e.g. ``"the handler of 'summarize'"`` or ``"item 'doc-1'"``.
+        where: the worker, e.g. ``"a process-pool worker (pid 123)"``.
+    """
+    token = _shipped_work.set((what, where))
+    try:
+        yield
+    finally:
+        _shipped_work.reset(token)
+
+
+def remote_call_error(actor_name: str) -> LifecycleError | None:
+    """The error of an ExecutionEvent call made by shipped work, or None elsewhere.
+
+    Work shipped to a remote executor runs without the ExecutionState (a handler gets
+    ``execution_state=None``): the run's history, bus, cache and telemetry live in the
+    coordinator, which is where every invocation must be recorded.
+    """
+    shipped = _shipped_work.get()
+    if shipped is None:
+        return None
+    what, where = shipped
+    return LifecycleError(
+        f"The ExecutionEvent call of actor '{actor_name}' runs on a remote executor, in "
+        f"{what} on {where}: nested calls cannot run on a remote executor. Shipped work "
+        "gets execution_state=None because the run's history, event bus, cache and "
+        "telemetry live in the coordinating process, where every call must be recorded "
+        "(and replayed on resume). Make the nested call in the coordinator: run the "
+        "calling actor in a group without executor= (in the event loop), and ship only "
+        "handlers that call nothing; or make each call an item of the group, "
+        "p.add(lambda: ExecutionEvent(actor=a)(x, {}, state))."
+    )
 
 
 def remote_traceback_of(error: BaseException | None) -> str | None:

@@ -8,6 +8,7 @@ to journals and snapshots; :func:`event_to_record` and :func:`record_to_event` c
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 from collections.abc import Iterable, Iterator
@@ -43,24 +44,46 @@ class HistorySet:
         True
     """
 
-    __slots__ = ("_completed", "_events", "_latest")
+    # The index by address is built on the first lookup and kept up to date from then
+    # on: a run that never looks entries up by address (the core does not) holds only
+    # its entries. It has one entry per address (its latest entry); the completion of an
+    # address is that entry, or, when a later status (a retry) came after it, kept
+    # aside in _shadowed.
+    __slots__ = ("_events", "_latest", "_shadowed")
 
     def __init__(self, events: Iterable[ExecutionEvent[Any]] = ()) -> None:
         self._events: list[ExecutionEvent[Any]] = []
-        self._latest: dict[str, ExecutionEvent[Any]] = {}
-        self._completed: dict[str, ExecutionEvent[Any]] = {}
+        self._latest: dict[str, ExecutionEvent[Any]] | None = None
+        self._shadowed: dict[str, ExecutionEvent[Any]] = {}
         for event in events:
             self.append(event)
 
     def append(self, event: ExecutionEvent[Any]) -> None:
         """Add one status change (the core does this; users rarely need to)."""
         self._events.append(event)
+        if self._latest is not None:
+            self._index_entry(self._latest, event)
+
+    def _index_entry(self, latest: dict[str, ExecutionEvent[Any]], event: Any) -> None:
         if event.kind != EventKind.EVENT:
             return
         address = event.address
-        self._latest[address] = event
         if event.execution_status in _DONE:
-            self._completed[address] = event
+            if self._shadowed:
+                self._shadowed.pop(address, None)
+        else:
+            previous = latest.get(address)
+            if previous is not None and previous.execution_status in _DONE:
+                self._shadowed[address] = previous
+        latest[address] = event
+
+    def _index(self) -> dict[str, ExecutionEvent[Any]]:
+        latest = self._latest
+        if latest is None:
+            latest = self._latest = {}
+            for event in self._events:
+                self._index_entry(latest, event)
+        return latest
 
     @property
     def events(self) -> list[ExecutionEvent[Any]]:
@@ -73,11 +96,14 @@ class HistorySet:
 
     def has_completed_event(self, address: str) -> bool:
         """Whether the invocation at ``address`` completed (or was recovered)."""
-        return address in self._completed
+        return self.get_completed_event(address) is not None
 
     def get_completed_event(self, address: str) -> ExecutionEvent[Any] | None:
         """The completing entry of ``address``, if it completed."""
-        return self._completed.get(address)
+        latest = self._index().get(address)
+        if latest is not None and latest.execution_status in _DONE:
+            return latest
+        return self._shadowed.get(address)
 
     def get_event_result(self, address: str) -> Any:
         """The result of the completed invocation at ``address``.
@@ -85,7 +111,7 @@ class HistorySet:
         Raises:
             KeyError: nothing completed at that address.
         """
-        event = self._completed.get(address)
+        event = self.get_completed_event(address)
         if event is None:
             raise KeyError(f"No completed invocation at address '{address}'.")
         return event.result
@@ -109,20 +135,24 @@ class HistorySet:
         return total
 
     def completed_addresses(self) -> list[str]:
-        """Addresses of every completed invocation, in completion order."""
-        return list(self._completed)
+        """Addresses of every completed invocation, in the order they first completed."""
+        seen: dict[str, None] = {}
+        for event in self._events:
+            if event.execution_status in _DONE and event.kind == EventKind.EVENT:
+                seen[event.address] = None
+        return list(seen)
 
     def __getitem__(self, address: str) -> ExecutionEvent[Any]:
         try:
-            return self._latest[address]
+            return self._index()[address]
         except KeyError:
             raise KeyError(f"No invocation at address '{address}' in this history.") from None
 
     def __contains__(self, address: object) -> bool:
-        return address in self._latest
+        return address in self._index()
 
     def __iter__(self) -> Iterator[tuple[str, ExecutionEvent[Any]]]:
-        return iter(list(self._latest.items()))
+        return iter(list(self._index().items()))
 
     def __len__(self) -> int:
         return len(self._events)
@@ -149,10 +179,16 @@ def recorded_json(event: ExecutionEvent[Any]) -> Any:
     A result is encoded once, when its call completes (kept privately on the event);
     primitives and restored results are their own JSON form.
     """
-    encoded = event._record_result
+    private = event.__pydantic_private__
+    encoded = private.get("_record_result") if private else None
     if encoded is not None:
         return encoded
-    return _jsonable(event.result)
+    return _jsonable(event.__dict__["result"])
+
+
+_STATUS = {status: status.value for status in ExecutionStatus}
+_EVENT_TYPE = {kind: kind.value for kind in EventType}
+"""Enum values by member: a dict lookup, not the (slow) ``.value`` descriptor."""
 
 
 # (record key, field, default): stored only when the value is not the default, so a
@@ -172,7 +208,6 @@ _OPTIONAL: tuple[tuple[str, str, Any], ...] = (
     ("retry_delay", "retry_delay", None),
     ("original_error", "original_error", None),
     ("input_hash", "input_hash", None),
-    ("version", "actor_version", None),
 )
 
 
@@ -188,13 +223,16 @@ def event_to_record(event: ExecutionEvent[Any], seq: int) -> dict[str, Any]:
     fields = event.__dict__
     event_type = fields["event_type"]
     metadata = fields["metadata"]
+    actor = fields["actor_name"]
+    if actor is None and fields["actor"] is not None:
+        actor = fields["actor"].name
     record: dict[str, Any] = {
         "seq": seq,
         "kind": fields["kind"],
         "address": fields["address"],
-        "status": fields["execution_status"].value,
-        "actor": event.name,
-        "event_type": event_type.value if event_type is not None else None,
+        "status": _STATUS[fields["execution_status"]],
+        "actor": actor,
+        "event_type": _EVENT_TYPE[event_type] if event_type is not None else None,
         "timestamp": fields["timestamp"],
         "metadata": _jsonable(metadata) if metadata else {},
         "result": recorded_json(event),
@@ -203,9 +241,14 @@ def event_to_record(event: ExecutionEvent[Any], seq: int) -> dict[str, Any]:
         value = fields[field]
         if value is not default and value != default:
             record[key] = value
-    result_type = event._result_type
-    if result_type is not None:
-        record["result_type"] = result_type
+    private = event.__pydantic_private__
+    if private:
+        result_type = private.get("_result_type")
+        if result_type is not None:
+            record["result_type"] = result_type
+        version = private.get("_actor_version")
+        if version is not None:
+            record["version"] = version
     usage = fields["usage"]
     if usage is not None:
         record["usage"] = usage.to_record()
@@ -234,8 +277,86 @@ def _integer(value: Any) -> int | None:
     raise TypeError(f"expected an integer, found a {type(value).__name__}")
 
 
+def _kind(value: Any) -> str:
+    if value in _KINDS:
+        return str(value)
+    raise ValueError(f"unknown kind {value!r}")
+
+
+def _address(value: Any) -> str:
+    if type(value) is str:
+        return value
+    raise TypeError(f"the address is a {type(value).__name__}")
+
+
+def _metadata(value: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if type(value) is dict:
+        return value
+    raise TypeError(f"the metadata is a {type(value).__name__}")
+
+
+def _member(members: dict[str, Any], what: str, optional: bool = False) -> Any:
+    """A reader of an enum's value: a dict lookup (calling the enum is slow)."""
+
+    def read(value: Any) -> Any:
+        if optional and not value:
+            return None
+        try:
+            return members[value]
+        except (KeyError, TypeError):
+            raise ValueError(f"{value!r} is not a valid {what}") from None
+
+    return read
+
+
+def _flag(value: Any) -> bool:
+    return bool(value)
+
+
+# record key -> (field, check); keys a record lacks keep the field's default
+_READERS: dict[str, tuple[str, Any]] = {
+    "kind": ("kind", _kind),
+    "address": ("address", _address),
+    "status": ("execution_status", _member({s.value: s for s in ExecutionStatus}, "status")),
+    "actor": ("actor_name", _text),
+    "event_type": ("event_type", _member({t.value: t for t in EventType}, "event type", True)),
+    "tag": ("tag", lambda v: _text(v) or ""),
+    "timestamp": ("timestamp", lambda v: _number(v) or 0.0),
+    "execution_time": ("execution_time", _number),
+    "message": ("message", _text),
+    "detail": ("detail", _text),
+    "error_type": ("error_type", _text),
+    "from_cache": ("from_cache", _flag),
+    "is_replayed": ("is_replayed", _flag),
+    "group_id": ("group_id", _text),
+    "parallel_index": ("parallel_index", _integer),
+    "is_parallel": ("is_parallel", _flag),
+    "retry_attempt": ("retry_attempt", lambda v: _integer(v) or 0),
+    "retry_delay": ("retry_delay", _number),
+    "original_error": ("original_error", _text),
+    "input_hash": ("input_hash", _text),
+    "metadata": ("metadata", _metadata),
+}
+
+_DEFAULTS: dict[str, Any] = {
+    name: field.default for name, field in ExecutionEvent.model_fields.items()
+}
+_DEFAULTS.update(metadata={}, timestamp=0.0)  # the two fields with a default factory
+
+
+_STATUSES = {status.value: status for status in ExecutionStatus}
+_COMMON = frozenset(
+    {"seq", "kind", "address", "status", "actor", "event_type", "timestamp", "metadata", "result"}
+    | {"result_type", "version"}  # read by record_to_event
+)
+"""The keys every record has (read inline below); the others go through _READERS."""
+
+
 def _entry_fields(record: dict[str, Any], position: int) -> dict[str, Any]:
     """The field values of the entry ``record`` stores, each checked for its type."""
+    fields = _DEFAULTS.copy()
     get = record.get
     kind = get("kind", EventKind.EVENT)
     if kind not in _KINDS:
@@ -243,39 +364,30 @@ def _entry_fields(record: dict[str, Any], position: int) -> dict[str, Any]:
     address = record["address"]
     if type(address) is not str:
         raise TypeError(f"the address is a {type(address).__name__}")
-    metadata = get("metadata") or {}
-    if type(metadata) is not dict:
-        raise TypeError(f"the metadata is a {type(metadata).__name__}")
+    status = _STATUSES.get(record["status"]) if type(record["status"]) is str else None
+    if status is None:
+        raise ValueError(f"{record['status']!r} is not a valid status")
+    fields["kind"] = kind
+    fields["address"] = address
+    fields["execution_status"] = status
+    fields["actor_name"] = _text(get("actor"))
     event_type = get("event_type")
-    return {
-        "actor": None,
-        "kind": kind,
-        "address": address,
-        "tag": _text(get("tag")) or "",
-        "actor_name": _text(get("actor")),
-        "event_type": EventType(event_type) if event_type else None,
-        "metadata": metadata,
-        "timestamp": _number(get("timestamp")) or 0.0,
-        "execution_time": _number(get("execution_time")),
-        "execution_status": ExecutionStatus(record["status"]),
-        "message": _text(get("message")),
-        "detail": _text(get("detail")),
-        "error_type": _text(get("error_type")),
-        "result": get("result"),
-        "from_cache": bool(get("from_cache")),
-        "is_replayed": bool(get("is_replayed")),
-        "skip_republish": False,
-        "group_id": _text(get("group_id")),
-        "parallel_index": _integer(get("parallel_index")),
-        "is_parallel": bool(get("is_parallel")),
-        "retry_attempt": _integer(get("retry_attempt")) or 0,
-        "is_retry": False,
-        "original_error": _text(get("original_error")),
-        "retry_delay": _number(get("retry_delay")),
-        "input_hash": _text(get("input_hash")),
-        "usage": TokenUsage.from_record(get("usage"), position),
-        "actor_version": _text(get("version")),
-    }
+    if event_type:
+        fields["event_type"] = _READERS["event_type"][1](event_type)
+    fields["timestamp"] = _number(get("timestamp")) or 0.0
+    fields["metadata"] = _metadata(get("metadata"))
+    fields["result"] = get("result")
+    if len(record) > len(_COMMON) or not _COMMON.issuperset(record):
+        for key, value in record.items():
+            if key in _COMMON:
+                continue
+            reader = _READERS.get(key)
+            if reader is not None:
+                field, check = reader
+                fields[field] = check(value)
+            elif key == "usage":
+                fields["usage"] = TokenUsage.from_record(value, position)
+    return fields
 
 
 def record_to_event(record: dict[str, Any], position: int = 0) -> ExecutionEvent[Any]:
@@ -293,12 +405,13 @@ def record_to_event(record: dict[str, Any], position: int = 0) -> ExecutionEvent
     try:
         fields = _entry_fields(record, position)
         result_type = _text(record.get("result_type"))
+        version = _text(record.get("version"))
     except (KeyError, ValueError, TypeError, AttributeError) as exc:
         raise StateCorruptedError(
             f"History record {position} cannot be read ({type(exc).__name__}: {exc}); "
             "the history was written by another program or is damaged."
         ) from exc
-    private = {"_record_result": None, "_result_type": result_type}
+    private = {"_record_result": None, "_result_type": result_type, "_actor_version": version}
     return snapshot_of(fields, _FIELDS_SET, private)
 
 
@@ -354,4 +467,6 @@ def input_fingerprint(value: Any) -> str | None:
             return None
     except Exception:
         return None
-    return hashlib.blake2b(text.encode("ascii"), digest_size=12).hexdigest()
+    # 96 bits in 16 characters of base64 (a short string: the history keeps one per call)
+    digest = hashlib.blake2b(text.encode("ascii"), digest_size=12).digest()
+    return base64.urlsafe_b64encode(digest).decode("ascii")

@@ -109,16 +109,22 @@ class Instrumentation(Protocol):
         cancelled: int,
         duration: float,
         timed_out: bool,
+        *,
+        error: BaseException | None = None,
     ) -> None:
-        """A parallel group ended with ``status``."""
+        """A parallel group ended with ``status``; ``error`` is what it raises to its
+        caller (None when it returns its results, also with failed items)."""
         ...
 
-    def item_started(self, handle: Any, group: GroupInfo, index: int, wait: float) -> Any:
-        """An item of a group got a worker slot after ``wait`` seconds; returns a handle."""
+    def item_started(
+        self, handle: Any, group: GroupInfo, index: int, wait: float, *, attempt: int = 1
+    ) -> Any:
+        """Attempt ``attempt`` (1-based) of an item of a group got a worker slot after
+        ``wait`` seconds; returns a handle."""
         ...
 
     def attempt_started(self, handle: Any, attempt: int) -> Any:
-        """Attempt ``attempt`` (1-based) of an actor with a retry_config starts."""
+        """Attempt ``attempt`` (1-based) of an actor whose policy retries starts."""
         ...
 
     def attempt_finished(self, attempt_handle: Any, error: BaseException | None) -> None:
@@ -133,22 +139,36 @@ class Instrumentation(Protocol):
         attempt: int,
         delay: float,
         error: BaseException,
+        *,
+        index: int | None = None,
     ) -> None:
-        """A group item failed and will be retried after ``delay`` seconds."""
+        """Group item ``index`` failed and will be retried after ``delay`` seconds."""
         ...
 
     def watch_breaker(self, breaker: Any) -> None:
-        """A circuit breaker is used by a group: record its trips, state and rejections."""
+        """A circuit breaker is used by a group or an actor's policy: record its trips,
+        state and rejections (called again for a breaker already watched)."""
         ...
 
     def item_finished(
-        self, item: Any, group: GroupInfo, outcome: str, error: BaseException | None
+        self,
+        item: Any,
+        group: GroupInfo,
+        outcome: str,
+        error: BaseException | None,
+        *,
+        final: bool = True,
     ) -> None:
-        """An item ended."""
+        """An attempt of an item ended; ``final`` is False when the group retries it (so
+        its outcome is not what the group's caller gets)."""
         ...
 
     def queue_changed(self, group: GroupInfo, in_flight: int, queued: int) -> None:
         """The number of running and waiting items of a group changed."""
+        ...
+
+    def journal_written(self, journal: Any, seconds: float) -> None:
+        """An entry was appended to the state's event journal in ``seconds``."""
         ...
 
 
@@ -191,10 +211,14 @@ class NoopInstrumentation:
         cancelled: int,
         duration: float,
         timed_out: bool,
+        *,
+        error: BaseException | None = None,
     ) -> None:
         return None
 
-    def item_started(self, handle: Any, group: GroupInfo, index: int, wait: float) -> Any:
+    def item_started(
+        self, handle: Any, group: GroupInfo, index: int, wait: float, *, attempt: int = 1
+    ) -> Any:
         return None
 
     def attempt_started(self, handle: Any, attempt: int) -> Any:
@@ -211,6 +235,8 @@ class NoopInstrumentation:
         attempt: int,
         delay: float,
         error: BaseException,
+        *,
+        index: int | None = None,
     ) -> None:
         return None
 
@@ -218,11 +244,20 @@ class NoopInstrumentation:
         return None
 
     def item_finished(
-        self, item: Any, group: GroupInfo, outcome: str, error: BaseException | None
+        self,
+        item: Any,
+        group: GroupInfo,
+        outcome: str,
+        error: BaseException | None,
+        *,
+        final: bool = True,
     ) -> None:
         return None
 
     def queue_changed(self, group: GroupInfo, in_flight: int, queued: int) -> None:
+        return None
+
+    def journal_written(self, journal: Any, seconds: float) -> None:
         return None
 
 

@@ -20,14 +20,14 @@ from __future__ import annotations
 
 import inspect
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from datetime import UTC, datetime
+from time import perf_counter
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel
 from pydantic_core import PydanticSerializationError, to_jsonable_python
 
-from rh_agents.core._aio import outside
 from rh_agents.core.errors import ResultSerializationError, StateError
 from rh_agents.core.events import ExecutionEvent, freeze, is_snapshot, thaw
 from rh_agents.core.history import event_to_record, input_fingerprint
@@ -136,21 +136,30 @@ class Recorder:
         snapshot = freeze(event)
         state = self._state
         if self._source is not None and snapshot.execution_status is not _S.RECOVERED:
-            await self._write(snapshot)
+            if self._error is not None:
+                raise self._error
+            if self._journal is None:
+                await self._open()
+            tel = state.instrumentation
+            started = perf_counter() if tel.enabled else 0.0
+            waiting = self._append(snapshot)
+            if waiting is not None:
+                await self._wait(waiting, snapshot)
+            if tel.enabled:
+                # What the caller waited for this entry (queued, or committed when
+                # a result is handed back only once it is durable).
+                tel.journal_written(state.state_backend, perf_counter() - started)
         else:
             state.history.append(snapshot)
         bus = state.event_bus
         if not snapshot.skip_republish and bus.has_listeners():
             await bus.publish(snapshot)
 
-    async def _write(self, snapshot: ExecutionEvent[Any]) -> None:
-        """Queue ``snapshot`` in the journal (and the history); wait for its commit if
-        the caller must (see the module docstring)."""
-        if self._error is not None:
-            raise self._error
+    def _append(self, snapshot: ExecutionEvent[Any]) -> Awaitable[None] | None:
+        """Queue ``snapshot`` in the journal (and the history); what the caller must
+        wait for before going on (see the module docstring), if anything."""
         journal = self._journal
-        if journal is None:
-            journal = await self._open()
+        assert journal is not None
         status = snapshot.execution_status
         position = self._position + 1
         try:
@@ -159,23 +168,29 @@ class Recorder:
             raise self._fail(exc, snapshot)  # noqa: B904 - the cause is set when wrapped
         self._position = position
         # The history keeps the journal's order; the bus and the caller learn of a
-        # COMPLETED or FAILED status only once it is committed (below).
+        # COMPLETED or FAILED status only once it is committed.
         self._state.history.append(snapshot)
         if self._leaves(snapshot.address, status):
             # Nothing of this state is open any more: give the run's lease back.
             self._journal = None
             journal.close()
             if status in _AWAITED:
-                try:
-                    await self._wait(journal.wait_closed(), snapshot)
-                finally:
-                    self._statistics = _add(self._statistics, journal.statistics())
-            else:
-                self._closing = journal  # a cancellation does not wait for the disk
+                return self._closed(journal)
+            self._closing = journal  # a cancellation does not wait for the disk
         elif status in _AWAITED or (not self._confirmed and status not in _ENDS):
             # The first wait also waits for the lease: no handler runs before it is held.
-            await self._wait(journal.flush(), snapshot)
-            self._confirmed = True
+            return self._flushed(journal)
+        return None
+
+    async def _flushed(self, journal: RunJournal) -> None:
+        await journal.flush()
+        self._confirmed = True
+
+    async def _closed(self, journal: RunJournal) -> None:
+        try:
+            await journal.wait_closed()
+        finally:
+            self._statistics = _add(self._statistics, journal.statistics())
 
     def _leaves(self, address: str, status: ExecutionStatus) -> bool:
         """Track the open calls and groups; whether this status closed the last one."""
@@ -192,7 +207,7 @@ class Recorder:
             del scopes[address]
         return not scopes
 
-    async def _open(self) -> RunJournal:
+    async def _open(self) -> None:
         closing = self._closing
         if closing is not None:
             await self._wait(closing.wait_closed(), None)  # its records come first
@@ -206,15 +221,14 @@ class Recorder:
             snapshot=_first_snapshot(state) if self._snapshot_needed else None,
         )
         self._snapshot_needed = False
-        journal = self._journal = self._source.open_run(opening)
+        self._journal = self._source.open_run(opening)
         self._confirmed = False
-        return journal
 
     async def _wait(self, waiting: Any, snapshot: ExecutionEvent[Any] | None) -> None:
         """Wait for the journal: the one place a call waits for storage (the latency a
         telemetry hook would observe)."""
         try:
-            await outside(waiting)
+            await waiting
         except Exception as exc:
             raise self._fail(exc, snapshot)  # noqa: B904 - the cause is set when wrapped
 

@@ -51,7 +51,7 @@ __all__ = [
 ]
 
 # The logger keeps the name of the module replay came from (users configure it).
-logger = logging.getLogger("rh_agents.execution")
+logger: logging.Logger = logging.getLogger("rh_agents.execution")
 
 
 class Replayer:
@@ -75,7 +75,7 @@ class Replayer:
         self._claimed: set[str] = set()
         self._program = RecordedProgram()
         self._types = _known_types(result_types)
-        self.active = False
+        self.active: bool = False
 
     def load(self, history: HistorySet, program: RecordedProgram | None = None) -> None:
         """Index the completions of a restored ``history``; calls at their addresses
@@ -346,7 +346,7 @@ def _fill(history: HistorySet, records: Iterator[Any]) -> RecordedProgram:
         name = event.actor_name
         if name is None or event.kind != EventKind.EVENT:
             continue
-        version = event.actor_version
+        version = event.__pydantic_private__.get("_actor_version")  # type: ignore[union-attr]
         if version is not None:
             versions[name] = version
         if "/" not in event.address:

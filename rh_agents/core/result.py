@@ -2,22 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+from typing_extensions import TypeVar
 
 from rh_agents.core.types import ExecutionStatus
 
 __all__ = ["ExecutionResult", "make_result"]
 
-T = TypeVar("T")
+T = TypeVar("T", default=Any)
 
 
 class ExecutionResult(BaseModel, Generic[T]):
     """What an invocation (or a parallel-group item) returned.
 
     Attributes:
-        result: the value, when ``ok``.
+        result: the value, when ``ok`` (None otherwise; typed as the value, so check
+            ``ok`` before using it).
         ok: False when the work failed, was rejected, timed out or was cancelled.
         error_message: what went wrong (also readable as the seed's ``erro_message``).
         error_type: the exception class name.
@@ -25,6 +27,10 @@ class ExecutionResult(BaseModel, Generic[T]):
         address: the invocation's address, for ExecutionEvent calls.
         index / name / attempts: set on results of parallel-group items.
         status: the terminal status when known (completed, failed, cancelled, ...).
+        from_cache: the value came from the result cache (a hit, or a call that waited
+            for an identical concurrent call) instead of running the handler.
+        replayed: the value is the recorded result of a restored run (status
+            RECOVERED); the handler did not run.
         metadata: event metadata of parallel ExecutionEvents (address, actor, group id,
             index, cache and replay flags).
         exception: the exception object, kept out of serialization.
@@ -35,9 +41,16 @@ class ExecutionResult(BaseModel, Generic[T]):
         (True, 42)
     """
 
-    model_config = ConfigDict(arbitrary_types_allowed=True, populate_by_name=True)
+    model_config: ClassVar[ConfigDict] = ConfigDict(
+        arbitrary_types_allowed=True, populate_by_name=True
+    )
 
-    result: T | None = None
+    if TYPE_CHECKING:
+        # Typed as the value a successful call returns, so `result.result.text` needs no
+        # narrowing; it is None when ``ok`` is False (check ``ok`` first).
+        result: T = None  # type: ignore[assignment]
+    else:
+        result: T | None = None
     ok: bool = True
     error_message: str | None = Field(
         default=None, validation_alias=AliasChoices("error_message", "erro_message")
@@ -49,6 +62,8 @@ class ExecutionResult(BaseModel, Generic[T]):
     name: str | None = None
     attempts: int = 1
     status: ExecutionStatus | None = None
+    from_cache: bool = False
+    replayed: bool = False
     metadata: dict[str, Any] = Field(default_factory=dict)
     traceback: str | None = None
     exception: BaseException | None = Field(default=None, exclude=True, repr=False)
@@ -75,6 +90,8 @@ def make_result(
     name: str | None = None,
     attempts: int = 1,
     status: ExecutionStatus | None = None,
+    from_cache: bool = False,
+    replayed: bool = False,
     metadata: dict[str, Any] | None = None,
     traceback: str | None = None,
     exception: BaseException | None = None,
@@ -99,6 +116,8 @@ def make_result(
     fields["name"] = name
     fields["attempts"] = attempts
     fields["status"] = status
+    fields["from_cache"] = from_cache
+    fields["replayed"] = replayed
     fields["metadata"] = {} if metadata is None else metadata
     fields["traceback"] = traceback
     fields["exception"] = exception

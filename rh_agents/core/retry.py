@@ -1,12 +1,17 @@
 """Retry policy: which failures are worth another attempt, and how long to wait first.
 
-This module holds the *policy* only. The loops that actually re-run work live in the
-callers (actors, parallel groups), which ask a :class:`RetryConfig` three questions
-after each failed attempt:
+This module holds the *policy* only; :mod:`rh_agents.core.policy` runs it, for actors
+(``BaseActor(policy=...)`` or ``retry_config=``) and parallel groups alike. After each
+failed attempt the caller asks one question, :meth:`RetryConfig.next_delay`: how long to
+back off before the next attempt, or None to stop. It combines three parts:
 
 1. :meth:`RetryConfig.should_retry` - is this exception transient?
-2. :meth:`RetryConfig.calculate_delay` - how long should the caller back off?
-3. :meth:`RetryConfig.attempts_exhausted` - is the attempt or time budget used up?
+2. :meth:`RetryConfig.calculate_delay` - how long should the caller back off? (the wait:
+   a :class:`BackoffStrategy`, capped, jittered, at least an exception's ``retry_after``)
+3. :meth:`RetryConfig.attempts_exhausted` - does a stop condition say stop? Stop
+   conditions are small objects that compose like tenacity's:
+   ``StopAfterAttempt(3) | StopAfterDelay(30)`` stops at whichever comes first.
+   ``max_attempts`` and ``retry_timeout`` are the two built in; ``stop=`` adds more.
 
 Keeping the policy free of loops and clocks makes it trivial to test and lets every
 caller wait through its own injectable :class:`~rh_agents.core.clock.Clock`.
@@ -21,10 +26,8 @@ Example::
         try:
             return await call_llm()
         except Exception as exc:
-            if not config.should_retry(exc):
-                raise
-            delay = config.calculate_delay(attempt, exc)
-            if config.attempts_exhausted(attempt, started, clock.monotonic(), delay):
+            delay = config.next_delay(attempt, exc, started, clock.monotonic())
+            if delay is None:
                 raise
             await clock.sleep(delay)
 """
@@ -34,16 +37,30 @@ from __future__ import annotations
 import asyncio
 import math
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from dataclasses import dataclass
 from enum import Enum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
 
-from rh_agents.core._validate import is_finite_at_least, is_int_at_least
+from rh_agents.core._validate import (
+    ExceptionClasses,
+    exception_classes,
+    is_finite_at_least,
+    is_int_at_least,
+)
 from rh_agents.core.errors import InvalidArgumentError, UsageError
 
-__all__ = ["BackoffStrategy", "RetryConfig"]
+__all__ = [
+    "BackoffStrategy",
+    "RetryConfig",
+    "RetryState",
+    "StopAfterAttempt",
+    "StopAfterDelay",
+    "StopAny",
+    "StopCondition",
+]
 
 _RNG = random.Random()
 """Jitter source used when the caller passes no ``rng`` of its own."""
@@ -77,6 +94,128 @@ class BackoffStrategy(str, Enum):
     FIBONACCI = "fibonacci"
 
 
+@dataclass(frozen=True, slots=True)
+class RetryState:
+    """What a :class:`StopCondition` sees after a failed attempt.
+
+    Attributes:
+        attempt: the 1-based number of the attempt that just failed.
+        elapsed: seconds from the start of the first attempt to now (caller's clock).
+        next_delay: the backoff the caller would wait before the next attempt.
+    """
+
+    attempt: int
+    elapsed: float
+    next_delay: float
+
+
+class StopCondition:
+    """Says when to stop retrying; conditions combine with ``|`` (stop when any says so).
+
+    Subclass it and implement :meth:`__call__` for a condition of your own.
+
+    Example::
+
+        stop = StopAfterAttempt(5) | StopAfterDelay(30.0)
+        stop(RetryState(attempt=2, elapsed=31.0, next_delay=1.0))  # True: out of time
+    """
+
+    __slots__ = ()
+
+    def __call__(self, state: RetryState) -> bool:
+        """Whether retrying must stop after the failed attempt ``state`` describes."""
+        raise NotImplementedError
+
+    def __or__(self, other: StopCondition) -> StopCondition:
+        if not isinstance(other, StopCondition):
+            return NotImplemented
+        return StopAny(self, other)
+
+
+class StopAny(StopCondition):
+    """Stops when any of its conditions says so (what ``a | b`` builds)."""
+
+    __slots__ = ("conditions",)
+
+    def __init__(self, *conditions: StopCondition) -> None:
+        flat: list[StopCondition] = []
+        for condition in conditions:
+            flat.extend(condition.conditions if isinstance(condition, StopAny) else (condition,))
+        self.conditions: tuple[StopCondition, ...] = tuple(flat)
+
+    def __call__(self, state: RetryState) -> bool:
+        return any(condition(state) for condition in self.conditions)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, StopAny) and other.conditions == self.conditions
+
+    def __hash__(self) -> int:
+        return hash(self.conditions)
+
+    def __repr__(self) -> str:
+        return " | ".join(repr(condition) for condition in self.conditions)
+
+
+class StopAfterAttempt(StopCondition):
+    """Stops once ``attempts`` attempts (the first included) have failed.
+
+    Raises:
+        InvalidArgumentError: ``attempts`` is not an integer >= 1.
+    """
+
+    __slots__ = ("attempts",)
+
+    def __init__(self, attempts: int) -> None:
+        if not is_int_at_least(attempts, 1):
+            raise InvalidArgumentError(
+                f"StopAfterAttempt takes an integer >= 1 (the first attempt counts), got "
+                f"{attempts!r}."
+            )
+        self.attempts: int = attempts
+
+    def __call__(self, state: RetryState) -> bool:
+        return state.attempt >= self.attempts
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, StopAfterAttempt) and other.attempts == self.attempts
+
+    def __hash__(self) -> int:
+        return hash((StopAfterAttempt, self.attempts))
+
+    def __repr__(self) -> str:
+        return f"StopAfterAttempt({self.attempts})"
+
+
+class StopAfterDelay(StopCondition):
+    """Stops when the next attempt would start ``seconds`` or more after the first began
+    (the backoff about to be waited counts).
+
+    Raises:
+        InvalidArgumentError: ``seconds`` is not a finite number > 0.
+    """
+
+    __slots__ = ("seconds",)
+
+    def __init__(self, seconds: float) -> None:
+        if not is_finite_at_least(seconds, 0, strict=True):
+            raise InvalidArgumentError(
+                f"StopAfterDelay takes a finite number of seconds > 0, got {seconds!r}."
+            )
+        self.seconds: float = float(seconds)
+
+    def __call__(self, state: RetryState) -> bool:
+        return state.elapsed + max(state.next_delay, 0.0) >= self.seconds
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, StopAfterDelay) and other.seconds == self.seconds
+
+    def __hash__(self) -> int:
+        return hash((StopAfterDelay, self.seconds))
+
+    def __repr__(self) -> str:
+        return f"StopAfterDelay({self.seconds:g})"
+
+
 class RetryConfig(BaseModel):
     """When and how to retry failed work.
 
@@ -98,13 +237,16 @@ class RetryConfig(BaseModel):
         backoff_multiplier: growth factor for ``EXPONENTIAL``; at least 1.
         jitter: multiply each delay by a random factor in [0.5, 1.0], so that many
             callers failing together do not retry in lock-step.
-        retry_on_exceptions: only exceptions of these types are retried.
+        retry_on_exceptions: only exceptions of these types are retried (give a class,
+            or a tuple, list or set of classes; stored as a tuple).
         exclude_exceptions: exceptions of these types are never retried, even when they
-            also match ``retry_on_exceptions``.
+            also match ``retry_on_exceptions`` (a class, or a tuple, list or set).
         retry_on: an extra predicate; when set, an exception is retried only if it also
             returns True. An exception raised by the predicate propagates to the caller.
         retry_timeout: total time budget in seconds, measured from the start of the
             first attempt; no new attempt starts once it would be exceeded.
+        stop: a further :class:`StopCondition` (e.g. one of your own); retrying stops
+            when it, ``max_attempts`` or ``retry_timeout`` says so.
         enabled: False turns retries off without changing the other settings.
 
     Example::
@@ -120,7 +262,9 @@ class RetryConfig(BaseModel):
         config.calculate_delay(3)            # between 1.0 and 2.0 seconds (jittered)
     """
 
-    model_config = ConfigDict(arbitrary_types_allowed=True, frozen=True, extra="forbid")
+    model_config: ClassVar[ConfigDict] = ConfigDict(
+        arbitrary_types_allowed=True, frozen=True, extra="forbid"
+    )
 
     max_attempts: int = 3
     backoff_strategy: BackoffStrategy = BackoffStrategy.EXPONENTIAL
@@ -132,6 +276,7 @@ class RetryConfig(BaseModel):
     exclude_exceptions: tuple[type[BaseException], ...] = ()
     retry_on: Callable[[BaseException], bool] | None = None
     retry_timeout: float | None = None
+    stop: StopCondition | None = None
     enabled: bool = True
 
     if not TYPE_CHECKING:
@@ -185,20 +330,20 @@ class RetryConfig(BaseModel):
             )
         return value
 
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _check_stop(cls, value: Any) -> Any:
+        if value is not None and not isinstance(value, StopCondition):
+            raise ValueError(
+                f"stop must be a StopCondition such as StopAfterDelay(30.0), got {value!r}. "
+                f"For a number of attempts use max_attempts=."
+            )
+        return value
+
     @field_validator("retry_on_exceptions", "exclude_exceptions", mode="before")
     @classmethod
-    def _check_exception_types(cls, value: Any) -> Any:
-        if isinstance(value, type):
-            value = (value,)
-        if not isinstance(value, (tuple, list)) or not all(
-            isinstance(item, type) and issubclass(item, BaseException) for item in value
-        ):
-            raise ValueError(
-                f"Expected an exception class or a tuple of exception classes, got "
-                f"{value!r}. Pass classes such as (TimeoutError, ConnectionError), not "
-                f"instances or names."
-            )
-        return tuple(value)
+    def _check_exception_types(cls, value: Any, info: ValidationInfo) -> Any:
+        return exception_classes(value, str(info.field_name))
 
     @field_validator("retry_on", mode="before")
     @classmethod
@@ -217,11 +362,8 @@ class RetryConfig(BaseModel):
         cls,
         max_retries: int,
         retry_delay: float,
-        retry_on: Sequence[type[BaseException]]
-        | type[BaseException]
-        | Callable[[BaseException], bool]
-        | None = None,
-        non_retryable: Sequence[type[BaseException]] = (),
+        retry_on: ExceptionClasses | Callable[[BaseException], bool] | None = None,
+        non_retryable: ExceptionClasses = (),
     ) -> RetryConfig:
         """Build the configuration a parallel group uses for each of its items.
 
@@ -231,16 +373,19 @@ class RetryConfig(BaseModel):
             retry_delay: the first backoff delay in seconds; later delays grow
                 exponentially (x2) with jitter. ``max_delay`` is at least 60 s and never
                 below ``retry_delay``.
-            retry_on: exception classes to retry (a class or a sequence of classes), or
-                a predicate ``fn(exc) -> bool``; None retries every ``Exception``.
-            non_retryable: exception classes that are never retried.
+            retry_on: exception classes to retry (a class, or a tuple, list or set of
+                classes), or a predicate ``fn(exc) -> bool``; None retries every
+                ``Exception``.
+            non_retryable: exception classes that are never retried (a class, or a
+                tuple, list or set of classes).
 
         Returns:
             A new :class:`RetryConfig`.
 
         Raises:
-            InvalidArgumentError: ``max_retries`` is not an integer >= 0, or
-                ``retry_delay`` is negative, NaN or infinite.
+            InvalidArgumentError: ``max_retries`` is not an integer >= 0,
+                ``retry_delay`` is negative, NaN or infinite, or ``retry_on`` /
+                ``non_retryable`` hold something that is not an exception class.
 
         Example::
 
@@ -257,12 +402,12 @@ class RetryConfig(BaseModel):
             )
         types: tuple[type[BaseException], ...] = (Exception,)
         predicate: Callable[[BaseException], bool] | None = None
-        if isinstance(retry_on, type):
-            types = (retry_on,)
-        elif isinstance(retry_on, (tuple, list)):
-            types = tuple(retry_on)
+        if isinstance(retry_on, type | tuple | list | set | frozenset) or (
+            retry_on is not None and not callable(retry_on)
+        ):
+            types = exception_classes(retry_on, "retry_on")
         elif retry_on is not None:
-            predicate = retry_on  # type: ignore[assignment]
+            predicate = retry_on
         return cls(
             max_attempts=max_retries + 1,
             backoff_strategy=BackoffStrategy.EXPONENTIAL,
@@ -270,7 +415,7 @@ class RetryConfig(BaseModel):
             max_delay=max(60.0, float(retry_delay)),
             jitter=True,
             retry_on_exceptions=types,
-            exclude_exceptions=tuple(non_retryable),
+            exclude_exceptions=exception_classes(non_retryable, "non_retryable"),
             retry_on=predicate,
         )
 
@@ -340,10 +485,10 @@ class RetryConfig(BaseModel):
     ) -> bool:
         """Whether the caller must stop retrying after ``attempt`` failed.
 
-        True when the policy is disabled, when ``attempt`` has reached
-        ``max_attempts``, or when waiting ``next_delay`` from ``now`` would reach or
-        exceed the ``retry_timeout`` budget counted from ``started_at``. All times are
-        read from the caller's clock.
+        True when the policy is disabled or :attr:`stop_condition` says stop: ``attempt``
+        has reached ``max_attempts``, waiting ``next_delay`` from ``now`` would reach or
+        exceed the ``retry_timeout`` budget counted from ``started_at``, or the extra
+        ``stop`` condition holds. All times are read from the caller's clock.
 
         Args:
             attempt: the 1-based number of the attempt that just failed.
@@ -354,9 +499,61 @@ class RetryConfig(BaseModel):
         """
         if not self.enabled or attempt >= self.max_attempts:
             return True
-        if self.retry_timeout is None:
+        if self.retry_timeout is None and self.stop is None:
             return False
-        return (now + max(next_delay, 0.0)) - started_at >= self.retry_timeout
+        return self.stop_condition(RetryState(attempt, now - started_at, next_delay))
+
+    @property
+    def stop_condition(self) -> StopCondition:
+        """The stop conditions of this configuration, combined:
+        ``StopAfterAttempt(max_attempts)``, then ``StopAfterDelay(retry_timeout)`` and
+        ``stop`` when they are set."""
+        condition: StopCondition = StopAfterAttempt(self.max_attempts)
+        if self.retry_timeout is not None:
+            condition = condition | StopAfterDelay(self.retry_timeout)
+        if self.stop is not None:
+            condition = condition | self.stop
+        return condition
+
+    def next_delay(
+        self,
+        attempt: int,
+        error: BaseException,
+        started_at: float,
+        now: float,
+        rng: random.Random | None = None,
+    ) -> float | None:
+        """The backoff before the attempt after ``attempt``, or None to stop retrying.
+
+        The one retry decision of rh_agents (actors and parallel groups both ask it):
+        None when ``error`` is not retried (:meth:`should_retry`) or a stop condition
+        holds (:meth:`attempts_exhausted`, with the backoff counted against the time
+        budget); otherwise :meth:`calculate_delay`. No jitter is drawn for an attempt
+        that is not retried.
+
+        Args:
+            attempt: the 1-based number of the attempt that just failed.
+            error: what it raised.
+            started_at: clock time when the first attempt started.
+            now: the current clock time.
+            rng: the jitter source (see :meth:`calculate_delay`).
+
+        Raises:
+            Exception: whatever a ``retry_on`` predicate raises.
+
+        Example::
+
+            delay = config.next_delay(1, TimeoutError(), started, clock.monotonic())
+            if delay is None:
+                raise
+            await clock.sleep(delay)
+        """
+        if not self.should_retry(error) or attempt >= self.max_attempts:
+            return None
+        delay = self.calculate_delay(attempt, error, rng)
+        if self.attempts_exhausted(attempt, started_at, now, delay):
+            return None
+        return delay
 
     def _raw_delay(self, attempt: int) -> float:
         """The strategy's delay for ``attempt`` before capping; may exceed max_delay."""

@@ -18,7 +18,7 @@ import logging
 import threading
 from collections.abc import Iterable, Mapping
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 __all__ = ["TokenUsage", "current_invocation", "record_usage", "usage_from_result"]
 
-logger = logging.getLogger("rh_agents.usage")
+logger: logging.Logger = logging.getLogger("rh_agents.usage")
 
 
 class TokenUsage(BaseModel):
@@ -46,7 +46,7 @@ class TokenUsage(BaseModel):
         TokenUsage(input_tokens=13, output_tokens=3, response_model=None, finish_reasons=())
     """
 
-    model_config = ConfigDict(frozen=True)
+    model_config: ClassVar[ConfigDict] = ConfigDict(frozen=True)
 
     input_tokens: int = 0
     output_tokens: int = 0

@@ -54,7 +54,7 @@ class PacedClock:
     def __init__(self, speed: float = 1.0) -> None:
         if not (isinstance(speed, (int, float)) and math.isfinite(speed) and speed >= 0):
             raise ValueError(f"speed must be a finite number >= 0, got {speed!r}.")
-        self.speed = float(speed)
+        self.speed: float = float(speed)
         self._now = 0.0
         self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
         self._order = itertools.count()

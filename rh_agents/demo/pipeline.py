@@ -296,23 +296,23 @@ class DemoPipeline:
     """
 
     def __init__(self, workload: Workload) -> None:
-        self.workload = workload
+        self.workload: Workload = workload
         self._stubs = _Stubs(workload)
-        self.llm = LLM(
+        self.llm: LLM[ChunkPrompt, ChunkSummary] = LLM(
             name=LLM_NAME,
             description="Summarizes one chunk of a document (simulated model).",
             input_model=ChunkPrompt,
             output_model=ChunkSummary,
             handler=self._complete,
         )
-        self.search = Tool(
+        self.search: Tool[SearchQuery, SearchHits] = Tool(
             name="search",
             description="Looks a keyword up in the (simulated) search API.",
             input_model=SearchQuery,
             output_model=SearchHits,
             handler=self._search,
         )
-        self.document = Agent(
+        self.document: Agent[DocumentSpec, DocumentReport] = Agent(
             name="document",
             description="Summarizes a document chunk by chunk and finds citations.",
             input_model=DocumentSpec,
@@ -321,7 +321,7 @@ class DemoPipeline:
             tools=ToolSet(tools=[self.search]),
             llm=self.llm,
         )
-        self.orchestrator = Agent(
+        self.orchestrator: Agent[CorpusRequest, CorpusReport] = Agent(
             name="orchestrator",
             description="Processes a corpus of documents in parallel.",
             input_model=CorpusRequest,

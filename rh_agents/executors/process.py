@@ -83,7 +83,7 @@ class ProcessPoolItemExecutor(RemoteExecutorBase):
                 f"max_workers must be a positive integer or None (one per CPU), got "
                 f"{max_workers!r}."
             )
-        self.max_workers = max_workers or os.cpu_count() or 1
+        self.max_workers: int = max_workers or os.cpu_count() or 1
         self._mp_context = mp_context
         self._initializer = initializer
         self._initargs = initargs

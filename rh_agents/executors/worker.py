@@ -20,7 +20,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from rh_agents.core.executors import RemoteCall, RemoteExecutionError, RemoteTask
+from rh_agents.core.executors import (
+    RemoteCall,
+    RemoteExecutionError,
+    RemoteTask,
+    running_shipped_work,
+)
 
 __all__ = ["execute_remote", "unpack_outcome"]
 
@@ -132,9 +137,13 @@ def execute_remote(
     }
     if isinstance(task, RemoteCall) and task.address:
         attributes["rh_agents.event.address"] = task.address
+    what = (
+        f"the handler of '{task.name}'" if isinstance(task, RemoteCall) else f"item '{task.name}'"
+    )
     with remote_span(f"remote {task.name or task.kind}", task.carrier, attributes) as span:
         try:
-            value = _run_to_completion(task.start())
+            with running_shipped_work(what, f"{executor} worker {worker}"):
+                value = _run_to_completion(task.start())
         except (Exception, asyncio.CancelledError) as exc:
             text = _format_remote(exc)
             span.raised(exc)

@@ -1,13 +1,20 @@
 """The live progress bars of a ParallelEventPrinter on a terminal.
 
 The printer hands :class:`LiveBars` an immutable snapshot of its running groups (one
-:class:`Row` per bar, nested groups under their parent) at each change; rich redraws
-the bars from the latest snapshot, from its own refresh thread too, so drawing never
-reads the printer's changing state.
+:class:`Row` per bar, nested groups under their parent) at each change; the bars are
+redrawn from the latest snapshot, so drawing never reads the printer's changing state.
+
+Every redraw happens in the thread that prints (the event loop's): a timer of the running
+loop redraws the bars ``refresh_per_second`` times, instead of rich's own refresh thread.
+A redraw from another thread can interleave with a line printed above the bars (rich
+positions the cursor for the bars' old height while the new height is being drawn), and
+the terminal is then left with a stale bar line among the printed ones. Only a printer
+used without a running event loop lets rich's refresh thread redraw.
 """
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import logging
 import time
@@ -139,6 +146,7 @@ class LiveBars:
         self.refresh_per_second = refresh_per_second
         self.rows: tuple[Row, ...] = ()
         self._live: Live | None = None
+        self._tick: asyncio.TimerHandle | None = None
         self._render_failed = False
 
     @property
@@ -152,9 +160,13 @@ class LiveBars:
         With ``redirect``, what the program writes to ``sys.stdout`` and ``sys.stderr``
         meanwhile prints above the bars.
         """
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None  # used synchronously: rich's refresh thread redraws
         live = Live(
             console=console,
-            auto_refresh=True,
+            auto_refresh=loop is None,
             refresh_per_second=self.refresh_per_second,
             transient=True,
             redirect_stdout=redirect,
@@ -164,10 +176,25 @@ class LiveBars:
         self._live = live
         _LIVE_PRINTERS.add(owner)
         live.start(refresh=True)
+        if loop is not None:
+            self._tick = loop.call_later(1 / self.refresh_per_second, self._redraw)
+
+    def _redraw(self) -> None:
+        """Redraw the bars (their times move without events) and schedule the next."""
+        live = self._live
+        if live is None:
+            return
+        live.refresh()
+        self._tick = asyncio.get_running_loop().call_later(
+            1 / self.refresh_per_second, self._redraw
+        )
 
     def stop(self, owner: Any) -> bool:
         """Stop drawing and clear the bars; returns whether they were drawn."""
         live, self._live = self._live, None
+        tick, self._tick = self._tick, None
+        if tick is not None:
+            tick.cancel()
         self.rows = ()
         _LIVE_PRINTERS.discard(owner)
         if live is None:

@@ -34,7 +34,7 @@ from rh_agents.printing._format import (
 
 __all__ = ["EventPrinter"]
 
-logger = logging.getLogger("rh_agents.printer")
+logger: logging.Logger = logging.getLogger("rh_agents.printer")
 
 
 class EventPrinter:
@@ -87,7 +87,7 @@ class EventPrinter:
         self._stream = stream
         self.status_counts: Counter[str] = Counter()
         self.group_counts: Counter[str] = Counter()
-        self.internal_errors = 0
+        self.internal_errors: int = 0
         self._lock = threading.RLock()
         self._console: Console | None = None
         self._console_stream: Any = None

@@ -97,7 +97,7 @@ class ParallelEventPrinter(EventPrinter):
             color=color,
             width=width,
         )
-        self.parallel_mode = _parse_mode(parallel_mode)
+        self.parallel_mode: ParallelDisplayMode = _parse_mode(parallel_mode)
         self.show_progress = show_progress
         if isinstance(bar_width, bool) or not isinstance(bar_width, int) or bar_width < 1:
             raise InvalidArgumentError(f"bar_width must be a positive integer, got {bar_width!r}.")
@@ -106,7 +106,7 @@ class ParallelEventPrinter(EventPrinter):
                 f"refresh_per_second must be a positive number, got {refresh_per_second!r}."
             )
         self.bar_width = bar_width
-        self.refresh_per_second = float(refresh_per_second)
+        self.refresh_per_second: float = float(refresh_per_second)
         self.parallel_groups: dict[str, ParallelGroupTracker] = {}
         self._views: dict[str, GroupView] = {}
         self._open: dict[str, GroupView] = {}  # views of groups that have not ended

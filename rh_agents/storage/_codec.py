@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from pydantic import ValidationError
-from pydantic_core import PydanticSerializationError, to_jsonable_python
+from pydantic_core import PydanticSerializationError, from_json, to_json, to_jsonable_python
 
 from rh_agents.core.errors import (
     InvalidArgumentError,
@@ -73,16 +73,23 @@ def status_filter(status: StateStatus | str | None) -> StateStatus | None:
         ) from None
 
 
-SEAL = '{"_crc":'
-"""Stored JSON objects start with a CRC-32: ``{"_crc":N,...}``.
+SEAL = '{"_crc":"'
+"""Stored JSON objects start with a CRC-32 in hex: ``{"_crc":"89abcdef",...}``.
 
 The checksum covers the object as written *and where it belongs*: the state id, and
 for a journal record its position. A flipped byte in a record (disk or file damage that
 leaves valid JSON, e.g. one digit of a result), a record moved to another position or
 another run, and an edited or removed checksum are all reported as
 :class:`StateCorruptedError`. There is no unchecked form: an object without its
-checksum is refused.
+checksum is refused. The sealed text is itself a JSON object, read in one pass.
 """
+
+_SEAL_BYTES = SEAL.encode()
+_BODY = len(SEAL) + 10  # the object's own keys start after '"_crc":"89abcdef",'
+_MOVED = (
+    "fails its checksum: it was changed after it was written, or moved from another "
+    "position or run (disk or file damage)"
+)
 
 _ENCODER = json.JSONEncoder(separators=(",", ":"))
 """Built once: ``json.dumps`` with options builds a new encoder on every call."""
@@ -92,36 +99,52 @@ def _scope(state_id: str, position: int) -> int:
     return zlib.crc32(f"{state_id}\n{position}\n".encode("utf-8", "surrogatepass"))
 
 
+def _sealed(crc: int, text: str) -> str:
+    return f'{SEAL}{crc:08x}"' + ("}" if text == "{}" else "," + text[1:])
+
+
 def seal(text: str, state_id: str, position: int = 0) -> str:
     """Prefix the JSON object ``text`` with its checksum (one more key, same schema).
 
     ``position`` is the record's position in the run's journal (0 for a snapshot).
     """
-    crc = zlib.crc32(text.encode("utf-8", "surrogatepass"), _scope(state_id, position))
-    body = text[1:]
-    return f"{SEAL}{crc:010d}{'' if body == '}' else ','}{body}"
+    return _sealed(
+        zlib.crc32(text.encode("utf-8", "surrogatepass"), _scope(state_id, position)), text
+    )
+
+
+def _check(data: bytes, state_id: str, position: int) -> str | None:
+    """What is wrong with sealed ``data`` (None: its checksum matches)."""
+    if not data.startswith(_SEAL_BYTES):
+        return "has no checksum (every stored record carries one)"
+    digits, end = data[9:17], data[17:19]
+    try:
+        stored = int(digits, 16)
+    except ValueError:
+        return "has a damaged checksum"
+    if digits != b"%08x" % stored or end not in (b'",', b'"}'):
+        return "has a damaged checksum"
+    scope = zlib.crc32(b"{", _scope(state_id, position))
+    crc = zlib.crc32(b"}", scope) if end == b'"}' else zlib.crc32(memoryview(data)[_BODY:], scope)
+    return None if crc == stored else _MOVED
+
+
+def _as_bytes(stored: str | bytes) -> bytes:
+    return stored.encode("utf-8", "surrogatepass") if isinstance(stored, str) else bytes(stored)
 
 
 def unseal(stored: str | bytes, state_id: str, position: int = 0) -> tuple[str, str | None]:
     """The JSON object as written, and what is wrong with it (None: the checksum matches)."""
-    if isinstance(stored, bytes):
-        try:
-            stored = stored.decode("utf-8")
-        except UnicodeDecodeError:
-            return "", "is not UTF-8 text"
-    if not stored.startswith(SEAL):
-        return stored, "has no checksum (every stored record carries one)"
-    digits, separator, body = stored[8:18], stored[18:19], stored[19:]
-    original = "{}" if separator == "}" else "{" + body
-    if not digits.isdigit() or separator not in (",", "}"):
-        return original, "has a damaged checksum"
-    crc = zlib.crc32(original.encode("utf-8", "surrogatepass"), _scope(state_id, position))
-    if int(digits) != crc:
-        return original, (
-            "fails its checksum: it was changed after it was written, or moved from "
-            "another position or run (disk or file damage)"
-        )
-    return original, None
+    data = _as_bytes(stored)
+    try:
+        text = data.decode("utf-8", "surrogatepass")
+    except UnicodeDecodeError:
+        return "", "is not UTF-8 text"
+    problem = _check(data, state_id, position)
+    if problem == "has no checksum (every stored record carries one)":
+        return text, problem
+    original = "{}" if data[17:19] == b'"}' else "{" + text[_BODY:]
+    return original, problem
 
 
 def dump_snapshot(snapshot: StateSnapshot) -> str:
@@ -172,6 +195,9 @@ def parse_snapshot(state_id: str, stored: str | bytes, where: str) -> StateSnaps
 def dump_record(state_id: str, position: int, record: dict[str, Any]) -> str:
     """The stored text of the record at ``position`` (1-based) of ``state_id``'s journal.
 
+    Values are stored in their JSON form (a tuple or a set as a list, a datetime as its
+    ISO text), as pydantic encodes them; what has no JSON form is refused.
+
     Raises:
         InvalidArgumentError: ``record`` is not a dict.
         ResultSerializationError: it is not JSON-serializable; nothing was written.
@@ -182,14 +208,23 @@ def dump_record(state_id: str, position: int, record: dict[str, Any]) -> str:
             f"{state_id!r}. Pass the record as a JSON-serializable dict."
         )
     try:
-        text = _ENCODER.encode(record)
+        # pydantic's encoder: about five times faster than json's for a record
+        data = to_json(record, inf_nan_mode="constants")
+    except PydanticSerializationError:
+        return seal(_json_text(state_id, record), state_id, position)
+    return _sealed(zlib.crc32(data, _scope(state_id, position)), data.decode("utf-8"))
+
+
+def _json_text(state_id: str, record: dict[str, Any]) -> str:
+    """The record as json writes it (text pydantic refuses: lone surrogates, ...)."""
+    try:
+        return _ENCODER.encode(record)
     except (TypeError, ValueError, RecursionError) as exc:
         raise ResultSerializationError(
             f"An event record of state {state_id!r} cannot be written to the history because "
             f"it is not JSON-serializable ({exc}). Convert the value to JSON-serializable "
             "data before recording it; nothing was written."
         ) from exc
-    return seal(text, state_id, position)
 
 
 def parse_record(state_id: str, position: int, stored: object, where: str) -> dict[str, Any]:
@@ -202,13 +237,21 @@ def parse_record(state_id: str, position: int, stored: object, where: str) -> di
     if not isinstance(stored, str | bytes):
         problem = f"is not text (a stored {type(stored).__name__})"
     else:
-        text, problem = unseal(stored, state_id, position)
+        data = _as_bytes(stored)
+        problem = _check(data, state_id, position)
         if problem is None:
             try:
-                value: dict[str, Any] = json.loads(text)  # sealed: an object
-                return value
-            except ValueError as exc:
-                problem = f"is not valid JSON ({exc})"
+                value = from_json(data, allow_inf_nan=True)
+            except ValueError:  # what pydantic's reader refuses (a lone surrogate escape)
+                try:
+                    value = json.loads(data)
+                except ValueError as exc:
+                    problem = f"is not valid JSON ({exc})"
+            if problem is None and type(value) is dict:
+                del value["_crc"]
+                record: dict[str, Any] = value
+                return record
+            problem = problem or "is not a JSON object"
     raise StateCorruptedError(
         f"Event record {position} of state {state_id!r} in {where} {problem}. The journal "
         "is damaged: restore it from a backup, or delete the state with delete_state() "

@@ -113,11 +113,10 @@ class FileJournals:
         self._lengths[state_id] = measured
         return measured
 
-    def _write(self, state_id: str, fd: int, first: int, records: list[Any]) -> int:
-        """Write ``records`` at lines ``first``... of the open journal, then the mark."""
-        data = "".join(
-            dump_record(state_id, first + i, record) + "\n" for i, record in enumerate(records)
-        ).encode("ascii")
+    def _write(self, state_id: str, fd: int, first: int, texts: list[str]) -> int:
+        """Write records (encoded for their lines) at lines ``first``... of the open
+        journal, then the mark."""
+        data = "".join(text + "\n" for text in texts).encode("utf-8", "surrogatepass")
         size, lines = self._measure(state_id, fd)
         if lines != first - 1:
             raise journal_conflict(state_id, lines, first - 1)
@@ -125,7 +124,7 @@ class FileJournals:
             write_all(fd, data)
         finally:
             self._lengths.pop(state_id, None)
-        last = first + len(records) - 1
+        last = first + len(texts) - 1
         self._lengths[state_id] = (size + len(data), last)
         self._dir.write_atomic(journal_name(state_id, ".hwm"), str(last).encode(), durable=False)
         return last
@@ -152,7 +151,7 @@ class FileJournals:
                 fd = self._dir.open(name, os.O_RDWR | os.O_APPEND | os.O_CREAT)
                 try:
                     _, lines = self._measure(state_id, fd)
-                    self._write(state_id, fd, lines + 1, [record])
+                    self._write(state_id, fd, lines + 1, [dump_record(state_id, lines + 1, record)])
                 finally:
                     os.close(fd)
             except OSError as exc:
@@ -230,7 +229,7 @@ class FileJournals:
         os.pwrite(fd, json.dumps(info).encode(), 0)
         return fd
 
-    def commit(self, state_id: str, holder: LeaseHolder, first: int, records: list[Any]) -> None:
+    def commit(self, state_id: str, holder: LeaseHolder, first: int, texts: list[str]) -> None:
         name = journal_name(state_id)
         with self._lock:
             run = self._open.get(state_id)
@@ -239,7 +238,7 @@ class FileJournals:
             try:
                 self._dir.check_in_place("append events")
                 self._check_file(name, run.fd)
-                self._write(state_id, run.fd, first, records)
+                self._write(state_id, run.fd, first, texts)
             except OSError as exc:
                 raise storage_error("append events", self._where(name), exc) from exc
 

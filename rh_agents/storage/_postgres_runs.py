@@ -29,7 +29,7 @@ from rh_agents.core.storage import (
     journal_conflict,
     lease_lost,
 )
-from rh_agents.storage._codec import checked_records, dump_record, snapshot_row
+from rh_agents.storage._codec import checked_records, snapshot_row
 from rh_agents.storage._lease import check_takeover, holder_from_row, self_start
 from rh_agents.storage._postgres_conn import Connections, Session
 
@@ -131,12 +131,9 @@ class PostgresRuns:
             ),
         )
 
-    def commit(self, state_id: str, holder: LeaseHolder, first: int, records: list[Any]) -> None:
-        rows = [
-            (state_id, first + i, dump_record(state_id, first + i, r))
-            for i, r in enumerate(records)
-        ]
-        last = first + len(records) - 1
+    def commit(self, state_id: str, holder: LeaseHolder, first: int, texts: list[str]) -> None:
+        rows = [(state_id, first + i, text) for i, text in enumerate(texts)]
+        last = first + len(texts) - 1
         with self._lock, self._transaction("append events") as conn:
             if (
                 conn.execute(

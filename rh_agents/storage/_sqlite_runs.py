@@ -34,7 +34,7 @@ from rh_agents.core.storage import (
     journal_conflict,
     lease_lost,
 )
-from rh_agents.storage._codec import checked_records, dump_record, snapshot_row
+from rh_agents.storage._codec import checked_records, snapshot_row
 from rh_agents.storage._lease import check_takeover, holder_from_row, self_start
 
 if TYPE_CHECKING:
@@ -43,7 +43,13 @@ if TYPE_CHECKING:
 DRIVER_ERRORS = (sqlite3.Error, UnicodeDecodeError)
 """What the driver raises: its own errors, and text of a damaged file that is not UTF-8."""
 
-__all__ = ["DRIVER_ERRORS", "SQLiteRuns", "high_water", "snapshot_row", "transaction"]
+__all__ = [
+    "DRIVER_ERRORS",
+    "SQLiteRuns",
+    "high_water",
+    "snapshot_row",
+    "transaction",
+]
 
 _UPSERT_LEASE = (
     "INSERT INTO leases (state_id, owner, host, pid, process_start, since, heartbeat) "
@@ -68,6 +74,14 @@ def transaction(conn: sqlite3.Connection) -> Iterator[None]:
             conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
+
+
+_SELECT_RECORDS = (
+    # as bytes: the checksum is computed over them, and JSON is read from them
+    "SELECT position, CAST(record AS BLOB) FROM events WHERE state_id = ? ORDER BY position"
+)
+_ROWS_PER_INSERT = 500
+"""Rows per INSERT (three parameters each, far below SQLite's limit of 32766)."""
 
 
 def high_water(conn: sqlite3.Connection, state_id: str) -> int:
@@ -145,25 +159,38 @@ class SQLiteRuns:
             ),
         )
 
-    def commit(self, state_id: str, holder: LeaseHolder, first: int, records: list[Any]) -> None:
-        texts = [dump_record(state_id, first + i, r) for i, r in enumerate(records)]
-        last = first + len(records) - 1
+    def commit(self, state_id: str, holder: LeaseHolder, first: int, texts: list[str]) -> None:
+        """The records and the new high-water mark in one transaction, if ``holder``
+        still holds the lease and nobody else appended.
+
+        Few statements, whatever the number of records: each releases the GIL, which
+        the thread takes back from a busy event loop only between two of the loop's
+        iterations (one multi-row INSERT per few hundred records, not one per record).
+        """
+        last = first + len(texts) - 1
         with self._connection("append events") as conn, transaction(conn):
-            self._backend._check_identity("append events")
             if not conn.execute(
-                "UPDATE leases SET heartbeat = ? WHERE state_id = ? AND owner = ?",
-                (time.time(), state_id, holder.owner),
+                "UPDATE journals SET high_water = ? WHERE state_id = ? AND high_water = ? "
+                "AND EXISTS (SELECT 1 FROM leases WHERE state_id = ? AND owner = ?)",
+                (last, state_id, first - 1, state_id, holder.owner),
             ).rowcount:
-                raise self._lost(conn, state_id)
-            if not conn.execute(
-                "UPDATE journals SET high_water = ? WHERE state_id = ? AND high_water = ?",
-                (last, state_id, first - 1),
-            ).rowcount:
+                owner = conn.execute(
+                    "SELECT owner FROM leases WHERE state_id = ?", (state_id,)
+                ).fetchone()
+                if owner is None or owner[0] != holder.owner:
+                    raise self._lost(conn, state_id)
                 raise journal_conflict(state_id, high_water(conn, state_id), first - 1)
-            conn.executemany(
-                "INSERT INTO events (state_id, position, record) VALUES (?, ?, ?)",
-                [(state_id, first + i, text) for i, text in enumerate(texts)],
-            )
+            for start in range(0, len(texts), _ROWS_PER_INSERT):
+                chunk = texts[start : start + _ROWS_PER_INSERT]
+                params: list[Any] = []
+                for position, text in enumerate(chunk, start=first + start):
+                    params += (state_id, position, text)
+                values = ", ".join(["(?, ?, ?)"] * len(chunk))
+                conn.execute(
+                    f"INSERT INTO events (state_id, position, record) VALUES {values}", params
+                )
+            # a file deleted or replaced under the run: what it wrote is lost with it
+            self._backend._check_identity("append events")
         self._backend._note_wal()
 
     def _lost(self, conn: sqlite3.Connection, state_id: str) -> StateError:
@@ -219,7 +246,7 @@ class SQLiteRuns:
                 mark = high_water(conn, state_id)
                 rows: Iterator[tuple[Any, Any]] = iter(
                     conn.execute(
-                        "SELECT position, record FROM events WHERE state_id = ? ORDER BY position",
+                        _SELECT_RECORDS,
                         (state_id,),
                     ).fetchall()
                 )
@@ -233,7 +260,7 @@ class SQLiteRuns:
             conn.execute("BEGIN")  # one consistent view of the mark and the rows
             mark = high_water(conn, state_id)
             cursor = conn.execute(
-                "SELECT position, record FROM events WHERE state_id = ? ORDER BY position",
+                _SELECT_RECORDS,
                 (state_id,),
             )
             yield from checked_records(state_id, where, mark, cursor)

@@ -8,31 +8,41 @@ application sets one, so configuring OpenTelemetry after creating a state works)
 attributes known when a span starts are passed to ``start_span`` (samplers see them,
 and the SDK validates them once); metric children are looked up once per label set and
 cached. Every name comes from :mod:`rh_agents.telemetry.semconv`.
+
+Exception messages and stack traces go to spans bounded (:data:`MESSAGE_LIMIT`,
+:data:`STACKTRACE_LIMIT` characters), and the message of a validation error is rebuilt
+from its locations and reasons, without the input values pydantic quotes: handler
+inputs never reach an attribute. Durations are measured on the real clock, as spans
+are, whatever clock the state runs on.
 """
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import logging
-import weakref
-from collections.abc import Callable
 from contextvars import ContextVar
+from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from rh_agents.core.errors import CircuitOpenError
 from rh_agents.core.hooks import GroupInfo, Outcome
+from rh_agents.core.parallel import ParallelTimeoutError
 from rh_agents.core.types import EventType
 from rh_agents.core.usage import TokenUsage
 from rh_agents.telemetry import semconv as sc
+from rh_agents.telemetry._breakers import BreakerWatch
+from rh_agents.telemetry._errors import error_message, record_exception
+from rh_agents.telemetry._outcomes import FinalOutcomes, Pending
 from rh_agents.telemetry.semconv import Op, Rh, TokenType
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import Histogram
 
-    from rh_agents.core.circuit_breaker import CircuitBreaker, CircuitState
     from rh_agents.core.events import ExecutionEvent
     from rh_agents.telemetry.metrics import LiveGroup, RhAgentsMetrics
 
@@ -50,11 +60,11 @@ _OPS: dict[EventType | None, tuple[str, str, SpanKind]] = {
 }
 _DEFAULT_OP = _OPS[EventType.AGENT_CALL]
 _OPERATION_OF = {t.value: op for t, (op, _, _) in _OPS.items() if t is not None}
-_MESSAGE_LIMIT = 500
+_FAILURES = (Outcome.FAILED, Outcome.REJECTED)
 
 
 class _EventHandle:
-    __slots__ = ("event", "name", "op", "recorded", "span", "token")
+    __slots__ = ("event", "item", "name", "op", "recorded", "root", "span", "token")
 
     def __init__(self, op: str, name: str, event: ExecutionEvent[Any]) -> None:
         self.op = op
@@ -65,6 +75,11 @@ class _EventHandle:
         self.token: Any = None
         # The exception already recorded on an ``attempt {n}`` span of this event.
         self.recorded: BaseException | None = None
+        # The group item this invocation is the work of: its group decides whether its
+        # outcome is final (it may retry it).
+        self.item: _ItemHandle | None = None
+        # Token of _inside while this is a root invocation (None: not a root).
+        self.root: Any = None
 
 
 class _AttemptHandle:
@@ -140,31 +155,52 @@ class GenAIMetrics:
 
 
 class _GroupHandle:
-    __slots__ = ("ctx", "label", "live", "span", "wait_child")
+    __slots__ = (
+        "backoffs",
+        "ctx",
+        "first_error",
+        "group_id",
+        "label",
+        "live",
+        "span",
+        "started",
+        "wait_child",
+    )
 
-    def __init__(self, label: str) -> None:
+    def __init__(self, label: str, group_id: str) -> None:
         self.label = label
+        self.group_id = group_id
+        self.started = perf_counter()
         self.span: Any = None
         self.ctx: Any = None
         self.live: LiveGroup | None = None
         self.wait_child: Any = None
+        # The error type of the first item that finally failed.
+        self.first_error: str | None = None
+        # Backoff before the next attempt of each item being retried, by index.
+        self.backoffs: dict[int, float] = {}
 
 
 class _ItemHandle:
-    """One running group item; also what ``_current_item`` holds while it runs, so the
-    event span of the item can carry its wait."""
+    """One attempt of a group item; also what ``_current_item`` holds while it runs, so
+    the event span of the item can carry its wait and attempt, and its invocations'
+    outcomes wait for the group's verdict (final, or retried)."""
 
-    __slots__ = ("group", "index", "info_token", "token", "wait")
+    __slots__ = ("attempt", "backoff", "group", "index", "info_token", "pending", "token", "wait")
 
-    def __init__(self, group: _GroupHandle | None, index: int, wait: float) -> None:
+    def __init__(self, group: _GroupHandle | None, index: int, wait: float, attempt: int) -> None:
         self.group = group
         self.index = index
         self.wait = wait
+        self.attempt = attempt
+        self.backoff = group.backoffs.pop(index, None) if group is not None else None
+        self.pending: Pending = []
         self.token: Any = None
         self.info_token: Any = None
 
 
 _current_item: ContextVar[_ItemHandle | None] = ContextVar("rh_agents_item", default=None)
+_inside: ContextVar[bool] = ContextVar("rh_agents_inside", default=False)
 
 
 def _trace_exemplar(span: Any) -> dict[str, str] | None:
@@ -233,57 +269,6 @@ def _span_left_started(error: BaseException) -> Any:
         del tb
 
 
-class _BreakerWatch:
-    """Records the state, trips and rejections of the circuit breakers groups use (each
-    breaker watched once, whichever state's instrumentation sees it first)."""
-
-    def __init__(self, metrics: RhAgentsMetrics | None, fault: Callable[[str], None]) -> None:
-        self._metrics = metrics
-        self._fault = fault
-        self._breakers: weakref.WeakSet[Any] = weakref.WeakSet()
-
-    def watch(self, breaker: Any) -> None:
-        try:
-            if breaker in self._breakers:
-                return
-            self._breakers.add(breaker)
-            m = self._metrics
-            if m is not None:
-                m.child(m.breaker_state, breaker.name).set(breaker.state.gauge_value)
-            breaker.add_listener(self._on_transition)
-            breaker.add_reject_listener(self._on_reject)
-        except Exception:
-            self._fault("watch_breaker")
-
-    def _on_transition(self, breaker: CircuitBreaker, old: CircuitState, new: CircuitState) -> None:
-        try:
-            m = self._metrics
-            if m is not None:
-                m.child(m.breaker_state, breaker.name).set(new.gauge_value)
-                if new.value == "open":
-                    m.child(m.breaker_trips, breaker.name).inc()
-            span = trace.get_current_span()
-            if span.is_recording():
-                span.add_event(
-                    Rh.EVENT_STATE_CHANGE,
-                    {
-                        Rh.BREAKER_NAME: breaker.name,
-                        Rh.BREAKER_FROM: old.value,
-                        Rh.BREAKER_TO: new.value,
-                    },
-                )
-        except Exception:
-            self._fault("breaker_transition")
-
-    def _on_reject(self, breaker: CircuitBreaker) -> None:
-        try:
-            m = self._metrics
-            if m is not None:
-                m.child(m.breaker_rejections, breaker.name).inc()
-        except Exception:
-            self._fault("breaker_reject")
-
-
 class OTelInstrumentation:
     """Spans through an OpenTelemetry tracer, metrics into an :class:`RhAgentsMetrics`."""
 
@@ -302,9 +287,13 @@ class OTelInstrumentation:
         self._recording = metrics is not None or genai is not None
         self.conversation_id: str | None = None
         self._failed_hooks: set[str] = set()
-        self._breaker_watch = _BreakerWatch(metrics, self._fault)
+        self._breaker_watch = BreakerWatch(metrics, self._fault)
+        self._outcomes = FinalOutcomes(metrics) if metrics is not None else None
         self._groups: dict[int, _GroupHandle] = {}
         self._exemplar: tuple[int, dict[str, str]] = (0, {})
+        # The event-loop lag monitor of setup() (watches the loops states run on).
+        self.loops: Any = None
+        self._loop_unseen = False
 
     @property
     def enabled(self) -> bool:
@@ -323,7 +312,16 @@ class OTelInstrumentation:
         view = copy.copy(self)
         view.conversation_id = state_id
         view._groups = {}
+        view._loop_unseen = self.loops is not None
         return view
+
+    def _see_loop(self) -> None:
+        """Show the loop this state runs on to the lag monitor (once per state)."""
+        self._loop_unseen = False
+        try:
+            self.loops.watch(asyncio.get_running_loop())
+        except Exception:
+            self._fault("loop_monitor")
 
     def _fault(self, hook: str) -> None:
         if hook not in self._failed_hooks:
@@ -378,35 +376,17 @@ class OTelInstrumentation:
         op, name_attr, kind = _OPS.get(event_type, _DEFAULT_OP)
         name = event.name or "unknown"
         handle = _EventHandle(op, name, event)
+        if self._loop_unseen:
+            self._see_loop()
+        if not _inside.get():
+            handle.root = _inside.set(True)
+        handle.item = info = _own_item(event)
         if self._tracer.get() is None:
             return handle
         try:
-            attrs: dict[str, Any] = {
-                sc.ATTR_OPERATION_NAME: op,
-                name_attr: name,
-                Rh.ADDRESS: event.address,
-            }
-            span_name = f"{op} {name}"
-            if event_type is EventType.LLM_CALL or event_type is EventType.AGENT_CALL:
-                model, provider = _model_of(event.actor)
-                if model is not None:
-                    attrs[sc.ATTR_REQUEST_MODEL] = model
-                    if event_type is EventType.LLM_CALL:
-                        span_name = f"{op} {model}"
-                if provider is not None:
-                    attrs[sc.ATTR_PROVIDER_NAME] = provider
-                if event_type is EventType.AGENT_CALL and self.conversation_id is not None:
-                    attrs[sc.ATTR_CONVERSATION_ID] = self.conversation_id
-            if event.is_parallel:
-                attrs[Rh.GROUP_ID] = event.group_id or ""
-                index = event.parallel_index
-                if index is not None:
-                    attrs[Rh.INDEX] = index
-                    info = _current_item.get()
-                    if info is not None and info.index == index:
-                        attrs[Rh.WAIT] = info.wait
-            if event.is_replayed:
-                attrs[Rh.REPLAYED] = True
+            span_name, attrs = _event_attributes(
+                event, op, name_attr, name, info, self.conversation_id
+            )
             parent = otel_context.get_current()
             span = self._start_span("event_started", span_name, kind, attrs, parent)
             handle.span = span
@@ -439,7 +419,7 @@ class OTelInstrumentation:
                         Rh.RETRY_ATTEMPT: attempt,
                         Rh.RETRY_DELAY: delay,
                         sc.ATTR_ERROR_TYPE: type(error).__name__,
-                        sc.ATTR_EXCEPTION_MESSAGE: str(error)[:_MESSAGE_LIMIT],
+                        sc.ATTR_EXCEPTION_MESSAGE: error_message(error),
                     },
                 )
         except Exception:
@@ -473,9 +453,9 @@ class OTelInstrumentation:
                 if total is not None and total is not attempt_handle.usage:
                     span.set_attributes(_usage_attributes(total.since(attempt_handle.usage)))
             if error is not None and isinstance(error, Exception) and span.is_recording():
-                span.set_status(Status(StatusCode.ERROR, str(error)[:_MESSAGE_LIMIT]))
+                span.set_status(Status(StatusCode.ERROR, error_message(error)))
                 span.set_attribute(sc.ATTR_ERROR_TYPE, type(error).__name__)
-                span.record_exception(error)
+                record_exception(span, error)
                 # Recorded where it was raised; the event span only takes its status.
                 attempt_handle.event.recorded = error
             span.end()
@@ -495,6 +475,8 @@ class OTelInstrumentation:
     ) -> None:
         if handle is None:
             return
+        if handle.root is not None:
+            _inside.reset(handle.root)
         span = handle.span
         usage = event.usage
         if span is not None:
@@ -506,9 +488,9 @@ class OTelInstrumentation:
                         span.set_attributes(
                             {Rh.OUTCOME: outcome, sc.ATTR_ERROR_TYPE: type(error).__name__}
                         )
-                        span.set_status(Status(StatusCode.ERROR, str(error)[:_MESSAGE_LIMIT]))
+                        span.set_status(Status(StatusCode.ERROR, error_message(error)))
                         if error is not handle.recorded:
-                            span.record_exception(error)
+                            record_exception(span, error)
                     elif outcome == Outcome.REPLAYED:
                         span.set_attributes({Rh.OUTCOME: outcome, Rh.REPLAYED: True})
                     elif outcome == Outcome.CACHED:
@@ -533,9 +515,23 @@ class OTelInstrumentation:
             return
         try:
             trace_id, exemplar = self._exemplar_of(span)
-            m.event_series(handle.op, handle.name, outcome).record(duration, trace_id, exemplar)
-            if error is not None and outcome in (Outcome.FAILED, Outcome.REJECTED):
-                m.child(m.errors, handle.op, handle.name, type(error).__name__).inc()
+            series = m.event_series(handle.op, handle.name, outcome)
+            series.record(duration, trace_id, exemplar)
+            error_type = None
+            if error is not None and outcome in _FAILURES:
+                error_type = type(error).__name__
+                m.child(m.errors, handle.op, handle.name, error_type).inc()
+            item = handle.item
+            assert self._outcomes is not None  # there are metrics
+            self._outcomes.invocation(
+                series,
+                handle.op,
+                handle.name,
+                outcome,
+                error_type,
+                handle.root is not None,
+                item.pending if item is not None else None,
+            )
         except Exception:
             self._fault("event_finished.metrics")
 
@@ -543,8 +539,10 @@ class OTelInstrumentation:
 
     def group_started(self, group: GroupInfo, error_strategy: str) -> Any:
         label = group.name or "unnamed"
-        handle = _GroupHandle(label)
+        handle = _GroupHandle(label, group.group_id)
         self._groups[id(group)] = handle
+        if self._loop_unseen:
+            self._see_loop()
         try:
             if self.metrics is not None:
                 m = self.metrics
@@ -575,8 +573,10 @@ class OTelInstrumentation:
             self._fault("group_started")
         return handle
 
-    def item_started(self, handle: Any, group: GroupInfo, index: int, wait: float) -> Any:
-        item = _ItemHandle(handle, index, wait)
+    def item_started(
+        self, handle: Any, group: GroupInfo, index: int, wait: float, *, attempt: int = 1
+    ) -> Any:
+        item = _ItemHandle(handle, index, wait, attempt)
         try:
             if handle is not None:
                 wait_child = handle.wait_child
@@ -584,28 +584,34 @@ class OTelInstrumentation:
                     wait_child.observe(wait)
                 if handle.ctx is not None:
                     item.token = otel_context.attach(handle.ctx)
-            if self._tracer.tracer is not None:
-                item.info_token = _current_item.set(item)
+            item.info_token = _current_item.set(item)
         except Exception:
             self._fault("item_started")
         return item
 
     def item_finished(
-        self, item: Any, group: GroupInfo, outcome: str, error: BaseException | None
+        self,
+        item: Any,
+        group: GroupInfo,
+        outcome: str,
+        error: BaseException | None,
+        *,
+        final: bool = True,
     ) -> None:
         if item is None:
             return
         try:
-            if outcome == Outcome.REJECTED and item.group is not None:
-                span = item.group.span
-                if span is not None and span.is_recording():
-                    span.add_event(
-                        Rh.EVENT_REJECTED,
-                        {
-                            Rh.BREAKER_NAME: getattr(error, "breaker", ""),
-                            Rh.INDEX: item.index,
-                        },
-                    )
+            group_handle = item.group
+            if isinstance(error, CircuitOpenError):
+                _note_rejection(item, error)  # every rejection, also one the group retries
+            if final:
+                failed = error is not None and outcome in _FAILURES
+                error_type = type(error).__name__ if failed else None
+                if group_handle is not None:
+                    group_handle.first_error = group_handle.first_error or error_type
+                if self._outcomes is not None:
+                    label = group_handle.label if group_handle is not None else "unnamed"
+                    self._outcomes.item(item.pending, label, outcome, error_type)
         except Exception:
             self._fault("item_finished")
         finally:
@@ -625,6 +631,8 @@ class OTelInstrumentation:
         attempt: int,
         delay: float,
         error: BaseException,
+        *,
+        index: int | None = None,
     ) -> None:
         try:
             if self.metrics is not None:
@@ -632,6 +640,8 @@ class OTelInstrumentation:
                 op = _OPERATION_OF.get(operation or "", Op.PARALLEL_ITEM)
                 m.child(m.retries, op, name).inc()
             handle = self._groups.get(id(group))
+            if handle is not None and index is not None:
+                handle.backoffs[index] = delay
             span = handle.span if handle is not None else None
             if span is not None and span.is_recording():
                 span.add_event(
@@ -641,7 +651,7 @@ class OTelInstrumentation:
                         Rh.RETRY_ATTEMPT: attempt,
                         Rh.RETRY_DELAY: delay,
                         sc.ATTR_ERROR_TYPE: type(error).__name__,
-                        sc.ATTR_EXCEPTION_MESSAGE: str(error)[:_MESSAGE_LIMIT],
+                        sc.ATTR_EXCEPTION_MESSAGE: error_message(error),
                     },
                 )
         except Exception:
@@ -655,31 +665,21 @@ class OTelInstrumentation:
         cancelled: int,
         duration: float,
         timed_out: bool,
+        *,
+        error: BaseException | None = None,
     ) -> None:
         self._groups.pop(id(group), None)
         label = handle.label if handle is not None else (group.name or "unnamed")
         span = handle.span if handle is not None else None
+        if handle is not None:
+            # The real time the group took, as its span measures it (not the state's
+            # clock, which may be simulated): the exemplar and its trace agree.
+            duration = perf_counter() - handle.started
         try:
             if span is not None:
                 if span.is_recording():
-                    span.set_attributes(
-                        {
-                            Rh.SIZE: group.total,
-                            Rh.COMPLETED: group.completed,
-                            Rh.FAILED: group.failed,
-                            Rh.CANCELLED: cancelled,
-                            Rh.STATUS: status,
-                            Rh.OUTCOME: status,
-                        }
-                    )
-                    if timed_out:
-                        span.set_attribute(Rh.TIMED_OUT, True)
-                        span.add_event(Rh.EVENT_TIMEOUT, {Rh.TIMEOUT: group.timeout or -1.0})
-                        span.set_status(
-                            Status(StatusCode.ERROR, f"timed out after {group.timeout}s")
-                        )
-                    elif status == "failed":
-                        span.set_status(Status(StatusCode.ERROR, f"{group.failed} items failed"))
+                    first = handle.first_error if handle is not None else None
+                    _group_span_result(span, group, status, cancelled, timed_out, error, first)
                 span.end()
         except Exception:
             self._fault("group_finished.span")
@@ -705,6 +705,17 @@ class OTelInstrumentation:
                 live.in_flight = in_flight
                 live.queued = queued
 
+    # ----------------------------------------------------------------- journal
+
+    def journal_written(self, journal: Any, seconds: float) -> None:
+        m = self.metrics
+        if m is None:
+            return
+        try:
+            m.child(m.journal_write, type(journal).__name__).observe(seconds)
+        except Exception:
+            self._fault("journal_written")
+
     # ---------------------------------------------------------------- breakers
 
     def watch_breaker(self, breaker: Any) -> None:
@@ -724,11 +735,12 @@ def _record_model_call(
     that ran its handler, or any that reported usage)."""
     request_model, provider = _model_of(event.actor)
     response_model = usage.response_model if usage is not None else None
-    if m is not None and usage is not None:
+    if m is not None:
         model = response_model or request_model or "unknown"
-        if usage.input_tokens:
+        m.child(m.model_duration, handle.name, model).observe(duration)
+        if usage is not None and usage.input_tokens:
             m.child(m.tokens, handle.name, model, TokenType.INPUT).inc(usage.input_tokens)
-        if usage.output_tokens:
+        if usage is not None and usage.output_tokens:
             m.child(m.tokens, handle.name, model, TokenType.OUTPUT).inc(usage.output_tokens)
     if genai is None:
         return
@@ -747,6 +759,109 @@ def _record_model_call(
     if error is not None:
         attrs[sc.ATTR_ERROR_TYPE] = type(error).__name__
     genai.duration.record(duration, attrs)
+
+
+def _group_span_result(
+    span: Any,
+    group: GroupInfo,
+    status: str,
+    cancelled: int,
+    timed_out: bool,
+    error: BaseException | None,
+    first_error: str | None,
+) -> None:
+    """How a group ended, on its span. A failed or timed-out group has ``error.type``:
+    what it raised (the type of its first failed item when that is what it raised,
+    ``ParallelTimeoutError`` on timeout), or ``_partial_failure`` when it returned its
+    results with failed items."""
+    span.set_attributes(
+        {
+            Rh.SIZE: group.total,
+            Rh.COMPLETED: group.completed,
+            Rh.FAILED: group.failed,
+            Rh.CANCELLED: cancelled,
+            Rh.STATUS: status,
+            Rh.OUTCOME: status,
+        }
+    )
+    if timed_out:
+        raised = type(error).__name__ if error is not None else ParallelTimeoutError.__name__
+        span.set_attributes({Rh.TIMED_OUT: True, sc.ATTR_ERROR_TYPE: raised})
+        span.add_event(Rh.EVENT_TIMEOUT, {Rh.TIMEOUT: group.timeout or -1.0})
+        span.set_status(Status(StatusCode.ERROR, f"timed out after {group.timeout}s"))
+    elif status == "failed":
+        if error is None:
+            error_type = sc.ERROR_TYPE_PARTIAL_FAILURE
+        else:
+            error_type = first_error or type(error).__name__
+        span.set_attribute(sc.ATTR_ERROR_TYPE, error_type)
+        span.set_status(Status(StatusCode.ERROR, f"{group.failed} items failed"))
+
+
+def _event_attributes(
+    event: ExecutionEvent[Any],
+    op: str,
+    name_attr: str,
+    name: str,
+    item: _ItemHandle | None,
+    conversation_id: str | None,
+) -> tuple[str, dict[str, Any]]:
+    """The name and the start attributes of an event span."""
+    event_type = event.event_type
+    attrs: dict[str, Any] = {
+        sc.ATTR_OPERATION_NAME: op,
+        name_attr: name,
+        Rh.ADDRESS: event.address,
+    }
+    span_name = f"{op} {name}"
+    if event_type is EventType.LLM_CALL or event_type is EventType.AGENT_CALL:
+        model, provider = _model_of(event.actor)
+        if model is not None:
+            attrs[sc.ATTR_REQUEST_MODEL] = model
+            if event_type is EventType.LLM_CALL:
+                span_name = f"{op} {model}"
+        if provider is not None:
+            attrs[sc.ATTR_PROVIDER_NAME] = provider
+        if event_type is EventType.AGENT_CALL and conversation_id is not None:
+            attrs[sc.ATTR_CONVERSATION_ID] = conversation_id
+    if event.is_parallel:
+        attrs[Rh.GROUP_ID] = event.group_id or ""
+        index = event.parallel_index
+        if index is not None:
+            attrs[Rh.INDEX] = index
+            if item is not None:
+                attrs[Rh.WAIT] = item.wait
+                attrs[Rh.ATTEMPT] = item.attempt
+                if item.backoff is not None:
+                    attrs[Rh.RETRY_DELAY] = item.backoff
+    if event.is_replayed:
+        attrs[Rh.REPLAYED] = True
+    return span_name, attrs
+
+
+def _note_rejection(item: _ItemHandle, error: CircuitOpenError) -> None:
+    """A ``circuit_breaker.rejected`` event on the group span of a rejected attempt."""
+    span = item.group.span if item.group is not None else None
+    if span is not None and span.is_recording():
+        span.add_event(
+            Rh.EVENT_REJECTED,
+            {Rh.BREAKER_NAME: error.breaker, Rh.INDEX: item.index, Rh.ATTEMPT: item.attempt},
+        )
+
+
+def _own_item(event: ExecutionEvent[Any]) -> _ItemHandle | None:
+    """The group item ``event`` is the work of (run directly by the item), if any."""
+    if not event.is_parallel:
+        return None
+    info = _current_item.get()
+    if (
+        info is not None
+        and info.index == event.parallel_index
+        and info.group is not None
+        and info.group.group_id == event.group_id
+    ):
+        return info
+    return None
 
 
 def _usage_attributes(usage: TokenUsage) -> dict[str, Any]:

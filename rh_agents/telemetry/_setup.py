@@ -1,7 +1,7 @@
 """``setup()``: configure the OpenTelemetry SDK and a /metrics endpoint for an application.
 
-This is the one place that starts exporters and servers, and only when an application
-calls it (never on import). Libraries built on rh_agents should accept a
+This is the one place that starts exporters, servers and monitor threads, and only when
+an application calls it (never on import). Libraries built on rh_agents should accept a
 :class:`~rh_agents.telemetry.Telemetry` instead.
 """
 
@@ -11,24 +11,29 @@ import atexit
 import errno
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from queue import SimpleQueue
 from typing import Any, TypeVar
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.export import SpanExporter
 from opentelemetry.sdk.trace.sampling import Sampler
 from prometheus_client import CollectorRegistry
 
 from rh_agents.core.errors import InvalidArgumentError
 from rh_agents.telemetry._exporters import JsonLinesSpanExporter
+from rh_agents.telemetry._health import CountingSpanProcessor, LoopLagMonitor
 from rh_agents.telemetry._telemetry import Telemetry
+from rh_agents.telemetry.metrics import metrics_for
 
 __all__ = [
+    "DEFAULT_LOOP_LAG_INTERVAL",
     "DEFAULT_TRACE_FILE",
     "MAX_EXPORT_BATCH",
     "MAX_QUEUE_SIZE",
@@ -47,6 +52,11 @@ MAX_EXPORT_BATCH = 4_096
 SCHEDULE_DELAY_MS = 200
 _GRACE = 1.0
 """Seconds given to stopping an exporter that did not finish in time."""
+DEFAULT_LOOP_LAG_INTERVAL = 0.5
+"""Seconds between two event-loop lag probes of the monitor ``setup()`` starts."""
+_RESERVE_FOR_EXIT = sys.version_info[:2] == (3, 12)
+"""CPython 3.12 refuses to start threads in atexit handlers (gh-113964; its atexit
+documentation says so): there, setup() starts the threads its exit hook needs at once."""
 
 _T = TypeVar("_T")
 
@@ -85,6 +95,7 @@ class TelemetryHandle:
         processors: Sequence[tuple[SpanProcessor, SpanExporter]] = (),
         *,
         protocol: str = "http/protobuf",
+        monitor: LoopLagMonitor | None = None,
     ) -> None:
         self.telemetry = telemetry
         self.otlp_protocol = protocol
@@ -97,6 +108,11 @@ class TelemetryHandle:
         self._server = server
         self._export_timeout = export_timeout
         self._processors = list(processors)
+        self._monitor = monitor
+        # Where the interpreter may refuse new threads at exit, the threads the bounded
+        # shutdown needs (one per processor, one per exporter to interrupt, one for the
+        # provider) are started now and wait.
+        self._reserve = _Reserve(2 * len(self._processors) + 1) if _RESERVE_FOR_EXIT else None
         self.metrics_url: str | None = None
         if server is not None:
             host, port = server.server_address[:2]
@@ -154,10 +170,15 @@ class TelemetryHandle:
             self._closed = True
         atexit.unregister(self._shutdown_at_exit)
         seconds = self._budget(timeout)
+        if self._monitor is not None:
+            self._monitor.stop()
         try:
             self._stop_processors(seconds)
         except Exception:  # pragma: no cover - defensive: shutdown never raises
             logger.exception("Stopping the span exporters failed")
+        finally:
+            if self._reserve is not None:
+                self._reserve.close()
         if self._server is not None:
             try:
                 self._server.shutdown()
@@ -171,17 +192,29 @@ class TelemetryHandle:
 
     def _stop_processors(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
+        reserve = self._reserve
         # One thread per processor: each exports what it still holds (the SDK's worker
         # does so when stopping), so a hanging exporter does not hold the others back.
         stopping = [
-            (exporter, _start(processor.shutdown, "rh_agents-telemetry-shutdown"))
+            (
+                processor,
+                exporter,
+                _start(processor.shutdown, "rh_agents-telemetry-shutdown", reserve),
+            )
             for processor, exporter in self._processors
         ]
-        stuck = [exporter for exporter, done in stopping if not _wait_until(done, deadline)]
+        stuck = [
+            (processor, exporter)
+            for processor, exporter, done in stopping
+            if not _wait_until(done, deadline)
+        ]
         # After the deadline, one short grace period for the rest, however many are stuck.
         grace = max(deadline, time.monotonic()) + _GRACE
         if stuck:
-            names = ", ".join(sorted({type(e).__name__ for e in stuck}))
+            for processor, _ in stuck:
+                if isinstance(processor, CountingSpanProcessor):
+                    processor.abandon()
+            names = ", ".join(sorted({type(e).__name__ for _, e in stuck}))
             logger.warning(
                 "Span exporter(s) %s did not finish within %.1f s (down, hanging or not "
                 "answering); stopping them and dropping the spans they still hold.",
@@ -191,14 +224,15 @@ class TelemetryHandle:
             # The SDK would join its worker for 30 s before telling the exporter; telling
             # it now interrupts a hanging export (and the OTLP exporter's retries).
             interrupting = [
-                _start(exporter.shutdown, "rh_agents-telemetry-exporter-shutdown")
-                for exporter in stuck
+                _start(exporter.shutdown, "rh_agents-telemetry-exporter-shutdown", reserve)
+                for _, exporter in stuck
             ]
             for done in interrupting:
                 _wait_until(done, grace)
         # Processors the application added to the provider (ours return at once now).
         if not _wait_until(
-            _start(self.tracer_provider.shutdown, "rh_agents-telemetry-shutdown"), grace
+            _start(self.tracer_provider.shutdown, "rh_agents-telemetry-shutdown", reserve),
+            grace,
         ):
             logger.warning(
                 "The tracer provider did not shut down in time: a span processor added "
@@ -215,7 +249,49 @@ class TelemetryHandle:
         self.shutdown()
 
 
-def _start(target: Callable[[], object], name: str) -> threading.Event:
+class _Reserve:
+    """Daemon threads started in advance, each running one task at a time when asked.
+
+    For an interpreter that refuses to start threads in atexit handlers: the handle's
+    exit hook hands its tasks to these instead, and stays bounded.
+    """
+
+    def __init__(self, size: int) -> None:
+        self._tasks: SimpleQueue[Callable[[], None] | None] = SimpleQueue()
+        self._idle = size
+        self._lock = threading.Lock()
+        self._size = size
+        for _ in range(size):
+            threading.Thread(
+                target=self._serve, name="rh_agents-telemetry-reserve", daemon=True
+            ).start()
+
+    def _serve(self) -> None:
+        while (task := self._tasks.get()) is not None:
+            try:
+                task()
+            finally:
+                with self._lock:
+                    self._idle += 1
+
+    def run(self, task: Callable[[], None]) -> bool:
+        """Hand ``task`` to an idle thread; False when none is idle."""
+        with self._lock:
+            if not self._idle:
+                return False
+            self._idle -= 1
+        self._tasks.put(task)
+        return True
+
+    def close(self) -> None:
+        """Let the idle threads end (a thread still running a task ends after it)."""
+        for _ in range(self._size):
+            self._tasks.put(None)
+
+
+def _start(
+    target: Callable[[], object], name: str, reserve: _Reserve | None = None
+) -> threading.Event:
     """Run ``target`` in a daemon thread (errors logged); the event is set when done."""
     done = threading.Event()
 
@@ -230,9 +306,10 @@ def _start(target: Callable[[], object], name: str) -> threading.Event:
     try:
         threading.Thread(target=run, name=name, daemon=True).start()
     except RuntimeError:
-        # Some Python 3.12 releases refuse new threads at interpreter exit: run it here
-        # (unbounded then, as the SDK's own exit hook would be).
-        run()
+        # The interpreter refuses new threads (CPython 3.12 in atexit handlers): a
+        # thread started in advance runs it, else it runs here, unbounded then.
+        if reserve is None or not reserve.run(run):
+            run()
     return done
 
 
@@ -358,6 +435,7 @@ def setup(
     otlp_protocol: str | None = None,
     otlp_headers: dict[str, str] | None = None,
     sampler: Sampler | None = None,
+    loop_lag_interval: float | None = DEFAULT_LOOP_LAG_INTERVAL,
 ) -> TelemetryHandle:
     """Configure tracing and metrics for an application (or the demo).
 
@@ -395,6 +473,10 @@ def setup(
             ``OTEL_EXPORTER_OTLP_(TRACES_)HEADERS``).
         sampler: the span sampler (default ``OTEL_TRACES_SAMPLER`` / ``_ARG``, else
             parent-based always-on). A sampled-out span changes no history or metric.
+        loop_lag_interval: seconds between the probes of the event-loop lag monitor
+            (``rh_agents_event_loop_lag_seconds``; a thread started here and stopped
+            by ``shutdown()``, probing the loops the handle's states run on); None
+            for no monitor.
 
     ``OTEL_SDK_DISABLED=true`` turns the spans off (no exporter, no span file); the
     Prometheus metrics and /metrics stay.
@@ -436,7 +518,9 @@ def setup(
     processors: list[tuple[SpanProcessor, SpanExporter]] = []
     created: list[SpanExporter] = []
     file_path: Path | None = None
+    monitor: LoopLagMonitor | None = None
     try:
+        span_metrics = metrics_for(registry).span_export()
         if disabled:
             logger.info("OTEL_SDK_DISABLED is set: rh_agents records no spans.")
         else:
@@ -446,11 +530,14 @@ def setup(
                 file_path = Path(trace_file) if trace_file is not None else DEFAULT_TRACE_FILE
                 created.append(JsonLinesSpanExporter(file_path))
             for exporter in [*(exporters or []), *created]:
-                processor = BatchSpanProcessor(exporter, **batching)
+                processor = CountingSpanProcessor(exporter, span_metrics, **batching)
                 processors.append((processor, exporter))
                 provider.add_span_processor(processor)
         telemetry = Telemetry(provider, registry, tracing=not disabled)
+        monitor = _lag_monitor(telemetry, loop_lag_interval)
     except BaseException:
+        if monitor is not None:
+            monitor.stop()
         _abandon(server, processors, created)
         raise
     if set_global:
@@ -465,9 +552,20 @@ def setup(
         timeout,
         processors,
         protocol=protocol,
+        monitor=monitor,
     )
     handle.span_processor_settings = dict(batching)
     return handle
+
+
+def _lag_monitor(telemetry: Telemetry, interval: float | None) -> LoopLagMonitor | None:
+    """The event-loop lag monitor of ``telemetry``, started (None: no monitor)."""
+    if interval is None or interval <= 0 or telemetry.metrics is None:
+        return None
+    monitor = LoopLagMonitor(telemetry.metrics.loop_lag(), float(interval))
+    telemetry.instrumentation.loops = monitor
+    monitor.start()
+    return monitor
 
 
 def _batch_settings(

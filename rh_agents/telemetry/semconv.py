@@ -16,6 +16,8 @@ __all__ = [
     "ATTR_CONVERSATION_ID",
     "ATTR_ERROR_TYPE",
     "ATTR_EXCEPTION_MESSAGE",
+    "ATTR_EXCEPTION_STACKTRACE",
+    "ATTR_EXCEPTION_TYPE",
     "ATTR_OPERATION_NAME",
     "ATTR_PROVIDER_NAME",
     "ATTR_REQUEST_MODEL",
@@ -25,6 +27,8 @@ __all__ = [
     "ATTR_TOOL_NAME",
     "ATTR_USAGE_INPUT_TOKENS",
     "ATTR_USAGE_OUTPUT_TOKENS",
+    "ERROR_TYPE_PARTIAL_FAILURE",
+    "EVENT_EXCEPTION",
     "METRIC_OPERATION_DURATION",
     "METRIC_TOKEN_USAGE",
     "OPERATION_DURATION_BUCKETS",
@@ -57,6 +61,14 @@ ATTR_CONVERSATION_ID: Final = "gen_ai.conversation.id"
 ATTR_TOKEN_TYPE: Final = "gen_ai.token.type"
 ATTR_ERROR_TYPE: Final = "error.type"
 ATTR_EXCEPTION_MESSAGE: Final = "exception.message"
+ATTR_EXCEPTION_TYPE: Final = "exception.type"
+ATTR_EXCEPTION_STACKTRACE: Final = "exception.stacktrace"
+EVENT_EXCEPTION: Final = "exception"
+"""The span event of a recorded exception (messages and stack traces are bounded)."""
+
+ERROR_TYPE_PARTIAL_FAILURE: Final = "_partial_failure"
+"""``error.type`` of a group span whose group returned its results with failed items
+(nothing was raised, so no single exception type describes it)."""
 
 
 class Op:
@@ -145,6 +157,8 @@ class Rh:
     STATUS: Final = "rh_agents.parallel.status"
     TIMED_OUT: Final = "rh_agents.parallel.timed_out"
     ITEM: Final = "rh_agents.parallel.item"
+    ATTEMPT: Final = "rh_agents.attempt"
+    """On the event span of a group item: which attempt of the item it runs (1-based)."""
     RETRY_ATTEMPT: Final = "rh_agents.retry.attempt"
     RETRY_DELAY: Final = "rh_agents.retry.delay"
     BREAKER_NAME: Final = "rh_agents.circuit_breaker.name"
@@ -166,6 +180,17 @@ class Rh:
     BREAKER_TRIPS: Final = "rh_agents_circuit_breaker_trips"
     BREAKER_REJECTIONS: Final = "rh_agents_circuit_breaker_rejections"
     BREAKER_STATE: Final = "rh_agents_circuit_breaker_state"
+    BREAKER_TRANSITIONS: Final = "rh_agents_circuit_breaker_transitions"
+    BREAKER_OPEN_SECONDS: Final = "rh_agents_circuit_breaker_open_seconds"
+    FINAL_OUTCOMES: Final = "rh_agents_final_outcomes"
+    FINAL_ERRORS: Final = "rh_agents_final_errors"
+    WORKFLOWS: Final = "rh_agents_workflows"
+    MODEL_DURATION: Final = "rh_agents_model_duration_seconds"
+    JOURNAL_WRITE: Final = "rh_agents_journal_write_duration_seconds"
+    EVENT_LOOP_LAG: Final = "rh_agents_event_loop_lag_seconds"
+    SPANS_EXPORTED: Final = "rh_agents_spans_exported"
+    SPANS_EXPORT_FAILED: Final = "rh_agents_spans_export_failed"
+    SPANS_DROPPED: Final = "rh_agents_spans_dropped"
     SEMAPHORE_WAIT: Final = "rh_agents_semaphore_wait_seconds"
     GROUPS: Final = "rh_agents_parallel_groups"
     GROUP_DURATION: Final = "rh_agents_parallel_group_duration_seconds"

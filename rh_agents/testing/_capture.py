@@ -47,19 +47,19 @@ class TelemetryCapture:
     """
 
     def __init__(self) -> None:
-        self.exporter = InMemorySpanExporter()
+        self.exporter: InMemorySpanExporter = InMemorySpanExporter()
         # Spans are exported synchronously to memory: nothing to flush at exit, and no
         # exit hook holding on to every capture of a test session.
-        self.tracer_provider = TracerProvider(shutdown_on_exit=False)
+        self.tracer_provider: TracerProvider = TracerProvider(shutdown_on_exit=False)
         self._open = _OpenSpans()
         self.tracer_provider.add_span_processor(self._open)
         self.tracer_provider.add_span_processor(SimpleSpanProcessor(self.exporter))
-        self.registry = CollectorRegistry()
-        self.metric_reader = InMemoryMetricReader()
-        self.meter_provider = MeterProvider(
+        self.registry: CollectorRegistry = CollectorRegistry()
+        self.metric_reader: InMemoryMetricReader = InMemoryMetricReader()
+        self.meter_provider: MeterProvider = MeterProvider(
             metric_readers=[self.metric_reader], shutdown_on_exit=False
         )
-        self.telemetry = Telemetry(
+        self.telemetry: Telemetry = Telemetry(
             self.tracer_provider, self.registry, meter_provider=self.meter_provider
         )
 

@@ -334,7 +334,9 @@ def test_registry_shares_one_breaker_per_name_and_keeps_its_settings() -> None:
     registry.on_create(lambda b: created.append(b.name))
 
     llm = registry.get("llm", failure_threshold=2, recovery_timeout=5.0)
-    again = registry.get("llm", failure_threshold=9, recovery_timeout=99.0)
+    with pytest.raises(InvalidArgumentError, match="already exists with failure_threshold=2"):
+        registry.get("llm", failure_threshold=9, recovery_timeout=99.0)
+    again = registry.get("llm")
     search = registry.get("search")
 
     assert again is llm

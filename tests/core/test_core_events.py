@@ -566,6 +566,8 @@ def test_the_cores_unvalidated_results_equal_validated_ones() -> None:
         "name": "third",
         "attempts": 2,
         "status": ExecutionStatus.FAILED,
+        "from_cache": True,
+        "replayed": True,
         "metadata": {"actor": "x"},
         "traceback": "Traceback ...",
         "exception": error,

@@ -291,10 +291,17 @@ async def test_full_stream_never_fails_the_actor(caplog: pytest.LogCaptureFixtur
     with caplog.at_level(logging.WARNING, logger="rh_agents.execution"):
         result = await ExecutionEvent(actor=Tool(name="t", handler=handler))(1, {}, state)
     assert result.ok and handler.calls == 1
+    # the terminal event is kept beyond maxsize; a second call's STARTED is dropped
+    assert stream.dropped == 0
+    await ExecutionEvent(actor=Tool(name="t2", handler=handler))(1, {}, state)
     assert stream.dropped == 1
     assert "stream is full" in caplog.text
     state.event_bus.close()  # a full stream still ends after what it holds
-    assert [e.execution_status.value async for e in stream] == ["started"]
+    assert [e.execution_status.value async for e in stream] == [
+        "started",
+        "completed",
+        "completed",
+    ]
 
 
 async def test_a_subscriber_raising_cancelled_error_is_isolated_like_any_error() -> None:

@@ -134,15 +134,20 @@ def test_trace_show_marks_spans_whose_parent_is_missing(
     assert all(_indent(line) == root_indent for line in orphans)
 
 
-def test_trace_show_of_an_empty_file_says_so(
+def test_trace_show_of_a_file_without_spans_says_so_and_fails(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     empty = tmp_path / "spans.jsonl"
     empty.write_text("")
     code, out, err = _show(capsys, str(empty))
-    assert code == 0
-    assert f"No spans in {empty}" in out
-    assert not err
+    assert code == 1  # a script `rh-agents trace show f && ...` must not go on
+    assert not out
+    assert f"No spans in {empty}" in err
+    garbage = tmp_path / "other.jsonl"
+    garbage.write_text("not a span\n")
+    code, out, err = _show(capsys, str(garbage))
+    assert code == 1
+    assert f"No spans in {garbage}" in err
 
 
 def test_trace_show_of_a_bad_path_is_a_clear_error(

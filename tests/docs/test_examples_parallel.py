@@ -89,3 +89,6 @@ def test_parallel_error_handling() -> None:
     assert "batch-2 (shares the breaker): 3 calls made, CircuitOpenError" in out
     assert "after the cooldown the breaker is half_open" in out
     assert "batch-3: 3/3 ok, breaker closed, trips so far: 1" in out
+    assert "answer to 'hello', after attempt 1 failed: AttemptTimeoutError" in out
+    assert ("group with the same policy: [(\"answer to 'a'\", 2), (\"answer to 'b'\", 2)]") in out
+    assert "policy statistics: 6 attempts, 3 retries, 3 timed out" in out

@@ -81,10 +81,18 @@ async def return_lock() -> Any:
     return threading.Lock()
 
 
+def write_pid(path: str) -> None:
+    """Write this process's pid to ``path`` atomically: a test that sees the file sees
+    the whole pid (``write_text`` creates the file empty, then writes)."""
+    partial = f"{path}.{os.getpid()}.partial"
+    Path(partial).write_text(str(os.getpid()))
+    os.replace(partial, path)
+
+
 def kill_once(marker: str) -> None:
     """SIGKILL this process the first time (writing its pid to ``marker``)."""
     if not os.path.exists(marker):
-        Path(marker).write_text(str(os.getpid()))
+        write_pid(marker)
         os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -97,7 +105,7 @@ async def die_once(marker: str) -> int:
 def block_process(started: str) -> None:
     """Write this process's pid to ``started``, then block the process for good (like
     CPU-bound or blocking code that no cancellation can interrupt)."""
-    Path(started).write_text(str(os.getpid()))
+    write_pid(started)
     while True:
         time.sleep(3600)
 
@@ -107,7 +115,7 @@ async def blocks_forever(started: str) -> None:
 
 
 def mark(path: str) -> None:
-    Path(path).write_text(str(os.getpid()))
+    write_pid(path)
 
 
 async def wait_for_release(started: str, release: str) -> int:

@@ -33,7 +33,9 @@ class Recorder(NoopInstrumentation):
     def __init__(self) -> None:
         self.waits: list[tuple[str | None, int, float]] = []
 
-    def item_started(self, handle: Any, group: Any, index: int, wait: float) -> Any:
+    def item_started(
+        self, handle: Any, group: Any, index: int, wait: float, *, attempt: int = 1
+    ) -> Any:
         self.waits.append((group.name, index, wait))
         return None
 

@@ -19,7 +19,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 from pydantic import BaseModel
 
-from rh_agents.core.actors import Tool
+from rh_agents.core.actors import LLM, Tool
+from rh_agents.core.cache import UncacheableInputError
 from rh_agents.core.errors import (
     DuplicateNameError,
     ImmutableEventError,
@@ -258,6 +259,25 @@ async def change_a_history_entry() -> None:
     state = _state()
     await ExecutionEvent(actor=Tool(name="t", handler=_echo))(1, {}, state)
     state.history["t"].result = 2
+
+
+def plain_with() -> None:
+    with _state().parallel():  # type: ignore[attr-defined]
+        pass  # pragma: no cover - never entered
+
+
+def breaker_with_other_settings() -> None:
+    state = _state()
+    state.parallel(circuit_breaker="search-api", circuit_breaker_threshold=3)
+    state.parallel(circuit_breaker="search-api", circuit_breaker_threshold=5)
+
+
+async def uncacheable_extra_context() -> None:
+    result = await ExecutionEvent(actor=LLM(name="llm", handler=_echo))(
+        "hi", {"client": socket.socket}, _state()
+    )
+    assert result.exception is not None
+    raise result.exception
 
 
 @dataclass(frozen=True)
@@ -561,6 +581,41 @@ MISUSES = [
         r"Change a copy: event.model_copy",
     ),
     Misuse(
+        "executor given by name",
+        lambda: _state().parallel(executor="process"),
+        InvalidArgumentError,
+        r"executor must be an executor object, got the string 'process'",
+        r"ProcessPoolItemExecutor\(max_workers=4\) as pool:` and pass `executor=pool`",
+    ),
+    Misuse(
+        "an exception instance as non_retryable",
+        lambda: _state().parallel(max_retries=1, non_retryable=ValueError("x")),
+        InvalidArgumentError,
+        r"non_retryable takes an exception class .* got ValueError\('x'\)",
+        r"Pass classes, not instances",
+    ),
+    Misuse(
+        "a shared breaker asked for with other settings",
+        breaker_with_other_settings,
+        InvalidArgumentError,
+        r"'search-api' already exists with failure_threshold=3.* asks for failure_threshold=5",
+        r"pass the same settings, or none to share the existing breaker",
+    ),
+    Misuse(
+        "a group opened with a plain with",
+        plain_with,
+        LifecycleError,
+        r"A parallel group is an async context manager",
+        r"use `async with state.parallel\(...\) as p:` inside an `async def`",
+    ),
+    Misuse(
+        "an extra_context without a JSON form for a cacheable actor",
+        uncacheable_extra_context,
+        UncacheableInputError,
+        r"extra_context of actor 'llm' cannot be part of its cache key: .* 'client'",
+        r"cache_key=lambda input_data, extra_context: .* or make it cacheable=False",
+    ),
+    Misuse(
         "FakeClock slept outside its block",
         sleep_outside_clock,
         LifecycleError,
@@ -672,10 +727,22 @@ def _all_error_classes() -> dict[str, type[BaseException]]:
     while todo:
         cls = todo.pop()
         for sub in cls.__subclasses__():
+            # EventFailedError[ValueError] and the like are made at run time by
+            # EventFailedError.caused_by (FAIL_FAST), documented under EventFailedError.
+            derived = "[" in sub.__name__
             if sub.__module__.startswith("rh_agents") and ".demo" not in sub.__module__:
-                found[sub.__name__] = sub
+                if not derived:
+                    found[sub.__name__] = sub
                 todo.append(sub)
     return found
+
+
+def test_the_classes_made_for_fail_fast_are_not_in_the_tree() -> None:
+    from rh_agents.core.errors import EventFailedError
+
+    made = EventFailedError.caused_by("Item 0 failed: x", None, KeyError("x"))
+    assert type(made).__name__ == "EventFailedError[KeyError]"
+    assert "EventFailedError[KeyError]" not in _all_error_classes()
 
 
 def test_the_documented_exception_tree_matches_the_classes() -> None:

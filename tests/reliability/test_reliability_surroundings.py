@@ -347,42 +347,38 @@ def test_shutting_down_telemetry_with_a_collector_that_never_answers_is_bounded(
         listener.close()
 
 
-def threads_start_in_atexit_handlers() -> bool:
-    """Whether this interpreter lets an atexit handler start a thread.
-
-    Some CPython 3.12 releases (3.12.1 among them, CPython issue 113964) refuse it; the
-    exit hook then stops the exporters in the exiting thread, without a time bound.
-    """
-    probe = textwrap.dedent(
-        """
-        import atexit, threading
-        def hook():
-            try:
-                threading.Thread(target=int).start()
-            except RuntimeError:
-                print("refused")
-        atexit.register(hook)
-        """
-    )
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
-    return "refused" not in done.stdout
-
-
-@pytest.mark.xfail(
-    not threads_start_in_atexit_handlers(),
-    reason="this Python refuses new threads in atexit handlers, so the exit hook is unbounded",
-    raises=(subprocess.TimeoutExpired, AssertionError),
-    strict=True,
-)
-def test_telemetry_is_shut_down_at_exit_within_its_bound(tmp_path: Path) -> None:
+@pytest.mark.parametrize("refused", [False, True], ids=["threads", "threads-refused-at-exit"])
+def test_telemetry_is_shut_down_at_exit_within_its_bound(tmp_path: Path, refused: bool) -> None:
     # A process that never calls shutdown(): the handle's exit hook exports the spans
-    # (the SDK's own hook would wait 30 s per processor for a hanging exporter).
+    # (the SDK's own hook would wait 30 s per processor for a hanging exporter). Where
+    # the interpreter refuses to start threads in atexit handlers (CPython 3.12, or
+    # simulated here), the threads it needs were started by setup().
     script = tmp_path / "app.py"
     spans = tmp_path / "spans.jsonl"
-    script.write_text(
+    refuse = (
         textwrap.dedent(
+            """
+            import atexit, threading
+            import rh_agents.telemetry._setup as telemetry_setup
+
+            telemetry_setup._RESERVE_FOR_EXIT = True  # as on CPython 3.12
+
+            def refuse(self, *args, **kwargs):
+                raise RuntimeError("can't create new thread at interpreter shutdown")
+            """
+        )
+        if refused
+        else ""
+    )
+    after_setup = (
+        # atexit runs its hooks last in, first out: this one runs before the handle's.
+        "atexit.register(lambda: setattr(threading.Thread, 'start', refuse))" if refused else ""
+    )
+    script.write_text(
+        refuse
+        + textwrap.dedent(
             f"""
-            import asyncio, threading
+            import asyncio, logging, threading
             from prometheus_client import CollectorRegistry
             from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
             from rh_agents.telemetry import setup
@@ -398,18 +394,22 @@ def test_telemetry_is_shut_down_at_exit_within_its_bound(tmp_path: Path) -> None
             async def work(data, extra, state):
                 return data
 
+            logging.basicConfig()  # the handle's warnings to stderr
             handle = setup(trace_file={str(spans)!r}, exporters=[Hanging()],
                            registry=CollectorRegistry(), export_timeout=0.5)
             state = ExecutionState(telemetry=handle.telemetry)
             asyncio.run(ExecutionEvent(actor=Tool(name="t", handler=work))(1, {{}}, state))
             """
         )
+        + after_setup
+        + "\n"
     )
     started = time.monotonic()
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stderr
     assert time.monotonic() - started < 15  # interpreter start-up on a busy host + 0.5 s
     assert [s["name"] for s in read_spans(spans)] == ["execute_tool t"]
+    assert "Hanging did not finish within 0.5 s" in done.stderr
 
 
 # ------------------------------------------------------------ metrics registries

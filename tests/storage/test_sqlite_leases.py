@@ -100,8 +100,12 @@ def test_a_silent_holder_on_another_host_is_taken_over(
 def test_a_dead_holder_on_this_host_is_taken_over_at_once(tmp_path: Path) -> None:
     path = tmp_path / "history.db"
     history(path)
-    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], check=True,
-                          capture_output=True, text=True)
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     import socket
 
     plant_lease(path, socket.gethostname(), int(gone.stdout), time.time())  # fresh heartbeat

@@ -459,7 +459,7 @@ def test_sqlite_event_row_that_is_not_text_is_corrupt(tmp_path: Path) -> None:
     with SQLiteStateBackend(path) as backend, pytest.raises(StateCorruptedError) as info:
         backend.load_events("run-1")
     assert "Event record 1 of state 'run-1'" in str(info.value)
-    assert "is not UTF-8 text" in str(info.value)
+    assert "has no checksum" in str(info.value)
 
 
 def test_sqlite_corrupt_snapshot_row_is_corrupt(tmp_path: Path) -> None:

@@ -612,6 +612,7 @@ def _flat_spans(request: dict[str, Any]) -> list[dict[str, Any]]:
         {
             "name": span["name"],
             "trace_id": span["traceId"],
+            "start_time_unix_nano": int(span["startTimeUnixNano"]),
             "end_time_unix_nano": int(span["endTimeUnixNano"]),
         }
         for resource in request["resourceSpans"]

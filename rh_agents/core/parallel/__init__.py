@@ -23,8 +23,11 @@ Design:
   ExecutionEvent call returning ``ok=False`` is a failure like an exception. An error of
   the group's own machinery (a raising ``retry_on`` predicate, a failing limiter, a
   history that cannot be written) stops the group under either strategy.
-* Retries back off exponentially with jitter (through the injectable clock) without
-  holding a worker; circuit breakers reject calls without running them while open.
+* The group's :class:`~rh_agents.core.policy.Policy` (or the shortcut arguments that
+  build one) guards every attempt, as an actor's policy guards its calls: retries back
+  off exponentially with jitter (through the injectable clock) without holding a worker;
+  circuit breakers reject calls without running them while open; a per-attempt timeout
+  cancels an attempt that takes too long.
 * Every exit path (success, FAIL_FAST, timeout, leaving ``stream()``, an exception in the
   ``async with`` body, external cancellation) cancels and awaits all work of the group,
   also when another task runs ``gather()``: the block owns the group.
@@ -36,7 +39,7 @@ The package, one module per part of a group's life:
   arguments and :mod:`.items` the items it is given.
 * :mod:`.run`: one run of the group (start, workers, deadline, how it ended).
 * :mod:`.scheduler`: which item runs next, the worker tasks, the deadline.
-* :mod:`.attempt`: one attempt of one item (limiter, circuit breaker, executor, retry).
+* :mod:`.attempt`: one attempt of one item (its policy's guards, executor, retry).
 * :mod:`.lending`: limiter permits lent by waiting items to their nested groups.
 * :mod:`.results`: the result of every item, the group's events and summaries.
 * :mod:`.models` and :mod:`.errors`: what users and printers read (the group's state,
@@ -49,6 +52,7 @@ from rh_agents.core.parallel.errors import ParallelGroupError, ParallelTimeoutEr
 from rh_agents.core.parallel.group import ParallelExecutionManager
 from rh_agents.core.parallel.models import (
     ErrorStrategy,
+    GroupStatistics,
     GroupStatus,
     ParallelDisplayMode,
     ParallelEventGroup,
@@ -57,6 +61,7 @@ from rh_agents.core.parallel.models import (
 
 __all__ = [
     "ErrorStrategy",
+    "GroupStatistics",
     "GroupStatus",
     "ParallelDisplayMode",
     "ParallelEventGroup",

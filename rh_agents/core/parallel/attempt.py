@@ -1,27 +1,34 @@
-"""One attempt of one item: limiter, circuit breaker, executor, and what happens after.
+"""One attempt of one item: the group's policy, the executor, and what happens after.
 
-An attempt takes a limiter permit (if the group has a limiter), is admitted by the
-circuit breaker (if any), runs the item's work under the item's frame (in this task, or
-through the group's executor) and then either records the result, schedules a retry
-after a backoff, or records the failure, which stops a FAIL_FAST group.
+An attempt runs the item's work under the item's frame (in this task, or through the
+group's executor), guarded by the group's :class:`~rh_agents.core.policy.Policy` if it
+has one (the guarded attempt of :mod:`rh_agents.core._guarded`, as for an actor: the
+limiter's permit, the breaker's admission, the timeout), and then either records the
+result, schedules a retry after the backoff the retry guard chose, or records the
+failure, which stops a FAIL_FAST group. A group without a policy runs the work directly.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
+from rh_agents.core._guarded import give_back, hold_permit, retry_delay, run_attempt
 from rh_agents.core.context import Frame, current_frame
 from rh_agents.core.errors import CircuitOpenError, EventFailedError, StateError
 from rh_agents.core.events import ExecutionEvent, ExecutionResult
 from rh_agents.core.executors import WorkItem, run_item
 from rh_agents.core.hooks import Outcome
-from rh_agents.core.parallel.lending import Hold, holds
+from rh_agents.core.parallel.models import label_of
 from rh_agents.core.parallel.results import Results, placeholder_actor
 from rh_agents.core.types import ExecutionStatus
 
 if TYPE_CHECKING:
-    from rh_agents.core.circuit_breaker import CircuitPermit
+    from contextvars import Token
+
+    from rh_agents.core._guarded import Hold
     from rh_agents.core.execution import ExecutionState
     from rh_agents.core.parallel.items import Item
     from rh_agents.core.parallel.models import GroupSettings, ParallelEventGroup
@@ -36,7 +43,7 @@ class ItemAttempts:
     Args:
         state: the state the group records into.
         group: the group's model.
-        settings: the group's limiter, breaker, executor and retry policy.
+        settings: the group's policy and executor.
         frame: the group's frame (each item runs under an item frame of it).
         span: the group's telemetry handle.
         scheduler: where retries are scheduled and a stop is requested.
@@ -48,14 +55,13 @@ class ItemAttempts:
     """
 
     __slots__ = (
-        "_breaker",
         "_clock",
         "_executor",
         "_frame",
         "_group",
         "_limiter",
+        "_policy",
         "_results",
-        "_retry",
         "_rng",
         "_scheduler",
         "_span",
@@ -79,17 +85,17 @@ class ItemAttempts:
         self._tel = state.instrumentation
         self._clock = state.clock
         self._group = group
-        self._limiter = settings.limiter
-        self._breaker = settings.breaker
+        policy = settings.policy
+        self._policy = policy
+        self._limiter = policy.limiter if policy is not None else None
         self._executor = settings.executor
-        self._retry = settings.retry
         self._rng = settings.rng
         self._frame = frame
         self._span = span
         self._scheduler = scheduler
         self._results = results
-        self.in_flight = 0
-        self.peak = 0
+        self.in_flight: int = 0
+        self.peak: int = 0
 
     async def run(self, item: Item) -> None:
         """Run one attempt of ``item`` and record how it ended.
@@ -101,11 +107,10 @@ class ItemAttempts:
         traced = tel.enabled  # once per attempt: telemetry may be switched on meanwhile
         clock = self._clock
         group = self._group
-        hold: Hold | None = None
+        policy = self._policy
+        held: tuple[Hold, Token[tuple[Hold, ...]]] | None = None
         if self._limiter is not None:
-            await self._limiter.acquire()
-            hold = Hold(self._limiter)
-        permit: CircuitPermit | None = None
+            held = await hold_permit(self._limiter)
         value: Any = None
         error: BaseException | None = None
         if item.attempts:
@@ -114,7 +119,6 @@ class ItemAttempts:
         item.started = True
         item_frame = self._frame.item(item.index, group.group_id)
         token = current_frame.set(item_frame)
-        holds_token = holds.set((*holds.get(), hold)) if hold is not None else None
         self.in_flight += 1
         if self.in_flight > self.peak:
             self.peak = self.in_flight
@@ -126,24 +130,29 @@ class ItemAttempts:
             if traced:
                 tel.queue_changed(group, self.in_flight, self._scheduler.queued())
                 # The wait for a worker slot (and the limiter): from ready to running.
-                handle = tel.item_started(self._span, group, item.index, started - item.ready_at)
+                handle = tel.item_started(
+                    self._span, group, item.index, started - item.ready_at, attempt=item.attempts
+                )
             try:
-                if self._breaker is not None:
-                    permit = self._breaker.admit()
-                if self._executor is None:
-                    value = await item.awaitable()
+                if policy is None:
+                    if self._executor is None:
+                        value = await item.awaitable()
+                    else:
+                        value = await self._start(item, item_frame)
+                    if isinstance(value, ExecutionResult) and not value.ok:
+                        error = _failure_of(value)
                 else:
-                    value = await run_item(
-                        self._executor, self._work(item), item_frame, self._state
-                    )
-                if isinstance(value, ExecutionResult) and not value.ok:
-                    error = value.exception or EventFailedError(
-                        value.error_message or "The event failed.", value
+                    if item.attempts == 1:
+                        item.first_started = started
+                    value, error = await run_attempt(
+                        policy,
+                        functools.partial(self._start, item, item_frame),
+                        clock,
+                        f"item {item.index} ('{item.name}') of parallel group '{label_of(group)}'",
+                        item.attempts,
+                        _failure_of,
                     )
             except asyncio.CancelledError as exc:
-                if permit is not None:
-                    self._release(permit)
-                    permit = None
                 if self._group_cancelled():
                     if traced:
                         tel.item_finished(handle, group, Outcome.CANCELLED, None)
@@ -155,22 +164,24 @@ class ItemAttempts:
                 error = exc
         finally:
             current_frame.reset(token)
-            if holds_token is not None:
-                holds.reset(holds_token)
             self.in_flight -= 1
-            if hold is not None:
-                hold.release()
+            if held is not None:
+                give_back(*held)
             if traced:
                 tel.queue_changed(group, self.in_flight, self._scheduler.queued())
         elapsed = clock.monotonic() - started
-        if permit is not None:
-            self._record(permit, error)
         if error is None:
             if traced:
                 tel.item_finished(handle, group, Outcome.COMPLETED, None)
             self._results.complete(item, value, elapsed)
             return
         await self._failed(item, value, error, elapsed, handle, traced)
+
+    def _start(self, item: Item, item_frame: Frame) -> Awaitable[Any]:
+        """The attempt's work: the item's awaitable, or its run through the executor."""
+        if self._executor is None:
+            return item.awaitable()
+        return run_item(self._executor, self._work(item), item_frame, self._state)
 
     def _work(self, item: Item) -> WorkItem:
         """What the executor gets for this attempt."""
@@ -188,17 +199,6 @@ class ItemAttempts:
         task = asyncio.current_task()
         return task is None or task.cancelling() > 0 or self._scheduler.stopping
 
-    def _release(self, permit: CircuitPermit) -> None:
-        assert self._breaker is not None
-        self._breaker.release(permit)
-
-    def _record(self, permit: CircuitPermit, error: BaseException | None) -> None:
-        assert self._breaker is not None
-        if error is None:
-            self._breaker.record_success(permit)
-        else:
-            self._breaker.record_failure(permit)
-
     async def _failed(
         self,
         item: Item,
@@ -209,20 +209,28 @@ class ItemAttempts:
         traced: bool,
     ) -> None:
         """The attempt failed: retry it after a backoff, or record the failure."""
-        retry = self._retry
+        policy = self._policy
         # An error of the history itself (disk full, another program's history) is not
         # the item's failure: retrying or going on cannot help, so it stops the group.
         fatal = isinstance(error, StateError)
-        if (
-            retry is not None
+        delay = (
+            retry_delay(
+                policy,
+                item.attempts,
+                error,
+                item.first_started,
+                self._clock.monotonic(),
+                self._rng,
+            )
+            if policy is not None
+            and policy.retry is not None
             and not fatal
             and not self._scheduler.stopping
-            and retry.should_retry(error)
-            and item.attempts < retry.max_attempts
-        ):
-            delay = retry.calculate_delay(item.attempts, error, self._rng)
+            else None
+        )
+        if delay is not None:
             if traced:
-                self._tel.item_finished(handle, self._group, Outcome.FAILED, error)
+                self._tel.item_finished(handle, self._group, Outcome.FAILED, error, final=False)
             await self._schedule_retry(item, value, error, delay)
             return
         outcome = Outcome.REJECTED if isinstance(error, CircuitOpenError) else Outcome.FAILED
@@ -249,7 +257,13 @@ class ItemAttempts:
         # Metric labels must stay low-cardinality: an item that never reached an actor
         # (a plain coroutine, a breaker rejection) is counted under its group's name.
         self._tel.item_retrying(
-            group, actor or group.name or "unnamed", operation, item.attempts, delay, error
+            group,
+            actor or group.name or "unnamed",
+            operation,
+            item.attempts,
+            delay,
+            error,
+            index=item.index,
         )
         address = result.address if result is not None else None
         event: ExecutionEvent[Any] = ExecutionEvent(
@@ -269,3 +283,12 @@ class ItemAttempts:
             metadata={"item": item.name},
         )
         await self._state.publish_event(event)
+
+
+def _failure_of(value: Any) -> BaseException | None:
+    """The failure an item's value stands for: an ``ok=False`` ExecutionResult's."""
+    if isinstance(value, ExecutionResult) and not value.ok:
+        return value.exception or EventFailedError(
+            value.error_message or "The event failed.", value
+        )
+    return None

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import inspect
 from typing import TYPE_CHECKING, Any
 
-from rh_agents.core._validate import is_finite_at_least, is_int_at_least
+from rh_agents.core._validate import ExceptionClasses, is_finite_at_least, is_int_at_least
 from rh_agents.core.circuit_breaker import CircuitBreaker
 from rh_agents.core.errors import InvalidArgumentError
 from rh_agents.core.limiter import Limiter
 from rh_agents.core.parallel.models import ErrorStrategy
+from rh_agents.core.policy import Policy
 from rh_agents.core.retry import RetryConfig
 
 if TYPE_CHECKING:
@@ -17,11 +18,13 @@ if TYPE_CHECKING:
     from rh_agents.core.clock import Clock
 
 __all__ = [
+    "check_executor",
     "check_group_name",
     "check_limiter",
     "check_positive_int",
     "check_timeout",
     "error_strategy",
+    "group_policy",
     "resolve_breaker",
     "retry_policy",
 ]
@@ -60,11 +63,43 @@ def check_limiter(limiter: object) -> None:
         raise InvalidArgumentError(bad_limiter_message(limiter))
 
 
+def check_executor(executor: object) -> None:
+    """Refuse anything but an executor object (or None)."""
+    if executor is None or (
+        not isinstance(executor, type)
+        and inspect.iscoroutinefunction(getattr(executor, "run", None))
+    ):
+        return
+    raise InvalidArgumentError(bad_executor_message(executor))
+
+
+def bad_executor_message(executor: object) -> str:
+    if isinstance(executor, str):
+        return (
+            f"executor must be an executor object, got the string {executor!r}; executors "
+            "are objects, not names. For processes of this machine open "
+            "`async with ProcessPoolItemExecutor(max_workers=4) as pool:` and pass "
+            "`executor=pool`; for a Dask cluster use DaskExecutor the same way (both from "
+            "rh_agents.executors). Leave executor out to run the items in the event loop."
+        )
+    if isinstance(executor, type):
+        return (
+            f"executor must be an executor object, got the class {executor.__name__}; "
+            f"create one and pass it, e.g. executor={executor.__name__}() (a pool is "
+            "opened with `async with`)."
+        )
+    return (
+        f"executor must be an ItemExecutor (an object with `async def run(item)`, such as "
+        f"rh_agents.executors.ProcessPoolItemExecutor) or None, got "
+        f"{type(executor).__name__}."
+    )
+
+
 def retry_policy(
     max_retries: int,
     retry_delay: float,
     retry_on: Any,
-    non_retryable: Sequence[type[BaseException]],
+    non_retryable: ExceptionClasses,
 ) -> RetryConfig | None:
     """The retry policy of a group's items (None: no retries)."""
     if not is_int_at_least(max_retries, 0):
@@ -80,24 +115,98 @@ def retry_policy(
     return None
 
 
+_SHORTCUT_DEFAULTS: dict[str, Any] = {
+    "max_retries": 0,
+    "retry_delay": 1.0,
+    "retry_on": None,
+    "non_retryable": (),
+    "circuit_breaker": None,
+    "circuit_breaker_threshold": None,
+    "circuit_breaker_timeout": None,
+    "limiter": None,
+}
+"""The keyword arguments of a group that build its policy, with their defaults."""
+
+
+def group_policy(
+    policy: Policy | None,
+    shortcuts: dict[str, Any],
+    name: str | None,
+    registry: CircuitBreakerRegistry,
+    clock: Clock,
+) -> Policy | None:
+    """The group's policy: ``policy``, or the one its shortcut arguments build (None when
+    they ask for no guard).
+
+    Args:
+        policy: what ``policy=`` got.
+        shortcuts: the shortcut arguments by name (see ``_SHORTCUT_DEFAULTS``).
+        name: the group's name (names the group's own breaker).
+        registry: where a breaker named by ``circuit_breaker="..."`` is shared.
+        clock: the clock of a breaker created here.
+
+    Raises:
+        InvalidArgumentError: ``policy`` is not a Policy, or comes with a shortcut
+            argument, or a shortcut argument is invalid.
+    """
+    if policy is not None:
+        if not isinstance(policy, Policy):
+            raise InvalidArgumentError(
+                f"policy must be a rh_agents Policy or None, got {type(policy).__name__}; "
+                "build one with Policy(retry=..., breaker=..., limiter=..., timeout=...)."
+            )
+        given = [
+            key
+            for key, default in _SHORTCUT_DEFAULTS.items()
+            if shortcuts[key] != default and not (default == () and not shortcuts[key])
+        ]
+        if given:
+            raise InvalidArgumentError(
+                f"state.parallel() got policy= together with {', '.join(given)}; those "
+                "arguments are shortcuts that build a policy, so the two would conflict. "
+                "Put everything into the Policy (retry=RetryConfig.for_group(...), "
+                "breaker=, limiter=, timeout=) or leave policy= out."
+            )
+        return policy
+    check_limiter(shortcuts["limiter"])
+    retry = retry_policy(
+        shortcuts["max_retries"],
+        shortcuts["retry_delay"],
+        shortcuts["retry_on"],
+        shortcuts["non_retryable"],
+    )
+    breaker = resolve_breaker(
+        registry,
+        shortcuts["circuit_breaker"],
+        shortcuts["circuit_breaker_threshold"],
+        shortcuts["circuit_breaker_timeout"],
+        name,
+        clock,
+    )
+    limiter = shortcuts["limiter"]
+    if retry is None and breaker is None and limiter is None:
+        return None
+    return Policy(retry=retry, breaker=breaker, limiter=limiter)
+
+
 def resolve_breaker(
     registry: CircuitBreakerRegistry,
     breaker: CircuitBreaker | str | None,
     threshold: int | None,
-    cooldown: float,
+    cooldown: float | None,
     name: str | None,
     clock: Clock,
 ) -> CircuitBreaker | None:
     """The group's circuit breaker: the one given, a shared one by name, a breaker of
-    its own when a threshold is given, or None."""
+    its own when a threshold is given, or None.
+
+    Settings left out (None) take a shared breaker's own, or the defaults (5 failures,
+    60 s); settings that differ from a shared breaker's are refused by the registry."""
     if isinstance(breaker, CircuitBreaker):
         return breaker
     if isinstance(breaker, str):
         return registry.get(
-            breaker,
-            failure_threshold=threshold or 5,
-            recovery_timeout=cooldown,
-            clock=clock,
+            breaker, failure_threshold=threshold, recovery_timeout=cooldown, clock=clock
         )
     if breaker is not None:
         raise InvalidArgumentError(
@@ -110,7 +219,7 @@ def resolve_breaker(
     return CircuitBreaker(
         f"parallel:{name or 'group'}",
         failure_threshold=threshold,
-        recovery_timeout=cooldown,
+        recovery_timeout=60.0 if cooldown is None else cooldown,
         clock=clock,
     )
 

@@ -13,12 +13,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Callable
 from enum import Enum
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from rh_agents.core._aio import uninterrupted
+from rh_agents.core._validate import ExceptionClasses
 from rh_agents.core.circuit_breaker import CircuitBreaker
 from rh_agents.core.context import Frame, group_id_for
 from rh_agents.core.errors import LifecycleError
@@ -30,6 +31,7 @@ from rh_agents.core.parallel.lending import Hold, lend, reclaim
 from rh_agents.core.parallel.models import (
     ErrorStrategy,
     GroupSettings,
+    GroupStatistics,
     GroupStatus,
     ParallelEventGroup,
     label_of,
@@ -43,6 +45,7 @@ from rh_agents.core.parallel.results import (
     stop_runner,
 )
 from rh_agents.core.parallel.run import GroupRun
+from rh_agents.core.policy import Policy
 from rh_agents.core.result import ExecutionResult
 from rh_agents.core.types import ExecutionStatus
 
@@ -78,16 +81,31 @@ class ParallelExecutionManager:
         retry_delay: first backoff delay in seconds (exponential, with jitter).
         circuit_breaker_threshold: consecutive failures that open the group's own
             breaker; None (default) for no breaker unless ``circuit_breaker`` is given.
-        circuit_breaker_timeout: seconds an open breaker waits before a probe.
+        circuit_breaker_timeout: seconds an open breaker waits before a probe (None:
+            60 for a new breaker; a breaker shared by name keeps its own).
         limiter: a shared :class:`~rh_agents.core.limiter.Limiter` capping concurrency
             across groups: the object itself, passed to every group that shares it.
         circuit_breaker: a :class:`~rh_agents.core.circuit_breaker.CircuitBreaker` or
-            the name of one in ``execution_state.circuit_breakers`` (shared by name).
-        retry_on: exception classes, or a predicate, deciding what is retried.
-        non_retryable: exception classes never retried.
-        executor: where items run (:class:`~rh_agents.core.executors.AsyncioExecutor`
-            by default).
+            the name of one in ``execution_state.circuit_breakers`` (shared by name; the
+            threshold and timeout given must agree with the shared breaker's, or be
+            left out).
+        retry_on: exception classes (a class, or a tuple, list or set of them), or a
+            predicate ``fn(exc) -> bool``, deciding what is retried.
+        non_retryable: exception classes never retried (a class, or a tuple, list or
+            set of them).
+        executor: where items run: an executor object such as
+            :class:`rh_agents.executors.ProcessPoolItemExecutor` (None: in the event
+            loop, like :class:`~rh_agents.core.executors.AsyncioExecutor`).
         rng: random source for retry jitter (seed it for reproducible delays).
+        policy: the guards of every attempt of every item, as one
+            :class:`~rh_agents.core.policy.Policy` (retry, breaker, limiter, and a
+            per-attempt ``timeout``). ``max_retries``, ``retry_delay``, ``retry_on``,
+            ``non_retryable``, ``circuit_breaker*`` and ``limiter`` are shortcuts that
+            build one; give either the policy or shortcuts, not both.
+
+    Attributes:
+        policy: the group's policy (given, or built from the shortcuts); None when the
+            group has no guard.
 
     Example:
         >>> async with state.parallel(max_workers=3, name="docs") as p:  # doctest: +SKIP
@@ -105,44 +123,51 @@ class ParallelExecutionManager:
         max_retries: int = 0,
         retry_delay: float = 1.0,
         circuit_breaker_threshold: int | None = None,
-        circuit_breaker_timeout: float = 60.0,
+        circuit_breaker_timeout: float | None = None,
         limiter: Limiter | None = None,
         circuit_breaker: CircuitBreaker | str | None = None,
-        retry_on: Any = None,
-        non_retryable: Sequence[type[BaseException]] = (),
+        retry_on: ExceptionClasses | Callable[[BaseException], bool] | None = None,
+        non_retryable: ExceptionClasses = (),
         executor: ItemExecutor | None = None,
         rng: random.Random | None = None,
+        policy: Policy | None = None,
     ) -> None:
         config.check_positive_int(
             "max_workers", max_workers, "Use 1 to run the items one at a time."
         )
         strategy = config.error_strategy(error_strategy)
-        self.timeout = config.check_timeout(timeout)
+        self.timeout: float | None = config.check_timeout(timeout)
         config.check_group_name(name)
-        config.check_limiter(limiter)
-        self._retry = config.retry_policy(max_retries, retry_delay, retry_on, non_retryable)
+        shortcuts = {
+            "max_retries": max_retries,
+            "retry_delay": retry_delay,
+            "retry_on": retry_on,
+            "non_retryable": non_retryable,
+            "circuit_breaker": circuit_breaker,
+            "circuit_breaker_threshold": circuit_breaker_threshold,
+            "circuit_breaker_timeout": circuit_breaker_timeout,
+            "limiter": limiter,
+        }
+        config.check_executor(executor)
+        self.policy: Policy | None = config.group_policy(
+            policy, shortcuts, name, execution_state.circuit_breakers, execution_state.clock
+        )
         self.execution_state = execution_state
         self.max_workers = max_workers
         self.error_strategy = strategy
-        self.max_retries = max_retries
-        self.limiter = limiter
+        guards = self.policy
+        self.max_retries: int = guards.max_attempts - 1 if guards is not None else 0
+        self.limiter: Limiter | None = guards.limiter if guards is not None else None
+        self.circuit_breaker: CircuitBreaker | None = guards.breaker if guards is not None else None
         self.executor = executor
         self._rng = rng
-        self.circuit_breaker = config.resolve_breaker(
-            execution_state.circuit_breakers,
-            circuit_breaker,
-            circuit_breaker_threshold,
-            circuit_breaker_timeout,
-            name,
-            execution_state.clock,
-        )
-        self.group = ParallelEventGroup(
+        self.group: ParallelEventGroup = ParallelEventGroup(
             name=name, max_workers=max_workers, error_strategy=strategy, timeout=self.timeout
         )
         if self.circuit_breaker is not None:
             execution_state.instrumentation.watch_breaker(self.circuit_breaker)
         self.results: list[ExecutionResult[Any]] = []
-        self._items = ItemList(self.group, max_retries if self._retry is not None else 0)
+        self._items = ItemList(self.group, self.max_retries)
         self._phase = _Phase.NEW
         self._frame: Frame | None = None
         self._run_now: GroupRun | None = None  # the run, once collecting started it
@@ -154,6 +179,18 @@ class ParallelExecutionManager:
         self._owner: asyncio.Task[Any] | None = None  # the task that entered the block
 
     # ---------------------------------------------------------------- lifecycle
+
+    if not TYPE_CHECKING:  # type checkers keep flagging a plain `with` as an error
+
+        def __enter__(self) -> None:
+            raise LifecycleError(
+                "A parallel group is an async context manager: use `async with "
+                "state.parallel(...) as p:` inside an `async def` (a plain `with` cannot "
+                "run the group's items)."
+            )
+
+        def __exit__(self, *exc_info: object) -> None:
+            return None  # pragma: no cover - __enter__ always raises
 
     async def __aenter__(self) -> ParallelExecutionManager:
         if self._phase is not _Phase.NEW:
@@ -419,12 +456,18 @@ class ParallelExecutionManager:
         if error is not None:
             raise error
 
-    def statistics(self) -> dict[str, int]:
-        """Live counts: running items, peak concurrency, queued and delayed items."""
+    def statistics(self) -> GroupStatistics:
+        """Live counts: running items, peak concurrency, queued and delayed items.
+
+        Returns:
+            A frozen :class:`~rh_agents.core.parallel.models.GroupStatistics`, also
+            readable as a mapping (``p.statistics()["in_flight"]``). The group's guards
+            count in ``p.policy.statistics()``.
+        """
         run = self._run_now
         if run is not None:
             return run.statistics()
-        return {"in_flight": 0, "peak_in_flight": 0, "queued": len(self._items), "delayed": 0}
+        return GroupStatistics(0, 0, len(self._items), 0)
 
     # -------------------------------------------------------------------- running
 
@@ -434,10 +477,8 @@ class ParallelExecutionManager:
             max_workers=self.max_workers,
             error_strategy=self.error_strategy,
             timeout=self.timeout,
-            retry=self._retry,
+            policy=None if self.policy is None or self.policy.is_empty else self.policy,
             rng=self._rng,
-            limiter=self.limiter,
-            breaker=self.circuit_breaker,
             executor=self.executor,
         )
         run = GroupRun(self, self._items, settings, self._frame, self._queue)

@@ -21,7 +21,16 @@ _FACTORY_TYPES = (FunctionType, MethodType, functools.partial)
 class Item:
     """One item of a group: its work, name, position and attempts so far."""
 
-    __slots__ = ("_name", "attempts", "coro", "factory", "index", "ready_at", "started")
+    __slots__ = (
+        "_name",
+        "attempts",
+        "coro",
+        "factory",
+        "first_started",
+        "index",
+        "ready_at",
+        "started",
+    )
 
     def __init__(
         self,
@@ -30,13 +39,14 @@ class Item:
         factory: Callable[[], Awaitable[Any]] | None,
         coro: Awaitable[Any] | None,
     ) -> None:
-        self.index = index
+        self.index: int = index
         self._name = name
-        self.factory = factory
-        self.coro = coro
-        self.attempts = 0
-        self.started = False
-        self.ready_at = 0.0
+        self.factory: Callable[[], Awaitable[Any]] | None = factory
+        self.coro: Awaitable[Any] | None = coro
+        self.attempts: int = 0
+        self.started: bool = False
+        self.ready_at: float = 0.0
+        self.first_started: float = 0.0  # clock time of the first attempt, for a retry budget
 
     @property
     def name(self) -> str:

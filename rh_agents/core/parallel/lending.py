@@ -1,40 +1,21 @@
-"""Limiter permits held by running items, and lent to the nested groups they wait for.
+"""Limiter permits held by running attempts, and lent to the nested groups they wait for.
 
-While an item waits for a nested group that uses the same limiter, its permit is lent to
-that group (released, then taken back when the nested group ends): an item waiting for
-its children does not use the resource itself, and keeping the permit would deadlock as
-soon as every permit is held by a waiting parent.
+The permits are taken by the guarded attempt (:mod:`rh_agents.core._guarded`) of an item,
+or of an actor call whose policy has a limiter. While such an attempt waits for a nested
+group that uses the same limiter, its permit is lent to that group (released, then taken
+back when the nested group ends): an attempt waiting for its children does not use the
+resource itself, and keeping the permit would deadlock as soon as every permit is held
+by a waiting parent.
 """
 
 from __future__ import annotations
 
 import asyncio
-from contextvars import ContextVar
 
+from rh_agents.core._guarded import Hold, holds
 from rh_agents.core.limiter import Limiter
 
 __all__ = ["Hold", "holds", "lend", "reclaim"]
-
-
-class Hold:
-    """A limiter permit held by one running item."""
-
-    __slots__ = ("held", "lent", "limiter")
-
-    def __init__(self, limiter: Limiter) -> None:
-        self.limiter = limiter
-        self.held = True
-        self.lent = 0
-
-    def release(self) -> None:
-        """Give the permit back (the item ended), unless it is lent out."""
-        if self.held:
-            self.held = False
-            self.limiter.release()
-
-
-holds: ContextVar[tuple[Hold, ...]] = ContextVar("rh_agents_limiter_holds", default=())
-"""The limiter permits held by the items enclosing the current code, outermost first."""
 
 
 def lend(limiter: Limiter | None) -> list[Hold]:

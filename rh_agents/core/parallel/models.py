@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import time
 from collections import Counter
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, Any
@@ -14,14 +15,13 @@ from pydantic import BaseModel, Field, PrivateAttr
 if TYPE_CHECKING:
     import random
 
-    from rh_agents.core.circuit_breaker import CircuitBreaker
     from rh_agents.core.executors import ItemExecutor
-    from rh_agents.core.limiter import Limiter
-    from rh_agents.core.retry import RetryConfig
+    from rh_agents.core.policy import Policy
 
 __all__ = [
     "ErrorStrategy",
     "GroupSettings",
+    "GroupStatistics",
     "GroupStatus",
     "ParallelDisplayMode",
     "ParallelEventGroup",
@@ -234,8 +234,55 @@ class GroupSettings:
     max_workers: int
     error_strategy: ErrorStrategy
     timeout: float | None
-    retry: RetryConfig | None
+    policy: Policy | None  # None: nothing to guard
     rng: random.Random | None
-    limiter: Limiter | None
-    breaker: CircuitBreaker | None
     executor: ItemExecutor | None
+
+
+_STATISTICS_KEYS = ("in_flight", "peak_in_flight", "queued", "delayed")
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class GroupStatistics(Mapping[str, int]):
+    """A point-in-time copy of a group's counts (``p.statistics()``).
+
+    Also a read-only mapping of the same counts, so ``stats["in_flight"]``,
+    ``dict(stats)`` and ``stats == {"in_flight": 0, ...}`` work as they did when
+    ``statistics()`` returned a dict. The statistics of the group's guards are
+    ``p.policy.statistics()``.
+
+    Attributes:
+        in_flight: items running now.
+        peak_in_flight: the most items that ran at once.
+        queued: items that have not started their first attempt.
+        delayed: retries waiting out their backoff.
+    """
+
+    in_flight: int
+    peak_in_flight: int
+    queued: int
+    delayed: int
+
+    def __getitem__(self, key: str) -> int:
+        if key not in _STATISTICS_KEYS:
+            raise KeyError(key)
+        value: int = getattr(self, key)
+        return value
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(_STATISTICS_KEYS)
+
+    def __len__(self) -> int:
+        return len(_STATISTICS_KEYS)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Mapping):
+            return dict(self.items()) == dict(other.items())
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash((self.in_flight, self.peak_in_flight, self.queued, self.delayed))
+
+    def as_dict(self) -> dict[str, int]:
+        """The counts as a new dict."""
+        return dict(self.items())

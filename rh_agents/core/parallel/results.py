@@ -183,13 +183,12 @@ class Results:
     def _fail_fast_error(
         self, item: Item, value: Any, error: BaseException, message: str
     ) -> BaseException:
-        """What FAIL_FAST raises: the item's own exception, or EventFailedError for an
-        ExecutionEvent that returned ``ok=False`` (its handler's exception as cause)."""
+        """What FAIL_FAST raises: the item's own exception, or an EventFailedError for an
+        ExecutionEvent that returned ``ok=False``, which is also an instance of its
+        handler's exception class (that exception is its ``__cause__``)."""
         where = f"Item {item.index} ('{item.name}') of parallel group '{self._label}'"
         if isinstance(value, ExecutionResult):
-            failure = EventFailedError(f"{where} failed: {message}", value)
-            failure.__cause__ = value.exception
-            return failure
+            return EventFailedError.caused_by(f"{where} failed: {message}", value, value.exception)
         if not isinstance(error, Exception):
             failure = EventFailedError(
                 f"{where} raised {type(error).__name__} although the group was not "

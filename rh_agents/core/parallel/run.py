@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from rh_agents.core._aio import cancel_and_wait, uninterrupted
 from rh_agents.core.parallel.attempt import ItemAttempts
 from rh_agents.core.parallel.errors import ParallelTimeoutError
-from rh_agents.core.parallel.models import GroupStatus, label_of, update
+from rh_agents.core.parallel.models import GroupStatistics, GroupStatus, label_of, update
 from rh_agents.core.parallel.results import Results, group_event, publish_group, timeout_message
 from rh_agents.core.parallel.scheduler import Scheduler
 from rh_agents.core.types import ExecutionStatus
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 __all__ = ["GroupRun"]
 
-logger = logging.getLogger("rh_agents.parallel")
+logger: logging.Logger = logging.getLogger("rh_agents.parallel")
 
 _TERMINAL = {
     GroupStatus.COMPLETED: ExecutionStatus.COMPLETED,
@@ -69,21 +69,23 @@ class GroupRun:
         self._frame = frame
         self._span: Any = None
         self._started_at = 0.0
-        self.scheduler = Scheduler(items.items, self._clock)
-        self.results = Results(self._group, self._label, settings.error_strategy, len(items), queue)
+        self.scheduler: Scheduler = Scheduler(items.items, self._clock)
+        self.results: Results = Results(
+            self._group, self._label, settings.error_strategy, len(items), queue
+        )
         self.attempts: ItemAttempts | None = None
         self.error: BaseException | None = None
         """What collecting raises: the deadline, or the failure that stopped the group."""
 
-    def statistics(self) -> dict[str, int]:
+    def statistics(self) -> GroupStatistics:
         """Running items, peak concurrency, queued and delayed items."""
         attempts = self.attempts
-        return {
-            "in_flight": attempts.in_flight if attempts is not None else 0,
-            "peak_in_flight": attempts.peak if attempts is not None else 0,
-            "queued": max(0, self.scheduler.queued()),
-            "delayed": len(self.scheduler.delayed),
-        }
+        return GroupStatistics(
+            in_flight=attempts.in_flight if attempts is not None else 0,
+            peak_in_flight=attempts.peak if attempts is not None else 0,
+            queued=max(0, self.scheduler.queued()),
+            delayed=len(self.scheduler.delayed),
+        )
 
     async def execute(self) -> None:
         """Run every item; raises the group's error (FAIL_FAST, timeout), if any."""
@@ -214,7 +216,13 @@ class GroupRun:
         elif failure is not None and not cancelled:
             self.error = failure
         tel.group_finished(
-            self._span, group, status.value, group.cancelled, duration, scheduler.timed_out
+            self._span,
+            group,
+            status.value,
+            group.cancelled,
+            duration,
+            scheduler.timed_out,
+            error=self.error,
         )
         if tel.enabled:
             tel.queue_changed(group, 0, 0)

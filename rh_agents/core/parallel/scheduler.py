@@ -50,14 +50,14 @@ class Scheduler:
 
     def __init__(self, items: list[Item], clock: Clock) -> None:
         self._clock = clock
-        self.items = items
-        self.cursor = 0
+        self.items: list[Item] = items
+        self.cursor: int = 0
         self.delayed: list[tuple[float, int, Item]] = []
         self.backing_off: set[int] = set()
         self.workers: list[asyncio.Task[None]] = []
-        self.inline = False
-        self.stopping = False
-        self.timed_out = False
+        self.inline: bool = False
+        self.stopping: bool = False
+        self.timed_out: bool = False
 
     def queued(self) -> int:
         """Items that have not started their first attempt yet."""
