@@ -29,9 +29,10 @@ from rh_agents.core.storage import (
     journal_conflict,
     lease_lost,
 )
-from rh_agents.storage._codec import checked_records, snapshot_row
+from rh_agents.storage._codec import checked_records
 from rh_agents.storage._lease import check_takeover, holder_from_row, self_start
 from rh_agents.storage._postgres_conn import Connections, Session
+from rh_agents.storage._postgres_schema import state_row
 
 if TYPE_CHECKING:
     from rh_agents.storage.postgres import PostgresStateBackend
@@ -104,7 +105,7 @@ class PostgresRuns:
                     "INSERT INTO states (state_id, snapshot, status, pipeline_name, "
                     "created_at, updated_at) VALUES (%s, %s, %s, %s, %s, %s) "
                     "ON CONFLICT (state_id) DO NOTHING",
-                    snapshot_row(opening.snapshot),
+                    state_row(opening.snapshot),
                 )
 
     def _take_lease(self, conn: Session, state_id: str, holder: LeaseHolder) -> None:

@@ -20,21 +20,35 @@ Tables (version 1)::
     artifacts       (artifact_id PRIMARY KEY, kind, data)
     cache_entries   (key PRIMARY KEY, value, stored_at, expires_at)
 
-Snapshots and records are stored as the shared codec's checksummed JSON text, exactly as
+This module imports psycopg only in the functions that talk to the server. Snapshots
+and records are stored as the shared codec's checksummed JSON text, exactly as
 the other backends store them. Every statement names its tables unqualified: a
 connection's ``search_path`` is the history's schema alone (set when the pool opens it).
 """
 
 from __future__ import annotations
 
+import json
 import re
-from typing import Any
-
-from psycopg import sql
+from typing import TYPE_CHECKING, Any
 
 from rh_agents.core.errors import InvalidArgumentError, SchemaVersionError, StateCorruptedError
+from rh_agents.core.state_recovery import StateSnapshot
+from rh_agents.storage._codec import check_id, snapshot_row
 
-__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "check_schema_name", "migrate", "search_path"]
+if TYPE_CHECKING:
+    from psycopg import sql
+
+__all__ = [
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "check_schema_name",
+    "check_text_id",
+    "migrate",
+    "pipeline_key",
+    "search_path",
+    "state_row",
+]
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
@@ -80,8 +94,43 @@ def check_schema_name(schema: object) -> str:
     return schema
 
 
+def check_text_id(value: object, what: str = "state_id") -> str:
+    """An id PostgreSQL can store as text: non-empty, no NUL character, valid Unicode.
+
+    Raises:
+        InvalidArgumentError: it is not.
+    """
+    text = check_id(value, what)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        valid = False
+    else:
+        valid = "\x00" not in text
+    if not valid:
+        raise InvalidArgumentError(
+            f"The {what} {text!r} cannot be stored in PostgreSQL: it contains a NUL "
+            "character or an unpaired surrogate. Use printable text."
+        )
+    return text
+
+
+def pipeline_key(name: str | None) -> str | None:
+    """A pipeline name as the ``states.pipeline_name`` column holds it: its JSON text
+    (ASCII), so any name is stored (PostgreSQL text refuses NUL) and compared exactly."""
+    return None if name is None else json.dumps(name)
+
+
+def state_row(snapshot: StateSnapshot) -> tuple[str, str, str, str | None, str, str]:
+    """The ``states`` row of a snapshot (see :func:`._codec.snapshot_row`)."""
+    state_id, text, status, pipeline, created, updated = snapshot_row(snapshot)
+    return check_text_id(state_id), text, status, pipeline_key(pipeline), created, updated
+
+
 def search_path(schema: str) -> sql.Composed:
     """The statement that makes ``schema`` a connection's only schema."""
+    from psycopg import sql
+
     return sql.SQL("SET search_path TO {}").format(sql.Identifier(schema))
 
 
@@ -95,6 +144,8 @@ def migrate(conn: Any, schema: str, where: str) -> int:
         SchemaVersionError: a newer release migrated the schema.
         StateCorruptedError: the schema holds tables of something else.
     """
+    from psycopg import sql
+
     with conn.transaction():
         # Serializes coordinators opening the same history for the first time.
         conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"rh_agents:{schema}",))

@@ -27,12 +27,11 @@ from rh_agents.core.errors import (
 )
 from rh_agents.core.state_recovery import StateSnapshot, StateStatus
 from rh_agents.core.storage import JournalOpening, RunJournal
+from rh_agents.storage import _postgres_schema as _schema
 from rh_agents.storage._codec import (
-    check_id,
     check_snapshot,
     dump_record,
     parse_snapshot,
-    snapshot_row,
     status_filter,
 )
 from rh_agents.storage._writer import Writer
@@ -132,13 +131,11 @@ class PostgresStateBackend:
         timeout: float = 10.0,
         lease_timeout: float = 30.0,
     ) -> None:
-        from rh_agents.storage._postgres_schema import check_schema_name
-
         _driver()
         from rh_agents.storage._postgres_conn import Connections
         from rh_agents.storage._postgres_runs import PostgresRuns
 
-        check_schema_name(schema)
+        _schema.check_schema_name(schema)
         if not isinstance(pool_size, int) or isinstance(pool_size, bool) or pool_size < 2:
             raise InvalidArgumentError(
                 f"pool_size must be an integer of at least 2 (one connection for the "
@@ -199,13 +196,15 @@ class PostgresStateBackend:
     # -- StateBackend
 
     def save_state(self, snapshot: StateSnapshot) -> bool:
-        row = snapshot_row(check_snapshot(snapshot))
+        row = _schema.state_row(check_snapshot(snapshot))
         with self._db.pooled("save a snapshot") as conn:
             conn.execute(_UPSERT_STATE, row)
         return True
 
     def update_state(self, snapshot: StateSnapshot) -> bool:
-        state_id, text, status, pipeline, created, updated = snapshot_row(check_snapshot(snapshot))
+        state_id, text, status, pipeline, created, updated = _schema.state_row(
+            check_snapshot(snapshot)
+        )
         with self._db.pooled("update a snapshot") as conn:
             cursor = conn.execute(
                 "UPDATE states SET snapshot = %s, status = %s, pipeline_name = %s, "
@@ -215,7 +214,7 @@ class PostgresStateBackend:
             return cursor.rowcount > 0
 
     def load_state(self, state_id: str) -> StateSnapshot | None:
-        check_id(state_id)
+        _schema.check_text_id(state_id)
         with self._db.pooled("load a snapshot") as conn:
             row = conn.execute(
                 "SELECT snapshot FROM states WHERE state_id = %s", (state_id,)
@@ -235,15 +234,15 @@ class PostgresStateBackend:
                 (
                     None if wanted is None else wanted.value,
                     None if wanted is None else wanted.value,
-                    pipeline_name,
-                    pipeline_name,
+                    _schema.pipeline_key(pipeline_name),
+                    _schema.pipeline_key(pipeline_name),
                 ),
             ).fetchall()
         return [str(row[0]) for row in rows]
 
     def delete_state(self, state_id: str) -> bool:
         """Delete the snapshot, the journal and the lease of a run."""
-        check_id(state_id)
+        _schema.check_text_id(state_id)
         with self._db.pooled("delete a state") as conn:
             deleted = conn.execute("DELETE FROM states WHERE state_id = %s", (state_id,)).rowcount
             deleted += conn.execute("DELETE FROM events WHERE state_id = %s", (state_id,)).rowcount
@@ -252,7 +251,7 @@ class PostgresStateBackend:
         return deleted > 0
 
     def exists(self, state_id: str) -> bool:
-        check_id(state_id)
+        _schema.check_text_id(state_id)
         with self._db.pooled("look up a state") as conn:
             row = conn.execute("SELECT 1 FROM states WHERE state_id = %s", (state_id,)).fetchone()
         return row is not None
@@ -267,7 +266,7 @@ class PostgresStateBackend:
             ResultSerializationError: the record is not JSON-serializable.
             LifecycleError: the backend is closed.
         """
-        check_id(state_id)
+        _schema.check_text_id(state_id)
         dump_record(state_id, 1, record)  # refuse what cannot be stored before writing
         with self._db.pooled("append an event") as conn:
             conn.execute(
@@ -298,13 +297,13 @@ class PostgresStateBackend:
     def iter_events(self, state_id: str) -> Iterator[dict[str, Any]]:
         """The records of ``state_id``, read in batches from one consistent snapshot of
         the database and checked as they come (see :meth:`load_events`)."""
-        check_id(state_id)
+        _schema.check_text_id(state_id)
         self._open("load events")
         self._writer.settle(state_id, self._timeout)  # read this process's own writes
         return self._runs.iter_events(state_id)
 
     def journal_length(self, state_id: str) -> int:
-        check_id(state_id)
+        _schema.check_text_id(state_id)
         self._writer.settle(state_id, self._timeout)
         with self._db.pooled("read a journal's length") as conn:
             row = conn.execute(
@@ -323,7 +322,7 @@ class PostgresStateBackend:
 
     def open_run(self, opening: JournalOpening) -> RunJournal:
         """The journal a run records into, served by this backend's writer thread."""
-        check_id(opening.state_id)
+        _schema.check_text_id(opening.state_id)
         self._open("record a run")
         return self._writer.open_run(opening)
 

@@ -35,6 +35,7 @@ from rh_agents.core.errors import (
 )
 from rh_agents.core.events import ExecutionEvent
 from rh_agents.core.execution import ExecutionState
+from rh_agents.core.state_recovery import StateMetadata, StateSnapshot
 from rh_agents.core.types import ExecutionStatus
 from rh_agents.state_backends import PostgresCacheBackend, PostgresStateBackend
 
@@ -559,3 +560,23 @@ def test_cache_entries_expire_and_damage_counts_as_a_miss(
         assert served.delete("forever") and not served.delete("forever")
         served.clear()
         assert served.get("bad") is None and cache.get("forever") is None
+
+
+def test_text_postgres_refuses_is_stored_or_refused_clearly(
+    cluster: PostgresCluster, schema: str
+) -> None:
+    with PostgresStateBackend(cluster.dsn(), schema=schema) as backend:
+        # a pipeline name with a NUL character is stored and filtered on exactly
+        odd = StateSnapshot(state_id="run-1", metadata=StateMetadata(pipeline_name="a\x00b"))
+        backend.save_state(odd)
+        backend.save_state(
+            StateSnapshot(state_id="run-2", metadata=StateMetadata(pipeline_name="a"))
+        )
+        assert backend.list_states(pipeline_name="a\x00b") == ["run-1"]
+        assert backend.list_states(pipeline_name="a") == ["run-2"]
+        assert backend.load_state("run-1") == odd
+        backend.append_event("run-1", {"text": "nul \x00 and \ud800"})
+        assert backend.load_events("run-1") == [{"text": "nul \x00 and \ud800"}]
+        for bad in ("a\x00b", "\ud800"):
+            with pytest.raises(InvalidArgumentError, match="cannot be stored in PostgreSQL"):
+                backend.append_event(bad, {"seq": 1})
