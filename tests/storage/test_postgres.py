@@ -18,8 +18,8 @@ import uuid
 from collections import Counter
 from typing import Any
 
-import psycopg
 import pytest
+from ci_env import require_module
 from postgres_server import PostgresCluster
 
 from rh_agents.core.actors import Agent, Tool
@@ -38,6 +38,8 @@ from rh_agents.core.execution import ExecutionState
 from rh_agents.core.state_recovery import StateMetadata, StateSnapshot
 from rh_agents.core.types import ExecutionStatus
 from rh_agents.state_backends import PostgresCacheBackend, PostgresStateBackend
+
+psycopg = require_module("psycopg", "postgres")
 
 S = ExecutionStatus
 
