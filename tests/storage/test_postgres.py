@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -582,3 +584,21 @@ def test_text_postgres_refuses_is_stored_or_refused_clearly(
         for bad in ("a\x00b", "\ud800"):
             with pytest.raises(InvalidArgumentError, match="cannot be stored in PostgreSQL"):
                 backend.append_event(bad, {"seq": 1})
+
+
+def test_psycopg_is_imported_only_when_a_backend_is_built() -> None:
+    script = (
+        "import sys\n"
+        "from rh_agents.state_backends import PostgresStateBackend\n"
+        "assert 'psycopg' not in sys.modules and 'psycopg_pool' not in sys.modules\n"
+        "sys.modules['psycopg_pool'] = None  # as without the postgres extra\n"
+        "try:\n"
+        "    PostgresStateBackend('postgresql://127.0.0.1:1/x')\n"
+        "except ImportError as exc:\n"
+        "    print(exc)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert "PostgresStateBackend needs psycopg 3 and psycopg_pool" in done.stdout
+    assert 'pip install "rh_agents[postgres]"' in done.stdout
