@@ -160,6 +160,11 @@ class PostgresStateBackend:
         return self._schema
 
     @property
+    def location(self) -> str:
+        """Where the history is, for messages: the database and schema (no password)."""
+        return f"{self._db.where}, schema {self._schema}"
+
+    @property
     def artifacts(self) -> PostgresArtifactBackend:
         """An :class:`ArtifactBackend` in the same database and schema (shares the pool)."""
         return PostgresArtifactBackend(self)
