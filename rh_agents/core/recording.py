@@ -8,8 +8,9 @@ fingerprints inputs.
 
 The journal is written off the event loop (:class:`~rh_agents.core.storage.RunJournal`).
 A call's COMPLETED or FAILED record is committed before the call returns (and before
-the history and the bus see it); other records (STARTED, RETRYING, CANCELLED) are
-queued and committed with the next commit, so many concurrent completions share one.
+the history and the bus see it), a RETRYING record before the retry's backoff; other
+records (STARTED, CANCELLED) are queued and committed with the next commit (or after
+at most a short linger), so many concurrent completions share one commit.
 The run's lease is taken before its first record commits, so no handler runs before
 it is held, and given back as soon as no call or group of the state is open: another
 state (or process) may then resume the run. A replayed call (RECOVERED) is not written
@@ -61,6 +62,9 @@ _S = ExecutionStatus
 _ENDS = frozenset({_S.COMPLETED, _S.FAILED, _S.CANCELLED, _S.INTERRUPTED})
 _AWAITED = frozenset({_S.COMPLETED, _S.FAILED})
 """The records a caller waits for: a result is handed back only once it is durable."""
+_FLUSHED = _AWAITED | {_S.RETRYING}
+"""... and a retry waits for its RETRYING record before its backoff: a run killed while
+it waits shows the retry in its journal (retries are rare, so this costs little)."""
 
 
 class Recorder:
@@ -177,7 +181,7 @@ class Recorder:
             if status in _AWAITED:
                 return self._closed(journal)
             self._closing = journal  # a cancellation does not wait for the disk
-        elif status in _AWAITED or (not self._confirmed and status not in _ENDS):
+        elif status in _FLUSHED or (not self._confirmed and status not in _ENDS):
             # The first wait also waits for the lease: no handler runs before it is held.
             return self._flushed(journal)
         return None
