@@ -90,7 +90,7 @@ BENCH_ARGS ?=
 $(BENCH_STAMP): pyproject.toml bench/requirements.txt
 	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
 	$(BENCH_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(BENCH_VENV)/bin/python -m pip install --quiet -e . -r bench/requirements.txt
+	$(BENCH_VENV)/bin/python -m pip install --quiet -e '.[postgres]' -r bench/requirements.txt
 	touch $(BENCH_STAMP)
 
 bench: $(BENCH_STAMP)

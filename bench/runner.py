@@ -20,6 +20,7 @@ from bench import (
     p7_scale,
     p8_distributed,
     p9_storage,
+    p10_postgres,
 )
 from bench._common import (
     MISS,
@@ -42,6 +43,7 @@ BENCHMARKS: tuple[ModuleType, ...] = (
     p7_scale,
     p8_distributed,
     p9_storage,
+    p10_postgres,
 )
 
 DEFAULT_OUT = Path(__file__).resolve().parent
