@@ -56,15 +56,33 @@ class Connections:
         self.schema = schema
         self._timeout = timeout
         millis = str(max(1, int(timeout * 1000)))
+        kwargs: dict[str, Any] = {
+            "autocommit": True,
+            "connect_timeout": max(1, round(timeout)),
+            "options": f"-c statement_timeout={millis} -c lock_timeout={millis}",
+        }
+        # One connection first: a refused connection or a wrong password is reported with
+        # the server's reason at once (the pool would retry until its timeout), and the
+        # tables are created on it.
+        try:
+            first: Session = psycopg.connect(dsn, **kwargs)
+        except psycopg.Error as exc:
+            raise StateStorageError(
+                f"Could not connect to the {self.where} within {timeout:g} s "
+                f"({str(exc).strip()}). Check that the server is running and reachable and "
+                "that the DSN (host, port, user, password, database) is right."
+            ) from exc
+        try:
+            with first:
+                self._configure(first)
+                migrate(first, schema, self.where)
+        except psycopg.Error as exc:
+            raise self.wrap(exc, "create the history's tables") from exc
         self._pool: ConnectionPool[Session] | None = ConnectionPool(
             dsn,
             min_size=1,
             max_size=pool_size,
-            kwargs={
-                "autocommit": True,
-                "connect_timeout": max(1, round(timeout)),
-                "options": f"-c statement_timeout={millis} -c lock_timeout={millis}",
-            },
+            kwargs=kwargs,
             configure=self._configure,
             timeout=timeout,
             open=False,
@@ -73,19 +91,12 @@ class Connections:
         try:
             self._pool.open(wait=True, timeout=timeout)
         except PoolTimeout as exc:
-            self._pool.close(timeout=0)
-            self._pool = None
+            self.close()
             raise StateStorageError(
                 f"Could not connect to the {self.where} within {timeout:g} s ({exc}). Check "
                 "that the server is running and reachable and that the DSN (host, port, "
                 "user, password, database) is right."
             ) from exc
-        try:
-            with self.session("create the history's tables") as conn:
-                migrate(conn, schema, self.where)
-        except BaseException:
-            self.close()
-            raise
 
     def _configure(self, conn: Session) -> None:
         conn.execute(search_path(self.schema))
@@ -124,17 +135,6 @@ class Connections:
             conn.close()
         else:
             pool.putconn(conn)  # the pool discards a broken or closed connection
-
-    @contextlib.contextmanager
-    def session(self, action: str) -> Iterator[Session]:
-        """A pooled connection for one piece of work; driver errors become storage errors."""
-        conn = self.take(action)
-        try:
-            yield conn
-        except psycopg.Error as exc:
-            raise self.wrap(exc, action) from exc
-        finally:
-            self.give_back(conn)
 
     @contextlib.contextmanager
     def transaction(

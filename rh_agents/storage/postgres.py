@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 from collections.abc import Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -35,6 +34,7 @@ from rh_agents.storage._codec import (
     status_filter,
 )
 from rh_agents.storage._writer import Writer
+from rh_agents.storage.filesystem import FileSystemArtifactBackend
 
 if TYPE_CHECKING:
     from rh_agents.storage._postgres_conn import Connections
@@ -335,7 +335,8 @@ class PostgresStateBackend:
 # --------------------------------------------------------------------------- artifacts
 
 _ARTIFACT_REF_PREFIX = "artifact:"
-_ARTIFACT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
+_KINDS = {".bin": "bytes", ".txt": "text", ".json": "json"}
+"""The kind column of each stored form of the file-system artifacts (same encoding)."""
 
 
 class PostgresArtifactBackend:
@@ -360,17 +361,7 @@ class PostgresArtifactBackend:
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._db.where}, schema={self._db.schema!r})"
 
-    @staticmethod
-    def _id(ref_or_id: str) -> str:
-        value = ref_or_id
-        if isinstance(value, str) and value.startswith(_ARTIFACT_REF_PREFIX):
-            value = value[len(_ARTIFACT_REF_PREFIX) :]
-        if not isinstance(value, str) or not _ARTIFACT_ID.fullmatch(value):
-            raise InvalidArgumentError(
-                f"Invalid artifact id {value!r}: use 1 to 200 characters from A-Z a-z 0-9 "
-                ". _ -, starting with a letter or digit."
-            )
-        return value
+    _id = staticmethod(FileSystemArtifactBackend._artifact_id)
 
     def save_artifact(self, artifact_id: str, data: Any) -> str:
         """Store ``data`` and return its reference ``"artifact:<id>"``.
@@ -381,31 +372,13 @@ class PostgresArtifactBackend:
             StateStorageError: the write failed.
         """
         artifact_id = self._id(artifact_id)
-        if isinstance(data, bytes | bytearray | memoryview):
-            kind, payload = "bytes", bytes(data)
-        elif isinstance(data, str):
-            try:
-                kind, payload = "text", data.encode("utf-8")
-            except UnicodeEncodeError as exc:
-                raise InvalidArgumentError(
-                    f"Artifact {artifact_id!r} is a string that cannot be encoded as UTF-8 "
-                    f"({exc}). Store it as bytes instead."
-                ) from exc
-        else:
-            try:
-                kind, payload = "json", json.dumps(data).encode("ascii")
-            except (TypeError, ValueError) as exc:
-                raise InvalidArgumentError(
-                    f"Artifact {artifact_id!r} of type {type(data).__name__} cannot be stored: "
-                    f"it is neither bytes, str nor JSON-serializable ({exc}). Convert it "
-                    "first, for example with model_dump(mode='json') for a pydantic model."
-                ) from exc
+        suffix, payload = FileSystemArtifactBackend._encode(artifact_id, data)
         with self._db.pooled("save the artifact") as conn:
             conn.execute(
                 "INSERT INTO artifacts (artifact_id, kind, data) VALUES (%s, %s, %s) "
                 "ON CONFLICT (artifact_id) DO UPDATE SET kind = excluded.kind, "
                 "data = excluded.data",
-                (artifact_id, kind, payload),
+                (artifact_id, _KINDS[suffix], payload),
             )
         return _ARTIFACT_REF_PREFIX + artifact_id
 

@@ -217,6 +217,17 @@ def test_a_server_that_is_not_there_is_a_clear_error_in_bounded_time() -> None:
     assert "secret" not in message
 
 
+def test_the_server_s_reason_is_in_the_error(cluster: PostgresCluster) -> None:
+    dsn = cluster.dsn("no_such_database")
+    with pytest.raises(StateStorageError) as info:
+        PostgresStateBackend(dsn, timeout=5)
+    message = str(info.value)
+    assert "Could not connect to the PostgreSQL database 'no_such_database' at 127.0.0.1:" in (
+        message
+    )
+    assert 'database "no_such_database" does not exist' in message
+
+
 @pytest.mark.parametrize(
     ("option", "value", "wording"),
     [
@@ -482,7 +493,9 @@ def test_artifacts_keep_their_kind(cluster: PostgresCluster, schema: str) -> Non
         assert artifacts.delete_artifact("data") and not artifacts.delete_artifact("data")
         with pytest.raises(ArtifactNotFoundError, match="No artifact with id 'data' exists"):
             artifacts.load_artifact("data")
-        with pytest.raises(InvalidArgumentError, match=r"Invalid artifact id '\.\./x'"):
+        with pytest.raises(
+            InvalidArgumentError, match=r"The artifact id '\.\./x' cannot be used as a file name"
+        ):
             artifacts.save_artifact("../x", "x")
         with pytest.raises(InvalidArgumentError, match="neither bytes, str nor JSON"):
             artifacts.save_artifact("obj", object())
