@@ -377,16 +377,13 @@ def _entry_fields(record: dict[str, Any], position: int) -> dict[str, Any]:
     fields["timestamp"] = _number(get("timestamp")) or 0.0
     fields["metadata"] = _metadata(get("metadata"))
     fields["result"] = get("result")
-    if len(record) > len(_COMMON) or not _COMMON.issuperset(record):
-        for key, value in record.items():
-            if key in _COMMON:
-                continue
-            reader = _READERS.get(key)
-            if reader is not None:
-                field, check = reader
-                fields[field] = check(value)
-            elif key == "usage":
-                fields["usage"] = TokenUsage.from_record(value, position)
+    for key in record.keys() - _COMMON:  # the few optional keys, found in C
+        reader = _READERS.get(key)
+        if reader is not None:
+            field, check = reader
+            fields[field] = check(record[key])
+        elif key == "usage":
+            fields["usage"] = TokenUsage.from_record(record[key], position)
     return fields
 
 

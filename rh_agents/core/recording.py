@@ -183,7 +183,7 @@ class Recorder:
             self._closing = journal  # a cancellation does not wait for the disk
         elif status in _FLUSHED or (not self._confirmed and status not in _ENDS):
             # The first wait also waits for the lease: no handler runs before it is held.
-            return self._flushed(journal)
+            return journal.flush() if self._confirmed else self._flushed(journal)
         return None
 
     async def _flushed(self, journal: RunJournal) -> None:

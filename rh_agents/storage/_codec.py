@@ -95,8 +95,18 @@ _ENCODER = json.JSONEncoder(separators=(",", ":"))
 """Built once: ``json.dumps`` with options builds a new encoder on every call."""
 
 
+_RUN_SCOPES: dict[str, int] = {}
+"""The CRC of each run's id line (a record's scope continues it with its position)."""
+
+
 def _scope(state_id: str, position: int) -> int:
-    return zlib.crc32(f"{state_id}\n{position}\n".encode("utf-8", "surrogatepass"))
+    """The CRC of ``"<state_id>\\n<position>\\n"``, the start of every record's checksum."""
+    run = _RUN_SCOPES.get(state_id)
+    if run is None:
+        run = zlib.crc32(f"{state_id}\n".encode("utf-8", "surrogatepass"))
+        if len(_RUN_SCOPES) < 1024:
+            _RUN_SCOPES[state_id] = run
+    return zlib.crc32(b"%d\n" % position, run)
 
 
 def _sealed(crc: int, text: str) -> str:
