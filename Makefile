@@ -1,5 +1,5 @@
 # The project's commands. Each target creates .venv when it is missing or older than
-# pyproject.toml, installs the project (with the dask extra) and its dev dependency group
+# pyproject.toml, installs the project (with the dask and postgres extras) and its dev dependency group
 # (PEP 735; pip >= 25.1, hence the pip upgrade first), then runs.
 # `make VENV=.venv-3.12 PYTHON=python3.12 suite` uses another interpreter (see `matrix`).
 PYTHON ?= python3
@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "rh_agents needs Python 3.11 or newer; $(PYTHON) is " + sys.version.split()[0] + ". Run: make PYTHON=python3.11 ...")'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade 'pip>=25.1'
-	$(BIN)/python -m pip install --quiet --group dev -e '.[dask]'
+	$(BIN)/python -m pip install --quiet --group dev -e '.[dask,postgres]'
 	touch $(STAMP)
 
 lint: $(STAMP)
@@ -90,7 +90,7 @@ BENCH_ARGS ?=
 $(BENCH_STAMP): pyproject.toml bench/requirements.txt
 	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
 	$(BENCH_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(BENCH_VENV)/bin/python -m pip install --quiet -e . -r bench/requirements.txt
+	$(BENCH_VENV)/bin/python -m pip install --quiet -e '.[postgres]' -r bench/requirements.txt
 	touch $(BENCH_STAMP)
 
 bench: $(BENCH_STAMP)

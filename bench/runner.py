@@ -20,6 +20,7 @@ from bench import (
     p7_scale,
     p8_distributed,
     p9_storage,
+    p10_postgres,
     p11_durable_step,
 )
 from bench._common import (
@@ -43,6 +44,7 @@ BENCHMARKS: tuple[ModuleType, ...] = (
     p7_scale,
     p8_distributed,
     p9_storage,
+    p10_postgres,
     p11_durable_step,
 )
 

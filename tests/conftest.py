@@ -7,36 +7,80 @@ the project's own: every state backend, and an in-memory tracer provider for the
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from rh_agents.storage import FileSystemStateBackend, InMemoryStateBackend, SQLiteStateBackend
+from rh_agents.storage import (
+    FileSystemStateBackend,
+    InMemoryStateBackend,
+    PostgresStateBackend,
+    SQLiteStateBackend,
+)
 from rh_agents.telemetry.remote import use_worker_telemetry
 
-Backend = InMemoryStateBackend | SQLiteStateBackend | FileSystemStateBackend
+Backend = InMemoryStateBackend | SQLiteStateBackend | FileSystemStateBackend | PostgresStateBackend
 
-BACKEND_KINDS = ["memory", "sqlite", "filesystem"]
+BACKEND_KINDS = ["memory", "sqlite", "filesystem", "postgres"]
 """Every state backend; a new backend is added here (and in open_backend)."""
 
 
-def open_backend(kind: str, tmp_path: Path) -> Backend:
-    """A new, empty backend of ``kind`` (one of BACKEND_KINDS) under ``tmp_path``."""
+def open_backend(kind: str, tmp_path: Path, postgres_dsn: str | None = None) -> Backend:
+    """A new, empty backend of ``kind`` (one of BACKEND_KINDS) under ``tmp_path``
+    (Postgres: in a new schema of the database ``postgres_dsn``)."""
     if kind == "memory":
         return InMemoryStateBackend()
     if kind == "sqlite":
         return SQLiteStateBackend(tmp_path / "history.db")
+    if kind == "postgres":
+        assert postgres_dsn is not None
+        return PostgresStateBackend(postgres_dsn, schema=f"t_{uuid.uuid4().hex[:12]}")
     return FileSystemStateBackend(tmp_path / "history")
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[Any]:
+    """A private PostgreSQL cluster for the whole session (tests/postgres_server.py).
+
+    Without PostgreSQL (or the ``postgres`` extra) the tests that need it are skipped
+    with one clear message; under CI it is a failure."""
+    from ci_env import missing
+
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        missing("psycopg is not installed; pip install 'rh_agents[postgres]'")
+    from postgres_server import PostgresCluster, find_bin_dir
+
+    bin_dir = find_bin_dir()
+    if bin_dir is None:
+        missing(
+            "PostgreSQL is not installed (no /usr/lib/postgresql/*/bin/initdb); install "
+            "Debian's postgresql package"
+        )
+    with PostgresCluster(bin_dir).start() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def postgres_dsn(postgres_cluster: Any) -> str:
+    """The DSN of a new, empty database of the private cluster."""
+    return str(postgres_cluster.new_database())
 
 
 @pytest.fixture(params=BACKEND_KINDS)
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     """Each state backend in turn (also an event journal), closed after the test."""
-    opened = open_backend(request.param, tmp_path)
+    dsn = None
+    if request.param == "postgres":
+        dsn = request.getfixturevalue("postgres_cluster").dsn()
+    opened = open_backend(request.param, tmp_path, dsn)
     yield opened
     opened.close()
 

@@ -49,6 +49,7 @@ from rh_agents.core.errors import (
 
 __all__ = [
     "SYSTEM_WALL_CLOCK",
+    "AsyncCacheBackend",
     "CacheBackend",
     "CacheEntry",
     "InMemoryCacheBackend",
@@ -247,6 +248,21 @@ class CacheBackend(Protocol):
 
     def clear(self) -> None:
         """Remove every entry."""
+        ...
+
+
+@runtime_checkable
+class AsyncCacheBackend(CacheBackend, Protocol):
+    """A :class:`CacheBackend` whose storage is remote (a database server): it also has
+    awaitable forms of :meth:`get` and :meth:`set`, which :class:`ResultCache` uses so
+    the event loop never waits for the network."""
+
+    async def get_async(self, key: str) -> CacheEntry | None:
+        """:meth:`get`, off the event loop."""
+        ...
+
+    async def set_async(self, key: str, value: Any, ttl: float | None) -> None:
+        """:meth:`set`, off the event loop."""
         ...
 
 
@@ -583,8 +599,9 @@ class ResultCache:
     cached; every waiting caller still receives the leader's outcome.
 
     Use one ``ResultCache`` from one event loop. Backend reads run on the loop
-    (backends are expected to be fast); a read error propagates, while a failure to
-    store a computed value is logged and the value is still returned.
+    (backends are expected to be fast), except for an :class:`AsyncCacheBackend`, whose
+    awaitable methods are used; a read error propagates, while a failure to store a
+    computed value is logged and the value is still returned.
 
     Example:
         >>> async def compute() -> tuple[str, bool]:
@@ -634,7 +651,11 @@ class ResultCache:
         """
         _expires_at(0.0, ttl)  # reject a bad TTL before computing anything
         while True:
-            entry = self._backend.get(key)
+            backend = self._backend
+            if isinstance(backend, AsyncCacheBackend):
+                entry = await backend.get_async(key)
+            else:
+                entry = backend.get(key)
             if entry is not None:
                 return entry.value, True
             flight = self._in_flight.get(key)
@@ -667,7 +688,7 @@ class ResultCache:
                 outcome = _Outcome(error=exc, traceback=exc.__traceback__)
                 raise
             if store:
-                self._store(key, value, ttl)
+                await self._store(key, value, ttl)
             outcome = _Outcome(value=value)
             return value, False
         finally:
@@ -675,9 +696,13 @@ class ResultCache:
                 del self._in_flight[key]
             flight.set_result(outcome)
 
-    def _store(self, key: str, value: Any, ttl: float | None) -> None:
+    async def _store(self, key: str, value: Any, ttl: float | None) -> None:
+        backend = self._backend
         try:
-            self._backend.set(key, value, ttl)
+            if isinstance(backend, AsyncCacheBackend):
+                await backend.set_async(key, value, ttl)
+            else:
+                backend.set(key, value, ttl)
         except Exception:
             _log.warning(
                 "Could not store the computed result for cache key %s in %r; the result is "

@@ -32,7 +32,7 @@ from rh_agents.core.types import ExecutionStatus
 from rh_agents.demo._clock import PacedClock
 from rh_agents.demo._output import Display, collect_stats, make_display, render_summary
 from rh_agents.demo.pipeline import CorpusReport, DemoPipeline, Workload, run_pipeline
-from rh_agents.storage import SQLiteStateBackend
+from rh_agents.storage import PostgresStateBackend, SQLiteStateBackend
 from rh_agents.telemetry import (
     JsonLinesSpanExporter,
     MetricsPortInUseError,
@@ -172,6 +172,13 @@ def _add_output_options(where: argparse._ArgumentGroup, out: argparse._ArgumentG
         metavar="DIR",
         help=f"where the history ({HISTORY_FILE}), spans ({SPAN_FILE}) and the id of the "
         f"last run go (default {DEFAULT_STATE_DIR}/)",
+    )
+    where.add_argument(
+        "--history",
+        metavar="PATH_OR_URL",
+        help=f"where the history goes: a SQLite file, or a PostgreSQL URL "
+        f"(postgresql://user@host/db; needs the postgres extra) that coordinators on other "
+        f"machines can resume from (default DIR/{HISTORY_FILE})",
     )
     where.add_argument(
         "--metrics-port",
@@ -324,13 +331,14 @@ class _Session:
         self,
         args: argparse.Namespace,
         state_dir: Path,
-        backend: SQLiteStateBackend,
+        backend: SQLiteStateBackend | PostgresStateBackend,
         handle: TelemetryHandle,
         out: TextIO,
     ) -> None:
         self.args = args
         self.state_dir = state_dir
         self.backend = backend
+        self.history = _history_label(backend)
         self.handle = handle
         self.out = out
         self.current: _Run | None = None
@@ -434,7 +442,7 @@ class _Session:
                     "chunks": run.workload.chunks,
                     "seed": run.workload.seed,
                 },
-                "history": str(self.state_dir / HISTORY_FILE),
+                "history": self.history,
                 "updated_at": time.time(),
             },
         )
@@ -486,7 +494,7 @@ class _Session:
         )
         if resume_id is not None:
             self.say(f"  resuming {resume_id}: completed work is replayed from the history")
-        self.say(f"  history  {self.state_dir / HISTORY_FILE}")
+        self.say(f"  history  {self.history}")
         if self.handle.otlp_endpoint:
             self.say(f"  traces   OTLP {self.handle.otlp_endpoint}")
         span_file = _span_file(self.handle, self.state_dir, self.args)
@@ -519,7 +527,7 @@ class _Session:
             stats,
             title=title,
             documents=_documents_line(run),
-            history=f"{self.state_dir / HISTORY_FILE} (state {run.state.state_id})",
+            history=f"{self.history} (state {run.state.state_id})",
             destinations=self._destinations(),
         )
 
@@ -621,6 +629,30 @@ def _span_file(handle: TelemetryHandle, state_dir: Path, args: argparse.Namespac
     return None
 
 
+def _open_history(
+    history: str | None, state_dir: Path
+) -> SQLiteStateBackend | PostgresStateBackend:
+    """The backend ``--history`` names: a PostgreSQL URL, a SQLite file, or the default."""
+    if history is not None and history.startswith(("postgresql://", "postgres://")):
+        return PostgresStateBackend(history)
+    return SQLiteStateBackend(Path(history) if history else state_dir / HISTORY_FILE)
+
+
+def _history_label(backend: SQLiteStateBackend | PostgresStateBackend) -> str:
+    if isinstance(backend, PostgresStateBackend):
+        return backend.location
+    return backend.path
+
+
+def _history_flag(history: str | None, backend: object) -> str:
+    """``--history`` for the resume hint (a URL is not repeated: it may hold a password)."""
+    if history is None:
+        return ""
+    if isinstance(backend, PostgresStateBackend):
+        return " --history <the same URL>"
+    return f" --history {history}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the demo; returns the process exit code.
 
@@ -640,8 +672,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         lock = _lock_state_dir(state_dir)
         workload, resume_id = _resolve_workload(args, state_dir)
         try:
-            backend = SQLiteStateBackend(state_dir / HISTORY_FILE)
-        except StateError as exc:
+            backend = _open_history(args.history, state_dir)
+        except (StateError, ImportError) as exc:
             raise DemoError(str(exc)) from None
         try:
             handle = _telemetry(args, state_dir)
@@ -703,10 +735,11 @@ def _interrupted(session: _Session, run: _Run | None) -> int:
         session.say()
         session.say(
             f"Interrupted ({session.signal}): {completed} calls had completed; the history "
-            f"in {session.state_dir / HISTORY_FILE} is consistent and the spans are flushed."
+            f"in {session.history} is consistent and the spans are flushed."
         )
         session.say(
             f"Resume with: {PROG} --resume{_state_dir_flag(session.state_dir)}"
+            + _history_flag(session.args.history, session.backend)
             + (f" --speed {session.args.speed:g}" if session.args.speed != 1.0 else "")
         )
     else:

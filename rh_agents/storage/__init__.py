@@ -9,6 +9,9 @@ This package implements them:
   WAL mode, state backend and journal.
 * :class:`FileSystemStateBackend` (:mod:`.filesystem`): JSON snapshot files plus a
   JSON-lines journal per run.
+* :class:`PostgresStateBackend` (:mod:`.postgres`, the ``postgres`` extra): a PostgreSQL
+  database that coordinators on many machines share; :class:`PostgresArtifactBackend` and
+  :class:`PostgresCacheBackend` keep artifacts and cached results in it too.
 * :class:`InMemoryStateBackend` (:mod:`.memory`): for tests; nothing survives the process.
 * :class:`FileSystemArtifactBackend` (:mod:`.filesystem`): one file per artifact.
 
@@ -54,6 +57,11 @@ from rh_agents.core.errors import ArtifactNotFoundError, StateStorageError
 from rh_agents.core.storage import ArtifactBackend, EventJournal, StateBackend, require_state
 from rh_agents.storage.filesystem import FileSystemArtifactBackend, FileSystemStateBackend
 from rh_agents.storage.memory import InMemoryStateBackend
+from rh_agents.storage.postgres import (
+    PostgresArtifactBackend,
+    PostgresCacheBackend,
+    PostgresStateBackend,
+)
 from rh_agents.storage.sqlite import SQLiteStateBackend
 
 __all__ = [
@@ -63,6 +71,9 @@ __all__ = [
     "FileSystemArtifactBackend",
     "FileSystemStateBackend",
     "InMemoryStateBackend",
+    "PostgresArtifactBackend",
+    "PostgresCacheBackend",
+    "PostgresStateBackend",
     "SQLiteStateBackend",
     "StateBackend",
     "StateStorageError",

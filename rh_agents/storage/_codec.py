@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import zlib
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from pydantic import ValidationError
@@ -30,12 +31,14 @@ __all__ = [
     "SEAL",
     "check_id",
     "check_snapshot",
+    "checked_records",
     "dump_record",
     "dump_snapshot",
     "journal_damage",
     "parse_record",
     "parse_snapshot",
     "seal",
+    "snapshot_row",
     "status_filter",
     "unseal",
 ]
@@ -169,6 +172,19 @@ def dump_snapshot(snapshot: StateSnapshot) -> str:
     return seal(text, snapshot.state_id)
 
 
+def snapshot_row(snapshot: StateSnapshot) -> tuple[str, str, str, str | None, str, str]:
+    """The ``states`` row of a snapshot (SQL backends): id, sealed text, status,
+    pipeline name, created and updated (ISO 8601)."""
+    return (
+        snapshot.state_id,
+        dump_snapshot(snapshot),
+        snapshot.status.value,
+        snapshot.metadata.pipeline_name,
+        snapshot.created_at.isoformat(),
+        snapshot.updated_at.isoformat(),
+    )
+
+
 def parse_snapshot(state_id: str, stored: str | bytes, where: str) -> StateSnapshot:
     text, problem = unseal(stored, state_id)
     if problem is not None:
@@ -260,3 +276,34 @@ def journal_damage(state_id: str, where: str, problem: str) -> StateCorruptedErr
         "work may be missing from it, so it is not resumed. Restore it from a backup, or "
         "delete the state with delete_state() to discard it."
     )
+
+
+def checked_records(
+    state_id: str, where: str, mark: int, rows: Iterable[tuple[Any, Any]]
+) -> Iterator[dict[str, Any]]:
+    """The records of ``rows`` (``(position, stored text)`` in position order), parsed
+    and checked as they come: positions 1, 2, ... without a gap, ending at the run's
+    high-water mark ``mark``.
+
+    Raises (while iterating):
+        StateCorruptedError: a gap, a missing tail, rows past the mark, a damaged record.
+    """
+    expected = 1
+    for position, text in rows:
+        if position != expected:
+            problem = (
+                f"record {expected} is missing (the next stored one is {position})"
+                if isinstance(position, int) and position > expected
+                else f"record {expected} is stored as position {position!r}"
+            )
+            raise journal_damage(state_id, where, problem)
+        yield parse_record(state_id, position, text, where)
+        expected += 1
+    count = expected - 1
+    if count != mark:
+        problem = (
+            f"it ends after record {count}, but {mark} were committed (a missing tail)"
+            if count < mark
+            else f"it holds {count} records, but only {mark} were committed"
+        )
+        raise journal_damage(state_id, where, problem)

@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Any
 
-from rh_agents.core.storage import LeaseHolder
+from rh_agents.core.storage import LeaseHolder, lease_held
 
 __all__ = [
     "HOST",
+    "check_takeover",
+    "holder_from_row",
     "holder_is_dead",
     "new_holder",
     "process_start",
     "self_start",
     "takeover_rule",
 ]
+
+_log = logging.getLogger("rh_agents.state_backends")
 
 HOST = socket.gethostname()
 """This host's name, as lease rows record it."""
@@ -83,4 +90,32 @@ def takeover_rule(lease_timeout: float | None) -> str:
     return (
         "A holder that died is taken over automatically: at once on the same host, and "
         f"after {lease_timeout:g} s without a heartbeat from another host."
+    )
+
+
+def holder_from_row(row: Sequence[Any]) -> LeaseHolder:
+    """The holder of a lease row ``(owner, host, pid, process_start, since, ...)``."""
+    try:
+        since = datetime.fromisoformat(str(row[4]))
+    except ValueError:
+        since = datetime.fromtimestamp(0, UTC)
+    return LeaseHolder(host=str(row[1]), pid=int(row[2]), since=since, owner=str(row[0]))
+
+
+def check_takeover(state_id: str, row: Sequence[Any], silent: float, lease_timeout: float) -> None:
+    """Refuse to take the lease of row ``(owner, host, pid, process_start, since, ...)``
+    from a live holder, heard from ``silent`` seconds ago; log a takeover otherwise.
+
+    Raises:
+        StateLockedError: the holder is alive and its heartbeat is recent.
+    """
+    current = holder_from_row(row)
+    dead = holder_is_dead(str(row[1]), int(row[2]), row[3])
+    if not dead and silent <= lease_timeout:
+        raise lease_held(state_id, current, takeover_rule(lease_timeout))
+    _log.warning(
+        "Taking over the lease of state %r from %s: %s.",
+        state_id,
+        current,
+        "its process is gone" if dead else f"no heartbeat for {silent:.0f} s",
     )

@@ -19,7 +19,6 @@ inserts the records, so the rows of a run are always exactly positions 1 .. high
 from __future__ import annotations
 
 import contextlib
-import logging
 import sqlite3
 import threading
 import time
@@ -33,11 +32,10 @@ from rh_agents.core.storage import (
     LeaseHolder,
     history_exists,
     journal_conflict,
-    lease_held,
     lease_lost,
 )
-from rh_agents.storage._codec import dump_snapshot, journal_damage, parse_record
-from rh_agents.storage._lease import holder_is_dead, self_start, takeover_rule
+from rh_agents.storage._codec import checked_records, snapshot_row
+from rh_agents.storage._lease import check_takeover, holder_from_row, self_start
 
 if TYPE_CHECKING:
     from rh_agents.storage.sqlite import SQLiteStateBackend
@@ -53,8 +51,6 @@ __all__ = [
     "transaction",
 ]
 
-_log = logging.getLogger("rh_agents.state_backends")
-
 _UPSERT_LEASE = (
     "INSERT INTO leases (state_id, owner, host, pid, process_start, since, heartbeat) "
     "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (state_id) DO UPDATE SET owner = excluded.owner, "
@@ -65,18 +61,6 @@ _INSERT_STATE = (
     "INSERT OR IGNORE INTO states (state_id, snapshot, status, pipeline_name, created_at, "
     "updated_at) VALUES (?, ?, ?, ?, ?, ?)"
 )
-
-
-def snapshot_row(snapshot: Any) -> tuple[str, str, str, str | None, str, str]:
-    """The ``states`` row of a snapshot."""
-    return (
-        snapshot.state_id,
-        dump_snapshot(snapshot),
-        snapshot.status.value,
-        snapshot.metadata.pipeline_name,
-        snapshot.created_at.isoformat(),
-        snapshot.updated_at.isoformat(),
-    )
 
 
 @contextlib.contextmanager
@@ -161,17 +145,7 @@ class SQLiteRuns:
         ).fetchone()
         now = time.time()
         if row is not None and row[0] != holder.owner:
-            current = _holder(row)
-            dead = holder_is_dead(str(row[1]), int(row[2]), row[3])
-            silent = now - float(row[5])
-            if not dead and silent <= self._lease_timeout:
-                raise lease_held(state_id, current, takeover_rule(self._lease_timeout))
-            _log.warning(
-                "Taking over the lease of state %r from %s: %s.",
-                state_id,
-                current,
-                "its process is gone" if dead else f"no heartbeat for {silent:.0f} s",
-            )
+            check_takeover(state_id, row, now - float(row[5]), self._lease_timeout)
         conn.execute(
             _UPSERT_LEASE,
             (
@@ -229,7 +203,7 @@ class SQLiteRuns:
             return lease_lost(
                 state_id, LeaseHolder(host="(none)", pid=0, since=datetime.now(UTC), owner="")
             )
-        return lease_lost(state_id, _holder(row))
+        return lease_lost(state_id, holder_from_row(row))
 
     def heartbeat(self, held: list[tuple[str, LeaseHolder]]) -> dict[str, StateError]:
         lost: dict[str, StateError] = {}
@@ -276,7 +250,7 @@ class SQLiteRuns:
                         (state_id,),
                     ).fetchall()
                 )
-            yield from _checked(state_id, where, mark, rows)
+            yield from checked_records(state_id, where, mark, rows)
             return
         try:
             conn = reader()
@@ -289,40 +263,8 @@ class SQLiteRuns:
                 _SELECT_RECORDS,
                 (state_id,),
             )
-            yield from _checked(state_id, where, mark, cursor)
+            yield from checked_records(state_id, where, mark, cursor)
         except DRIVER_ERRORS as exc:
             raise backend._wrap(exc, "load events") from exc
         finally:
             conn.close()
-
-
-def _checked(
-    state_id: str, where: str, mark: int, rows: Iterator[tuple[Any, Any]]
-) -> Iterator[dict[str, Any]]:
-    expected = 1
-    for position, text in rows:
-        if position != expected:
-            problem = (
-                f"record {expected} is missing (the next stored one is {position})"
-                if isinstance(position, int) and position > expected
-                else f"record {expected} is stored as position {position!r}"
-            )
-            raise journal_damage(state_id, where, problem)
-        yield parse_record(state_id, position, text, where)
-        expected += 1
-    count = expected - 1
-    if count != mark:
-        problem = (
-            f"it ends after record {count}, but {mark} were committed (a missing tail)"
-            if count < mark
-            else f"it holds {count} records, but only {mark} were committed"
-        )
-        raise journal_damage(state_id, where, problem)
-
-
-def _holder(row: tuple[Any, ...]) -> LeaseHolder:
-    try:
-        since = datetime.fromisoformat(str(row[4]))
-    except ValueError:
-        since = datetime.fromtimestamp(0, UTC)
-    return LeaseHolder(host=str(row[1]), pid=int(row[2]), since=since, owner=str(row[0]))

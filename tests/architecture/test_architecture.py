@@ -2,7 +2,7 @@
 
 ``rh_agents/core/`` defines the interfaces (storage, instrumentation, executors); storage
 backends, telemetry, printers, executors, the demo and the CLI implement or use them from
-above. No module of the core may import OpenTelemetry, prometheus_client, rich or dask,
+above. No module of the core may import OpenTelemetry, prometheus_client, rich, dask or psycopg,
 or any rh_agents module outside the core: not at module level, not inside a function,
 not under ``TYPE_CHECKING`` (the top-level ``rh_agents/__init__.py`` is not the core).
 """
@@ -15,7 +15,15 @@ from pathlib import Path
 
 CORE = Path(__file__).resolve().parents[2] / "rh_agents" / "core"
 
-FORBIDDEN_LIBRARIES = ("opentelemetry", "prometheus_client", "rich", "dask", "distributed")
+FORBIDDEN_LIBRARIES = (
+    "opentelemetry",
+    "prometheus_client",
+    "rich",
+    "dask",
+    "distributed",
+    "psycopg",
+    "psycopg_pool",
+)
 
 
 def _module_name(path: Path) -> str:

@@ -445,3 +445,27 @@ async def test_an_interruption_reads_the_time_reached_so_far() -> None:
             await long_wait
     assert 0 < seen[0] < 3600
     assert clock.monotonic() >= seen[0]
+
+
+def test_the_history_can_live_in_postgres_and_a_run_resumes_from_it(
+    tmp_path: Path, postgres_cluster: Any
+) -> None:
+    dsn = postgres_cluster.new_database()
+    where = f"PostgreSQL database '{dsn.rsplit('/', 1)[1]}' at 127.0.0.1:{postgres_cluster.port}"
+    state_dir = tmp_path / "state"
+    tiny = ("--speed", TINY_SPEED, "--documents", "1", "--chunks", "3", "--history", dsn)
+    done = _run(state_dir, *tiny)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"  history  {where}, schema rh_agents\n" in done.stdout
+    state_id = json.loads((state_dir / "last_run").read_text())["state_id"]
+    assert f"{where}, schema rh_agents (state {state_id})" in done.stdout
+    assert not (state_dir / "history.db").exists()
+    from rh_agents.state_backends import PostgresStateBackend
+
+    with PostgresStateBackend(dsn) as backend:
+        statuses = {r["address"]: r["status"] for r in backend.load_events(state_id)}
+    assert statuses["orchestrator"] == "completed"
+
+    resumed = _run(state_dir, "--resume", *tiny)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "calls      0 completed, 0 failed attempts, 0 cancelled, 1 replayed" in resumed.stdout

@@ -149,7 +149,7 @@ def test_the_metadata_declares_license_classifiers_urls_and_no_dev_extra(
         "Issues": f"{REPO_URL}/issues",
     }
     # Development tools live in a dependency group, which is not published.
-    assert meta.get_all("Provides-Extra") == ["dask"]
+    assert meta.get_all("Provides-Extra") == ["dask", "postgres"]
     assert not [r for r in meta.get_all("Requires-Dist") if re.match(r"(pytest|mypy|ruff)", r)]
     assert meta.get_payload() == (ROOT / "README.md").read_text()
 
@@ -169,7 +169,7 @@ def test_development_tools_are_a_dependency_group() -> None:
     group = PYPROJECT["dependency-groups"]["dev"]
     names = {re.split(r"[<>=\[ ]", requirement)[0] for requirement in group}
     assert {"pytest", "mypy", "ruff", "build", "twine", "mkdocs", "mkdocstrings"} <= names
-    assert set(PYPROJECT["project"]["optional-dependencies"]) == {"dask"}
+    assert set(PYPROJECT["project"]["optional-dependencies"]) == {"dask", "postgres"}
     # The tests build without isolation, with the backend the build system asks for.
     assert set(PYPROJECT["build-system"]["requires"]) <= set(group)
 

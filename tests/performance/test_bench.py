@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-IDS = ["P1", "P2", "P3", "P4", "P5", "P6", "P7", "P8", "P9", "P11"]
+IDS = ["P1", "P2", "P3", "P4", "P5", "P6", "P7", "P8", "P9", "P10", "P11"]
 STATUSES = {"PASS", "MISS", "INFO", "SKIP"}
 
 pytestmark = pytest.mark.slow

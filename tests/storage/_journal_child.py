@@ -12,6 +12,10 @@ Usage::
         [--pause-commit N] [--pause-takeover]
     python _journal_child.py --db H.db --side S.txt --hold-lock RELEASE_FILE
 
+With ``--dsn DSN --schema NAME`` instead of ``--db``, the history is a
+:class:`PostgresStateBackend` (``--pause-commit`` works there too: the writer stops
+after the rows were inserted, before ``COMMIT``).
+
 ``--hang-at K`` blocks the handler of item K forever (the process keeps the run's lease);
 ``--gate`` makes every handler wait until a line arrives on stdin; ``--pause-commit N`` stops
 the writer thread inside its N-th commit of records, after the rows were inserted and
@@ -43,7 +47,7 @@ from rh_agents.core.actors import Agent, Tool
 from rh_agents.core.errors import StateLockedError
 from rh_agents.core.events import ExecutionEvent
 from rh_agents.core.execution import ExecutionState
-from rh_agents.storage import SQLiteStateBackend, _sqlite_runs
+from rh_agents.storage import PostgresStateBackend, SQLiteStateBackend, _sqlite_runs
 
 STATE_ID = "run-1"
 
@@ -125,6 +129,29 @@ def install_pauses(args: argparse.Namespace) -> None:
     _sqlite_runs.transaction = pausing  # type: ignore[assignment]
     runs.open_run = traced_open  # type: ignore[method-assign]
     runs.commit = traced_commit  # type: ignore[method-assign]
+    if args.dsn and args.pause_commit:
+        from rh_agents.storage import _postgres_runs
+
+        pg_runs = _postgres_runs.PostgresRuns
+        pg_transaction = pg_runs._transaction
+
+        @contextlib.contextmanager
+        def pg_pausing(self: Any, action: str) -> Iterator[Any]:
+            with pg_transaction(self, action) as conn:
+                yield conn
+                if action == "append events":
+                    commits["n"] += 1
+                    if commits["n"] == args.pause_commit:
+                        append_line(args.side, "paused commit")
+                        time.sleep(3600)
+
+        pg_runs._transaction = pg_pausing  # type: ignore[method-assign]
+
+
+def open_history(args: argparse.Namespace) -> Any:
+    if args.dsn:
+        return PostgresStateBackend(args.dsn, schema=args.schema)
+    return SQLiteStateBackend(args.db)
 
 
 def hold_lock(args: argparse.Namespace) -> int:
@@ -142,7 +169,7 @@ def hold_lock(args: argparse.Namespace) -> int:
 
 async def run(args: argparse.Namespace) -> int:
     install_pauses(args)
-    backend = SQLiteStateBackend(args.db)
+    backend = open_history(args)
     try:
         if args.resume:
             state = ExecutionState.load_from_state_id(STATE_ID, backend)
@@ -173,7 +200,9 @@ async def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--db", required=True)
+    parser.add_argument("--db")
+    parser.add_argument("--dsn")
+    parser.add_argument("--schema", default="rh_agents")
     parser.add_argument("--side", required=True)
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--items", type=int, default=40)
