@@ -178,7 +178,9 @@ def full_entry() -> ExecutionEvent[Any]:
         metadata={"k": [1, "two"]},
         result={"answer": "ü", "score": 0.5},
         input_hash="0123456789abcdef01234567",
-        usage=TokenUsage(input_tokens=12, output_tokens=3, response_model="m", finish_reasons=("stop",)),
+        usage=TokenUsage(
+            input_tokens=12, output_tokens=3, response_model="m", finish_reasons=("stop",)
+        ),
     )
 
 
@@ -229,7 +231,11 @@ def test_the_record_format_is_pinned() -> None:
 def test_an_old_record_with_only_the_required_keys_reads_with_defaults() -> None:
     """Records of the earliest journals carry only address and status."""
     read = record_to_event({"address": "a", "status": "completed"})
-    assert (read.kind, read.address, read.execution_status) == ("event", "a", ExecutionStatus.COMPLETED)
+    assert (read.kind, read.address, read.execution_status) == (
+        "event",
+        "a",
+        ExecutionStatus.COMPLETED,
+    )
     assert (read.tag, read.timestamp, read.retry_attempt) == ("", 0.0, 0)
     assert (read.from_cache, read.is_replayed, read.is_parallel) == (False, False, False)
     assert read.actor_name is read.event_type is read.usage is read.result is None
@@ -254,10 +260,14 @@ def test_an_entry_with_a_non_json_result_records_its_json_form() -> None:
 @pytest.mark.parametrize("value", [math.inf, -math.inf, 1e308, -0.0, 5e-324])
 async def test_extreme_floats_survive_every_backend(backend: Backend, value: float) -> None:
     state_id = f"floats-{next(_ids)}"
-    entry = ExecutionEvent(address="a", result={"x": value}, execution_time=value, retry_delay=value)
+    entry = ExecutionEvent(
+        address="a", result={"x": value}, execution_time=value, retry_delay=value
+    )
     await record(ExecutionState(state_id=state_id, state_backend=backend), [entry])
     (got,) = ExecutionState.load_from_state_id(state_id, backend).history.events
-    assert got.result == {"x": value} and math.copysign(1, got.result["x"]) == math.copysign(1, value)
+    assert got.result == {"x": value} and math.copysign(1, got.result["x"]) == math.copysign(
+        1, value
+    )
     assert got.execution_time == value and got.retry_delay == value
 
 
@@ -265,7 +275,11 @@ async def test_a_nan_result_survives_every_backend(backend: Backend) -> None:
     state_id = f"nan-{next(_ids)}"
     await record(
         ExecutionState(state_id=state_id, state_backend=backend),
-        [ExecutionEvent(address="a", result=[math.nan], execution_status=ExecutionStatus.COMPLETED)],
+        [
+            ExecutionEvent(
+                address="a", result=[math.nan], execution_status=ExecutionStatus.COMPLETED
+            )
+        ],
     )
     (got,) = ExecutionState.load_from_state_id(state_id, backend).history.events
     assert math.isnan(got.result[0])
@@ -277,7 +291,9 @@ def test_history_set_views() -> None:
     invocations."""
     started = ExecutionEvent(address="a", execution_status=ExecutionStatus.STARTED)
     done = ExecutionEvent(address="a", execution_status=ExecutionStatus.COMPLETED, result=1)
-    group = ExecutionEvent(kind=EventKind.GROUP, address="g", execution_status=ExecutionStatus.COMPLETED)
+    group = ExecutionEvent(
+        kind=EventKind.GROUP, address="g", execution_status=ExecutionStatus.COMPLETED
+    )
     recovered = ExecutionEvent(address="b", execution_status=ExecutionStatus.RECOVERED, result=2)
     history = HistorySet([started, done, group, recovered])
 
