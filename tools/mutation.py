@@ -54,8 +54,7 @@ TARGETS: dict[str, Target] = {
             "tests/core/test_fingerprint_pins.py",
             "tests/core/test_core_history_bus.py",
             "tests/core/test_core_replay.py",
-            "tests/storage/test_state_backends.py",
-            "tests/reliability/test_reliability_properties.py",
+            "tests/telemetry/test_telemetry_usage.py",
         ),
     ),
     "retry": Target(

@@ -201,6 +201,8 @@ def record_to_event(record: dict[str, Any], position: int = 0) -> ExecutionEvent
             parallel_index=record.get("parallel_index"),
             is_parallel=bool(record.get("is_parallel")),
             retry_attempt=record.get("retry_attempt") or 0,
+            # not stored: the core sets it on exactly the RETRYING entries
+            is_retry=record["status"] == ExecutionStatus.RETRYING.value,
             retry_delay=record.get("retry_delay"),
             original_error=record.get("original_error"),
             metadata=record.get("metadata") or {},

@@ -19,11 +19,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from rh_agents.core.actors import Tool
 from rh_agents.core.events import EventKind, ExecutionEvent
 from rh_agents.core.execution import ExecutionState
 from rh_agents.core.history import HistorySet, event_to_record, record_to_event
 from rh_agents.core.types import EventType, ExecutionStatus
-from rh_agents.core.usage import TokenUsage
+from rh_agents.core.policy import Policy
+from rh_agents.core.retry import RetryConfig
+from rh_agents.core.usage import TokenUsage, record_usage
+from rh_agents.testing.clock import FakeClock
 
 from conftest import Backend
 
@@ -226,6 +230,7 @@ def test_the_record_format_is_pinned() -> None:
     read = record_to_event(GOLDEN_RECORD)
     for field in FIELDS:
         assert getattr(read, field) == getattr(full_entry(), field), field
+    assert read.is_retry is True  # not stored: a RETRYING entry is a retry
 
 
 def test_an_old_record_with_only_the_required_keys_reads_with_defaults() -> None:
@@ -239,7 +244,7 @@ def test_an_old_record_with_only_the_required_keys_reads_with_defaults() -> None
     assert (read.tag, read.timestamp, read.retry_attempt) == ("", 0.0, 0)
     assert (read.from_cache, read.is_replayed, read.is_parallel) == (False, False, False)
     assert read.actor_name is read.event_type is read.usage is read.result is None
-    assert read.metadata == {}
+    assert read.metadata == {} and read.is_retry is False
 
 
 def test_an_entry_with_a_non_json_result_records_its_json_form() -> None:
@@ -310,3 +315,47 @@ def test_history_set_views() -> None:
         history["zz"]
     with pytest.raises(KeyError, match="No completed invocation at address 'g'"):
         history.get_event_result("g")
+
+
+async def test_a_real_run_with_retries_and_a_group_survives_every_backend(
+    backend: Backend,
+) -> None:
+    """The entries the core writes itself (retries of an actor and of a group item,
+    group lifecycle, usage) read back with every field, ``is_retry`` included."""
+    failures = [ConnectionError("reset")]
+    item_failures = [TimeoutError("slow")]
+
+    async def flaky(data: Any, extra: Any, state: Any) -> dict[str, Any]:
+        if failures:
+            raise failures.pop(0)
+        record_usage(input_tokens=5, output_tokens=2, response_model="m")
+        return {"echo": data}
+
+    async def item() -> int:
+        if item_failures:
+            raise item_failures.pop(0)
+        return 7
+
+    tool = Tool(
+        name="flaky",
+        handler=flaky,
+        policy=Policy(retry=RetryConfig(max_attempts=2, initial_delay=0.5, jitter=False)),
+    )
+    state_id = f"real-{next(_ids)}"
+    async with FakeClock() as clock:
+        state = ExecutionState(state_id=state_id, state_backend=backend, clock=clock)
+        assert (await ExecutionEvent(actor=tool, tag="t")("hi", {}, state)).ok
+        async with state.parallel(name="batch", max_retries=1, retry_delay=0.25) as group:
+            group.add(item, name="item")
+    written = state.history.events
+    retries = [e for e in written if e.execution_status is ExecutionStatus.RETRYING]
+    assert len(retries) == 2 and all(e.is_retry and e.retry_attempt == 1 for e in retries)
+    assert {e.kind for e in written} == {EventKind.EVENT, EventKind.GROUP}
+
+    resumed = ExecutionState.load_from_state_id(state_id, backend)
+    assert_same_entries(resumed.history, written)
+    for got, expected in zip(resumed.history.events, written, strict=True):
+        assert got.is_retry == expected.is_retry, got.address
+    assert resumed.history.token_usage() == TokenUsage(
+        input_tokens=5, output_tokens=2, response_model="m"
+    )
