@@ -76,6 +76,16 @@ GOLDEN: list[tuple[str, Any, str]] = [
         "ddc4443fc931092924e3ce87",
     ),
     ("bytes", b"raw", "aa85efa39f5de9ab93205d69"),
+    ("model under mixed keys", {1: Query(text="x"), "a": 1}, "be3ddc56e96821bee2f236c2"),
+    ("list and set under mixed keys", {1: [1, {"b", "a"}], "x": (2,)}, "46c47a0124dc76798424713e"),
+    (
+        "date and bytes under mixed keys",
+        {1: datetime.date(2026, 1, 2), "a": b"x"},
+        "dc308cd95bf40e0ef4669fb4",
+    ),
+    ("set of mixed types", {1, "1", 2.5}, "118c44a6419753e89921d7e0"),
+    ("set of tuples", {(1, 2), (0, 3)}, "1ab82fbb715d1b5d1444aff0"),
+    ("list of a model and a set", [Query(text="y"), {"z"}], "7f83952d98d0d25427fa4cc3"),
     ("empty dict", {}, "bf78e4a953b40eee238ca2e9"),
     ("empty list", [], "5feb596270186253f9f617f0"),
 ]

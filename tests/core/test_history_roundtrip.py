@@ -16,6 +16,7 @@ import math
 from typing import Any
 
 import pytest
+from conftest import Backend
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -23,13 +24,11 @@ from rh_agents.core.actors import Tool
 from rh_agents.core.events import EventKind, ExecutionEvent
 from rh_agents.core.execution import ExecutionState
 from rh_agents.core.history import HistorySet, event_to_record, record_to_event
-from rh_agents.core.types import EventType, ExecutionStatus
 from rh_agents.core.policy import Policy
 from rh_agents.core.retry import RetryConfig
+from rh_agents.core.types import EventType, ExecutionStatus
 from rh_agents.core.usage import TokenUsage, record_usage
 from rh_agents.testing.clock import FakeClock
-
-from conftest import Backend
 
 FIELDS = (
     "kind",
