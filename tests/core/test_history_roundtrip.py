@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rh_agents.core.actors import Tool
+from rh_agents.core.errors import StateCorruptedError
 from rh_agents.core.events import EventKind, ExecutionEvent
 from rh_agents.core.execution import ExecutionState
 from rh_agents.core.history import HistorySet, event_to_record, record_to_event
@@ -358,3 +359,35 @@ async def test_a_real_run_with_retries_and_a_group_survives_every_backend(
     assert resumed.history.token_usage() == TokenUsage(
         input_tokens=5, output_tokens=2, response_model="m"
     )
+
+
+@pytest.mark.parametrize(
+    ("damaged", "message"),
+    [
+        (
+            ["not", "a", "record"],
+            "History record 1 is a list, not an object; the history was written by another "
+            "program or is damaged.",
+        ),
+        (
+            {"status": "completed"},
+            "History record 1 cannot be read (KeyError: 'address'); the history was written "
+            "by another program or is damaged.",
+        ),
+        (
+            {"address": "a", "status": "finished"},
+            "History record 1 cannot be read (ValueError: 'finished' is not a valid "
+            "ExecutionStatus); the history was written by another program or is damaged.",
+        ),
+        (
+            {"address": "a", "status": "completed", "event_type": "phone_call"},
+            "History record 1 cannot be read (ValueError: 'phone_call' is not a valid "
+            "EventType); the history was written by another program or is damaged.",
+        ),
+    ],
+)
+def test_a_damaged_record_is_reported_with_its_position(damaged: Any, message: str) -> None:
+    good = {"address": "a", "status": "completed"}
+    with pytest.raises(StateCorruptedError) as raised:
+        HistorySet.from_records([good, damaged])
+    assert str(raised.value) == message
