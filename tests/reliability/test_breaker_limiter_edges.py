@@ -18,7 +18,7 @@ from rh_agents.core.circuit_breaker import (
     CircuitBreakerStatistics,
     CircuitState,
 )
-from rh_agents.core.errors import CircuitOpenError, LifecycleError
+from rh_agents.core.errors import CircuitOpenError, InvalidArgumentError, LifecycleError
 from rh_agents.core.limiter import Limiter, LimiterStatistics
 from rh_agents.testing.clock import FakeClock
 
@@ -128,3 +128,102 @@ async def test_limiter_statistics_count_and_are_frozen() -> None:
 @pytest.mark.parametrize("burst", [1, 4])
 def test_burst_up_to_max_concurrency_is_accepted(burst: int) -> None:
     assert Limiter("x", max_concurrency=4, rate=1.0, burst=burst).burst == burst
+
+
+def test_a_permit_shows_what_it_is_and_whether_it_was_handed_back() -> None:
+    clock = FakeClock()
+    breaker = CircuitBreaker("api", failure_threshold=1, recovery_timeout=1, clock=clock)
+    call = breaker.admit()
+    assert call.settled is False
+    assert repr(call) == "<CircuitPermit 'api' call open>"
+    breaker.record_failure(call)
+    assert call.settled is True
+    assert repr(call) == "<CircuitPermit 'api' call settled>"
+    clock.advance(1)
+    probe = breaker.admit()
+    assert repr(probe) == "<CircuitPermit 'api' probe open>"
+
+
+def test_a_breaker_recovers_again_after_a_second_trip() -> None:
+    """After a probe closed the circuit, the next trip admits a new probe."""
+    clock = FakeClock()
+    breaker = CircuitBreaker("api", failure_threshold=1, recovery_timeout=1, clock=clock)
+    for _ in range(2):
+        breaker.record_failure(breaker.admit())
+        assert breaker.state is CircuitState.OPEN
+        clock.advance(1)
+        probe = breaker.admit()
+        assert probe.is_probe
+        breaker.record_success(probe)
+        assert breaker.state is CircuitState.CLOSED
+    assert breaker.trip_count == 2
+
+
+def test_a_late_success_after_the_circuit_opened_changes_nothing() -> None:
+    clock = FakeClock()
+    breaker = CircuitBreaker("api", failure_threshold=1, recovery_timeout=1, clock=clock)
+    breaker.record_failure(breaker.admit())
+    clock.advance(1)
+    breaker.record_success(breaker.admit())  # closed again, after three transitions
+    slow, failing = breaker.admit(), breaker.admit()
+    breaker.record_failure(failing)
+    breaker.record_success(slow)  # admitted before the trip: stale
+    assert (breaker.state, breaker.failure_count) == (CircuitState.OPEN, 1)
+
+
+@pytest.mark.parametrize("operation", ["record_success", "record_failure", "release"])
+def test_a_permit_handed_back_twice_names_the_operation(operation: str) -> None:
+    breaker = CircuitBreaker("api", clock=FakeClock())
+    permit = breaker.admit()
+    breaker.release(permit)
+    with pytest.raises(LifecycleError) as raised:
+        getattr(breaker, operation)(permit)
+    assert str(raised.value) == (
+        f"{operation}() was called for a permit of circuit breaker 'api' that was already "
+        "handed back. Call exactly one of record_success, record_failure or release per "
+        "admitted call."
+    )
+
+
+@pytest.mark.parametrize(
+    ("asked", "wanted"),
+    [
+        ({"failure_threshold": 4}, "failure_threshold=4, recovery_timeout=60.0"),
+        ({"recovery_timeout": 5}, "failure_threshold=3, recovery_timeout=5"),
+    ],
+)
+def test_the_registry_refuses_other_settings_for_a_shared_breaker(
+    asked: dict[str, float], wanted: str
+) -> None:
+    registry = CircuitBreakerRegistry()
+    registry.get("openai", failure_threshold=3)
+    with pytest.raises(InvalidArgumentError) as raised:
+        registry.get("openai", **asked)  # type: ignore[arg-type]
+    assert str(raised.value) == (
+        "Circuit breaker 'openai' already exists with failure_threshold=3, "
+        f"recovery_timeout=60.0; this call asks for {wanted}. A breaker shared by name has "
+        "one set of settings (its dependency has one health state): pass the same "
+        "settings, or none to share the existing breaker, or use another name for a "
+        "breaker of its own."
+    )
+    assert registry.get("openai", failure_threshold=3, recovery_timeout=60).failure_threshold == 3
+
+
+def test_raising_listeners_and_hooks_are_logged_by_name(caplog: pytest.LogCaptureFixture) -> None:
+    def boom(*args: object) -> None:
+        raise RuntimeError("listener bug")
+
+    registry = CircuitBreakerRegistry()
+    registry.on_create(boom)
+    breaker = registry.get("api", failure_threshold=1, clock=FakeClock())
+    breaker.add_listener(boom)
+    breaker.add_reject_listener(boom)
+    breaker.record_failure(breaker.admit())
+    with pytest.raises(CircuitOpenError):
+        breaker.admit()
+    assert [r.getMessage() for r in caplog.records] == [
+        "An on_create hook of the circuit breaker registry raised for 'api'; it was ignored.",
+        "A state listener of circuit breaker 'api' raised on closed -> open; it was ignored.",
+        "A reject listener of circuit breaker 'api' raised; it was ignored.",
+    ]
+    assert all(r.name == "rh_agents.circuit_breaker" for r in caplog.records)
