@@ -143,6 +143,7 @@ def test_no_jitter_is_drawn_for_the_last_attempt() -> None:
     rng = random.Random(7)
     before = rng.getstate()
     assert config.next_delay(2, TimeoutError(), 0.0, 0.0, rng) is None
+    assert rng.getstate() == before
     assert config.next_delay(1, ValueError(), 0.0, 0.0, rng) is not None
     assert rng.getstate() != before
     rng.setstate(before)
