@@ -28,6 +28,11 @@ class Query(BaseModel):
     limit: int = 3
 
 
+class Point(BaseModel, frozen=True):
+    y: int
+    x: int
+
+
 class Outer(BaseModel):
     query: Query
     tags: set[str]
@@ -86,6 +91,7 @@ GOLDEN: list[tuple[str, Any, str]] = [
     ("set of mixed types", {1, "1", 2.5}, "118c44a6419753e89921d7e0"),
     ("set of tuples", {(1, 2), (0, 3)}, "1ab82fbb715d1b5d1444aff0"),
     ("list of a model and a set", [Query(text="y"), {"z"}], "7f83952d98d0d25427fa4cc3"),
+    ("set of frozen models", {Point(y=1, x=2), Point(y=2, x=1)}, "4d4782f444ed3449dfca6f8a"),
     ("empty dict", {}, "bf78e4a953b40eee238ca2e9"),
     ("empty list", [], "5feb596270186253f9f617f0"),
 ]

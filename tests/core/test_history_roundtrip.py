@@ -380,6 +380,11 @@ async def test_a_real_run_with_retries_and_a_group_survives_every_backend(
             "ExecutionStatus); the history was written by another program or is damaged.",
         ),
         (
+            {"address": "a", "status": "completed", "usage": "many"},
+            "The token usage of history record 1 cannot be read (it is a str); the history "
+            "was written by another program or is damaged.",
+        ),
+        (
             {"address": "a", "status": "completed", "event_type": "phone_call"},
             "History record 1 cannot be read (ValueError: 'phone_call' is not a valid "
             "EventType); the history was written by another program or is damaged.",
@@ -391,3 +396,8 @@ def test_a_damaged_record_is_reported_with_its_position(damaged: Any, message: s
     with pytest.raises(StateCorruptedError) as raised:
         HistorySet.from_records([good, damaged])
     assert str(raised.value) == message
+
+
+def test_a_single_damaged_record_is_record_zero() -> None:
+    with pytest.raises(StateCorruptedError, match=r"^History record 0 is a str, not an object"):
+        record_to_event("x")  # type: ignore[arg-type]

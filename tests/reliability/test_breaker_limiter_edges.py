@@ -81,8 +81,7 @@ async def test_a_guard_is_entered_once() -> None:
         with pytest.raises(LifecycleError) as raised:
             await guard.__aenter__()
     assert str(raised.value) == (
-        "A guard() of circuit breaker 'api' was entered twice. Call breaker.guard() once "
-        "per call."
+        "A guard() of circuit breaker 'api' was entered twice. Call breaker.guard() once per call."
     )
 
 
@@ -227,3 +226,11 @@ def test_raising_listeners_and_hooks_are_logged_by_name(caplog: pytest.LogCaptur
         "A reject listener of circuit breaker 'api' raised; it was ignored.",
     ]
     assert all(r.name == "rh_agents.circuit_breaker" for r in caplog.records)
+
+
+def test_the_registry_lists_its_breakers_by_name() -> None:
+    registry = CircuitBreakerRegistry()
+    registry.get("search")
+    registry.get("openai")
+    assert repr(registry) == "<CircuitBreakerRegistry ['openai', 'search']>"
+    assert [b.name for b in registry] == ["search", "openai"] and len(registry) == 2
