@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 export NO_MKDOCS_2_WARNING := 1
 export DISABLE_MKDOCS_2_WARNING := true
 
-.PHONY: test demo lint typecheck unit suite docs smoke matrix bench soak clean
+.PHONY: test demo lint typecheck unit suite docs smoke matrix bench soak mutation clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "rh_agents needs Python 3.11 or newer; $(PYTHON) is " + sys.version.split()[0] + ". Run: make PYTHON=python3.11 ...")'
@@ -80,6 +80,13 @@ demo: $(STAMP)
 soak: $(STAMP)
 	$(BIN)/pytest -m soak -s
 
+# Mutation testing of the core (docs/testing.md): a score per module, each module's
+# mutants against its own tests. Not part of `make test` (about an hour for all of
+# them); MUTATION_ARGS="retry --survivors" runs one module and lists what survived.
+MUTATION_ARGS ?=
+mutation: $(STAMP)
+	$(BIN)/python tools/mutation.py $(MUTATION_ARGS)
+
 # Benchmarks (docs/performance.md) in their own environment, bench/.venv: the project plus
 # the bench-only competitors of bench/requirements.txt. Writes bench/results.md and .json.
 # `make bench BENCH_ARGS=--quick` runs in under a minute.
@@ -97,4 +104,4 @@ bench: $(BENCH_STAMP)
 	$(BENCH_VENV)/bin/python -m bench $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) .venv-* site .rh_agents .pytest_cache .mypy_cache .ruff_cache .coverage .coverage.*
+	rm -rf $(VENV) .venv-* site .mutation .rh_agents .pytest_cache .mypy_cache .ruff_cache .coverage .coverage.*

@@ -370,6 +370,8 @@ def _entry_fields(record: dict[str, Any], position: int) -> dict[str, Any]:
     fields["kind"] = kind
     fields["address"] = address
     fields["execution_status"] = status
+    # not stored: the core sets it on exactly the RETRYING entries
+    fields["is_retry"] = status is ExecutionStatus.RETRYING
     fields["actor_name"] = _text(get("actor"))
     event_type = get("event_type")
     if event_type:

@@ -1,0 +1,203 @@
+"""Mutation testing of the core (``make mutation``): a score per module.
+
+Each module is mutated by mutmut (configured in ``[tool.mutmut]`` of pyproject.toml)
+and each mutant runs against the tests of that module only (the table below; mutmut
+further narrows it to the tests that call the mutated function). A mutant is
+*detected* when a test fails (killed) or the run hangs past mutmut's timeout; it
+*survives* when every test passes, or when no selected test reaches it.
+
+Every module runs in its own scratch directory, ``.mutation/<module>/`` (mutmut keeps
+its mutants and results there: ``cd .mutation/retry && mutmut show <mutant>`` shows
+one), one after the other, with one worker by default: the machine is shared.
+
+Usage::
+
+    python tools/mutation.py                       # every module of the table
+    python tools/mutation.py retry circuit_breaker # some of them
+    python tools/mutation.py --survivors retry     # also list the survivors
+    python tools/mutation.py --jobs 2              # mutmut workers per module
+    python tools/mutation.py --keep retry          # re-test only what changed
+
+The scores and the survivors judged equivalent are in docs/testing.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRATCH = ROOT / ".mutation"
+
+
+@dataclass(frozen=True)
+class Target:
+    """One module to mutate and the test files that exercise it."""
+
+    module: str
+    tests: tuple[str, ...]
+
+
+TARGETS: dict[str, Target] = {
+    "history": Target(
+        "rh_agents/core/history.py",
+        (
+            "tests/core/test_history_roundtrip.py",
+            "tests/core/test_fingerprint_pins.py",
+            "tests/core/test_core_history_bus.py",
+            "tests/core/test_core_replay.py",
+            "tests/telemetry/test_telemetry_usage.py",
+        ),
+    ),
+    "retry": Target(
+        "rh_agents/core/retry.py",
+        (
+            "tests/core/test_retry.py",
+            "tests/reliability/test_retry_edges.py",
+            "tests/core/test_policy.py",
+            "tests/parallel/test_parallel_policy.py",
+        ),
+    ),
+    "circuit_breaker": Target(
+        "rh_agents/core/circuit_breaker.py",
+        (
+            "tests/core/test_circuit_breaker.py",
+            "tests/reliability/test_breaker_limiter_edges.py",
+            "tests/core/test_policy.py",
+        ),
+    ),
+    "limiter": Target(
+        "rh_agents/core/limiter.py",
+        (
+            "tests/core/test_limiter.py",
+            "tests/reliability/test_breaker_limiter_edges.py",
+            "tests/core/test_policy.py",
+        ),
+    ),
+    "codec": Target(
+        "rh_agents/storage/_codec.py",
+        (
+            "tests/core/test_history_roundtrip.py",
+            "tests/storage/test_state_backends.py",
+            "tests/reliability/test_reliability_storage.py",
+        ),
+    ),
+}
+
+DETECTED = {"killed", "timeout", "caught by type check", "segfault"}
+
+
+def scratch_for(name: str, target: Target, fresh: bool) -> Path:
+    """The scratch directory of ``target``: links to the tree, a pyproject of its own."""
+    scratch = SCRATCH / name
+    scratch.mkdir(parents=True, exist_ok=True)
+    for entry in ("rh_agents", "tests"):
+        link = scratch / entry
+        if not link.is_symlink():
+            link.symlink_to(ROOT / entry)
+    text = (ROOT / "pyproject.toml").read_text()
+    base = tomllib.loads(text)["tool"]["mutmut"]
+    tests = [path for path in target.tests if (ROOT / path).exists()]
+    settings = {
+        **base,
+        "only_mutate": [target.module],
+        "pytest_add_cli_args_test_selection": tests,
+    }
+    block = "[tool.mutmut]\n" + "".join(
+        f"{key} = {_toml(value)}\n" for key, value in settings.items()
+    )
+    text = re.sub(r"\[tool\.mutmut\]\n(?:[^\[\n].*\n|\n)*", block + "\n", text)
+    (scratch / "pyproject.toml").write_text(text)
+    if fresh:
+        # mutmut copies the tree only where its copy is missing: start from scratch so
+        # every module and test runs as it is now.
+        shutil.rmtree(scratch / "mutants", ignore_errors=True)
+    return scratch
+
+
+def _toml(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(item) for item in value) + "]"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return repr(value)
+
+
+def run(args: argparse.Namespace, name: str, target: Target) -> tuple[int, int, list[str]]:
+    """Mutate one module; (mutants, detected, survivor lines)."""
+    scratch = scratch_for(name, target, fresh=not args.keep)
+    mutmut = Path(sys.executable).parent / "mutmut"
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    started = time.monotonic()
+    print(f"== {target.module}: mutmut run ({', '.join(target.tests)})", flush=True)
+    log = scratch / "run.log"
+    with log.open("w") as out:
+        subprocess.run(
+            [str(mutmut), "run", "--max-children", str(args.jobs)],
+            cwd=scratch,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            check=False,
+        )
+    listing = subprocess.run(
+        [str(mutmut), "results", "--all", "true"],
+        cwd=scratch,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout
+    statuses = re.findall(r"^\s+(\S+): (.+)$", listing, flags=re.MULTILINE)
+    if not statuses:
+        print(f"   no results; see {log}", flush=True)
+        return 0, 0, []
+    detected = sum(1 for _, status in statuses if status in DETECTED)
+    lost = [f"{key}: {status}" for key, status in statuses if status not in DETECTED]
+    minutes = (time.monotonic() - started) / 60
+    print(
+        f"   {len(statuses)} mutants, {detected} detected, {len(lost)} survived: "
+        f"{100 * detected / len(statuses):.0f} % ({minutes:.1f} min)",
+        flush=True,
+    )
+    if args.survivors:
+        for line in lost:
+            print(f"     {line}")
+    return len(statuses), detected, lost
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("modules", nargs="*", choices=[[], *TARGETS], default=[])
+    parser.add_argument("--jobs", type=int, default=1, help="mutmut workers (default 1)")
+    parser.add_argument("--survivors", action="store_true", help="list surviving mutants")
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the previous run's mutants and results (only what changed runs again)",
+    )
+    args = parser.parse_args()
+    names = args.modules or list(TARGETS)
+    rows = []
+    for name in names:
+        total, detected, _ = run(args, name, TARGETS[name])
+        rows.append((TARGETS[name].module, total, detected))
+    print("\n| module | mutants | detected | score |\n|---|---|---|---|")
+    for module, total, detected in rows:
+        score = f"{100 * detected / total:.0f} %" if total else "n/a"
+        print(f"| {module} | {total} | {detected} | {score} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
