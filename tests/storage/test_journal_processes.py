@@ -26,6 +26,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -142,21 +143,31 @@ def interrupted_history(tmp_path: Path, side: Side, hang_at: int = 25) -> set[in
 # ----------------------------------------------------------- two resumes at once
 
 
-def test_two_concurrent_resumes_one_is_refused_and_nothing_runs_twice(tmp_path: Path) -> None:
-    side = Side(tmp_path / "side.txt")
-    done = interrupted_history(tmp_path, side)
-    a = start(tmp_path, "--resume", "--gate")
-    b = start(tmp_path, "--resume", "--gate")
+def race_two_resumes(
+    start_resume: Callable[[], subprocess.Popen[str]], side: Side
+) -> tuple[subprocess.Popen[str], subprocess.Popen[str]]:
+    """Start two resumes of one run and wait until one is refused: (loser, winner).
+
+    Both load the same history; both then record. One takes the lease and its first
+    handler waits at the gate (until its stdin closes); the other is refused before any
+    of its calls runs.
+    """
+    a = start_resume()
+    b = start_resume()
     side.wait_for(a, f"loaded {a.pid}")
     side.wait_for(b, f"loaded {b.pid}")
-    # Both loaded the same history; both now record. One takes the lease, its first
-    # handler waits at the gate; the other is refused before any of its calls runs.
     deadline = time.monotonic() + 60
     while not any(line.startswith("refused") for line in side.lines()):
         assert time.monotonic() < deadline, side.lines()
         assert a.poll() is None and b.poll() is None, side.lines()
         time.sleep(0.01)
-    loser, winner = (a, b) if f"refused {a.pid}" in side.lines() else (b, a)
+    return (a, b) if f"refused {a.pid}" in side.lines() else (b, a)
+
+
+def test_two_concurrent_resumes_one_is_refused_and_nothing_runs_twice(tmp_path: Path) -> None:
+    side = Side(tmp_path / "side.txt")
+    done = interrupted_history(tmp_path, side)
+    loser, winner = race_two_resumes(lambda: start(tmp_path, "--resume", "--gate"), side)
     refused = finish(loser)
     assert refused["returncode"] == 3, refused
     message = refused["refused"]

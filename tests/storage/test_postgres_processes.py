@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -33,6 +32,7 @@ from test_journal_processes import (
     completed_items,
     finish,
     kill,
+    race_two_resumes,
 )
 
 from rh_agents.state_backends import PostgresStateBackend
@@ -104,16 +104,7 @@ def test_two_coordinators_resuming_one_run_one_is_refused(history: History) -> N
     done = completed_items(history.journal())
     assert done == set(range(25))
 
-    a = history.start("--resume", "--gate")
-    b = history.start("--resume", "--gate")
-    side.wait_for(a, f"loaded {a.pid}")
-    side.wait_for(b, f"loaded {b.pid}")
-    deadline = time.monotonic() + 60
-    while not any(line.startswith("refused") for line in side.lines()):
-        assert time.monotonic() < deadline, side.lines()
-        assert a.poll() is None and b.poll() is None, side.lines()
-        time.sleep(0.01)
-    loser, winner = (a, b) if f"refused {a.pid}" in side.lines() else (b, a)
+    loser, winner = race_two_resumes(lambda: history.start("--resume", "--gate"), side)
     refused = finish(loser)
     assert refused["returncode"] == 3, refused
     message = refused["refused"]
