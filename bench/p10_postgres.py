@@ -12,18 +12,15 @@ import asyncio
 import os
 import sys
 import tempfile
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from bench import competitors as c
+from bench import p9_storage
 from bench._common import BenchResult, Config, measured, median, paired_ratio, side_by_side, skipped
-from bench.workloads import ECHO, event_factories
-from rh_agents import ExecutionState
-from rh_agents.state_backends import InMemoryStateBackend, SQLiteStateBackend
+from bench.p9_storage import journal_contenders, timed_group
 
 ID = "P10"
 TITLE = "Durable state on PostgreSQL"
@@ -33,7 +30,7 @@ MEASURES = (
     "connection), ratios in the same rounds; records per PostgreSQL commit."
 )
 
-WORKERS = 100
+WORKERS = p9_storage.WORKERS
 TESTS = Path(__file__).resolve().parents[1] / "tests"
 
 
@@ -63,42 +60,24 @@ def _server() -> Iterator[str | None]:
 
 
 def _contenders(n: int, folder: Path, dsn: str, commits: list[tuple[int, int]]) -> Any:
-    counter = iter(range(1_000_000))
-
-    async def timed(backend: Any) -> float:
-        state = ExecutionState(telemetry=False, state_backend=backend)
-        factories = event_factories(ECHO, state, list(range(n)))
-        start = time.perf_counter()
-        results = await c.rh_group(state, factories, WORKERS)
-        took = time.perf_counter() - start
-        assert all(r.ok for r in results)
-        if state.recorder is not None and "Postgres" in type(backend).__name__:
-            stats = state.recorder.statistics()
-            commits.append((stats.records, stats.commits))
-        return took
-
-    async def memory() -> float:
-        return await timed(InMemoryStateBackend())
-
-    async def sqlite() -> float:
-        backend = SQLiteStateBackend(folder / f"journal-{next(counter)}.db")
-        try:
-            return await timed(backend)
-        finally:
-            backend.close()
+    embedded = journal_contenders(n, folder)
 
     async def postgres() -> float:
         from rh_agents.state_backends import PostgresStateBackend
 
         backend = PostgresStateBackend(dsn, schema=f"bench_{uuid.uuid4().hex[:12]}")
         try:
-            return await timed(backend)
+            took, state = await timed_group(backend, n)
+            if state.recorder is not None:
+                stats = state.recorder.statistics()
+                commits.append((stats.records, stats.commits))
+            return took
         finally:
             await asyncio.to_thread(backend.close)
 
     return {
-        "in-memory journal": memory,
-        "SQLite file journal": sqlite,
+        "in-memory journal": embedded["in-memory journal"],
+        "SQLite file journal": embedded["SQLite file journal"],
         "PostgreSQL journal": postgres,
     }
 

@@ -37,17 +37,23 @@ RESUME_RSS = Target("<=", 300.0, "MB")
 LIVE_BYTES = Target("<=", 1024.0, "B/event")
 
 
-def _journal_contenders(n: int, folder: Path) -> dict[str, Any]:
+async def timed_group(backend: Any, n: int) -> tuple[float, ExecutionState]:
+    """Seconds a group of ``n`` trivial events takes on ``backend``, and its state."""
+    state = ExecutionState(telemetry=False, state_backend=backend)
+    factories = event_factories(ECHO, state, list(range(n)))
+    start = time.perf_counter()
+    results = await c.rh_group(state, factories, WORKERS)
+    took = time.perf_counter() - start
+    assert all(r.ok for r in results)
+    return took, state
+
+
+def journal_contenders(n: int, folder: Path) -> dict[str, Any]:
+    """No journal, the in-memory journal and a SQLite file journal (also used by P10)."""
     counter = iter(range(1_000_000))
 
     async def timed(backend: Any) -> float:
-        state = ExecutionState(telemetry=False, state_backend=backend)
-        factories = event_factories(ECHO, state, list(range(n)))
-        start = time.perf_counter()
-        results = await c.rh_group(state, factories, WORKERS)
-        took = time.perf_counter() - start
-        assert all(r.ok for r in results)
-        return took
+        return (await timed_group(backend, n))[0]
 
     async def none() -> float:
         return await timed(None)
@@ -68,7 +74,7 @@ def _journal_contenders(n: int, folder: Path) -> dict[str, Any]:
 def _journal_rows(cfg: Config, result: BenchResult, folder: Path) -> None:
     n = cfg.pick(2_000, 10_000)
     rounds = cfg.n_rounds(3, 7)
-    times = asyncio.run(side_by_side(_journal_contenders(n, folder), rounds, warmup=1))
+    times = asyncio.run(side_by_side(journal_contenders(n, folder), rounds, warmup=1))
     none, memory, sqlite = (
         times["no journal"],
         times["in-memory journal"],
