@@ -31,7 +31,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, cast, runtime_checkable
 
 from pydantic import BaseModel
 from pydantic_core import PydanticSerializationError, to_jsonable_python
@@ -600,7 +600,8 @@ class ResultCache:
 
     Use one ``ResultCache`` from one event loop. Backend reads run on the loop
     (backends are expected to be fast), except for an :class:`AsyncCacheBackend`, whose
-    awaitable methods are used; a read error propagates, while a failure to store a
+    awaitable methods are used (concurrent callers of one key share one remote read); a
+    read error propagates to every caller of that read, while a failure to store a
     computed value is logged and the value is still returned.
 
     Example:
@@ -650,17 +651,19 @@ class ResultCache:
                 coalesced onto it.
         """
         _expires_at(0.0, ttl)  # reject a bad TTL before computing anything
+        backend = self._backend
+        # A remote read takes loop iterations and may return what the store held when it
+        # began, so it is made by the leader, under its flight: a caller whose read began
+        # before another caller's value was stored would otherwise compute it again.
+        remote = isinstance(backend, AsyncCacheBackend)
         while True:
-            backend = self._backend
-            if isinstance(backend, AsyncCacheBackend):
-                entry = await backend.get_async(key)
-            else:
+            if not remote:
                 entry = backend.get(key)
-            if entry is not None:
-                return entry.value, True
+                if entry is not None:
+                    return entry.value, True
             flight = self._in_flight.get(key)
             if flight is None:
-                return await self._lead(key, ttl, compute)
+                return await self._lead(key, ttl, compute, remote=remote)
             # shield: cancelling this waiter must not cancel the shared future.
             outcome = await asyncio.shield(flight)
             if outcome.handed_over:
@@ -674,6 +677,8 @@ class ResultCache:
         key: str,
         ttl: float | None,
         compute: Callable[[], Awaitable[tuple[Any, bool]]],
+        *,
+        remote: bool,
     ) -> tuple[Any, bool]:
         flight: asyncio.Future[_Outcome] = asyncio.get_running_loop().create_future()
         self._in_flight[key] = flight
@@ -683,6 +688,11 @@ class ResultCache:
         outcome = _HANDED_OVER
         try:
             try:
+                if remote:
+                    entry = await cast("AsyncCacheBackend", self._backend).get_async(key)
+                    if entry is not None:
+                        outcome = _Outcome(value=entry.value)
+                        return entry.value, True
                 value, store = await compute()
             except Exception as exc:
                 outcome = _Outcome(error=exc, traceback=exc.__traceback__)

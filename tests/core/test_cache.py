@@ -16,6 +16,7 @@ import pytest
 from pydantic import BaseModel
 
 from rh_agents.core.cache import (
+    AsyncCacheBackend,
     CacheBackend,
     InMemoryCacheBackend,
     ResultCache,
@@ -459,3 +460,63 @@ async def test_bad_ttl_fails_before_computing() -> None:
     with pytest.raises(InvalidArgumentError):
         await cache.get_or_compute("k", -5.0, compute)
     assert compute.calls == 0
+
+
+class SlowRemoteBackend(InMemoryCacheBackend):
+    """An :class:`AsyncCacheBackend` like a database server: a read sees the data as it
+    was when the read began and returns a few loop iterations later; a write commits one
+    iteration after it is sent."""
+
+    def __init__(self, read_turns: int = 3) -> None:
+        super().__init__()
+        self.read_turns = read_turns
+        self.reads = 0
+
+    async def get_async(self, key: str) -> Any:
+        self.reads += 1
+        seen = self.get(key)
+        for _ in range(self.read_turns):
+            await asyncio.sleep(0)
+        return seen
+
+    async def set_async(self, key: str, value: Any, ttl: float | None) -> None:
+        await asyncio.sleep(0)
+        self.set(key, value, ttl)
+
+
+async def test_a_read_that_began_before_the_store_committed_does_not_compute_again() -> None:
+    # Found by CI on a loaded machine (the Postgres cache computed twice): a caller whose
+    # remote read began while the leader's value was being stored got a miss back after
+    # the leader had finished, found no computation in flight and computed again.
+    backend = SlowRemoteBackend()
+    assert isinstance(backend, AsyncCacheBackend)
+    cache = ResultCache(backend)
+    compute = Counter()
+    compute.release.set()
+    callers = []
+    for _ in range(12):  # callers arriving one loop iteration apart, across the store
+        callers.append(asyncio.create_task(cache.get_or_compute("k", None, compute)))
+        await asyncio.sleep(0)
+    outcomes = await asyncio.gather(*callers)
+    assert compute.calls == 1
+    assert sorted(hit for _, hit in outcomes) == [False] + [True] * 11
+    assert cache.in_flight == 0
+
+
+async def test_a_remote_read_error_reaches_the_callers_waiting_on_it() -> None:
+    class Down(SlowRemoteBackend):
+        async def get_async(self, key: str) -> Any:
+            self.reads += 1
+            await asyncio.sleep(0)
+            raise OSError("the cache server is down")
+
+    backend = Down()
+    cache = ResultCache(backend)
+    compute = Counter()
+    compute.release.set()
+    callers = [asyncio.create_task(cache.get_or_compute("k", None, compute)) for _ in range(5)]
+    outcomes = await asyncio.gather(*callers, return_exceptions=True)
+    assert all(isinstance(o, OSError) for o in outcomes)
+    assert compute.calls == 0
+    assert backend.reads == 1  # one read for the callers coalesced on it, not one each
+    assert cache.in_flight == 0
