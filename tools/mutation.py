@@ -85,8 +85,13 @@ TARGETS: dict[str, Target] = {
     "codec": Target(
         "rh_agents/storage/_codec.py",
         (
+            "tests/storage/test_codec.py",
             "tests/core/test_history_roundtrip.py",
             "tests/storage/test_state_backends.py",
+            "tests/storage/test_journal_integrity.py",
+            "tests/storage/test_journal_contract.py",
+            "tests/storage/test_storage_error_wording.py",
+            "tests/core/test_safe_restore.py",
             "tests/reliability/test_reliability_storage.py",
         ),
     ),

@@ -257,11 +257,11 @@ def parse_record(state_id: str, position: int, stored: object, where: str) -> di
                     value = json.loads(data)
                 except ValueError as exc:
                     problem = f"is not valid JSON ({exc})"
-            if problem is None and type(value) is dict:
+            if problem is None:
+                # valid JSON that starts with the seal is an object holding the checksum
                 del value["_crc"]
                 record: dict[str, Any] = value
                 return record
-            problem = problem or "is not a JSON object"
     raise StateCorruptedError(
         f"Event record {position} of state {state_id!r} in {where} {problem}. The journal "
         "is damaged: restore it from a backup, or delete the state with delete_state() "
