@@ -82,6 +82,33 @@ TARGETS: dict[str, Target] = {
             "tests/core/test_policy.py",
         ),
     ),
+    "policy": Target(
+        "rh_agents/core/policy.py",
+        (
+            "tests/core/test_policy.py",
+            "tests/parallel/test_parallel_policy.py",
+            "tests/parallel/test_item_deadlines.py",
+        ),
+    ),
+    "adaptive_limiter": Target(
+        "rh_agents/core/adaptive_limiter.py",
+        ("tests/core/test_adaptive_limiter.py",),
+    ),
+    "usage": Target(
+        "rh_agents/core/usage.py",
+        (
+            "tests/telemetry/test_telemetry_usage.py",
+            "tests/core/test_history_roundtrip.py",
+        ),
+    ),
+    "cache": Target(
+        "rh_agents/core/cache.py",
+        (
+            "tests/core/test_cache.py",
+            "tests/core/test_cache_key.py",
+            "tests/core/test_core_result_cache.py",
+        ),
+    ),
     "codec": Target(
         "rh_agents/storage/_codec.py",
         (

@@ -427,3 +427,17 @@ def test_journal_damage_wording() -> None:
         "Completed work may be missing from it, so it is not resumed. Restore it from a "
         "backup, or delete the state with delete_state() to discard it."
     )
+
+
+def test_ids_and_text_with_lone_surrogates_seal_and_unseal() -> None:
+    # A run id or a text decoded from a file name with surrogateescape can hold a lone
+    # surrogate: it is checksummed as its surrogatepass bytes, never refused.
+    state_id, text = "run-\udce9", '{"p":"caf\udce9"}'
+    sealed = seal(text, state_id, 2)
+    scope = f"{state_id}\n2\n".encode("utf-8", "surrogatepass")
+    assert sealed[9:17] == f"{zlib.crc32(scope + text.encode('utf-8', 'surrogatepass')):08x}"
+    assert unseal(sealed, state_id, 2) == (text, None)
+    assert unseal(sealed.encode("utf-8", "surrogatepass"), state_id, 2) == (text, None)
+    assert unseal(sealed, "run-\udce8", 2)[1] == MOVED
+    record = dump_record(state_id, 3, {"p": "x"})
+    assert parse_record(state_id, 3, record, "here") == {"p": "x"}
