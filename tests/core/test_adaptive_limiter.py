@@ -42,6 +42,14 @@ class Throttled(Exception):
     retry_after = 2.0
 
 
+class ClientResponseError(Exception):
+    """What aiohttp raises: the HTTP status is ``status``."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(f"HTTP {status}")
+        self.status = status
+
+
 @pytest.mark.parametrize(
     ("error", "overload"),
     [
@@ -53,6 +61,9 @@ class Throttled(Exception):
         (RejectedResultError("actor 'x'", 1, {"status": "overloaded"}), True),
         (CircuitOpenError("api", 3.0), False),
         (ValueError("bad input"), False),
+        (ClientResponseError(529), True),
+        (ClientResponseError(503), True),
+        (ClientResponseError(404), False),
     ],
 )
 def test_overload_signals(error: BaseException, overload: bool) -> None:
@@ -223,3 +234,57 @@ async def test_a_group_backs_off_to_what_the_server_takes_and_reports_it(
     assert changes[0]["rh_agents.limiter.limit"] == 4
     rh_telemetry.assert_metric("rh_agents_limiter_limit", limiter.limit, limiter="api")
     rh_telemetry.assert_no_open_spans()
+
+
+def test_the_limit_grows_after_exactly_limit_successes_counted_from_each_change() -> None:
+    changes: list[tuple[int, int]] = []
+    limiter = AdaptiveLimiter("api", max_concurrency=4, initial=2, min_concurrency=2)
+    limiter.add_listener(lambda _, old, new: changes.append((old, new)))
+    limiter.record_outcome(None)
+    assert limiter.limit == 2  # one success of the two a limit of 2 needs
+    limiter.record_outcome(None)
+    assert limiter.limit == 3
+    limiter.record_outcome(None)
+    limiter.record_outcome(None)
+    assert limiter.limit == 3  # the count started again at the change: 3 are needed
+    limiter.record_outcome(None)
+    assert limiter.limit == 4
+    for _ in range(10):
+        limiter.record_outcome(None)
+    assert limiter.limit == 4 and changes == [(2, 3), (3, 4)]
+
+
+def test_an_overload_at_the_floor_changes_nothing_but_restarts_the_count() -> None:
+    changes: list[tuple[int, int]] = []
+    limiter = AdaptiveLimiter("api", max_concurrency=4, initial=2, min_concurrency=2)
+    limiter.add_listener(lambda _, old, new: changes.append((old, new)))
+    limiter.record_outcome(None)
+    limiter.record_outcome(TooManyRequests())  # halving 2 gives 1, below the floor
+    assert limiter.limit == 2 and changes == []  # no change, no listener call
+    limiter.record_outcome(None)
+    assert limiter.limit == 2  # the success before the overload no longer counts
+    limiter.record_outcome(None)
+    assert limiter.limit == 3 and changes == [(2, 3)]
+
+
+def test_overloads_reported_with_nothing_in_flight_each_decrease() -> None:
+    # No call holds a permit, so no later report is the same overload: each one halves.
+    limiter = AdaptiveLimiter("api", max_concurrency=16)
+    for expected in (8, 4, 2, 1, 1):
+        limiter.record_outcome(TooManyRequests())
+        assert limiter.limit == expected
+    assert limiter.lowest_limit == 1
+
+
+async def test_rate_clock_and_burst_are_those_of_a_limiter() -> None:
+    async with FakeClock() as clock:
+        limiter = AdaptiveLimiter("api", max_concurrency=4, rate=2.0, clock=clock, burst=2)
+        assert (limiter.rate, limiter.burst, limiter.max_concurrency) == (2.0, 2, 4)
+        starts: list[float] = []
+
+        async def call() -> None:
+            async with limiter:
+                starts.append(clock.monotonic())
+
+        await asyncio.gather(*(call() for _ in range(4)))
+        assert starts == [0.0, 0.0, 0.5, 1.0]  # the burst at once, then the rate

@@ -103,7 +103,13 @@ def test_a_policy_is_immutable_and_compares_by_its_guards() -> None:
             r"takes a CircuitBreaker or None, got str\. To share a breaker by name, get it "
             r"once with state\.circuit_breakers\.get\('openai', \.\.\.\) and pass the object\.",
         ),
-        ({"limiter": 8}, r"Policy\(limiter=...\) takes a Limiter .* got int"),
+        (
+            {"limiter": 8},
+            r"^Policy\(limiter=...\) takes a Limiter such as Limiter\('openai', "
+            r"max_concurrency=8\), or None, got int\. Share a limiter by passing the same "
+            r"object\.$",
+        ),
+        ({"breaker": 3}, r"^Policy\(breaker=...\) takes a CircuitBreaker or None, got int\.$"),
         ({"timeout": 0}, r"positive number of seconds .* got 0"),
         ({"timeout": -1.0}, "got -1.0"),
         ({"timeout": math.nan}, "got nan"),
