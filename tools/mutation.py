@@ -97,6 +97,7 @@ TARGETS: dict[str, Target] = {
     "usage": Target(
         "rh_agents/core/usage.py",
         (
+            "tests/core/test_usage.py",
             "tests/telemetry/test_telemetry_usage.py",
             "tests/core/test_history_roundtrip.py",
         ),
