@@ -31,7 +31,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Protocol, cast, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel
 from pydantic_core import PydanticSerializationError, to_jsonable_python
@@ -115,7 +115,7 @@ def make_cache_key(
     its version, its input and (when given) the call's ``extra_context``: everything
     that can change the answer. Equal values give equal keys in every process: dict key
     order and set order do not matter. Values are compared by their JSON form (as
-    produced by ``pydantic_core.to_jsonable_python``, bytes as base64): a tuple and a
+    produced by ``pydantic_core.to_jsonable_python``, bytes as URL-safe base64): a tuple and a
     list with the same items, or a model and the dict of its fields, share a key.
     Bump ``version`` whenever the actor's behaviour changes, to stop reusing old results.
 
@@ -171,7 +171,7 @@ def _extra_part(actor_name: str, extra_context: Mapping[str, Any]) -> Any:
             where = f"the value under {key!r} ({type(value).__name__}) has no stable JSON form"
             failure = exc
             break
-    else:  # pragma: no cover - only the keys themselves can be unserializable then
+    else:  # every value has one: a key has none (an object used as a key)
         where = "its keys have no stable JSON form"
     raise UncacheableInputError(
         f"The extra_context of actor {actor_name!r} cannot be part of its cache key: {where} "
@@ -655,9 +655,9 @@ class ResultCache:
         # A remote read takes loop iterations and may return what the store held when it
         # began, so it is made by the leader, under its flight: a caller whose read began
         # before another caller's value was stored would otherwise compute it again.
-        remote = isinstance(backend, AsyncCacheBackend)
+        remote = backend if isinstance(backend, AsyncCacheBackend) else None
         while True:
-            if not remote:
+            if remote is None:
                 entry = backend.get(key)
                 if entry is not None:
                     return entry.value, True
@@ -678,7 +678,7 @@ class ResultCache:
         ttl: float | None,
         compute: Callable[[], Awaitable[tuple[Any, bool]]],
         *,
-        remote: bool,
+        remote: AsyncCacheBackend | None,
     ) -> tuple[Any, bool]:
         flight: asyncio.Future[_Outcome] = asyncio.get_running_loop().create_future()
         self._in_flight[key] = flight
@@ -688,8 +688,8 @@ class ResultCache:
         outcome = _HANDED_OVER
         try:
             try:
-                if remote:
-                    entry = await cast("AsyncCacheBackend", self._backend).get_async(key)
+                if remote is not None:
+                    entry = await remote.get_async(key)
                     if entry is not None:
                         outcome = _Outcome(value=entry.value)
                         return entry.value, True

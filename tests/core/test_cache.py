@@ -8,6 +8,7 @@ import logging
 import sqlite3
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from pydantic import BaseModel
 from rh_agents.core.cache import (
     AsyncCacheBackend,
     CacheBackend,
+    CacheEntry,
     InMemoryCacheBackend,
     ResultCache,
     SQLiteCacheBackend,
@@ -30,6 +32,7 @@ from rh_agents.core.errors import (
     ResultSerializationError,
     SchemaVersionError,
     StateCorruptedError,
+    StateError,
 )
 
 
@@ -520,3 +523,301 @@ async def test_a_remote_read_error_reaches_the_callers_waiting_on_it() -> None:
     assert compute.calls == 0
     assert backend.reads == 1  # one read for the callers coalesced on it, not one each
     assert cache.in_flight == 0
+
+
+async def test_callers_waiting_on_a_remote_hit_get_the_stored_value() -> None:
+    backend = SlowRemoteBackend()
+    backend.set("k", {"stored": True}, None)
+    cache = ResultCache(backend)
+    compute = Counter()
+    callers = [asyncio.create_task(cache.get_or_compute("k", None, compute)) for _ in range(5)]
+    outcomes = await asyncio.gather(*callers)
+    assert outcomes == [({"stored": True}, True)] * 5
+    assert compute.calls == 0 and backend.reads == 1
+
+
+async def test_a_remote_store_gets_the_value_and_its_ttl() -> None:
+    class Recording(SlowRemoteBackend):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stored: list[tuple[str, Any, float | None]] = []
+
+        async def set_async(self, key: str, value: Any, ttl: float | None) -> None:
+            self.stored.append((key, value, ttl))
+            await super().set_async(key, value, ttl)
+
+    backend = Recording()
+    compute = Counter(value=[1, 2])
+    compute.release.set()
+    assert await ResultCache(backend).get_or_compute("k", 30.0, compute) == ([1, 2], False)
+    assert backend.stored == [("k", [1, 2], 30.0)]
+
+
+async def test_followers_get_the_leaders_error_with_its_traceback() -> None:
+    cache = ResultCache(InMemoryCacheBackend())
+    compute = Counter()
+    compute.error = RuntimeError("upstream is down")
+    leader = asyncio.create_task(cache.get_or_compute("k", None, compute))
+    await compute.started.wait()
+    follower = asyncio.create_task(cache.get_or_compute("k", None, compute))
+    await asyncio.sleep(0)
+    compute.release.set()
+    for task in (leader, follower):
+        with pytest.raises(RuntimeError, match="upstream is down") as caught:
+            await task
+        frames = [entry.name for entry in caught.traceback]
+        assert "__call__" in frames  # where it was raised: the compute function
+
+
+async def test_a_failure_to_store_names_the_key_and_backend_with_the_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class Full(InMemoryCacheBackend):
+        def set(self, key: str, value: Any, ttl: float | None) -> None:
+            raise OSError("disk full")
+
+        def __repr__(self) -> str:
+            return "<Full>"
+
+    compute = Counter(value="v")
+    compute.release.set()
+    with caplog.at_level(logging.WARNING, logger="rh_agents.core.cache"):
+        assert await ResultCache(Full()).get_or_compute("the-key", None, compute) == ("v", False)
+    (record,) = caplog.records
+    assert record.getMessage() == (
+        "Could not store the computed result for cache key the-key in <Full>; the result is "
+        "returned but not cached."
+    )
+    assert record.exc_info is not None and str(record.exc_info[1]) == "disk full"
+
+
+def test_the_in_memory_backend_takes_one_entry_and_evicts_the_oldest() -> None:
+    backend = InMemoryCacheBackend(max_entries=1)
+    backend.set("a", 1, None)
+    backend.set("b", 2, None)
+    assert backend.get("a") is None and backend.get("b") is not None
+    with pytest.raises(
+        InvalidArgumentError, match=r"^max_entries must be a positive integer, got 0\.$"
+    ):
+        InMemoryCacheBackend(max_entries=0)
+    assert InMemoryCacheBackend()._max_entries == 10_000  # the documented default
+
+
+# --------------------------------------------------------------------------- SQLite wording
+
+
+def _unwritable(tmp_path: Path) -> Path:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    return blocker / "cache.db"
+
+
+def test_sqlite_cache_creates_missing_directories(tmp_path: Path) -> None:
+    path = tmp_path / "a" / "b" / "c" / "cache.db"
+    with SQLiteCacheBackend(path) as cache:
+        cache.set("k", 1, None)
+    assert path.exists()
+    assert repr(SQLiteCacheBackend(":memory:")) == "SQLiteCacheBackend(':memory:')"
+    assert not (Path.cwd() / ":memory:").exists()
+
+
+def test_sqlite_cache_that_cannot_be_opened_says_what_to_check(tmp_path: Path) -> None:
+    path = _unwritable(tmp_path)
+    with pytest.raises(StateError) as caught:
+        SQLiteCacheBackend(path)
+    message = str(caught.value)
+    assert message.startswith(f"Could not open the cache at {path} ([Errno 17] File exists")
+    assert message.endswith(
+        "Check that the disk is not full and that the file is writable, then retry."
+    )
+    assert caught.value.__cause__ is not None
+
+
+def test_sqlite_cache_on_a_damaged_file_says_to_delete_it(tmp_path: Path) -> None:
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(b"\x13" * 5000)
+    with pytest.raises(StateCorruptedError) as caught:
+        SQLiteCacheBackend(garbage)
+    message = str(caught.value)
+    assert message.startswith(
+        f"The rh_agents cache at {garbage} is damaged or is not a SQLite database ("
+    )
+    assert message.endswith(
+        "so rh_agents could not open the cache. Delete the file (and its -wal and -shm "
+        "files); it only holds cached results and will be rebuilt."
+    )
+
+
+@pytest.mark.parametrize(
+    "tables",
+    [
+        ["CREATE TABLE t (x)"],
+        ["CREATE TABLE rh_agents_meta (key TEXT PRIMARY KEY, value TEXT)"],
+        ["CREATE TABLE cache_entries (key TEXT)"],
+        [
+            "CREATE TABLE rh_agents_meta (key TEXT PRIMARY KEY, value TEXT)",
+            "CREATE TABLE cache_entries (key TEXT)",
+            "INSERT INTO rh_agents_meta VALUES ('app', 'something else')",
+        ],
+        [
+            "CREATE TABLE rh_agents_meta (k TEXT)",
+            "CREATE TABLE cache_entries (key TEXT)",
+        ],
+    ],
+)
+def test_a_database_that_is_not_an_rh_agents_cache_is_refused(
+    tmp_path: Path, tables: list[str]
+) -> None:
+    path = tmp_path / "other.db"
+    conn = sqlite3.connect(path)
+    for statement in tables:
+        conn.execute(statement)
+    conn.commit()
+    conn.close()
+    with pytest.raises(StateCorruptedError) as caught:
+        SQLiteCacheBackend(path)
+    assert str(caught.value) == (
+        f"The SQLite database at {path} is not an rh_agents cache. Point the cache at a new file."
+    )
+
+
+def test_another_schema_version_says_to_delete_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "v.db"
+    SQLiteCacheBackend(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE rh_agents_meta SET value = '99' WHERE key = 'schema_version'")
+    conn.commit()
+    conn.close()
+    with pytest.raises(SchemaVersionError) as caught:
+        SQLiteCacheBackend(path)
+    assert str(caught.value) == (
+        f"The rh_agents cache at {path} uses schema version '99', but this release reads "
+        "only version 1. Delete the file; it only holds cached results."
+    )
+
+
+def test_sqlite_cache_is_in_wal_mode_and_usable_from_other_threads(tmp_path: Path) -> None:
+    path = tmp_path / "c.db"
+    with SQLiteCacheBackend(path) as cache:
+        cache.set("k", {"x": 1}, None)
+        box: list[Any] = []
+        thread = threading.Thread(target=lambda: box.append(cache.get("k")))
+        thread.start()
+        thread.join()
+        assert box[0].value == {"x": 1}
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    conn.close()
+
+
+def test_a_damaged_sqlite_entry_is_logged_with_its_key_and_file(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "c.db"
+    with SQLiteCacheBackend(path, clock=ManualClock(now=50.0)) as cache:
+        cache.set("k", [1], ttl=None)
+        entry = cache.get("k")
+        assert entry == CacheEntry(value=[1], stored_at=50.0, expires_at=None)
+        assert type(entry.stored_at) is float
+        conn = sqlite3.connect(path)
+        conn.execute("UPDATE cache_entries SET value = '[1,'")
+        conn.commit()
+        conn.close()
+        with caplog.at_level(logging.WARNING, logger="rh_agents.core.cache"):
+            assert cache.get("k") is None
+        (record,) = caplog.records
+        assert record.getMessage().startswith(f"Dropping the damaged cache entry k in {path} (")
+        assert record.getMessage().endswith(
+            "(Expecting value: line 1 column 4 (char 3)); it counts as a miss."
+        )
+        conn = sqlite3.connect(path)
+        assert conn.execute("SELECT COUNT(*) FROM cache_entries").fetchone() == (0,)
+        conn.close()
+
+
+def test_sqlite_cache_values_are_compact_json(tmp_path: Path) -> None:
+    path = tmp_path / "c.db"
+    with SQLiteCacheBackend(path) as cache:
+        cache.set("k", {"a": [1, 2]}, None)
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT value FROM cache_entries").fetchone() == ('{"a":[1,2]}',)
+    conn.close()
+
+
+def test_a_value_the_sqlite_cache_cannot_store_says_what_to_do(tmp_path: Path) -> None:
+    with SQLiteCacheBackend(tmp_path / "c.db") as cache:
+        with pytest.raises(ResultSerializationError) as caught:
+            cache.set("k", object(), ttl=None)
+    message = str(caught.value)
+    assert message.startswith(
+        "The value for cache key k cannot be stored because it is not JSON-serializable ("
+    )
+    assert message.endswith(
+        "Return JSON-like data or a pydantic model, or use an InMemoryCacheBackend."
+    )
+
+
+@pytest.mark.parametrize(
+    ("call", "action"),
+    [
+        (lambda c: c.get("k"), "read a cache entry"),
+        (lambda c: c.set("k", 1, None), "write a cache entry"),
+        (lambda c: c.delete("k"), "delete a cache entry"),
+        (lambda c: c.clear(), "clear the cache"),
+        (lambda c: c.purge_expired(), "purge expired entries"),
+    ],
+)
+def test_every_operation_names_itself_when_it_fails(tmp_path: Path, call: Any, action: str) -> None:
+    path = tmp_path / "c.db"
+    cache = SQLiteCacheBackend(path)
+    cache.close()
+    with pytest.raises(LifecycleError) as closed:
+        call(cache)
+    assert str(closed.value) == (
+        f"SQLiteCacheBackend({str(path)!r}) is closed, so it cannot {action}. Open a new "
+        "SQLiteCacheBackend on the same path."
+    )
+    cache = SQLiteCacheBackend(path)
+    other = sqlite3.connect(path)
+    other.execute("DROP TABLE cache_entries")  # what another program might do to the file
+    other.commit()
+    other.close()
+    try:
+        with pytest.raises(StateError) as failed:
+            call(cache)
+    finally:
+        cache.close()
+    assert str(failed.value).startswith(f"Could not {action} at {path} (no such table")
+    cache.close()  # closing twice is allowed
+
+
+def test_a_damaged_page_is_reported_as_damage_when_read(tmp_path: Path) -> None:
+    # SQLITE_CORRUPT (not SQLITE_NOTADB): the file is a database with damaged pages.
+    path = tmp_path / "c.db"
+    with SQLiteCacheBackend(path) as cache:
+        for index in range(300):
+            cache.set(f"k{index}", "x" * 500, None)
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    with path.open("r+b") as file:
+        file.seek(4096 * 3)
+        file.write(b"\x07" * 4096 * 4)
+    with SQLiteCacheBackend(path) as cache:
+        with pytest.raises(StateCorruptedError) as caught:
+            for index in range(300):
+                cache.get(f"k{index}")
+    assert str(caught.value) == (
+        f"The rh_agents cache at {path} is damaged or is not a SQLite database (database "
+        "disk image is malformed), so rh_agents could not read a cache entry. Delete the "
+        "file (and its -wal and -shm files); it only holds cached results and will be "
+        "rebuilt."
+    )
+
+
+def test_deleting_a_missing_sqlite_entry_says_so(tmp_path: Path) -> None:
+    with SQLiteCacheBackend(tmp_path / "c.db") as cache:
+        assert cache.delete("missing") is False
+        cache.set("k", 1, None)
+        assert cache.delete("k") is True
+        assert cache.delete("k") is False

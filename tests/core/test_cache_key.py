@@ -4,8 +4,12 @@ input, the extra_context, the actor's name and its version; or what the actor's 
 
 from __future__ import annotations
 
+import hashlib
+import subprocess
+import sys
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,6 +17,7 @@ from pydantic import BaseModel
 
 from rh_agents import LLM, ExecutionEvent, ExecutionState
 from rh_agents.core.cache import UncacheableInputError, make_cache_key
+from rh_agents.core.errors import InvalidArgumentError
 
 
 async def _persona(prompt: str, extra: dict[str, Any], state: Any) -> str:
@@ -124,3 +129,164 @@ async def test_models_dataclasses_and_sets_in_extra_context_have_stable_keys() -
     assert (await ExecutionEvent(actor=llm)("hi", same, state)).from_cache
     warmer = dict(extra, opts=_Options(0.9))
     assert not (await ExecutionEvent(actor=llm)("hi", warmer, state)).from_cache
+
+
+# ------------------------------------------------------------------ golden keys
+
+
+@dataclass(frozen=True)
+class FieldsOutOfOrder:
+    b: int
+    a: int
+
+
+class Tagged(BaseModel):
+    name: str
+    tags: set[str]
+
+
+GOLDEN_KEYS = [
+    # (actor, version, input, extra_context, the canonical JSON the key is the SHA-256 of)
+    ("llm", "1", "héllo ✓", None, '["llm","1","h\\u00e9llo \\u2713"]'),
+    ("a", "1", b"hi\xff", None, '["a","1","aGn_"]'),  # bytes as URL-safe base64
+    # set items sorted by their canonical JSON: strings before numbers, "10" before "9"
+    ("a", "1", {"b", "a", 10, 9}, None, '["a","1",["a","b",10,9]]'),
+    ("a", "1", {(1, 2), (10,)}, None, '["a","1",[[1,2],[10]]]'),  # "," sorts before "0"
+    (
+        "a",
+        "1",
+        {FieldsOutOfOrder(1, 2), FieldsOutOfOrder(2, 1)},
+        None,
+        '["a","1",[{"a":1,"b":2},{"a":2,"b":1}]]',  # sorted by their sorted-key form
+    ),
+    ("a", "1", {"é", "z"}, None, '["a","1",["\\u00e9","z"]]'),  # escaped, then sorted
+    ("a", "1", {b"\xff", b"a"}, None, '["a","1",["YQ==","_w=="]]'),
+    ("a", "1", Tagged(name="x", tags={"q", "p"}), None, '["a","1",{"name":"x","tags":["p","q"]}]'),
+    (
+        "llm",
+        "2",
+        "hi",
+        {"persona": "pirate", "n": 1.5},
+        '["llm","2","hi",{"n":1.5,"persona":"pirate"}]',
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("actor", "version", "input_data", "extra", "canonical"),
+    GOLDEN_KEYS,
+    ids=[case[-1] for case in GOLDEN_KEYS],
+)
+def test_golden_cache_keys(
+    actor: str, version: str, input_data: Any, extra: Any, canonical: str
+) -> None:
+    # Persistent caches (SQLite, PostgreSQL) outlive releases: changing how a key is
+    # encoded silently turns every stored result into a miss. It must be deliberate.
+    expected = hashlib.sha256(canonical.encode("ascii")).hexdigest()
+    assert make_cache_key(actor, version, input_data, extra) == expected
+
+
+def test_sets_inside_dataclasses_and_models_have_one_key_in_every_process() -> None:
+    script = (
+        "import dataclasses\n"
+        "from rh_agents.core.cache import make_cache_key\n"
+        "@dataclasses.dataclass\n"
+        "class Box:\n"
+        "    tags: set\n"
+        "print(make_cache_key('a', '1', Box({'x', 'y', 'z', 'w', 'v'})))"
+    )
+    root = str(Path(__file__).resolve().parents[2])
+    keys = {
+        subprocess.run(
+            [sys.executable, "-c", script],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=root,
+            env={"PYTHONHASHSEED": seed, "PYTHONPATH": root},
+        ).stdout.strip()
+        for seed in ("1", "2", "3", "4")
+    }
+    assert keys == {make_cache_key("a", "1", {"tags": ["v", "w", "x", "y", "z"]})}
+
+
+@pytest.mark.parametrize(
+    ("actor", "version", "message"),
+    [
+        ("", "1", "The actor name of a cache key must be a non-empty string, got ''."),
+        (3, "1", "The actor name of a cache key must be a non-empty string, got 3."),
+        (
+            "a",
+            1,
+            "The actor version of a cache key must be a string, got 1. Pass it as text, "
+            "for example '1' or '2024-06-01'.",
+        ),
+    ],
+)
+def test_bad_names_are_refused_with_what_to_pass(actor: Any, version: Any, message: str) -> None:
+    with pytest.raises(InvalidArgumentError) as caught:
+        make_cache_key(actor, version, 1)
+    assert str(caught.value) == message
+
+
+def test_an_unserializable_input_says_what_to_do() -> None:
+    with pytest.raises(UncacheableInputError) as caught:
+        make_cache_key("a", "1", object())
+    message = str(caught.value)
+    assert message.startswith(
+        "The input of actor 'a' cannot be used as a cache key because it is not JSON-serializable ("
+    )
+    assert message.endswith(
+        "Make the input a pydantic model or plain JSON-like data, or mark the actor as not "
+        "cacheable."
+    )
+
+
+def test_the_refusal_of_an_extra_context_names_the_value_its_type_and_the_cause() -> None:
+    with pytest.raises(UncacheableInputError) as caught:
+        make_cache_key("llm", "1", "hi", {"persona": "x", "lock": threading.Lock()})
+    message = str(caught.value)
+    assert message.startswith(
+        "The extra_context of actor 'llm' cannot be part of its cache key: the value under "
+        "'lock' (lock) has no stable JSON form ("
+    )
+    assert message.endswith(
+        "). A cacheable actor's key covers the extra_context of the call, because it can "
+        "change the answer. Give the actor a cache_key=lambda input_data, extra_context: "
+        "... that returns what identifies the answer (for example (input_data, "
+        "extra_context['persona'])), or make it cacheable=False."
+    )
+    assert caught.value.__cause__ is not None
+    assert str(caught.value.__cause__) in message
+
+
+def test_a_cache_key_function_gets_the_input_and_the_extra_context() -> None:
+    from rh_agents.core.cache import call_cache_key
+
+    seen: list[tuple[Any, Any]] = []
+
+    def key(data: Any, extra: Any) -> Any:
+        seen.append((data, extra))
+        return [data, extra["persona"]]
+
+    assert call_cache_key("llm", "1", "hi", {"persona": "p"}, key) == make_cache_key(
+        "llm", "1", ["hi", "p"]
+    )
+    assert seen == [("hi", {"persona": "p"})]
+    with pytest.raises(UncacheableInputError) as caught:
+        call_cache_key("llm", "1", "hi", {}, lambda data, extra: object())
+    message = str(caught.value)
+    assert message.startswith("The cache_key of actor 'llm' returned a object, which has no ")
+    assert message.endswith(
+        "Return JSON-like data that identifies the answer: strings, numbers, lists, dicts "
+        "or pydantic models."
+    )
+
+
+def test_an_extra_context_whose_key_has_no_stable_form_says_so() -> None:
+    with pytest.raises(UncacheableInputError) as caught:
+        make_cache_key("llm", "1", "hi", {object(): 1})
+    assert str(caught.value).startswith(
+        "The extra_context of actor 'llm' cannot be part of its cache key: its keys have no "
+        "stable JSON form (Unable to serialize unknown type: <class 'object'>). "
+    )
