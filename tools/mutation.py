@@ -125,6 +125,51 @@ TARGETS: dict[str, Target] = {
     ),
 }
 
+# The rest of the core: each module against the unit tests of the core and of groups
+# (mutmut runs only the tests that reach the mutated function); the storage side also
+# against the storage tests. The crash tests (tests/reliability) are left out: they
+# start processes and would make every mutant take seconds.
+_CORE = ("tests/core", "tests/parallel")
+_STORAGE = (*_CORE, "tests/storage")
+for _name, _tests in {
+    "actors": _CORE,
+    "bus": _CORE,
+    "context": _CORE,
+    "errors": _CORE,
+    "events": _CORE,
+    "execution": _CORE,
+    "executors": (*_CORE, "tests/executors"),
+    "hooks": (*_CORE, "tests/telemetry"),
+    "interrupts": _CORE,
+    "result": _CORE,
+    "result_types": _CORE,
+    "_aio": _CORE,
+    "_guarded": _CORE,
+    "_models": _CORE,
+    "_runner": _CORE,
+    "_validate": _CORE,
+    "_pause": _CORE,
+    "clock": _CORE,
+    "recording": _STORAGE,
+    "replay": _STORAGE,
+    "state_recovery": _STORAGE,
+    "storage": _STORAGE,
+}.items():
+    TARGETS.setdefault(_name, Target(f"rh_agents/core/{_name}.py", _tests))
+for _name in (
+    "attempt",
+    "config",
+    "errors",
+    "group",
+    "items",
+    "lending",
+    "models",
+    "results",
+    "run",
+    "scheduler",
+):
+    TARGETS[f"parallel_{_name}"] = Target(f"rh_agents/core/parallel/{_name}.py", _CORE)
+
 DETECTED = {"killed", "timeout", "caught by type check", "segfault"}
 
 
