@@ -134,7 +134,7 @@ _STORAGE = (*_CORE, "tests/storage")
 for _name, _tests in {
     "actors": _CORE,
     "bus": _CORE,
-    "context": _CORE,
+    "context": (*_CORE, "tests/executors"),
     "errors": _CORE,
     "events": _CORE,
     "execution": _CORE,

@@ -32,7 +32,6 @@ class Frame:
         root: the root frame of the ExecutionState this frame belongs to.
         address: the full address of this node.
         parent: the enclosing frame (None for a root).
-        depth: number of frames above this one.
         group_id: set on the item frames of a parallel group.
         parallel_index: the item's index in its group (item frames only).
         pushed: set on frames added with ``ExecutionState.push_context``.
@@ -41,7 +40,6 @@ class Frame:
     root: Frame | None
     address: str
     parent: Frame | None = None
-    depth: int = 0
     group_id: str | None = None
     parallel_index: int | None = None
     pushed: bool = False
@@ -80,7 +78,6 @@ class Frame:
         frame.root = self.root
         frame.address = address
         frame.parent = self
-        frame.depth = self.depth + 1
         frame.group_id = group_id
         frame.parallel_index = index
         frame.pushed = False
@@ -103,7 +100,6 @@ class Frame:
                 root=self.root,
                 address=self.join(name),
                 parent=self,
-                depth=self.depth + 1,
                 pushed=True,
             )
             pushed[name] = frame

@@ -257,3 +257,13 @@ def test_push_context_needs_a_name() -> None:
 def test_pop_context_without_push_is_a_clear_error() -> None:
     with pytest.raises(LifecycleError, match=r"pop_context\(\) was called more often"):
         ExecutionState().pop_context()
+
+
+def test_group_ids_are_pinned() -> None:
+    # A group's id is derived from its address and stored in every history: resuming
+    # a run matches groups by it, so its derivation is part of the stored format.
+    from rh_agents.core.context import group_id_for
+
+    assert group_id_for("pipeline/parallel:docs") == "g-fbe14e5c274f3eea"
+    assert group_id_for("") == "g-e4a6a0577479b2b4"
+    assert group_id_for("ü") == "g-55f19df5c1392f37"
