@@ -209,13 +209,20 @@ def dump_record(state_id: str, position: int, record: dict[str, Any]) -> str:
     ISO text), as pydantic encodes them; what has no JSON form is refused.
 
     Raises:
-        InvalidArgumentError: ``record`` is not a dict.
+        InvalidArgumentError: ``record`` is not a dict, or has the reserved key ``_crc``.
         ResultSerializationError: it is not JSON-serializable; nothing was written.
     """
     if not isinstance(record, dict):
         raise InvalidArgumentError(
             f"An event record must be a dict, got {type(record).__name__} for state "
             f"{state_id!r}. Pass the record as a JSON-serializable dict."
+        )
+    if "_crc" in record:
+        # the stored object's first key is its checksum: a second "_crc" would replace
+        # it when read back, and the record would come back without its own
+        raise InvalidArgumentError(
+            f"An event record of state {state_id!r} has the key '_crc', which the history "
+            "reserves for its checksum. Rename that key."
         )
     try:
         # pydantic's encoder: about five times faster than json's for a record

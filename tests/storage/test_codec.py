@@ -441,3 +441,16 @@ def test_ids_and_text_with_lone_surrogates_seal_and_unseal() -> None:
     assert unseal(sealed, "run-\udce8", 2)[1] == MOVED
     record = dump_record(state_id, 3, {"p": "x"})
     assert parse_record(state_id, 3, record, "here") == {"p": "x"}
+
+
+def test_the_checksum_key_is_reserved() -> None:
+    # Found by the property test of every backend: a record holding "_crc" was stored
+    # with two "_crc" keys and read back without its own.
+    with pytest.raises(InvalidArgumentError) as caught:
+        dump_record("run-1", 1, {"_crc": None, "tag": "t"})
+    assert str(caught.value) == (
+        "An event record of state 'run-1' has the key '_crc', which the history reserves "
+        "for its checksum. Rename that key."
+    )
+    nested = {"metadata": {"_crc": 1}}  # only the top level is the stored object's
+    assert parse_record("run-1", 1, dump_record("run-1", 1, nested), "here") == nested
