@@ -130,7 +130,16 @@ TARGETS: dict[str, Target] = {
 # against the storage tests. The crash tests (tests/reliability) are left out: they
 # start processes and would make every mutant take seconds.
 _CORE = ("tests/core", "tests/parallel")
-_STORAGE = (*_CORE, "tests/storage")
+_STORAGE = (
+    *_CORE,
+    "tests/storage/test_codec.py",
+    "tests/storage/test_state_backends.py",
+    "tests/storage/test_journal_contract.py",
+    "tests/storage/test_journal_integrity.py",
+    "tests/storage/test_sqlite_leases.py",
+    "tests/storage/test_filesystem_safety.py",
+    "tests/storage/test_storage_error_wording.py",
+)
 for _name, _tests in {
     "actors": _CORE,
     "bus": _CORE,

@@ -247,3 +247,100 @@ async def test_a_pause_is_not_caught_by_except_exception_nor_retried() -> None:
     assert result.status is S.AWAITING and caught == []
     stats = policy.statistics().retry
     assert stats is not None and stats.retries == 0
+
+
+async def test_usage_errors_say_what_to_do() -> None:
+    outside = (
+        "interrupt() must be awaited inside a handler (or a parallel group's item) of a "
+        "running call; outside one there is no run to pause. Pass state= from an item of "
+        "a group opened outside any handler."
+    )
+    with pytest.raises(LifecycleError) as caught:
+        await interrupt("x")
+    assert str(caught.value) == outside
+    with pytest.raises(LifecycleError) as caught:  # a state, but no running call
+        await interrupt("x", state=ExecutionState())
+    assert str(caught.value) == outside
+    with pytest.raises(LifecycleError) as caught:
+        ExecutionState().resume_with("x")
+    assert str(caught.value) == (
+        "resume_with() found no pending interrupt in this state: the run is not waiting "
+        "for an answer (state.pending_interrupts is empty)."
+    )
+
+
+async def test_several_pending_need_a_dict_of_their_addresses() -> None:
+    state = ExecutionState()
+    async with state.parallel(name="g") as p:
+        p.add(lambda: interrupt("first", state=state))
+        p.add(lambda: interrupt("second", state=state))
+        with pytest.raises(Interrupted):
+            await p.gather()
+    with pytest.raises(InvalidArgumentError) as caught:
+        state.resume_with({"elsewhere": 1})
+    assert str(caught.value) == (
+        "2 interrupts are pending (parallel:g[0]/interrupt, parallel:g[1]/interrupt); "
+        "answer them with a dict keyed by their addresses: state.resume_with({address: "
+        "answer, ...}) (the addresses are in state.pending_interrupts)."
+    )
+
+
+async def test_an_item_of_a_group_outside_any_handler_pauses_with_the_state_given() -> None:
+    state = ExecutionState()
+    async with state.parallel(name="review") as p:
+        p.add(lambda: interrupt({"draft": "v1"}, state=state))
+        p.add(lambda: asyncio.sleep(0, result="other"))
+        with pytest.raises(Interrupted) as caught:
+            await p.gather()
+    address = "parallel:review[0]/interrupt"
+    assert caught.value.interrupts == (PendingInterrupt(address, {"draft": "v1"}),)
+    assert state.pending_interrupts == [PendingInterrupt(address, {"draft": "v1"})]
+    (waiting,) = [e for e in state.history.get_event_list() if e.address == address]
+    group_id = waiting.group_id
+    assert group_id is not None and group_id.startswith("g-")
+    assert (
+        waiting.actor_name,
+        waiting.execution_status,
+        waiting.message,
+        waiting.metadata,
+        waiting.parallel_index,
+        waiting.is_parallel,
+        waiting.result,
+    ) == (
+        "interrupt",
+        S.AWAITING,
+        "awaiting an answer",
+        {"interrupt": {"draft": "v1"}},
+        0,
+        True,
+        None,
+    )
+    assert waiting.actor is not None and waiting.actor.name == "interrupt"
+
+    state.resume_with("approved")
+    async with state.parallel(name="review") as p:
+        p.add(lambda: interrupt({"draft": "v1"}, state=state))
+        p.add(lambda: asyncio.sleep(0, result="other"))
+        results = await p.gather()
+    assert [r.result for r in results] == ["approved", "other"]
+    answered = state.history.get_completed_event(address)
+    assert answered is not None
+    assert (answered.message, answered.metadata, answered.result, answered.group_id) == (
+        "answered",
+        {"interrupt": {"draft": "v1"}},
+        "approved",
+        group_id,
+    )
+    assert state.pending_interrupts == []
+
+
+async def test_an_interrupt_in_a_plain_handler_is_not_parallel() -> None:
+    async def ask(data: Any, extra: Any, state: Any) -> Any:
+        return await interrupt("sure?")
+
+    state = ExecutionState()
+    result = await ExecutionEvent(actor=Tool(name="ask", handler=ask))(None, {}, state)
+    assert result.status is S.AWAITING
+    entry = state.history.get_event_list()[-2]  # the interrupt's, then the call's own
+    assert entry.address == "ask/interrupt"
+    assert (entry.group_id, entry.parallel_index, entry.is_parallel) == (None, None, False)
