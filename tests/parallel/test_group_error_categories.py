@@ -1,0 +1,57 @@
+"""How a group sums up its failures (``categorized_errors``, ``error_summary``), at the
+edges: long messages, first sentences, errors added after the fact, unnamed groups."""
+
+from __future__ import annotations
+
+import pytest
+
+from rh_agents.core.parallel.models import GroupStatistics, ParallelEventGroup, label_of
+
+
+def group_with(*failures: tuple[str, str]) -> ParallelEventGroup:
+    group = ParallelEventGroup(name="g", max_workers=1)
+    for error_type, message in failures:
+        group._record_failure(error_type, message)
+    return group
+
+
+def test_a_message_is_cut_to_80_characters_with_an_ellipsis() -> None:
+    exact = "x" * 80
+    longer = "y" * 81
+    group = group_with(("A", exact), ("B", longer))
+    assert group.categorized_errors() == [("A", exact, 1), ("B", "y" * 77 + "...", 1)]
+
+
+def test_only_the_first_sentence_counts() -> None:
+    group = group_with(
+        ("E", "Connection refused. Retry in 3 s"),
+        ("E", "Connection refused; try later"),
+        ("E", ". starts with a dot"),  # no first sentence to cut: kept whole
+    )
+    assert group.categorized_errors() == [
+        ("E", "Connection refused", 2),
+        ("E", ". starts with a dot", 1),
+    ]
+
+
+def test_errors_added_to_the_list_directly_are_counted() -> None:
+    group = group_with(("E", "port 1 refused"))
+    group.errors.append("E: port 2 refused")
+    group.errors.append("F")
+    assert group.categorized_errors() == [("E", "port N refused", 2), ("F", "", 1)]
+    restored = ParallelEventGroup.model_validate_json(group.model_dump_json())
+    assert restored.categorized_errors() == group.categorized_errors()
+
+
+def test_a_group_is_named_by_its_name_then_its_id() -> None:
+    assert label_of(ParallelEventGroup(name="docs", group_id="g-1")) == "docs"
+    assert label_of(ParallelEventGroup(group_id="g-1")) == "g-1"
+    assert label_of(ParallelEventGroup()) == "unnamed"
+
+
+def test_statistics_refuse_unknown_keys_by_name() -> None:
+    stats = GroupStatistics(in_flight=1, peak_in_flight=2, queued=3, delayed=0)
+    with pytest.raises(KeyError) as caught:
+        stats["running"]
+    assert caught.value.args == ("running",)
+    assert hash(stats) == hash(GroupStatistics(in_flight=1, peak_in_flight=2, queued=3, delayed=0))
