@@ -143,3 +143,24 @@ def test_a_priority_must_be_an_integer() -> None:
                 p.add(asyncio.sleep, priority="high")  # type: ignore[arg-type]
 
     asyncio.run(run())
+
+
+async def test_items_added_while_running_start_by_priority() -> None:
+    state = ExecutionState(telemetry=False)
+    started: list[str] = []
+
+    def work(name: str) -> Any:
+        async def run() -> None:
+            started.append(name)
+
+        return run
+
+    async with state.parallel(max_workers=1, name="dyn") as p:
+
+        async def first() -> None:
+            started.append("first")
+            for name, priority in (("low", 1), ("high", 5), ("mid", 3), ("high2", 5)):
+                p.add(work(name), priority=priority)
+
+        p.add(first)
+    assert started == ["first", "high", "high2", "mid", "low"]
