@@ -53,13 +53,14 @@ async def uninterrupted(awaitable: Awaitable[T]) -> T:
 
     Used to record a final status (CANCELLED) so the history never shows a start without
     its end. A cancellation that arrives while waiting is re-raised once the awaitable
-    has finished.
+    has finished, even when the awaitable failed (its error is retrieved, not raised:
+    the caller was cancelled, and a cancelled caller must see its cancellation).
     """
     inner = asyncio.ensure_future(awaitable)
     interrupted = False
     while not inner.done():
         try:
-            await asyncio.shield(inner)
+            await asyncio.wait([inner])  # returns when it is done; never cancels it
         except asyncio.CancelledError:
             interrupted = True
     if interrupted:
