@@ -152,7 +152,7 @@ for _name, _tests in {
     "interrupts": _CORE,
     "result": _CORE,
     "result_types": _CORE,
-    "_aio": _CORE,
+    "_aio": (*_CORE, "tests/testing"),
     "_guarded": _CORE,
     "_models": _CORE,
     "_runner": _CORE,
