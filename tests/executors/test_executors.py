@@ -161,6 +161,13 @@ async def lookup_fails(input_data: Any, extra: dict[str, Any], state: Any) -> No
 _flaky_calls: dict[str, int] = {}
 
 
+@pytest.fixture(autouse=True)
+def _fresh_flaky_calls() -> None:
+    # the counter lives in this module (remote work runs in this process): a test run
+    # twice in one process (mutmut does) must see the first attempt fail again
+    _flaky_calls.clear()
+
+
 async def flaky_handler(input_data: str, extra: dict[str, Any], state: Any) -> str:
     _flaky_calls[input_data] = _flaky_calls.get(input_data, 0) + 1
     if _flaky_calls[input_data] == 1:
