@@ -178,3 +178,8 @@ def test_a_response_whose_attributes_raise_has_no_usage_and_says_why_in_debug(
     (record,) = caplog.records
     assert record.getMessage() == "Could not read a usage from a Exploding"
     assert record.exc_info is not None and "lazy attribute failed" in str(record.exc_info[1])
+
+
+def test_a_damaged_usage_read_without_a_position_is_record_zero() -> None:
+    with pytest.raises(StateCorruptedError, match=r"^The token usage of history record 0 "):
+        TokenUsage.from_record("garbage")

@@ -27,10 +27,12 @@ def test_only_the_first_sentence_counts() -> None:
         ("E", "Connection refused. Retry in 3 s"),
         ("E", "Connection refused; try later"),
         ("E", ". starts with a dot"),  # no first sentence to cut: kept whole
+        ("E", "X. a one-letter first sentence"),
     )
     assert group.categorized_errors() == [
         ("E", "Connection refused", 2),
         ("E", ". starts with a dot", 1),
+        ("E", "X", 1),
     ]
 
 
