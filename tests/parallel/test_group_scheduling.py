@@ -164,3 +164,34 @@ async def test_items_added_while_running_start_by_priority() -> None:
 
         p.add(first)
     assert started == ["first", "high", "high2", "mid", "low"]
+
+
+async def test_a_retry_counts_as_delayed_only_while_it_backs_off() -> None:
+    async with FakeClock() as clock:
+        state = ExecutionState(telemetry=False, clock=clock)
+        second_attempt = asyncio.Event()
+        release = asyncio.Event()
+        calls = 0
+
+        async def flaky() -> str:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                raise ConnectionError("reset")
+            second_attempt.set()
+            await release.wait()
+            return "ok"
+
+        async with state.parallel(max_workers=1, max_retries=1, retry_delay=1.0, name="r") as p:
+            p.add(flaky)
+            runner = asyncio.create_task(p.gather())
+            while p.statistics().delayed == 0 and not second_attempt.is_set():
+                await asyncio.sleep(0)  # the first attempt fails and its retry waits
+            backing_off = p.statistics()
+            await second_attempt.wait()
+            running = p.statistics()
+            release.set()
+            await runner
+    assert (backing_off.delayed, backing_off.in_flight) == (1, 0)
+    assert (running.delayed, running.in_flight) == (0, 1)
+    assert p.results[0].result == "ok"

@@ -94,7 +94,7 @@ class GroupRun:
             in_flight=attempts.in_flight if attempts is not None else 0,
             peak_in_flight=attempts.peak if attempts is not None else 0,
             queued=max(0, self.scheduler.queued()),
-            delayed=len(self.scheduler.delayed),
+            delayed=len(self.scheduler.backing_off),
         )
 
     async def execute(self) -> None:
