@@ -31,7 +31,8 @@ class Scheduler:
         waiting: the items that have not started, as a heap of ``(-priority, index)``:
             the highest priority first, add order among equals.
         delayed: retries waiting out their backoff, as ``(ready_at, index, item)``.
-        backing_off: indices of the items in ``delayed``.
+        backing_off: indices of the items waiting out a backoff (in ``delayed``, or
+            popped by a worker that sleeps the rest of it).
         workers: the worker tasks (none when the worker runs inline).
         inline: whether the single worker runs in the collecting task.
         stopping: no further item starts (failure, deadline, cancellation).
