@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rh_agents import ExecutionState
+from rh_agents import ExecutionState, ExecutionStatus
 from rh_agents.core.errors import InvalidArgumentError
 from rh_agents.core.parallel import DEFAULT_MAX_WORKERS
 from rh_agents.testing import FakeClock, TelemetryCapture
@@ -182,13 +182,18 @@ async def test_a_retry_counts_as_delayed_only_while_it_backs_off() -> None:
             await release.wait()
             return "ok"
 
+        seen: list[Any] = []
+
+        def on_event(event: Any) -> None:
+            if event.execution_status is ExecutionStatus.RETRYING:  # the backoff begins
+                seen.append(p.statistics())
+
+        state.event_bus.subscribe(on_event)
         async with state.parallel(max_workers=1, max_retries=1, retry_delay=1.0, name="r") as p:
             p.add(flaky)
             runner = asyncio.create_task(p.gather())
-            while p.statistics().delayed == 0 and not second_attempt.is_set():
-                await asyncio.sleep(0)  # the first attempt fails and its retry waits
-            backing_off = p.statistics()
             await second_attempt.wait()
+            (backing_off,) = seen
             running = p.statistics()
             release.set()
             await runner
