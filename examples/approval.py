@@ -81,9 +81,7 @@ async def main() -> None:
             )
             print(f"run {state.state_id}")
         else:
-            state = ExecutionState.load_from_state_id(
-                args.resume, backend, pipeline_name=PIPELINE
-            )
+            state = ExecutionState.load_from_state_id(args.resume, backend, pipeline_name=PIPELINE)
             for pending in state.pending_interrupts:
                 print(f"answering {pending.address}: {args.answer!r}")
             state.resume_with(args.answer)
