@@ -7,8 +7,11 @@ the project's own: every state backend, and an in-memory tracer provider for the
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +29,25 @@ from rh_agents.storage import (
 from rh_agents.telemetry.remote import use_worker_telemetry
 
 Backend = InMemoryStateBackend | SQLiteStateBackend | FileSystemStateBackend | PostgresStateBackend
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def outputs_under_hash_seeds(code: str, seeds: Iterable[str]) -> set[str]:
+    """What ``python -c code`` prints (stripped) under each ``PYTHONHASHSEED``: set and
+    str hash order changes with the seed, keys and fingerprints must not."""
+    return {
+        subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONHASHSEED": seed, "PYTHONPATH": str(ROOT)},
+        ).stdout.strip()
+        for seed in seeds
+    }
+
 
 BACKEND_KINDS = ["memory", "sqlite", "filesystem", "postgres"]
 """Every state backend; a new backend is added here (and in open_backend)."""

@@ -6,14 +6,13 @@ import asyncio
 import gc
 import logging
 import sqlite3
-import subprocess
-import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import outputs_under_hash_seeds
 from pydantic import BaseModel
 
 from rh_agents.core.cache import (
@@ -89,18 +88,7 @@ def test_key_is_stable_across_processes_with_different_hash_seeds() -> None:
         "from rh_agents.core.cache import make_cache_key\n"
         "print(make_cache_key('a', '1', {'tags': {'x', 'y', 'z', 'w'}, 'f': frozenset('abc')}))"
     )
-    root = str(Path(__file__).resolve().parents[2])
-    keys = {
-        subprocess.run(
-            [sys.executable, "-c", script],
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=root,
-            env={"PYTHONHASHSEED": seed, "PYTHONPATH": root},
-        ).stdout.strip()
-        for seed in ("1", "2", "3")
-    }
+    keys = outputs_under_hash_seeds(script, ("1", "2", "3"))
     assert len(keys) == 1
 
 

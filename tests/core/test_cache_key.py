@@ -5,14 +5,12 @@ input, the extra_context, the actor's name and its version; or what the actor's 
 from __future__ import annotations
 
 import hashlib
-import subprocess
-import sys
 import threading
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import outputs_under_hash_seeds
 from pydantic import BaseModel
 
 from rh_agents import LLM, ExecutionEvent, ExecutionState
@@ -195,18 +193,7 @@ def test_sets_inside_dataclasses_and_models_have_one_key_in_every_process() -> N
         "    tags: set\n"
         "print(make_cache_key('a', '1', Box({'x', 'y', 'z', 'w', 'v'})))"
     )
-    root = str(Path(__file__).resolve().parents[2])
-    keys = {
-        subprocess.run(
-            [sys.executable, "-c", script],
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=root,
-            env={"PYTHONHASHSEED": seed, "PYTHONPATH": root},
-        ).stdout.strip()
-        for seed in ("1", "2", "3", "4")
-    }
+    keys = outputs_under_hash_seeds(script, ("1", "2", "3", "4"))
     assert keys == {make_cache_key("a", "1", {"tags": ["v", "w", "x", "y", "z"]})}
 
 

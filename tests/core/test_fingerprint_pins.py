@@ -14,12 +14,10 @@ import base64
 import datetime
 import hashlib
 import math
-import os
-import subprocess
-import sys
 from typing import Any
 
 import pytest
+from conftest import outputs_under_hash_seeds
 from pydantic import BaseModel
 
 from rh_agents.core.history import input_fingerprint
@@ -148,17 +146,8 @@ def test_sets_of_strings_fingerprint_alike_in_every_process() -> None:
         "from rh_agents.core.history import input_fingerprint as f;"
         "print(f({'alpha', 'beta', 'gamma', 'delta'}), f({'k': frozenset({'x', 'y', 'z'})}))"
     )
-    seen = set()
-    for seed in ("0", "1", "12345"):
-        output = subprocess.run(
-            [sys.executable, "-c", code],
-            env={**os.environ, "PYTHONHASHSEED": seed},
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-        seen.add(output)
+    seen = outputs_under_hash_seeds(code, ("0", "1", "12345"))
     assert seen == {
         f"{input_fingerprint({'alpha', 'beta', 'gamma', 'delta'})} "
-        f"{input_fingerprint({'k': frozenset({'x', 'y', 'z'})})}\n"
+        f"{input_fingerprint({'k': frozenset({'x', 'y', 'z'})})}"
     }
