@@ -57,6 +57,20 @@ class ManualClock:
 # --------------------------------------------------------------------------- keys
 
 
+def sql(path: Path, *statements: str) -> list[Any]:
+    """Run ``statements`` on the file from another connection, as another program would
+    (committed); the rows of the last one."""
+    conn = sqlite3.connect(path)
+    try:
+        rows: list[Any] = []
+        for statement in statements:
+            rows = conn.execute(statement).fetchall()
+        conn.commit()
+        return rows
+    finally:
+        conn.close()
+
+
 class Query(BaseModel):
     text: str
     tags: set[str]
@@ -206,52 +220,6 @@ def test_sqlite_cache_purge_and_clear(tmp_path: Path) -> None:
         assert cache.purge_expired() == 1
         cache.clear()
         assert cache.get("b") is None and cache.get("c") is None
-
-
-def test_sqlite_cache_rejects_values_that_are_not_json(tmp_path: Path) -> None:
-    with SQLiteCacheBackend(tmp_path / "c.db") as cache:
-        with pytest.raises(ResultSerializationError, match="not JSON-serializable"):
-            cache.set("k", object(), ttl=None)
-        assert cache.get("k") is None
-
-
-def test_sqlite_cache_drops_a_damaged_entry(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    path = tmp_path / "c.db"
-    with SQLiteCacheBackend(path) as cache:
-        cache.set("k", [1], ttl=None)
-        conn = sqlite3.connect(path)
-        conn.execute("UPDATE cache_entries SET value = '[1,'")
-        conn.commit()
-        conn.close()
-        with caplog.at_level(logging.WARNING, logger="rh_agents.core.cache"):
-            assert cache.get("k") is None
-        assert "damaged cache entry" in caplog.text
-
-
-def test_sqlite_cache_open_errors(tmp_path: Path) -> None:
-    garbage = tmp_path / "garbage.db"
-    garbage.write_bytes(b"\x13" * 5000)
-    with pytest.raises(StateCorruptedError, match="not a SQLite database"):
-        SQLiteCacheBackend(garbage)
-
-    foreign = tmp_path / "foreign.db"
-    conn = sqlite3.connect(foreign)
-    conn.execute("CREATE TABLE t (x)")
-    conn.commit()
-    conn.close()
-    with pytest.raises(StateCorruptedError, match="not an rh_agents cache"):
-        SQLiteCacheBackend(foreign)
-
-    versioned = tmp_path / "v.db"
-    SQLiteCacheBackend(versioned).close()
-    conn = sqlite3.connect(versioned)
-    conn.execute("UPDATE rh_agents_meta SET value = '99' WHERE key = 'schema_version'")
-    conn.commit()
-    conn.close()
-    with pytest.raises(SchemaVersionError, match="'99'"):
-        SQLiteCacheBackend(versioned)
 
 
 def test_sqlite_history_file_is_not_a_cache(tmp_path: Path) -> None:
@@ -657,11 +625,7 @@ def test_a_database_that_is_not_an_rh_agents_cache_is_refused(
     tmp_path: Path, tables: list[str]
 ) -> None:
     path = tmp_path / "other.db"
-    conn = sqlite3.connect(path)
-    for statement in tables:
-        conn.execute(statement)
-    conn.commit()
-    conn.close()
+    sql(path, *tables)
     with pytest.raises(StateCorruptedError) as caught:
         SQLiteCacheBackend(path)
     assert str(caught.value) == (
@@ -672,10 +636,7 @@ def test_a_database_that_is_not_an_rh_agents_cache_is_refused(
 def test_another_schema_version_says_to_delete_the_file(tmp_path: Path) -> None:
     path = tmp_path / "v.db"
     SQLiteCacheBackend(path).close()
-    conn = sqlite3.connect(path)
-    conn.execute("UPDATE rh_agents_meta SET value = '99' WHERE key = 'schema_version'")
-    conn.commit()
-    conn.close()
+    sql(path, "UPDATE rh_agents_meta SET value = '99' WHERE key = 'schema_version'")
     with pytest.raises(SchemaVersionError) as caught:
         SQLiteCacheBackend(path)
     assert str(caught.value) == (
@@ -693,9 +654,7 @@ def test_sqlite_cache_is_in_wal_mode_and_usable_from_other_threads(tmp_path: Pat
         thread.start()
         thread.join()
         assert box[0].value == {"x": 1}
-    conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
-    conn.close()
+    assert sql(path, "PRAGMA journal_mode") == [("wal",)]
 
 
 def test_a_damaged_sqlite_entry_is_logged_with_its_key_and_file(
@@ -707,10 +666,7 @@ def test_a_damaged_sqlite_entry_is_logged_with_its_key_and_file(
         entry = cache.get("k")
         assert entry == CacheEntry(value=[1], stored_at=50.0, expires_at=None)
         assert type(entry.stored_at) is float
-        conn = sqlite3.connect(path)
-        conn.execute("UPDATE cache_entries SET value = '[1,'")
-        conn.commit()
-        conn.close()
+        sql(path, "UPDATE cache_entries SET value = '[1,'")
         with caplog.at_level(logging.WARNING, logger="rh_agents.core.cache"):
             assert cache.get("k") is None
         (record,) = caplog.records
@@ -718,24 +674,21 @@ def test_a_damaged_sqlite_entry_is_logged_with_its_key_and_file(
         assert record.getMessage().endswith(
             "(Expecting value: line 1 column 4 (char 3)); it counts as a miss."
         )
-        conn = sqlite3.connect(path)
-        assert conn.execute("SELECT COUNT(*) FROM cache_entries").fetchone() == (0,)
-        conn.close()
+        assert sql(path, "SELECT COUNT(*) FROM cache_entries") == [(0,)]
 
 
 def test_sqlite_cache_values_are_compact_json(tmp_path: Path) -> None:
     path = tmp_path / "c.db"
     with SQLiteCacheBackend(path) as cache:
         cache.set("k", {"a": [1, 2]}, None)
-    conn = sqlite3.connect(path)
-    assert conn.execute("SELECT value FROM cache_entries").fetchone() == ('{"a":[1,2]}',)
-    conn.close()
+    assert sql(path, "SELECT value FROM cache_entries") == [('{"a":[1,2]}',)]
 
 
 def test_a_value_the_sqlite_cache_cannot_store_says_what_to_do(tmp_path: Path) -> None:
     with SQLiteCacheBackend(tmp_path / "c.db") as cache:
         with pytest.raises(ResultSerializationError) as caught:
             cache.set("k", object(), ttl=None)
+        assert cache.get("k") is None  # nothing was stored
     message = str(caught.value)
     assert message.startswith(
         "The value for cache key k cannot be stored because it is not JSON-serializable ("
@@ -766,10 +719,7 @@ def test_every_operation_names_itself_when_it_fails(tmp_path: Path, call: Any, a
         "SQLiteCacheBackend on the same path."
     )
     cache = SQLiteCacheBackend(path)
-    other = sqlite3.connect(path)
-    other.execute("DROP TABLE cache_entries")  # what another program might do to the file
-    other.commit()
-    other.close()
+    sql(path, "DROP TABLE cache_entries")  # what another program might do to the file
     try:
         with pytest.raises(StateError) as failed:
             call(cache)
@@ -785,9 +735,7 @@ def test_a_damaged_page_is_reported_as_damage_when_read(tmp_path: Path) -> None:
     with SQLiteCacheBackend(path) as cache:
         for index in range(300):
             cache.set(f"k{index}", "x" * 500, None)
-    conn = sqlite3.connect(path)
-    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    conn.close()
+    sql(path, "PRAGMA wal_checkpoint(TRUNCATE)")
     with path.open("r+b") as file:
         file.seek(4096 * 3)
         file.write(b"\x07" * 4096 * 4)
