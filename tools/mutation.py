@@ -164,7 +164,7 @@ for _name, _tests in {
     "state_recovery": _STORAGE,
     "storage": _STORAGE,
 }.items():
-    TARGETS.setdefault(_name, Target(f"rh_agents/core/{_name}.py", _tests))
+    TARGETS[_name] = Target(f"rh_agents/core/{_name}.py", _tests)
 for _name in (
     "attempt",
     "config",
