@@ -14,7 +14,13 @@ from typing import TypeAlias
 
 from rh_agents.core.errors import InvalidArgumentError
 
-__all__ = ["ExceptionClasses", "exception_classes", "is_finite_at_least", "is_int_at_least"]
+__all__ = [
+    "ExceptionClasses",
+    "exception_classes",
+    "has_methods",
+    "is_finite_at_least",
+    "is_int_at_least",
+]
 
 ExceptionClasses: TypeAlias = type[BaseException] | Collection[type[BaseException]]
 """One exception class, or a tuple, list or set of them."""
@@ -47,6 +53,19 @@ def exception_classes(value: object, name: str) -> tuple[type[BaseException], ..
 
 def _is_exception_class(item: object) -> bool:
     return isinstance(item, type) and issubclass(item, BaseException)
+
+
+def has_methods(value: object, *names: str) -> bool:
+    """Whether ``value`` has a callable attribute for each of ``names``.
+
+    The library's test for "does this backend offer that interface", instead of
+    ``isinstance`` with a runtime-checkable protocol: from Python 3.12 on, ``isinstance``
+    looks members up statically, so a proxy that forwards them with ``__getattr__`` (a
+    wrapper adding logging or faults around a backend) would be taken for a plainer
+    backend on 3.12 and 3.13 and for the full one on 3.11. ``getattr`` answers the same
+    on every version and sees what a call would reach.
+    """
+    return all(callable(getattr(value, name, None)) for name in names)
 
 
 def is_int_at_least(value: object, minimum: int) -> bool:

@@ -31,12 +31,12 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeGuard, runtime_checkable
 
 from pydantic import BaseModel
 from pydantic_core import PydanticSerializationError, to_jsonable_python
 
-from rh_agents.core._validate import is_finite_at_least, is_int_at_least
+from rh_agents.core._validate import has_methods, is_finite_at_least, is_int_at_least
 from rh_agents.core.clock import SYSTEM_CLOCK, Clock
 from rh_agents.core.errors import (
     InvalidArgumentError,
@@ -273,6 +273,12 @@ class WallClock(Protocol):
     def time(self) -> float:
         """Seconds since the Unix epoch."""
         ...
+
+
+def _is_remote(backend: CacheBackend) -> TypeGuard[AsyncCacheBackend]:
+    """Whether ``backend`` has :class:`AsyncCacheBackend`'s awaitable methods (see
+    ``rh_agents.core._validate.has_methods`` for why not ``isinstance``)."""
+    return has_methods(backend, "get_async", "set_async")
 
 
 class SystemWallClock:
@@ -655,7 +661,7 @@ class ResultCache:
         # A remote read takes loop iterations and may return what the store held when it
         # began, so it is made by the leader, under its flight: a caller whose read began
         # before another caller's value was stored would otherwise compute it again.
-        remote = backend if isinstance(backend, AsyncCacheBackend) else None
+        remote = backend if _is_remote(backend) else None
         while True:
             if remote is None:
                 entry = backend.get(key)
@@ -709,7 +715,7 @@ class ResultCache:
     async def _store(self, key: str, value: Any, ttl: float | None) -> None:
         backend = self._backend
         try:
-            if isinstance(backend, AsyncCacheBackend):
+            if _is_remote(backend):
                 await backend.set_async(key, value, ttl)
             else:
                 backend.set(key, value, ttl)

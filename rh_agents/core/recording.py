@@ -36,10 +36,10 @@ from rh_agents.core.state_recovery import ReplayMode, StateSnapshot
 from rh_agents.core.storage import (
     JournalOpening,
     JournalStatistics,
-    LeasedJournal,
     LeaseHolder,
     RunJournal,
     history_exists,
+    records_runs,
 )
 from rh_agents.core.types import ExecutionStatus
 
@@ -346,9 +346,10 @@ def _journal_source(state: ExecutionState) -> tuple[_Source | None, bool]:
     if backend is None or state.replay_mode is ReplayMode.VALIDATION:
         return None, False
     source: _Source
-    if isinstance(backend, LeasedJournal):
-        source = backend
-        length = backend.journal_length
+    leased = backend if records_runs(backend) else None
+    if leased is not None:
+        source = leased
+        length = leased.journal_length
     elif callable(getattr(backend, "append_event", None)):
         source = _PlainJournal(backend)
         length = source.journal_length

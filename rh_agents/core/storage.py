@@ -45,8 +45,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeGuard, runtime_checkable
 
+from rh_agents.core._validate import has_methods
 from rh_agents.core.errors import LifecycleError, StateLockedError, StateNotFoundError
 from rh_agents.core.state_recovery import StateSnapshot, StateStatus
 
@@ -269,6 +270,19 @@ class LeasedJournal(EventJournal, Protocol):
         ...
 
 
+def keeps_journal(backend: object) -> TypeGuard[EventJournal]:
+    """Whether ``backend`` offers :class:`EventJournal`'s methods (see
+    ``rh_agents.core._validate.has_methods`` for why not ``isinstance``)."""
+    return has_methods(backend, "append_event", "load_events", "list_journals")
+
+
+def records_runs(backend: object) -> TypeGuard[LeasedJournal]:
+    """Whether runs record into ``backend`` through :meth:`LeasedJournal.open_run`."""
+    return keeps_journal(backend) and has_methods(
+        backend, "open_run", "iter_events", "journal_length"
+    )
+
+
 # ---------------------------------------------------------------- the lease errors
 # Every backend words them the same way.
 
@@ -362,7 +376,7 @@ def require_state(backend: StateBackend, state_id: str) -> StateSnapshot:
     if snapshot is not None:
         return snapshot
     known = backend.list_states()
-    if isinstance(backend, EventJournal):
+    if keeps_journal(backend):
         known = sorted(set(known) | set(backend.list_journals()))
     if not known:
         listing = "The backend holds no states at all"

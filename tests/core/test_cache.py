@@ -462,6 +462,30 @@ async def test_a_read_that_began_before_the_store_committed_does_not_compute_aga
     assert cache.in_flight == 0
 
 
+class Forwarding:
+    """A wrapper that forwards everything to ``inner`` through ``__getattr__`` (what a
+    user writes to add logging or faults around a backend)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+async def test_a_forwarding_wrapper_around_a_remote_backend_is_used_as_remote() -> None:
+    # Found by CI on Python 3.12 and 3.13, whose isinstance() with a runtime-checkable
+    # protocol does not see members forwarded by __getattr__: the wrapper was taken for a
+    # plain backend there, and the remote backend read on the event loop.
+    backend = SlowRemoteBackend()
+    cache = ResultCache(Forwarding(backend))
+    compute = Counter()
+    compute.release.set()
+    assert await cache.get_or_compute("k", None, compute) == ("result", False)
+    assert await cache.get_or_compute("k", None, compute) == ("result", True)
+    assert backend.reads == 2  # both lookups went through get_async
+
+
 async def test_a_remote_read_error_reaches_the_callers_waiting_on_it() -> None:
     class Down(SlowRemoteBackend):
         async def get_async(self, key: str) -> Any:
