@@ -158,10 +158,11 @@ async def _in_turn(awaitable: Awaitable[T], turns: _Turns, loop: asyncio.Abstrac
         waker.set()
     try:
         result = await awaitable
-        gate: asyncio.Future[None] = loop.create_future()
-        turns.gates[ticket] = gate
-        done.set_result(None)
-        await gate
+        if not done.done():  # else the ordered block ended meanwhile: no turn to wait for
+            gate: asyncio.Future[None] = loop.create_future()
+            turns.gates[ticket] = gate
+            done.set_result(None)
+            await gate
     finally:
         turns.forget(ticket)
     return result

@@ -82,10 +82,24 @@ async def test_a_loop_is_busy_with_a_ready_callback_or_a_due_timer() -> None:
     await asyncio.sleep(0)
     later = loop.call_later(60, lambda: None)
     assert loop_is_idle(loop)  # a timer in the future is not work now
-    due = loop.call_at(loop.time(), lambda: None)
-    assert not loop_is_idle(loop)  # due exactly now
+    now = loop.time()
+    due = loop.call_at(now, lambda: None)
+    loop.time = lambda: now  # type: ignore[method-assign]  # time stands still: due exactly now
+    try:
+        assert not loop_is_idle(loop)
+    finally:
+        del loop.time  # type: ignore[method-assign]
     due.cancel()
     later.cancel()
+
+
+def test_a_loop_without_cpythons_queues_counts_as_idle() -> None:
+    # uvloop and other loops have neither _ready nor _scheduled.
+    class OtherLoop:
+        def time(self) -> float:
+            return 0.0
+
+    assert loop_is_idle(OtherLoop())  # type: ignore[arg-type]
 
 
 async def test_outside_work_resumes_in_the_order_the_waits_began() -> None:
@@ -133,3 +147,43 @@ async def test_leaving_the_ordered_block_releases_whoever_still_waits() -> None:
         assert not waiter.done()
     assert await asyncio.wait_for(waiter, timeout=5) == "late"
     assert not outside_waiting(loop)
+
+
+async def test_three_waits_resume_in_the_order_they_began() -> None:
+    loop = asyncio.get_running_loop()
+    works = [loop.create_future() for _ in range(3)]
+    resumed: list[int] = []
+
+    async def wait(n: int) -> None:
+        await outside(works[n])
+        resumed.append(n)
+
+    with ordered_outside_work(loop, asyncio.Event()):
+        waiters = []
+        for n in range(3):
+            waiters.append(asyncio.create_task(wait(n)))
+            await asyncio.sleep(0)
+        for work in reversed(works):  # the work finishes in the opposite order
+            work.set_result(None)
+        for expected in ([0], [0, 1], [0, 1, 2]):
+            assert await release_outside(loop) is True
+            for _ in range(3):
+                await asyncio.sleep(0)
+            assert resumed == expected
+        await asyncio.gather(*waiters)
+
+
+async def test_a_release_pending_when_the_ordered_block_ends_returns_quietly() -> None:
+    # The clock's driver waits for the earliest work; the block ends meanwhile (the
+    # clock is closed), which releases the waiter without a turn: nothing to give.
+    loop = asyncio.get_running_loop()
+    work = loop.create_future()
+    with ordered_outside_work(loop, asyncio.Event()):
+        waiter = asyncio.create_task(outside(work))  # type: ignore[arg-type]
+        await asyncio.sleep(0)
+        release = asyncio.create_task(release_outside(loop))
+        await asyncio.sleep(0)
+        assert not release.done()
+    assert await asyncio.wait_for(release, timeout=5) is True
+    work.set_result("done")
+    assert await asyncio.wait_for(waiter, timeout=5) == "done"
