@@ -174,7 +174,8 @@ def _failure_class(kind: type[BaseException]) -> type[EventFailedError]:
                 f"EventFailedError[{base.__name__}]",
                 (EventFailedError, base),
                 # the message names the item and the group, whatever ``base`` prints
-                {"__module__": __name__, "__str__": BaseException.__str__},
+                # (``__module__`` is this module's: type() takes its caller's)
+                {"__str__": BaseException.__str__},
             )
             mixed.__new__(mixed, "")
         except TypeError:
