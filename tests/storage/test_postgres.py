@@ -305,9 +305,25 @@ async def test_a_writer_that_lost_its_lease_commits_nothing_more(
     backend = PostgresStateBackend(cluster.dsn(), schema=schema)
     program = Program(hold=1)
     state = ExecutionState(state_id="run-1", state_backend=backend)
+    # The three other items' COMPLETED records are committed before they are published
+    # (and everything queued before them too): wait for them, so that what the journal
+    # holds when the lease is taken is all the writer may ever commit (found by CI on
+    # 3.13: read earlier, the count missed the 8 records still on their way).
+    others_done = asyncio.Event()
+    finished: list[str] = []
+
+    def seen(event: ExecutionEvent[Any]) -> None:
+        if event.actor_name == "step" and event.execution_status is ExecutionStatus.COMPLETED:
+            finished.append(event.address)
+            if len(finished) == 3:
+                others_done.set()
+
+    state.event_bus.subscribe(seen)
     running = asyncio.create_task(program.run(state))
     await program.held.wait()
+    await others_done.wait()
     before = await asyncio.to_thread(backend.journal_length, "run-1")
+    assert before == 9  # pipeline, group and 4 items STARTED, 3 items COMPLETED
     # another coordinator took the lease over (its heartbeat had expired)
     await asyncio.to_thread(
         sql,
