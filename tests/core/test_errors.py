@@ -85,6 +85,20 @@ def test_plain_causes_give_a_plain_event_failed_error() -> None:
         assert failure.__cause__ is cause
 
 
+def test_causes_with_nothing_to_mix_in_give_a_plain_event_failed_error() -> None:
+    class Odd(Exception):  # no base between it and Exception that can be mixed in
+        def __new__(cls, a: Any, b: Any) -> Odd:
+            return super().__new__(cls, a, b)
+
+    class Mine(EventFailedError):  # already one
+        pass
+
+    for cause in (Odd(1, 2), Mine("mine")):
+        failure = EventFailedError.caused_by("failed", None, cause)
+        assert type(failure) is EventFailedError, cause
+        assert failure.__cause__ is cause
+
+
 def test_a_base_exception_cause_is_chained_but_not_mixed_in_or_copied() -> None:
     class Stop(BaseException):
         pass
