@@ -140,6 +140,15 @@ _STORAGE = (
     "tests/storage/test_filesystem_safety.py",
     "tests/storage/test_storage_error_wording.py",
 )
+# The group modules also against the in-process telemetry tests: what a group reports
+# (item spans, outcomes, queue gauges) is checked there.
+_GROUPS = (
+    *_CORE,
+    "tests/telemetry/test_telemetry.py",
+    "tests/telemetry/test_telemetry_outcomes.py",
+    "tests/telemetry/test_telemetry_health.py",
+    "tests/telemetry/test_telemetry_usage.py",
+)
 for _name, _tests in {
     "actors": _CORE,
     "bus": _CORE,
@@ -177,7 +186,10 @@ for _name in (
     "run",
     "scheduler",
 ):
-    TARGETS[f"parallel_{_name}"] = Target(f"rh_agents/core/parallel/{_name}.py", _CORE)
+    telemetry = _name in ("attempt", "group", "results", "run")
+    TARGETS[f"parallel_{_name}"] = Target(
+        f"rh_agents/core/parallel/{_name}.py", _GROUPS if telemetry else _CORE
+    )
 
 DETECTED = {"killed", "timeout", "caught by type check", "segfault"}
 

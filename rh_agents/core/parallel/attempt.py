@@ -19,7 +19,7 @@ from rh_agents.core._guarded import give_back, hold_permit, retry_delay, run_att
 from rh_agents.core._pause import Interrupted
 from rh_agents.core.context import Frame, current_frame
 from rh_agents.core.errors import CircuitOpenError, EventFailedError, StateError
-from rh_agents.core.events import ExecutionEvent, ExecutionResult, make_result
+from rh_agents.core.events import ExecutionEvent, ExecutionResult
 from rh_agents.core.executors import WorkItem, run_item
 from rh_agents.core.hooks import Outcome
 from rh_agents.core.parallel.items import running_item
@@ -142,7 +142,7 @@ class ItemAttempts:
                 else:
                     value, error = await self._attempt(item, item_frame, started)
             except Interrupted as pause:
-                value, error = _pause_result(pause), None
+                value, error = pause, None  # recorded by _paused
             except asyncio.CancelledError as exc:
                 if self._group_cancelled():
                     if traced:
@@ -173,11 +173,13 @@ class ItemAttempts:
 
     def _paused(self, item: Item, value: Any, elapsed: float, handle: Any, traced: bool) -> bool:
         """Whether the attempt ended paused at ``interrupt()`` (then recorded as such)."""
-        if isinstance(value, ExecutionResult) and isinstance(value.exception, Interrupted):
-            # The item waits for a human; the others go on (see core.interrupts).
+        pause = value.exception if isinstance(value, ExecutionResult) else value
+        if isinstance(pause, Interrupted):
+            # The item waits for a human (it raised the pause, or returned the result of
+            # a call that paused); the others go on (see core.interrupts).
             if traced:
                 self._tel.item_finished(handle, self._group, Outcome.AWAITING, None)
-            self._results.pause(item, value.exception, elapsed)
+            self._results.pause(item, pause, elapsed)
             return True
         return False
 
@@ -308,12 +310,6 @@ class ItemAttempts:
             metadata={"item": item.name},
         )
         await self._state.publish_event(event)
-
-
-def _pause_result(pause: Interrupted) -> ExecutionResult[Any]:
-    """What an item that paused at ``interrupt()`` returned, in effect: an ``ok=False``
-    result holding the pause, as a top-level call that paused returns."""
-    return make_result(ok=False, status=ExecutionStatus.AWAITING, exception=pause)
 
 
 def _failure_of(value: Any) -> BaseException | None:

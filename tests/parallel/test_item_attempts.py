@@ -1,0 +1,164 @@
+"""One attempt of a group item: what its result, its retry record and its failure say.
+
+Everything that takes time waits on a FakeClock; no test measures real time.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from rh_agents import ExecutionEvent, ExecutionState, Policy, RetryConfig, Tool
+from rh_agents.core.errors import EventFailedError, StateError
+from rh_agents.core.events import ExecutionResult
+from rh_agents.core.retry import BackoffStrategy, StopAfterDelay
+from rh_agents.core.types import ExecutionStatus
+from rh_agents.testing import FakeClock
+
+
+def retrying_entries(state: ExecutionState) -> list[ExecutionEvent[Any]]:
+    return [e for e in state.history.events if e.execution_status is ExecutionStatus.RETRYING]
+
+
+async def test_results_carry_the_time_each_item_took() -> None:
+    async with FakeClock() as clock:
+        state = ExecutionState(clock=clock)
+
+        async def takes(seconds: float, fail: bool) -> str:
+            await clock.sleep(seconds)
+            if fail:
+                raise ValueError("late and wrong")
+            return "done"
+
+        async with state.parallel(max_workers=2, name="timed") as p:
+            p.add(lambda: takes(2.0, False), name="ok")
+            p.add(lambda: takes(3.0, True), name="bad")
+        async with state.parallel(name="guarded", policy=Policy(timeout=10.0)) as q:
+            q.add(lambda: takes(4.0, False), name="guarded")
+    assert [(r.name, r.ok, r.execution_time) for r in p.results] == [
+        ("ok", True, 2.0),
+        ("bad", False, 3.0),
+    ]
+    assert [(r.ok, r.execution_time) for r in q.results] == [(True, 4.0)]
+
+
+def failed_result(message: str | None) -> ExecutionResult[Any]:
+    return ExecutionResult(result=None, ok=False, error_message=message)
+
+
+async def test_an_item_that_returns_a_failed_result_fails_with_its_message() -> None:
+    state = ExecutionState(telemetry=False)
+    for message, expected in (("quota exceeded", "quota exceeded"), (None, "The event failed.")):
+        returned = failed_result(message)
+
+        async def item(value: ExecutionResult[Any] = returned) -> ExecutionResult[Any]:
+            return value
+
+        with pytest.raises(EventFailedError) as info:
+            async with state.parallel(error_strategy="fail_fast", name="f") as p:
+                p.add(item)
+        assert expected in str(info.value)
+        assert info.value.result is returned
+        assert p.results[0].ok is False
+
+
+async def test_a_history_error_of_an_item_is_not_retried_and_stops_the_group() -> None:
+    state = ExecutionState(telemetry=False)
+    attempts = 0
+
+    async def broken() -> None:
+        nonlocal attempts
+        attempts += 1
+        raise StateError("the history refused the entry")
+
+    with pytest.raises(StateError, match="the history refused"):
+        async with state.parallel(max_workers=1, name="h", max_retries=3, retry_delay=0.01) as p:
+            p.add(broken)
+            p.add(broken)
+    assert attempts == 1  # neither retried nor the next item started
+    assert retrying_entries(state) == []
+
+
+async def test_a_group_retry_budget_counts_from_the_first_attempt() -> None:
+    calls = 0
+
+    async def down() -> None:
+        nonlocal calls
+        calls += 1
+        await clock.sleep(1.0)
+        raise ConnectionError(f"refused {calls}")
+
+    budget = RetryConfig(
+        max_attempts=100,
+        backoff_strategy=BackoffStrategy.CONSTANT,
+        initial_delay=1.0,
+        jitter=False,
+        stop=StopAfterDelay(4.5),
+    )
+    async with FakeClock() as clock:
+        await clock.sleep(10.0)  # the group starts well after the clock's zero
+        state = ExecutionState(clock=clock)
+        async with state.parallel(name="budget", policy=Policy(retry=budget)) as p:
+            p.add(down)
+    # attempts start at 10, 12 and 14; a fourth would start at 16, past 10 + 4.5
+    assert calls == 3
+    assert p.results[0].error_message == "refused 3"
+
+
+async def test_a_retry_is_recorded_with_what_failed() -> None:
+    async def flaky_tool(data: Any, extra: Any, st: Any) -> str:
+        if st is not None and not getattr(flaky_tool, "failed", False):
+            flaky_tool.failed = True  # type: ignore[attr-defined]
+            raise ValueError("upstream said no")
+        return "ok"
+
+    tool = Tool(name="fetch", handler=flaky_tool)
+    state = ExecutionState(telemetry=False)
+    silent = 0
+
+    async def silent_once() -> str:
+        nonlocal silent
+        silent += 1
+        if silent == 1:
+            raise TimeoutError  # an error without a message
+        return "ok"
+
+    async with state.parallel(name="r", max_retries=1, retry_delay=0.0) as p:
+        p.add(lambda: ExecutionEvent(actor=tool)(1, {}, state), name="call")
+        p.add(silent_once, name="plain")
+    assert [r.ok for r in p.results] == [True, True]
+    entries = {e.metadata["item"]: e for e in retrying_entries(state)}
+    call, plain = entries["call"], entries["plain"]
+    assert call.actor_name == "fetch"
+    assert call.original_error is not None and "upstream said no" in call.original_error
+    assert call.error_type == "ValueError"
+    assert (call.retry_attempt, call.retry_delay, call.parallel_index) == (1, 0.0, 0)
+    assert plain.actor_name == "plain"  # no actor: the item's name
+    assert plain.original_error == "TimeoutError"  # the class when the error says nothing
+    assert plain.message == "Attempt 1 failed; retrying in 0.00s: TimeoutError"
+    assert plain.address == "parallel:r[1]"
+    assert plain.is_retry and plain.is_parallel
+
+
+async def test_the_retry_of_an_item_added_while_running_is_recorded_at_its_address() -> None:
+    state = ExecutionState(telemetry=False)
+    tries = 0
+
+    async def flaky() -> str:
+        nonlocal tries
+        tries += 1
+        if tries == 1:
+            raise ConnectionError("reset")
+        return "ok"
+
+    async with state.parallel(name="g", max_retries=1, retry_delay=0.0) as p:
+
+        async def parent() -> str:
+            p.add(flaky, name="child")
+            return "parent"
+
+        p.add(parent)
+    [entry] = retrying_entries(state)
+    assert entry.address == "parallel:g[0.0]"  # its key, not its index (1)
+    assert entry.parallel_index == 1
