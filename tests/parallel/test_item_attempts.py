@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 
-from rh_agents import ExecutionEvent, ExecutionState, Policy, RetryConfig, Tool
+from rh_agents import Agent, ExecutionEvent, ExecutionState, Policy, RetryConfig, Tool, interrupt
 from rh_agents.core.errors import EventFailedError, StateError
 from rh_agents.core.events import ExecutionResult
 from rh_agents.core.retry import BackoffStrategy, StopAfterDelay
 from rh_agents.core.types import ExecutionStatus
-from rh_agents.testing import FakeClock
+from rh_agents.testing import FakeClock, TelemetryCapture
 
 
 def retrying_entries(state: ExecutionState) -> list[ExecutionEvent[Any]]:
@@ -162,3 +162,76 @@ async def test_the_retry_of_an_item_added_while_running_is_recorded_at_its_addre
     [entry] = retrying_entries(state)
     assert entry.address == "parallel:g[0.0]"  # its key, not its index (1)
     assert entry.parallel_index == 1
+
+
+async def test_retries_are_counted_under_the_actor_or_else_the_group(
+    rh_telemetry: TelemetryCapture,
+) -> None:
+    failed: set[str] = set()
+
+    async def once(data: Any, extra: Any, st: Any) -> str:
+        if "tool" not in failed:
+            failed.add("tool")
+            raise ValueError("upstream said no")
+        return "ok"
+
+    async def plain_once() -> str:
+        if "plain" not in failed:
+            failed.add("plain")
+            raise ConnectionError("reset")
+        return "ok"
+
+    tool = Tool(name="fetch", handler=once)
+    state = ExecutionState()
+    async with state.parallel(max_retries=1, retry_delay=0.0) as p:  # an unnamed group
+        p.add(lambda: ExecutionEvent(actor=tool)(1, {}, state))
+        p.add(plain_once)
+    assert [r.ok for r in p.results] == [True, True]
+    rh_telemetry.assert_metric("rh_agents_retries_total", 1, name="fetch", operation="execute_tool")
+    rh_telemetry.assert_metric(
+        "rh_agents_retries_total", 1, name="unnamed", operation="parallel_item"
+    )
+
+
+async def test_final_outcomes_say_how_each_item_ended(rh_telemetry: TelemetryCapture) -> None:
+    tries: dict[str, int] = {}
+
+    async def waits() -> str:
+        return str(await interrupt({"question": "ok?"}))
+
+    async def flaky() -> str:
+        tries["flaky"] = tries.get("flaky", 0) + 1
+        if tries["flaky"] == 1:
+            raise ConnectionError("reset")
+        return "ok"
+
+    async def down() -> None:
+        raise TimeoutError("down")
+
+    groups = []
+
+    async def pipeline(data: Any, extra: Any, st: ExecutionState) -> None:
+        async with st.parallel(name="g", max_retries=1, retry_delay=0.0) as p:
+            groups.append(p)
+            p.add(waits, name="waits")
+            p.add(flaky, name="flaky")
+            p.add(down, name="down")
+
+    state = ExecutionState()
+    result = await ExecutionEvent(actor=Agent(name="pipeline", handler=pipeline))(None, {}, state)
+    assert result.status is ExecutionStatus.AWAITING
+    paused = groups[0].results[0]
+    assert paused.status is ExecutionStatus.AWAITING
+    assert isinstance(paused.execution_time, float) and paused.execution_time >= 0
+    outcomes = sorted(
+        (labels["outcome"], value)
+        for labels, value in rh_telemetry.samples("rh_agents_final_outcomes_total")
+        if labels["operation"] == "parallel_item" and labels["name"] == "g"
+    )
+    assert outcomes == [("awaiting", 1.0), ("completed", 1.0), ("failed", 1.0)]
+    errors = sorted(
+        (labels["error_type"], value)
+        for labels, value in rh_telemetry.samples("rh_agents_final_errors_total")
+        if labels["name"] == "g"
+    )
+    assert errors == [("TimeoutError", 1.0)]  # the retried ConnectionError is not final
