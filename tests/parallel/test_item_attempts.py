@@ -5,6 +5,7 @@ Everything that takes time waits on a FakeClock; no test measures real time.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -235,3 +236,88 @@ async def test_final_outcomes_say_how_each_item_ended(rh_telemetry: TelemetryCap
         if labels["name"] == "g"
     )
     assert errors == [("TimeoutError", 1.0)]  # the retried ConnectionError is not final
+
+
+async def test_the_wait_for_a_worker_is_measured_from_when_the_item_was_ready(
+    rh_telemetry: TelemetryCapture,
+) -> None:
+    async with FakeClock() as clock:
+        await clock.sleep(10.0)  # the group starts well after the clock's zero
+        state = ExecutionState(clock=clock)
+
+        async def two_seconds() -> None:
+            await clock.sleep(2.0)
+
+        async with state.parallel(max_workers=1, name="queue") as p:
+            p.add(two_seconds)
+            p.add(two_seconds)
+    # the first started at once, the second waited for the first
+    assert rh_telemetry.histogram_count("rh_agents_semaphore_wait_seconds", group="queue") == 2
+    assert rh_telemetry.histogram_sum("rh_agents_semaphore_wait_seconds", group="queue") == 2.0
+
+
+async def test_items_of_a_cancelled_group_end_cancelled(rh_telemetry: TelemetryCapture) -> None:
+    state = ExecutionState()
+    started = asyncio.Event()
+
+    async def forever() -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    async def run() -> None:
+        async with state.parallel(name="stopped", max_workers=2) as p:
+            p.add(forever)
+            p.add(forever)
+
+    task = asyncio.create_task(run())
+    await started.wait()
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    rh_telemetry.assert_metric(
+        "rh_agents_final_outcomes_total",
+        2,
+        operation="parallel_item",
+        name="stopped",
+        outcome="cancelled",
+    )
+
+
+async def test_items_through_an_executor_fail_and_nest_like_the_others() -> None:
+    from rh_agents.core.executors import AsyncioExecutor
+
+    state = ExecutionState(telemetry=False)
+
+    async def echo(data: Any, extra: Any, st: Any) -> Any:
+        return data
+
+    tool = Tool(name="t", handler=echo)
+
+    async def fails() -> ExecutionResult[Any]:
+        return failed_result("refused")
+
+    async with state.parallel(
+        name="x", executor=AsyncioExecutor(), max_retries=1, retry_delay=0.0
+    ) as p:
+        p.add(lambda: ExecutionEvent(actor=tool)(1, {}, state), name="call")
+        p.add(fails, name="fails")
+    assert [r.ok for r in p.results] == [True, False]
+    assert p.results[1].error_message == "refused"
+    assert [r.attempts for r in p.results] == [1, 2]  # the failed result was retried
+    with pytest.raises(EventFailedError, match="refused"):  # without a policy too
+        async with state.parallel(
+            name="y", executor=AsyncioExecutor(), error_strategy="fail_fast"
+        ) as q:
+            q.add(fails)
+    assert [e.address for e in state.history.events if e.actor_name == "t"] == [
+        "parallel:x[0]/t",
+        "parallel:x[0]/t",
+    ]
+
+
+async def test_a_group_that_ran_nothing_had_nothing_in_flight() -> None:
+    state = ExecutionState(telemetry=False)
+    async with state.parallel(name="empty") as p:
+        pass
+    assert p.statistics().peak_in_flight == 0
