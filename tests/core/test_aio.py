@@ -88,7 +88,7 @@ async def test_a_loop_is_busy_with_a_ready_callback_or_a_due_timer() -> None:
     try:
         assert not loop_is_idle(loop)
     finally:
-        del loop.time  # type: ignore[method-assign]
+        del loop.time
     due.cancel()
     later.cancel()
 

@@ -114,7 +114,7 @@ def test_a_base_exception_cause_is_chained_but_not_mixed_in_or_copied() -> None:
 def test_an_execution_failure_cause_is_mixed_in_like_any_other() -> None:
     failure = EventFailedError.caused_by("failed", None, CircuitOpenError("llm"))
     assert isinstance(failure, CircuitOpenError)
-    assert failure.breaker == "llm"  # type: ignore[attr-defined]
+    assert failure.breaker == "llm"
 
 
 def test_the_classes_made_for_causes_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
