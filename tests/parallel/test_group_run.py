@@ -1,0 +1,141 @@
+"""A group while it runs: its status and time, the addresses of items added meanwhile,
+the context its workers see, and errors raised outside an item's own work.
+
+Everything that takes time waits on a FakeClock; no test measures real time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from contextvars import ContextVar
+from typing import Any
+
+import pytest
+
+from rh_agents import ExecutionEvent, ExecutionState, Tool
+from rh_agents.core.parallel.models import GroupStatus
+from rh_agents.core.types import ExecutionStatus
+from rh_agents.testing import FakeClock
+
+request_id: ContextVar[str] = ContextVar("request_id", default="none")
+
+
+async def where(data: Any, extra: Any, st: Any) -> Any:
+    return data
+
+
+WHERE = Tool(name="where", handler=where)
+
+
+def addresses(state: ExecutionState) -> list[str]:
+    return [
+        str(e.address)
+        for e in state.history.events
+        if e.actor_name == "where" and e.execution_status is ExecutionStatus.COMPLETED
+    ]
+
+
+async def test_a_running_group_says_so_and_measures_its_time_on_the_states_clock() -> None:
+    seen: list[GroupStatus] = []
+    async with FakeClock() as clock:
+        await clock.sleep(10.0)  # the group starts well after the clock's zero
+        state = ExecutionState(clock=clock)
+        async with state.parallel(name="timed") as p:
+
+            async def work() -> None:
+                seen.append(p.group.status)
+                await clock.sleep(3.0)
+
+            p.add(work)
+    assert seen == [GroupStatus.RUNNING]
+    assert p.group.status is GroupStatus.COMPLETED
+    assert p.group.execution_time == 3.0
+
+
+async def test_items_the_body_adds_while_streaming_are_numbered_in_add_order() -> None:
+    state = ExecutionState(telemetry=False)
+    async with state.parallel(name="g", max_workers=1) as p:
+        p.add(lambda: ExecutionEvent(actor=WHERE)("first", {}, state))
+        added = 0
+        async for _ in p.stream():
+            if added < 3:
+                p.add(lambda n=added: ExecutionEvent(actor=WHERE)(n, {}, state))
+                added += 1
+    assert addresses(state) == [
+        "parallel:g[0]/where",
+        "parallel:g[+0]/where",
+        "parallel:g[+1]/where",
+        "parallel:g[+2]/where",
+    ]
+
+
+async def test_an_item_added_by_an_added_item_is_keyed_by_its_parents_key() -> None:
+    state = ExecutionState(telemetry=False)
+    async with state.parallel(name="g") as p:
+
+        async def grandchild() -> Any:
+            return await ExecutionEvent(actor=WHERE)("grandchild", {}, state)
+
+        async def child() -> Any:
+            p.add(grandchild)
+            return await ExecutionEvent(actor=WHERE)("child", {}, state)
+
+        async def parent() -> Any:
+            p.add(child)
+            return await ExecutionEvent(actor=WHERE)("parent", {}, state)
+
+        p.add(parent)
+    assert sorted(addresses(state)) == [
+        "parallel:g[0.0.0]/where",  # the first added by item [0.0]
+        "parallel:g[0.0]/where",
+        "parallel:g[0]/where",
+    ]
+
+
+async def test_a_worker_started_for_an_added_item_runs_in_the_groups_context() -> None:
+    # Workers run in copies of the context the group started in, whoever starts them
+    # (here an item whose own context changed). Items a worker runs one after another
+    # share its copy, and a group run inline shares the caller's (docs/parallel.md).
+    state = ExecutionState(telemetry=False)
+    seen: dict[str, str] = {}
+    request_id.set("request-7")
+    async with state.parallel(name="g", max_workers=3) as p:
+        done = asyncio.Event()
+
+        async def added() -> None:
+            seen["added"] = request_id.get()
+            done.set()
+
+        async def adder() -> None:
+            seen["adder"] = request_id.get()
+            request_id.set("changed by the adder")
+            p.add(added)  # both workers stay busy: a third one starts for it
+            await done.wait()
+
+        p.add(adder)
+        p.add(lambda: done.wait())
+    assert seen == {"adder": "request-7", "added": "request-7"}
+
+
+async def test_an_error_outside_an_items_work_stops_the_group_and_says_where() -> None:
+    state = ExecutionState(telemetry=False)
+
+    def broken_predicate(error: BaseException) -> bool:
+        raise RuntimeError("the predicate is broken")
+
+    async def fails() -> None:
+        raise ConnectionError("reset")
+
+    with pytest.raises(RuntimeError, match="the predicate is broken") as info:
+        async with state.parallel(
+            name="g", max_retries=2, retry_delay=0.0, retry_on=broken_predicate
+        ) as p:
+            p.add(fails, name="x")
+    assert info.value.__notes__ == [
+        "Raised while parallel group 'g' handled item 0 ('x') outside the item's own work "
+        "(e.g. by a retry_on predicate, a limiter, a circuit breaker or the history); the "
+        "group stopped."
+    ]
+    [result] = p.results
+    assert (result.ok, result.execution_time) == (False, 0.0)
+    assert p.group.status is GroupStatus.FAILED
