@@ -139,3 +139,87 @@ async def test_an_error_outside_an_items_work_stops_the_group_and_says_where() -
     [result] = p.results
     assert (result.ok, result.execution_time) == (False, 0.0)
     assert p.group.status is GroupStatus.FAILED
+
+
+async def test_an_item_added_while_another_task_starts_collecting_is_taken() -> None:
+    state = ExecutionState(telemetry=False)
+    order: list[str] = []
+
+    def work(name: str) -> Any:
+        async def run() -> str:
+            order.append(name)
+            return name
+
+        return run
+
+    async with state.parallel(name="g", max_workers=1) as p:
+        p.add(work("a"), name="a")
+        collecting = asyncio.create_task(p.gather())  # another task collects
+        await asyncio.sleep(0)  # it started collecting; the group has not run yet
+        p.add(work("b"), name="b", priority=5)
+        results = await collecting
+    assert [(r.name, r.result) for r in results] == [("a", "a"), ("b", "b")]
+    assert order == ["b", "a"]  # its priority counted
+
+
+async def test_lifecycle_errors_say_what_to_do() -> None:
+    from rh_agents.core.errors import LifecycleError
+
+    state = ExecutionState(telemetry=False)
+
+    async def value() -> int:
+        return 1
+
+    early = state.parallel(name="g")
+    with pytest.raises(LifecycleError) as info:
+        early.add(value)
+    assert str(info.value) == "add() must be called inside `async with state.parallel(...) as p:`."
+    async with state.parallel(name="g") as p:
+        p.add(value)
+    with pytest.raises(LifecycleError) as info:
+        async with p:
+            pass
+    assert str(info.value) == (
+        "A parallel group can be entered only once; open a new one with state.parallel(...)."
+    )
+    with pytest.raises(LifecycleError) as info:
+        p.add(value)
+    assert str(info.value) == (
+        "Cannot add to parallel group 'g' after its results were collected (its last item "
+        "has finished, or it was stopped); open a new group for more work."
+    )
+    async with state.parallel(name="s") as q:
+        q.add(value)
+        async for _ in q.stream():
+            with pytest.raises(LifecycleError) as info:
+                await q.gather()
+    assert str(info.value) == (
+        "gather() cannot run while the group is already running (a stream() is consuming "
+        "it); use one way of collecting results per group."
+    )
+
+
+async def test_a_group_whose_body_raised_records_its_items_as_never_started() -> None:
+    from rh_agents.core.events import EventKind
+
+    state = ExecutionState(telemetry=False)
+
+    async def value() -> int:
+        return 1
+
+    with pytest.raises(ValueError, match="the body failed"):
+        async with state.parallel(name="abandoned", timeout=30.0) as p:
+            p.add(value, name="a")
+            p.add(value, name="b")
+            raise ValueError("the body failed")
+    assert [(r.name, r.status, r.error_message) for r in p.results] == [
+        ("a", ExecutionStatus.CANCELLED, "Item 0 ('a') was cancelled before it started."),
+        ("b", ExecutionStatus.CANCELLED, "Item 1 ('b') was cancelled before it started."),
+    ]
+    group = p.group
+    assert (group.status, group.total, group.execution_time) == (GroupStatus.CANCELLED, 2, 0.0)
+    assert group.start_time is not None and group.start_time == group.end_time
+    [entry] = [e for e in state.history.events if e.kind is EventKind.GROUP]
+    assert entry.execution_status is ExecutionStatus.CANCELLED
+    assert entry.message is None  # not a timeout
+    assert entry.metadata["timed_out"] is False
