@@ -96,6 +96,25 @@ def test_snapshot_of_another_schema_version_raises_schema_version_error(found: i
         StateSnapshot.model_validate_json(json.dumps(data))
 
 
+def test_schema_version_errors_say_what_to_do_in_full() -> None:
+    older = {**_snapshot().model_dump(mode="json"), "version": SCHEMA_VERSION - 1}
+    with pytest.raises(SchemaVersionError) as info:
+        StateSnapshot.model_validate(older)
+    assert str(info.value) == (
+        f"State 'run-1' was written with snapshot schema version {SCHEMA_VERSION - 1}, but "
+        f"this release of rh_agents reads only schema version {SCHEMA_VERSION}. Resume it "
+        "with the rh_agents release that wrote it, or start a new run; old histories are "
+        "not migrated automatically."
+    )
+    with pytest.raises(SchemaVersionError) as info:  # no usable state id
+        StateSnapshot.model_validate({"version": SCHEMA_VERSION + 1})
+    assert str(info.value) == (
+        f"This state was written with snapshot schema version {SCHEMA_VERSION + 1}, but "
+        f"this release of rh_agents reads only schema version {SCHEMA_VERSION}. Upgrade "
+        "rh_agents to a release that reads it."
+    )
+
+
 def test_newer_schema_version_is_reported_before_field_errors() -> None:
     # A future schema may have renamed fields; the version must be what is reported.
     with pytest.raises(SchemaVersionError, match="Upgrade rh_agents"):
