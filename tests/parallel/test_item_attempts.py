@@ -59,7 +59,7 @@ async def test_an_item_that_returns_a_failed_result_fails_with_its_message() -> 
         with pytest.raises(EventFailedError) as info:
             async with state.parallel(error_strategy="fail_fast", name="f") as p:
                 p.add(item)
-        assert expected in str(info.value)
+        assert str(info.value) == f"Item 0 ('item_0') of parallel group 'f' failed: {expected}"
         assert info.value.result is returned
         assert p.results[0].ok is False
 
@@ -192,6 +192,16 @@ async def test_retries_are_counted_under_the_actor_or_else_the_group(
     rh_telemetry.assert_metric(
         "rh_agents_retries_total", 1, name="unnamed", operation="parallel_item"
     )
+    group = rh_telemetry.one("parallel*")
+    retries = sorted(
+        (
+            str((e.attributes or {})["rh_agents.parallel.item"]),
+            (e.attributes or {})["rh_agents.retry.attempt"],
+        )
+        for e in group.events
+        if e.name == "retry"
+    )
+    assert retries == [("fetch", 1), ("unnamed", 1)]
 
 
 async def test_final_outcomes_say_how_each_item_ended(rh_telemetry: TelemetryCapture) -> None:
@@ -321,3 +331,22 @@ async def test_a_group_that_ran_nothing_had_nothing_in_flight() -> None:
     async with state.parallel(name="empty") as p:
         pass
     assert p.statistics().peak_in_flight == 0
+
+
+async def test_an_item_returning_the_result_of_a_paused_call_waits_too() -> None:
+    async def asks(data: Any, extra: Any, st: Any) -> str:
+        return str(await interrupt({"question": "ok?"}))
+
+    tool = Tool(name="asks", handler=asks)
+    groups: list[Any] = []
+
+    async def pipeline(data: Any, extra: Any, st: ExecutionState) -> None:
+        async with st.parallel(name="g") as p:
+            groups.append(p)
+            p.add(lambda: ExecutionEvent(actor=tool)(None, {}, st), name="call")
+
+    state = ExecutionState(telemetry=False)
+    result = await ExecutionEvent(actor=Agent(name="pipeline", handler=pipeline))(None, {}, state)
+    assert result.status is ExecutionStatus.AWAITING
+    [paused] = groups[0].results
+    assert (paused.ok, paused.status) == (False, ExecutionStatus.AWAITING)
