@@ -174,3 +174,19 @@ async def test_a_failed_result_without_an_exception_is_reported_in_the_group_err
     assert all(isinstance(e, EventFailedError) for e in errors)
     assert [str(e) for e in errors] == ["quota exceeded", "failed"]
     assert [getattr(e, "result", None) for e in errors] == p.results
+
+
+async def test_the_stream_passes_asend_and_athrow_to_its_generator() -> None:
+    state = ExecutionState(telemetry=False)
+
+    async def value() -> int:
+        return 1
+
+    async with state.parallel(name="s") as p:
+        p.add(value)
+        p.add(value)
+        stream = p.stream()
+        first = await stream.asend(None)
+        assert first.ok
+        with pytest.raises(ValueError, match="stop reading"):
+            await stream.athrow(ValueError("stop reading"))
