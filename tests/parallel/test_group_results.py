@@ -190,3 +190,16 @@ async def test_the_stream_passes_asend_and_athrow_to_its_generator() -> None:
         assert first.ok
         with pytest.raises(ValueError, match="stop reading"):
             await stream.athrow(ValueError("stop reading"))
+
+
+async def test_the_group_record_keeps_its_error_strategy() -> None:
+    state = ExecutionState(telemetry=False)
+
+    async def value() -> int:
+        return 1
+
+    async with state.parallel(name="strict", error_strategy="fail_fast") as p:
+        p.add(value)
+    assert p.group.error_strategy.value == "fail_fast"
+    ended = [e for e in state.history.events if e.kind is EventKind.GROUP][-1]
+    assert ended.metadata["error_strategy"] == "fail_fast"
