@@ -149,27 +149,58 @@ _GROUPS = (
     "tests/telemetry/test_telemetry_health.py",
     "tests/telemetry/test_telemetry_usage.py",
 )
+# The hot modules (every test reaches them, so a surviving mutant would run hundreds of
+# tests) against the test files written for them.
+_EVENTS = (
+    "tests/core/test_core_events.py",
+    "tests/core/test_core_actors.py",
+    "tests/core/test_core_history_bus.py",
+    "tests/core/test_result_flags.py",
+    "tests/core/test_models_and_pause.py",
+)
+_RUNNER = (
+    *_EVENTS,
+    "tests/core/test_retry.py",
+    "tests/core/test_policy.py",
+    "tests/core/test_core_result_cache.py",
+    "tests/core/test_core_replay.py",
+    "tests/core/test_interrupts.py",
+    "tests/core/test_usage.py",
+)
+_REPLAY = (
+    "tests/core/test_core_replay.py",
+    "tests/core/test_safe_restore.py",
+    "tests/core/test_interrupts.py",
+    "tests/core/test_history_roundtrip.py",
+    "tests/parallel/test_parallel_replay.py",
+)
 for _name, _tests in {
-    "actors": _CORE,
-    "bus": _CORE,
+    "actors": (*_EVENTS, "tests/core/test_cache_key.py", "tests/core/test_usage.py"),
+    "bus": (*_EVENTS, "tests/core/test_bus_under_load.py", "tests/printing/test_printer.py"),
     "context": (*_CORE, "tests/executors"),
     "errors": _CORE,
-    "events": _CORE,
-    "execution": _CORE,
+    "events": _EVENTS,
+    "execution": (*_RUNNER, "tests/core/test_core_addresses.py", "tests/core/test_safe_restore.py"),
     "executors": (*_CORE, "tests/executors"),
     "hooks": (*_CORE, "tests/telemetry"),
     "interrupts": _CORE,
     "result": _CORE,
     "result_types": _CORE,
     "_aio": (*_CORE, "tests/testing"),
-    "_guarded": _CORE,
+    "_guarded": (
+        "tests/core/test_policy.py",
+        "tests/core/test_retry.py",
+        "tests/parallel/test_parallel_policy.py",
+        "tests/parallel/test_parallel_resilience.py",
+        "tests/parallel/test_item_deadlines.py",
+    ),
     "_models": _CORE,
-    "_runner": _CORE,
+    "_runner": _RUNNER,
     "_validate": _CORE,
     "_pause": _CORE,
     "clock": _CORE,
-    "recording": _STORAGE,
-    "replay": _STORAGE,
+    "recording": (*_EVENTS, *_STORAGE[2:], "tests/core/test_history_roundtrip.py"),
+    "replay": _REPLAY,
     "state_recovery": _STORAGE,
     "storage": _STORAGE,
 }.items():
