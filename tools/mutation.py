@@ -190,6 +190,10 @@ for _name, _tests in {
     "_guarded": (
         "tests/core/test_policy.py",
         "tests/core/test_retry.py",
+        "tests/core/test_adaptive_limiter.py",
+        "tests/core/test_circuit_breaker.py",
+        "tests/core/test_limiter.py",
+        "tests/parallel/test_permit_lending.py",
         "tests/parallel/test_parallel_policy.py",
         "tests/parallel/test_parallel_resilience.py",
         "tests/parallel/test_item_deadlines.py",
