@@ -99,6 +99,26 @@ def completed(records: list[dict[str, Any]]) -> set[str]:
     return {r["address"] for r in records if r["status"] == "completed"}
 
 
+def others_completed(state: ExecutionState, count: int = 3) -> asyncio.Event:
+    """Set once ``count`` step calls have published COMPLETED. A COMPLETED record is
+    committed before it is published, and so is everything queued before it: waiting
+    for this (after the held item started) leaves no record of the others in flight,
+    so what the journal holds then is what a test may compare with later. (Read
+    earlier, the journal misses the records still on their way: found by CI on 3.12
+    and 3.13, where those committed right after the read.)"""
+    done = asyncio.Event()
+    finished: list[str] = []
+
+    def seen(event: ExecutionEvent[Any]) -> None:
+        if event.actor_name == "step" and event.execution_status is ExecutionStatus.COMPLETED:
+            finished.append(event.address)
+            if len(finished) == count:
+                done.set()
+
+    state.event_bus.subscribe(seen)
+    return done
+
+
 # ------------------------------------------------------------------- the schema
 
 
@@ -305,20 +325,7 @@ async def test_a_writer_that_lost_its_lease_commits_nothing_more(
     backend = PostgresStateBackend(cluster.dsn(), schema=schema)
     program = Program(hold=1)
     state = ExecutionState(state_id="run-1", state_backend=backend)
-    # The three other items' COMPLETED records are committed before they are published
-    # (and everything queued before them too): wait for them, so that what the journal
-    # holds when the lease is taken is all the writer may ever commit (found by CI on
-    # 3.13: read earlier, the count missed the 8 records still on their way).
-    others_done = asyncio.Event()
-    finished: list[str] = []
-
-    def seen(event: ExecutionEvent[Any]) -> None:
-        if event.actor_name == "step" and event.execution_status is ExecutionStatus.COMPLETED:
-            finished.append(event.address)
-            if len(finished) == 3:
-                others_done.set()
-
-    state.event_bus.subscribe(seen)
+    others_done = others_completed(state)
     running = asyncio.create_task(program.run(state))
     await program.held.wait()
     await others_done.wait()
@@ -404,8 +411,10 @@ async def test_a_connection_cut_inside_a_commit_stops_the_run_and_half_writes_no
     backend = PostgresStateBackend(cluster.dsn(), schema=schema)
     program = Program(hold=2)
     state = ExecutionState(state_id="run-1", state_backend=backend)
+    others_done = others_completed(state)
     running = asyncio.create_task(program.run(state))
     await program.held.wait()
+    await others_done.wait()
     before = await asyncio.to_thread(backend.load_events, "run-1")
 
     # Another session locks the run's journal row: the writer's next commit stops inside
@@ -444,9 +453,10 @@ async def test_a_server_restart_between_commits_does_not_stop_the_run(
     backend = PostgresStateBackend(cluster.dsn(), schema=schema)
     program = Program(hold=3)
     state = ExecutionState(state_id="run-1", state_backend=backend)
+    others_done = others_completed(state)
     running = asyncio.create_task(program.run(state))
     await program.held.wait()
-    await asyncio.to_thread(backend.journal_length, "run-1")  # items 0-2 committed
+    await others_done.wait()  # items 0-2 committed
     await asyncio.to_thread(cluster.restart)  # every connection is cut
     program.release.set()
     assert await running == [0, 2, 4, 6]  # the writer reconnected at its next BEGIN
@@ -462,8 +472,10 @@ async def test_a_server_restarted_inside_a_commit_stops_the_run_and_it_resumes(
     backend = PostgresStateBackend(cluster.dsn(), schema=schema)
     program = Program(hold=1)
     state = ExecutionState(state_id="run-1", state_backend=backend)
+    others_done = others_completed(state)
     running = asyncio.create_task(program.run(state))
     await program.held.wait()
+    await others_done.wait()  # items 0, 2 and 3 committed: the resume does not rerun them
     blocker = await asyncio.to_thread(cluster.admin)
     await asyncio.to_thread(blocker.execute, "BEGIN")
     await asyncio.to_thread(
