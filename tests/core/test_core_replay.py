@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -345,6 +346,39 @@ async def test_validation_mode_reports_a_rerun_that_now_fails() -> None:
     assert divergence["address"] == "t"
     assert divergence["actual_status"] == "failed"
     assert divergence["error"] == "now broken"
+
+
+async def test_validation_mode_reports_a_changed_input_even_with_the_same_result(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    tool = make_tool("t", lambda data: Answer(answer="same"))
+    state = ExecutionState()
+    await ExecutionEvent(actor=tool)(Query(text="before"), {}, state)
+    seen: list[Any] = []
+    bus = EventBus()
+    bus.subscribe(seen.append)
+    restored = ExecutionState.from_snapshot(
+        state.to_snapshot(), event_bus=bus, replay_mode="validation"
+    )
+    with caplog.at_level(logging.WARNING, logger="rh_agents"):
+        await ExecutionEvent(actor=tool)(Query(text="after"), {}, restored)
+    assert restored.divergences == [
+        {
+            "address": "t",
+            "expected": {"answer": "same", "score": 1.0},
+            "actual": {"answer": "same", "score": 1.0},
+            "expected_status": "completed",
+            "actual_status": "completed",
+            "input_changed": True,
+        }
+    ]
+    [warning] = [e for e in seen if e.kind == EventKind.DIVERGENCE]
+    assert (warning.actor_name, warning.event_type) == ("t", "tool_call")
+    assert warning.execution_status is S.COMPLETED
+    assert (
+        "Replay divergence at t: recorded {'answer': 'same', 'score': 1.0}, now "
+        "{'answer': 'same', 'score': 1.0} (completed)" in caplog.text
+    )
 
 
 async def test_a_fresh_run_never_replays() -> None:
