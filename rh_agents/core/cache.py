@@ -620,6 +620,8 @@ class ResultCache:
 
     def __init__(self, backend: CacheBackend) -> None:
         self._backend = backend
+        # A remote backend is read and written with its awaitable methods.
+        self._remote: AsyncCacheBackend | None = backend if _is_remote(backend) else None
         self._in_flight: dict[str, asyncio.Future[_Outcome]] = {}
 
     @property
@@ -657,11 +659,10 @@ class ResultCache:
                 coalesced onto it.
         """
         _expires_at(0.0, ttl)  # reject a bad TTL before computing anything
-        backend = self._backend
+        backend, remote = self._backend, self._remote
         # A remote read takes loop iterations and may return what the store held when it
         # began, so it is made by the leader, under its flight: a caller whose read began
         # before another caller's value was stored would otherwise compute it again.
-        remote = backend if _is_remote(backend) else None
         while True:
             if remote is None:
                 entry = backend.get(key)
@@ -669,7 +670,7 @@ class ResultCache:
                     return entry.value, True
             flight = self._in_flight.get(key)
             if flight is None:
-                return await self._lead(key, ttl, compute, remote=remote)
+                return await self._lead(key, ttl, compute)
             # shield: cancelling this waiter must not cancel the shared future.
             outcome = await asyncio.shield(flight)
             if outcome.handed_over:
@@ -683,8 +684,6 @@ class ResultCache:
         key: str,
         ttl: float | None,
         compute: Callable[[], Awaitable[tuple[Any, bool]]],
-        *,
-        remote: AsyncCacheBackend | None,
     ) -> tuple[Any, bool]:
         flight: asyncio.Future[_Outcome] = asyncio.get_running_loop().create_future()
         self._in_flight[key] = flight
@@ -694,6 +693,7 @@ class ResultCache:
         outcome = _HANDED_OVER
         try:
             try:
+                remote = self._remote
                 if remote is not None:
                     entry = await remote.get_async(key)
                     if entry is not None:
@@ -713,12 +713,12 @@ class ResultCache:
             flight.set_result(outcome)
 
     async def _store(self, key: str, value: Any, ttl: float | None) -> None:
-        backend = self._backend
+        remote = self._remote
         try:
-            if _is_remote(backend):
-                await backend.set_async(key, value, ttl)
+            if remote is not None:
+                await remote.set_async(key, value, ttl)
             else:
-                backend.set(key, value, ttl)
+                self._backend.set(key, value, ttl)
         except Exception:
             _log.warning(
                 "Could not store the computed result for cache key %s in %r; the result is "

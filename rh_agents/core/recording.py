@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from pydantic import BaseModel
 from pydantic_core import PydanticSerializationError, to_jsonable_python
 
+from rh_agents.core._validate import has_methods
 from rh_agents.core.errors import ResultSerializationError, StateError
 from rh_agents.core.events import ExecutionEvent, freeze, is_snapshot, thaw
 from rh_agents.core.history import event_to_record, input_fingerprint
@@ -350,7 +351,7 @@ def _journal_source(state: ExecutionState) -> tuple[_Source | None, bool]:
     if leased is not None:
         source = leased
         length = leased.journal_length
-    elif callable(getattr(backend, "append_event", None)):
+    elif has_methods(backend, "append_event"):
         source = _PlainJournal(backend)
         length = source.journal_length
     else:
