@@ -1,8 +1,10 @@
-"""A full disk for tests: any real backend whose run journals stop accepting records.
+"""Wrappers around backends for tests.
 
 ``FullDisk(backend, room)`` behaves like ``backend`` (it delegates everything), except
 that the journals its runs record into accept ``room`` more records in total and then
 fail every append like a full disk (``OSError`` 28), as a driver error reaches the core.
+``Forwarding(backend)`` only delegates, through ``__getattr__``, as a user's logging
+wrapper would.
 """
 
 from __future__ import annotations
@@ -11,7 +13,18 @@ from typing import Any
 
 from rh_agents.core.storage import JournalOpening, JournalStatistics, LeaseHolder, RunJournal
 
-__all__ = ["FullDisk"]
+__all__ = ["Forwarding", "FullDisk"]
+
+
+class Forwarding:
+    """A wrapper that forwards everything to ``inner`` through ``__getattr__`` (what a
+    user writes to add logging or faults around a backend)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
 
 
 class FullDisk:

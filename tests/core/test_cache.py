@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from conftest import outputs_under_hash_seeds
+from journal_faults import Forwarding
 from pydantic import BaseModel
 
 from rh_agents.core.cache import (
@@ -460,17 +461,6 @@ async def test_a_read_that_began_before_the_store_committed_does_not_compute_aga
     assert compute.calls == 1
     assert sorted(hit for _, hit in outcomes) == [False] + [True] * 11
     assert cache.in_flight == 0
-
-
-class Forwarding:
-    """A wrapper that forwards everything to ``inner`` through ``__getattr__`` (what a
-    user writes to add logging or faults around a backend)."""
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
 
 
 async def test_a_forwarding_wrapper_around_a_remote_backend_is_used_as_remote() -> None:

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from journal_faults import Forwarding
 
 from rh_agents.core.errors import StateLockedError, StateNotFoundError
 from rh_agents.core.state_recovery import StateSnapshot
@@ -27,16 +28,6 @@ RUNS = ("open_run", "iter_events", "journal_length")
 
 def backend_with(*methods: str) -> Any:
     return type("Partial", (), {name: lambda self, *args: None for name in methods})()
-
-
-class Forwarding:
-    """A wrapper forwarding every method to ``inner`` through ``__getattr__``."""
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
 
 
 def test_a_backend_is_recognized_by_every_method_of_the_interface() -> None:

@@ -6,6 +6,7 @@ Everything that takes time waits on a FakeClock; no test measures real time.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -20,6 +21,30 @@ from rh_agents.testing import FakeClock, TelemetryCapture
 
 def retrying_entries(state: ExecutionState) -> list[ExecutionEvent[Any]]:
     return [e for e in state.history.events if e.execution_status is ExecutionStatus.RETRYING]
+
+
+def fails_once(error: BaseException) -> Callable[[], Awaitable[str]]:
+    """An item that raises ``error`` on its first attempt and returns "ok" after."""
+    calls = 0
+
+    async def item() -> str:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise error
+        return "ok"
+
+    return item
+
+
+def tool_failing_once(name: str, error: BaseException) -> Tool:
+    """A tool whose first call raises ``error`` and whose later calls return "ok"."""
+    first_fails = fails_once(error)
+
+    async def handler(data: Any, extra: Any, st: Any) -> str:
+        return await first_fails()
+
+    return Tool(name=name, handler=handler)
 
 
 async def test_results_carry_the_time_each_item_took() -> None:
@@ -108,26 +133,11 @@ async def test_a_group_retry_budget_counts_from_the_first_attempt() -> None:
 
 
 async def test_a_retry_is_recorded_with_what_failed() -> None:
-    async def flaky_tool(data: Any, extra: Any, st: Any) -> str:
-        if st is not None and not getattr(flaky_tool, "failed", False):
-            flaky_tool.failed = True  # type: ignore[attr-defined]
-            raise ValueError("upstream said no")
-        return "ok"
-
-    tool = Tool(name="fetch", handler=flaky_tool)
+    tool = tool_failing_once("fetch", ValueError("upstream said no"))
     state = ExecutionState(telemetry=False)
-    silent = 0
-
-    async def silent_once() -> str:
-        nonlocal silent
-        silent += 1
-        if silent == 1:
-            raise TimeoutError  # an error without a message
-        return "ok"
-
     async with state.parallel(name="r", max_retries=1, retry_delay=0.0) as p:
         p.add(lambda: ExecutionEvent(actor=tool)(1, {}, state), name="call")
-        p.add(silent_once, name="plain")
+        p.add(fails_once(TimeoutError()), name="plain")  # an error without a message
     assert [r.ok for r in p.results] == [True, True]
     entries = {e.metadata["item"]: e for e in retrying_entries(state)}
     call, plain = entries["call"], entries["plain"]
@@ -144,19 +154,10 @@ async def test_a_retry_is_recorded_with_what_failed() -> None:
 
 async def test_the_retry_of_an_item_added_while_running_is_recorded_at_its_address() -> None:
     state = ExecutionState(telemetry=False)
-    tries = 0
-
-    async def flaky() -> str:
-        nonlocal tries
-        tries += 1
-        if tries == 1:
-            raise ConnectionError("reset")
-        return "ok"
-
     async with state.parallel(name="g", max_retries=1, retry_delay=0.0) as p:
 
         async def parent() -> str:
-            p.add(flaky, name="child")
+            p.add(fails_once(ConnectionError("reset")), name="child")
             return "parent"
 
         p.add(parent)
@@ -168,25 +169,11 @@ async def test_the_retry_of_an_item_added_while_running_is_recorded_at_its_addre
 async def test_retries_are_counted_under_the_actor_or_else_the_group(
     rh_telemetry: TelemetryCapture,
 ) -> None:
-    failed: set[str] = set()
-
-    async def once(data: Any, extra: Any, st: Any) -> str:
-        if "tool" not in failed:
-            failed.add("tool")
-            raise ValueError("upstream said no")
-        return "ok"
-
-    async def plain_once() -> str:
-        if "plain" not in failed:
-            failed.add("plain")
-            raise ConnectionError("reset")
-        return "ok"
-
-    tool = Tool(name="fetch", handler=once)
+    tool = tool_failing_once("fetch", ValueError("upstream said no"))
     state = ExecutionState()
     async with state.parallel(max_retries=1, retry_delay=0.0) as p:  # an unnamed group
         p.add(lambda: ExecutionEvent(actor=tool)(1, {}, state))
-        p.add(plain_once)
+        p.add(fails_once(ConnectionError("reset")))
     assert [r.ok for r in p.results] == [True, True]
     rh_telemetry.assert_metric("rh_agents_retries_total", 1, name="fetch", operation="execute_tool")
     rh_telemetry.assert_metric(
@@ -205,16 +192,8 @@ async def test_retries_are_counted_under_the_actor_or_else_the_group(
 
 
 async def test_final_outcomes_say_how_each_item_ended(rh_telemetry: TelemetryCapture) -> None:
-    tries: dict[str, int] = {}
-
     async def waits() -> str:
         return str(await interrupt({"question": "ok?"}))
-
-    async def flaky() -> str:
-        tries["flaky"] = tries.get("flaky", 0) + 1
-        if tries["flaky"] == 1:
-            raise ConnectionError("reset")
-        return "ok"
 
     async def down() -> None:
         raise TimeoutError("down")
@@ -225,7 +204,7 @@ async def test_final_outcomes_say_how_each_item_ended(rh_telemetry: TelemetryCap
         async with st.parallel(name="g", max_retries=1, retry_delay=0.0) as p:
             groups.append(p)
             p.add(waits, name="waits")
-            p.add(flaky, name="flaky")
+            p.add(fails_once(ConnectionError("reset")), name="flaky")
             p.add(down, name="down")
 
     state = ExecutionState()
