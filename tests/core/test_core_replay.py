@@ -290,6 +290,17 @@ async def test_a_resumed_run_can_be_resumed_again(backend: StateBackend) -> None
     assert len(calls_of(tool)) == 2
 
 
+def validating_copy(state: ExecutionState) -> tuple[ExecutionState, list[Any]]:
+    """``state`` restored to rerun in validation mode, and what its event bus publishes."""
+    seen: list[Any] = []
+    bus = EventBus()
+    bus.subscribe(seen.append)
+    restored = ExecutionState.from_snapshot(
+        state.to_snapshot(), event_bus=bus, replay_mode="validation"
+    )
+    return restored, seen
+
+
 async def test_validation_mode_reruns_and_reports_divergence() -> None:
     answers = iter(["same", "old", "same", "new"])
     tool = make_tool("t", lambda data: Answer(answer=next(answers)))
@@ -297,12 +308,7 @@ async def test_validation_mode_reruns_and_reports_divergence() -> None:
     await ExecutionEvent(actor=tool)(Query(text="1"), {}, state)
     await ExecutionEvent(actor=tool)(Query(text="2"), {}, state)
 
-    seen: list[Any] = []
-    bus = EventBus()
-    bus.subscribe(seen.append)
-    restored = ExecutionState.from_snapshot(
-        state.to_snapshot(), event_bus=bus, replay_mode="validation"
-    )
+    restored, seen = validating_copy(state)
     same = await ExecutionEvent(actor=tool)(Query(text="1"), {}, restored)
     diverged = await ExecutionEvent(actor=tool)(Query(text="2"), {}, restored)
 
@@ -354,12 +360,7 @@ async def test_validation_mode_reports_a_changed_input_even_with_the_same_result
     tool = make_tool("t", lambda data: Answer(answer="same"))
     state = ExecutionState()
     await ExecutionEvent(actor=tool)(Query(text="before"), {}, state)
-    seen: list[Any] = []
-    bus = EventBus()
-    bus.subscribe(seen.append)
-    restored = ExecutionState.from_snapshot(
-        state.to_snapshot(), event_bus=bus, replay_mode="validation"
-    )
+    restored, seen = validating_copy(state)
     with caplog.at_level(logging.WARNING, logger="rh_agents"):
         await ExecutionEvent(actor=tool)(Query(text="after"), {}, restored)
     assert restored.divergences == [
