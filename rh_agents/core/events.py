@@ -228,18 +228,21 @@ class _EventSnapshot(ExecutionEvent[Any]):
         return assemble(ExecutionEvent, fields, fields_set, self.__pydantic_private__)
 
     def __reduce__(self) -> Any:
-        return (_unpickle_snapshot, (self.__dict__, self.__pydantic_private__))
+        return (
+            _unpickle_snapshot,
+            (self.__dict__, self.__pydantic_private__, self.__pydantic_fields_set__),
+        )
 
     def __repr_name__(self) -> str:
         return "ExecutionEvent"
 
 
 def _unpickle_snapshot(
-    fields: dict[str, Any], private: dict[str, Any] | None
+    fields: dict[str, Any], private: dict[str, Any] | None, fields_set: frozenset[str]
 ) -> ExecutionEvent[Any]:
     fields = dict(fields)
     fields["metadata"] = _ReadOnlyDict(fields["metadata"])
-    return assemble(_EventSnapshot, fields, frozenset(fields), private)
+    return assemble(_EventSnapshot, fields, frozenset(fields_set), private)
 
 
 def freeze(event: ExecutionEvent[Any]) -> ExecutionEvent[Any]:
