@@ -185,7 +185,7 @@ for _name, _tests in {
     "errors": _CORE,
     "events": _EVENTS,
     "execution": (*_RUNNER, "tests/core/test_core_addresses.py", "tests/core/test_safe_restore.py"),
-    "executors": (*_CORE, "tests/executors"),
+    "executors": (*_CORE, "tests/executors", "tests/docs/test_import_paths.py"),
     "hooks": (
         *_CORE,
         "tests/telemetry/test_telemetry.py",
@@ -235,6 +235,18 @@ for _name in (
     telemetry = _name in ("attempt", "group", "results", "run")
     TARGETS[f"parallel_{_name}"] = Target(
         f"rh_agents/core/parallel/{_name}.py", _GROUPS if telemetry else _CORE
+    )
+
+# The storage backends against the storage tests (and the core's, which drive them).
+# The Postgres modules are left out: their tests start a PostgreSQL cluster, which
+# every mutant would start again (see docs/testing.md).
+_BACKENDS = (*_STORAGE, "tests/reliability/test_reliability_storage.py")
+for _name in ("memory", "sqlite", "_sqlite_runs", "filesystem", "_files", "_file_journal"):
+    TARGETS[f"storage_{_name.lstrip('_')}"] = Target(f"rh_agents/storage/{_name}.py", _BACKENDS)
+for _name in ("_writer", "_lease"):  # also against the tests that kill writers
+    TARGETS[f"storage_{_name.lstrip('_')}"] = Target(
+        f"rh_agents/storage/{_name}.py",
+        (*_BACKENDS, "tests/storage/test_journal_processes.py"),
     )
 
 DETECTED = {"killed", "timeout", "caught by type check", "segfault"}

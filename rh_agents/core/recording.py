@@ -287,23 +287,20 @@ class Recorder:
             private["_record_result"] = None
             private["_result_type"] = None
             return
+        if isinstance(value, Iterator | AsyncIterator) or inspect.isawaitable(value):
+            raise ResultSerializationError(
+                f"The result of actor '{actor.name}' is a {type(value).__name__}, "
+                "which storing in the history would consume (and a resumed run "
+                "could not replay); return a list (or another value) instead."
+            )
         try:
             if isinstance(value, BaseModel):
                 encoded = value.model_dump(mode="json")
                 result_type: str | None = model_path(type(value))
             else:
-                if isinstance(value, Iterator | AsyncIterator) or inspect.isawaitable(value):
-                    raise ResultSerializationError(
-                        f"The result of actor '{actor.name}' is a {type(value).__name__}, "
-                        "which storing in the history would consume (and a resumed run "
-                        "could not replay); return a list (or another value) instead."
-                    )
                 encoded = to_jsonable_python(value)
                 result_type = container_type(value)
-            if self._source is not None:
-                size = len(json.dumps(encoded))
-                if limit is not None:
-                    _check_size(actor, value, size, limit)
+            size = len(json.dumps(encoded)) if limit is not None else 0
         except (PydanticSerializationError, ValueError, TypeError, RecursionError) as exc:
             circular = "circular" in str(exc).lower() or isinstance(exc, RecursionError)
             hint = (
@@ -316,6 +313,8 @@ class Recorder:
                 f"cannot be stored in the history ({type(exc).__name__}: {exc}), so the run "
                 f"could not be resumed. {hint}"
             ) from exc
+        if limit is not None:
+            _check_size(actor, value, size, limit)  # outside: its error is not wrapped
         private["_record_result"] = encoded
         private["_result_type"] = result_type
 

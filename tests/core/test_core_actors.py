@@ -123,6 +123,9 @@ def test_toolset_lookup() -> None:
 
     agent = Agent(name="a", handler=echo, tools=tools)
     assert agent.tools["fetch"] is fetch
+    with pytest.raises(KeyError) as empty:
+        ToolSet()["search"]
+    assert empty.value.args == ("No tool named 'search' in this ToolSet (tools: none).",)
 
 
 def test_toolset_rejects_duplicate_names() -> None:

@@ -1,0 +1,160 @@
+"""What the recorder promises: the size limit of a journaled result (exactly at its edge),
+the stored type of container results, what a failed journal reports and that it stops
+the run, and records that follow each call of a reused event."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+
+from rh_agents import ExecutionEvent, ExecutionState, Tool
+from rh_agents.core.errors import ResultSerializationError, StateError
+from rh_agents.core.recording import container_type
+from rh_agents.state_backends import InMemoryStateBackend
+from tests.journal_faults import FullDisk
+
+
+class Doc(BaseModel):
+    text: str
+
+
+class Note(Doc):
+    pass
+
+
+def returning(value: Any) -> Tool:
+    async def handler(data: Any, extra: Any, state: Any) -> Any:
+        return value
+
+    return Tool(name="dump", handler=handler)
+
+
+async def call(value: Any, **state_options: Any) -> ExecutionState:
+    state = ExecutionState(telemetry=False, **state_options)
+    result = await ExecutionEvent(actor=returning(value))(None, {}, state)
+    if not result.ok:
+        assert isinstance(result.exception, ResultSerializationError)
+        raise result.exception
+    return state
+
+
+def journaled(limit: int) -> dict[str, Any]:
+    return {"state_backend": InMemoryStateBackend(), "max_result_bytes": limit}
+
+
+async def test_a_result_exactly_at_the_limit_is_stored_and_one_byte_over_is_refused() -> None:
+    value = {"text": "x" * 40}  # {"text": "xxx..."} is 52 bytes of JSON
+    state = await call(value, **journaled(52))
+    assert state.history["dump"].result == value
+    with pytest.raises(ResultSerializationError) as refused:
+        await call(value, **journaled(51))
+    assert str(refused.value) == (
+        "The result of actor 'dump' is 52 bytes when encoded for the history, over "
+        "max_result_bytes=51 (51 bytes). Store large data in an artifact "
+        "(ExecutionState(artifact_backend=...)) and return its reference, or raise "
+        "ExecutionState(max_result_bytes=...)."
+    )
+
+
+async def test_a_text_result_is_measured_as_encoded_escapes_included() -> None:
+    # Ten control characters: 10 characters, 62 bytes of JSON ("\u0001" each, quotes).
+    text = "\x01" * 10
+    assert (await call(text, **journaled(62))).history["dump"].result == text
+    with pytest.raises(ResultSerializationError, match=r"is 62 bytes .* max_result_bytes=61 "):
+        await call(text, **journaled(61))
+    with pytest.raises(ResultSerializationError, match=r"is 602 bytes .* max_result_bytes=100 "):
+        await call(text * 10, **journaled(100))
+
+
+async def test_large_sizes_are_given_in_mib() -> None:
+    with pytest.raises(ResultSerializationError) as refused:
+        await call(["x" * 1024] * 3 * 1024, **journaled(2 * 1024 * 1024))
+    assert " is 3.0 MiB when encoded " in str(refused.value)
+    assert "over max_result_bytes=2097152 (2.0 MiB)." in str(refused.value)
+
+
+async def test_without_a_journal_no_size_limit_applies() -> None:
+    # Nothing is stored, so nothing is too large to store.
+    state = await call("x" * 1000, max_result_bytes=100)
+    assert state.history["dump"].result == "x" * 1000
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ([Doc(text="a"), Doc(text="b")], f"list[{__name__}:Doc]"),
+        ((Doc(text="a"),), f"tuple[{__name__}:Doc]"),
+        ({"a": Doc(text="a")}, f"dict[{__name__}:Doc]"),
+        ((1, 2), "tuple"),
+        ({1, 2}, "set"),
+        (frozenset({1}), "frozenset"),
+        ([1, 2], None),
+        ({"a": 1}, None),
+        ([], None),
+        ([Doc(text="a"), Note(text="b")], None),  # one model type or nothing
+        ([Doc(text="a"), 1], None),
+        ({1: Doc(text="a")}, None),  # JSON keys are strings: not restorable as given
+        ({"a": Doc(text="a"), "b": Note(text="b")}, None),
+        ({"a": 1, "b": Doc(text="b")}, None),
+        ({"a": Doc(text="a"), "b": 1}, None),
+    ],
+)
+def test_the_recorded_type_of_a_container_result(value: Any, expected: str | None) -> None:
+    assert container_type(value) == expected
+
+
+async def test_a_failed_journal_stops_the_run_with_what_failed_and_what_to_do() -> None:
+    backend = FullDisk(InMemoryStateBackend(), room=1)
+    state = ExecutionState(telemetry=False, state_id="run-7", state_backend=backend)
+    with pytest.raises(StateError) as failed:
+        await ExecutionEvent(actor=returning(1))(None, {}, state)
+    assert str(failed.value) == (
+        "Could not append 'dump' (completed) to the history of state run-7: OSError: "
+        "[Errno 28] No space left on device. Everything recorded before is intact; fix "
+        "the backend (e.g. free disk space) and resume the run."
+    )
+    assert isinstance(failed.value.__cause__, OSError)
+    backend.room = 10  # even with room again, the state records nothing more
+    with pytest.raises(StateError) as again:
+        await ExecutionEvent(actor=returning(2))(None, {}, state)
+    assert again.value is failed.value
+    assert [r["status"] for r in backend.load_events("run-7")] == ["started"]
+
+
+async def test_each_call_of_a_reused_event_records_its_own_result() -> None:
+    values = iter([{"a": [1]}, 5, (Doc(text="c"),), None])
+
+    async def handler(data: Any, extra: Any, state: Any) -> Any:
+        return next(values)
+
+    state = ExecutionState(telemetry=False, state_backend=InMemoryStateBackend())
+    event: ExecutionEvent[Any] = ExecutionEvent(actor=Tool(name="t", handler=handler))
+    for _ in range(4):
+        assert (await event(None, {}, state)).ok
+    completed = [
+        (r["address"], r.get("result"), r.get("result_type"))
+        for r in state.history.to_records()
+        if r["status"] == "completed"
+    ]
+    assert completed == [
+        ("t", {"a": [1]}, None),
+        ("t#1", 5, None),
+        ("t#2", [{"text": "c"}], f"tuple[{__name__}:Doc]"),
+        ("t#3", None, None),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("make", "kind"),
+    [(lambda: (i for i in range(3)), "generator"), (lambda: iter([1, 2]), "list_iterator")],
+)
+async def test_an_iterator_result_is_refused_in_one_plain_sentence(make: Any, kind: str) -> None:
+    with pytest.raises(ResultSerializationError) as refused:
+        await call(make(), state_backend=InMemoryStateBackend())
+    assert str(refused.value) == (
+        f"The result of actor 'dump' is a {kind}, which storing in the history would "
+        "consume (and a resumed run could not replay); return a list (or another value) "
+        "instead."
+    )
