@@ -264,7 +264,7 @@ def scratch_for(name: str, target: Target, fresh: bool) -> Path:
     """The scratch directory of ``target``: links to the tree, a pyproject of its own."""
     scratch = SCRATCH / name
     scratch.mkdir(parents=True, exist_ok=True)
-    for entry in ("rh_agents", "tests"):
+    for entry in ("rh_agents", "tests", "docs"):  # some tests read the documentation
         link = scratch / entry
         if not link.is_symlink():
             link.symlink_to(ROOT / entry)
@@ -274,6 +274,7 @@ def scratch_for(name: str, target: Target, fresh: bool) -> Path:
     settings = {
         **base,
         "only_mutate": [target.module],
+        "also_copy": ["docs"],
         "pytest_add_cli_args_test_selection": tests,
     }
     block = "[tool.mutmut]\n" + "".join(
