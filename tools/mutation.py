@@ -184,7 +184,14 @@ for _name, _tests in {
     "context": (*_CORE, "tests/executors"),
     "errors": _CORE,
     "events": _EVENTS,
-    "execution": (*_RUNNER, "tests/core/test_core_addresses.py", "tests/core/test_safe_restore.py"),
+    "execution": (
+        *_RUNNER,
+        "tests/core/test_core_addresses.py",
+        "tests/core/test_safe_restore.py",
+        "tests/core/test_state_options.py",
+        "tests/telemetry/test_telemetry_defaults.py",  # telemetry resolved per state
+        "tests/parallel/test_group_arguments.py",  # state.parallel() passes them on
+    ),
     "executors": (*_CORE, "tests/executors", "tests/docs/test_import_paths.py"),
     "hooks": (
         *_CORE,

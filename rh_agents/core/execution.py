@@ -390,11 +390,12 @@ class ExecutionState:
                 was written by another schema version.
         """
         snapshot, history, program = load_state_history(state_id, state_backend)
+        # load_state_history refused a snapshot whose storage is not a dict.
         storage = snapshot.execution_state.get("storage") or {}
         return cls._restored(
             snapshot,
             history,
-            dict(storage) if isinstance(storage, dict) else {},
+            dict(storage),
             program,
             pipeline_name,
             state_backend=state_backend,
