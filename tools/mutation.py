@@ -17,6 +17,7 @@ Usage::
     python tools/mutation.py --survivors retry     # also list the survivors
     python tools/mutation.py --jobs 2              # mutmut workers per module
     python tools/mutation.py --keep retry          # re-test only what changed
+    python tools/mutation.py --retest retry        # the survivors, with new tests
 
 The scores and the survivors judged equivalent are in docs/testing.md.
 """
@@ -180,7 +181,12 @@ _REPLAY = (
 )
 for _name, _tests in {
     "actors": (*_EVENTS, "tests/core/test_cache_key.py", "tests/core/test_usage.py"),
-    "bus": (*_EVENTS, "tests/core/test_bus_under_load.py", "tests/printing/test_printer.py"),
+    "bus": (
+        *_EVENTS,
+        "tests/core/test_bus_contract.py",
+        "tests/core/test_bus_under_load.py",
+        "tests/printing/test_printer.py",
+    ),
     "context": (*_CORE, "tests/executors"),
     "errors": _CORE,
     "events": _EVENTS,
@@ -218,7 +224,19 @@ for _name, _tests in {
         "tests/parallel/test_item_deadlines.py",
     ),
     "_models": _CORE,
-    "_runner": _RUNNER,
+    "_runner": (
+        *_RUNNER,
+        "tests/core/test_result_types.py",
+        "tests/core/test_validate.py",
+        "tests/core/test_recording_contract.py",
+        # an event as a group item: its metadata, pause, cancellation, replay
+        "tests/parallel/test_parallel_api.py",
+        "tests/parallel/test_parallel_cancellation.py",
+        "tests/parallel/test_parallel_replay.py",
+        "tests/parallel/test_item_attempts.py",
+        "tests/parallel/test_fail_fast_actor_items.py",
+        "tests/parallel/test_parallel_structure.py",
+    ),
     "_validate": _CORE,
     "_pause": _CORE,
     "clock": _CORE,
@@ -309,30 +327,31 @@ def _toml(value: object) -> str:
 def run(args: argparse.Namespace, name: str, target: Target) -> tuple[int, int, list[str]]:
     """Mutate one module; (mutants, detected, survivor lines), mutants -1 when the clean
     run (the selected tests against the unmutated code) failed."""
-    scratch = scratch_for(name, target, fresh=not args.keep)
+    scratch = scratch_for(name, target, fresh=not (args.keep or args.retest))
     mutmut = Path(sys.executable).parent / "mutmut"
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
     started = time.monotonic()
     print(f"== {target.module}: mutmut run ({', '.join(target.tests)})", flush=True)
     log = scratch / "run.log"
+    again: list[str] = []
+    if args.retest:
+        # The survivors of the last run only, against the tests selected now (tests
+        # added since are copied in; the mutants stay those of the last run).
+        again = [key for key, status in _statuses(mutmut, scratch, env) if status not in DETECTED]
     with log.open("w") as out:
-        finished = subprocess.run(
-            [str(mutmut), "run", "--max-children", str(args.jobs)],
-            cwd=scratch,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            check=False,
+        finished = (
+            subprocess.run(
+                [str(mutmut), "run", "--max-children", str(args.jobs), *again],
+                cwd=scratch,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                check=False,
+            )
+            if again or not args.retest
+            else subprocess.CompletedProcess([], 0)
         )
-    listing = subprocess.run(
-        [str(mutmut), "results", "--all", "true"],
-        cwd=scratch,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout
-    statuses = re.findall(r"^\s+(\S+): (.+)$", listing, flags=re.MULTILINE)
+    statuses = _statuses(mutmut, scratch, env)
     if finished.returncode == 0 and not statuses:
         print("   no mutants (mutmut mutates functions; this module has none it mutates)")
         return 0, 0, []
@@ -355,6 +374,19 @@ def run(args: argparse.Namespace, name: str, target: Target) -> tuple[int, int, 
     return len(statuses), detected, lost
 
 
+def _statuses(mutmut: Path, scratch: Path, env: dict[str, str]) -> list[tuple[str, str]]:
+    """(mutant, status) of every mutant of the scratch directory's last run."""
+    listing = subprocess.run(
+        [str(mutmut), "results", "--all", "true"],
+        cwd=scratch,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout
+    return re.findall(r"^\s+(\S+): (.+)$", listing, flags=re.MULTILINE)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("modules", nargs="*", choices=[[], *TARGETS], default=[])
@@ -364,6 +396,11 @@ def main() -> int:
         "--keep",
         action="store_true",
         help="keep the previous run's mutants and results (only what changed runs again)",
+    )
+    parser.add_argument(
+        "--retest",
+        action="store_true",
+        help="run the last run's survivors again, against the tests selected now",
     )
     args = parser.parse_args()
     names = args.modules or list(TARGETS)

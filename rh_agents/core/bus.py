@@ -146,7 +146,8 @@ class EventBus:
         self.subscriber_queue_size: int = subscriber_queue_size
         self._subscribers: tuple[_Subscriber, ...] = ()
         self._streams: list[EventStream] = []
-        self._tasks: set[asyncio.Task[None]] = set()
+        # the background delivery tasks, and whom each serves (maybe unsubscribed since)
+        self._tasks: dict[asyncio.Task[None], _Subscriber] = {}
         self.subscriber_errors: int = 0
         """Exceptions raised by subscribers, over all of them."""
         self.subscriber_timeouts: int = 0
@@ -297,20 +298,27 @@ class EventBus:
                 self._drain(sub), name=f"rh_agents subscriber {sub.key!r:.40}"
             )
             sub.task = task
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._tasks[task] = sub
+            task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._tasks.pop(task, None)
 
     async def _drain(self, sub: _Subscriber) -> None:
         limit = self.subscriber_timeout
         while sub.queue:
             event = sub.queue.popleft()
+            scope = asyncio.timeout(limit)
             try:
-                async with asyncio.timeout(limit):
+                async with scope:
                     outcome = sub.fn(event)
                     if inspect.isawaitable(outcome):
                         await outcome
             except TimeoutError:
-                self._timed_out(sub)
+                if scope.expired():
+                    self._timed_out(sub)
+                else:
+                    self._report(sub)  # the subscriber's own TimeoutError: an error
             except asyncio.CancelledError:
                 if _being_cancelled():
                     self._lost(sub, 1)  # the delivery the bus's closing cut short
@@ -359,7 +367,9 @@ class EventBus:
         self.close()
         if grace > 0:
             await self.drain(grace)
-        for sub in self._subscribers:
+        # An unsubscribed subscriber may still have events queued (they are delivered
+        # until the bus is closed): what is left of them is dropped and counted too.
+        for sub in {*self._subscribers, *self._tasks.values()}:
             self._lost(sub, len(sub.queue))
             sub.queue.clear()
         await cancel_and_wait(self._drainers())
@@ -460,8 +470,10 @@ class EventStream:
         return item
 
     async def aclose(self) -> None:
-        """Stop receiving events."""
-        self._closed = True
+        """Stop receiving events (a reader ends after the events already queued)."""
+        if not self._closed:
+            self._closed = True
+            self._end()  # wakes a reader waiting in another task
         self._bus._drop(self)
 
     async def __aenter__(self) -> EventStream:
