@@ -229,6 +229,7 @@ for _name, _tests in {
         "tests/core/test_result_types.py",
         "tests/core/test_validate.py",
         "tests/core/test_recording_contract.py",
+        "tests/core/test_runner_contract.py",
         # an event as a group item: its metadata, pause, cancellation, replay
         "tests/parallel/test_parallel_api.py",
         "tests/parallel/test_parallel_cancellation.py",
