@@ -17,7 +17,6 @@ Usage::
     python tools/mutation.py --survivors retry     # also list the survivors
     python tools/mutation.py --jobs 2              # mutmut workers per module
     python tools/mutation.py --keep retry          # re-test only what changed
-    python tools/mutation.py --retest retry        # the survivors, with new tests
 
 The scores and the survivors judged equivalent are in docs/testing.md.
 """
@@ -328,29 +327,20 @@ def _toml(value: object) -> str:
 def run(args: argparse.Namespace, name: str, target: Target) -> tuple[int, int, list[str]]:
     """Mutate one module; (mutants, detected, survivor lines), mutants -1 when the clean
     run (the selected tests against the unmutated code) failed."""
-    scratch = scratch_for(name, target, fresh=not (args.keep or args.retest))
+    scratch = scratch_for(name, target, fresh=not args.keep)
     mutmut = Path(sys.executable).parent / "mutmut"
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
     started = time.monotonic()
     print(f"== {target.module}: mutmut run ({', '.join(target.tests)})", flush=True)
     log = scratch / "run.log"
-    again: list[str] = []
-    if args.retest:
-        # The survivors of the last run only, against the tests selected now (tests
-        # added since are copied in; the mutants stay those of the last run).
-        again = [key for key, status in _statuses(mutmut, scratch, env) if status not in DETECTED]
     with log.open("w") as out:
-        finished = (
-            subprocess.run(
-                [str(mutmut), "run", "--max-children", str(args.jobs), *again],
-                cwd=scratch,
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                check=False,
-            )
-            if again or not args.retest
-            else subprocess.CompletedProcess([], 0)
+        finished = subprocess.run(
+            [str(mutmut), "run", "--max-children", str(args.jobs)],
+            cwd=scratch,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            check=False,
         )
     statuses = _statuses(mutmut, scratch, env)
     if finished.returncode == 0 and not statuses:
@@ -397,11 +387,6 @@ def main() -> int:
         "--keep",
         action="store_true",
         help="keep the previous run's mutants and results (only what changed runs again)",
-    )
-    parser.add_argument(
-        "--retest",
-        action="store_true",
-        help="run the last run's survivors again, against the tests selected now",
     )
     args = parser.parse_args()
     names = args.modules or list(TARGETS)
