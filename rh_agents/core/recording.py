@@ -283,7 +283,7 @@ class Recorder:
         if isinstance(value, str):
             # JSON escapes a character into at most 6 bytes; measure only when it matters.
             if limit is not None and len(value) * 6 + 2 > limit:
-                _check_size(actor, value, len(json.dumps(value)), limit)
+                _check_size(actor, len(json.dumps(value)), limit)
             private["_record_result"] = None
             private["_result_type"] = None
             return
@@ -314,12 +314,12 @@ class Recorder:
                 f"could not be resumed. {hint}"
             ) from exc
         if limit is not None:
-            _check_size(actor, value, size, limit)  # outside: its error is not wrapped
+            _check_size(actor, size, limit)  # outside: its error is not wrapped
         private["_record_result"] = encoded
         private["_result_type"] = result_type
 
 
-def _check_size(actor: BaseActor, value: Any, size: int, limit: int) -> None:
+def _check_size(actor: BaseActor, size: int, limit: int) -> None:
     if size > limit:
         raise ResultSerializationError(
             f"The result of actor '{actor.name}' is {_mib(size)} when encoded for the "

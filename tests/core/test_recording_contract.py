@@ -4,6 +4,7 @@ the run, and records that follow each call of a reused event."""
 
 from __future__ import annotations
 
+import datetime
 from typing import Any
 
 import pytest
@@ -158,3 +159,44 @@ async def test_an_iterator_result_is_refused_in_one_plain_sentence(make: Any, ki
         "consume (and a resumed run could not replay); return a list (or another value) "
         "instead."
     )
+
+
+class Stamp(BaseModel):
+    at: datetime.datetime
+    tags: list[str]
+
+
+async def test_a_model_result_is_recorded_in_its_json_form_as_it_was_returned() -> None:
+    returned = Stamp(at=datetime.datetime(2026, 1, 2, 3, 4, 5), tags=["a"])
+    state = await call(returned, state_backend=InMemoryStateBackend())
+    returned.tags.append("changed later by the caller")
+    record = next(r for r in state.history.to_records() if r["status"] == "completed")
+    assert record["result"] == {"at": "2026-01-02T03:04:05", "tags": ["a"]}
+    assert record["result_type"] == f"{__name__}:Stamp"
+
+
+async def test_a_text_result_records_no_type() -> None:
+    state = await call("plain text", state_backend=InMemoryStateBackend())
+    record = next(r for r in state.history.to_records() if r["status"] == "completed")
+    assert record["result"] == "plain text" and "result_type" not in record
+
+
+async def test_a_result_without_a_json_form_is_refused_with_advice() -> None:
+    with pytest.raises(ResultSerializationError) as refused:
+        await call(object())
+    assert str(refused.value) == (
+        "The result of actor 'dump' is a object that cannot be stored in the history "
+        "(PydanticSerializationError: Unable to serialize unknown type: <class 'object'>), "
+        "so the run could not be resumed. Return a pydantic model, primitives, lists or "
+        "dicts."
+    )
+    cycle: list[Any] = []
+    cycle.append(cycle)
+    with pytest.raises(ResultSerializationError) as circular:
+        await call(cycle)
+    assert str(circular.value) == (
+        "The result of actor 'dump' is a list that cannot be stored in the history "
+        "(ValueError: Circular reference detected (id repeated)), so the run could not be "
+        "resumed. It refers to itself (a cycle); return a copy without the back-reference."
+    )
+    assert isinstance(circular.value.__cause__, ValueError)
