@@ -177,6 +177,8 @@ _REPLAY = (
     "tests/core/test_interrupts.py",
     "tests/core/test_history_roundtrip.py",
     "tests/parallel/test_parallel_replay.py",
+    "tests/core/test_replay_contract.py",
+    "tests/reliability/test_reliability_misuse.py",
 )
 for _name, _tests in {
     "actors": (*_EVENTS, "tests/core/test_cache_key.py", "tests/core/test_usage.py"),
