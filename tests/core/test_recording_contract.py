@@ -11,10 +11,22 @@ import pytest
 from pydantic import BaseModel
 
 from rh_agents import ExecutionEvent, ExecutionState, Tool
-from rh_agents.core.errors import ResultSerializationError, StateError
+from rh_agents.core.errors import (
+    LifecycleError,
+    ResultSerializationError,
+    StateError,
+    StateLockedError,
+)
 from rh_agents.core.recording import container_type
+from rh_agents.core.state_recovery import StateMetadata, StateStatus
 from rh_agents.state_backends import InMemoryStateBackend
 from tests.journal_faults import FullDisk
+from tests.user_backends import PlainJournalBackend, SnapshotOnlyBackend
+
+
+class Unencodable:
+    def __repr__(self) -> str:
+        return "<Unencodable 1>"
 
 
 class Doc(BaseModel):
@@ -200,3 +212,96 @@ async def test_a_result_without_a_json_form_is_refused_with_advice() -> None:
         "resumed. It refers to itself (a cycle); return a copy without the back-reference."
     )
     assert isinstance(circular.value.__cause__, ValueError)
+
+
+async def test_a_plain_user_journal_records_every_status_change_and_resumes() -> None:
+    backend = PlainJournalBackend()
+    state = ExecutionState(
+        telemetry=False,
+        state_id="plain",
+        state_backend=backend,  # type: ignore[arg-type]
+        storage={"odd": Unencodable()},
+        metadata=StateMetadata(pipeline_name="nightly"),
+    )
+    state.artifact_refs["report"] = "ref-1"
+    assert backend.load_events("plain") == []  # nothing written before the first call
+    await ExecutionEvent(actor=returning({"n": 1}))(None, {}, state)
+    assert [(r["address"], r["status"]) for r in backend.load_events("plain")] == [
+        ("dump", "started"),
+        ("dump", "completed"),
+    ]
+    first = backend.load_state("plain")  # the run's first snapshot: the journal is its history
+    assert first is not None
+    assert first.execution_state == {"events": [], "storage": {"odd": "<Unencodable 1>"}}
+    assert first.metadata.pipeline_name == "nightly"
+    assert first.artifact_refs == {"report": "ref-1"}
+    statistics = state.recorder.statistics()
+    assert (statistics.records, statistics.commits) == (2, 2)
+
+    loaded = ExecutionState.load_from_state_id("plain", backend)  # type: ignore[arg-type]
+    replayed = await ExecutionEvent(actor=returning({"n": 2}))(None, {}, loaded)
+    assert replayed.result == {"n": 1} and replayed.replayed
+    with pytest.raises(LifecycleError) as taken:
+        ExecutionState(state_id="plain", state_backend=backend)  # type: ignore[arg-type]
+    assert str(taken.value).startswith(
+        "PlainJournalBackend already holds a history for state 'plain'."
+    )
+
+
+async def test_a_snapshot_only_backend_records_no_journal() -> None:
+    backend = SnapshotOnlyBackend()
+    state = ExecutionState(telemetry=False, state_id="s", state_backend=backend)  # type: ignore[arg-type]
+    await ExecutionEvent(actor=returning(1))(None, {}, state)
+    assert state.recorder.journal is None and backend.snapshots == {}
+    again = ExecutionState(telemetry=False, state_id="s", state_backend=backend)  # type: ignore[arg-type]
+    assert (await ExecutionEvent(actor=returning(2))(None, {}, again)).result == 2
+
+
+async def test_the_statistics_add_up_over_the_runs_of_a_state() -> None:
+    state = ExecutionState(telemetry=False, state_backend=InMemoryStateBackend())
+    tool = returning(1)
+    for _ in range(3):  # each top-level call opens the run's journal and closes it
+        await ExecutionEvent(actor=tool)(None, {}, state)
+    statistics = state.recorder.statistics()
+    assert statistics.records == 6
+    assert 1 <= statistics.commits <= 6
+    assert statistics.commit_seconds >= 0.0
+    assert statistics.largest_commit >= 1
+
+
+async def test_the_run_stays_held_until_its_last_open_call_ends() -> None:
+    backend = InMemoryStateBackend()
+    state = ExecutionState(telemetry=False, state_id="held", state_backend=backend)
+    attempts: list[str] = []
+
+    async def inner(data: Any, extra: Any, st: Any) -> int:
+        return 1
+
+    async def outer(data: Any, extra: Any, st: Any) -> int:
+        first = await ExecutionEvent(actor=Tool(name="inner", handler=inner))(None, {}, st)
+        second = await ExecutionEvent(actor=Tool(name="inner", handler=inner))(None, {}, st)
+        # Both nested calls ended, the outer one has not: a second writer is refused.
+        other = ExecutionState.load_from_state_id("held", backend, check_program=False)
+        try:
+            await ExecutionEvent(actor=Tool(name="intruder", handler=inner))(None, {}, other)
+        except StateLockedError:
+            attempts.append("refused")
+        return first.result + second.result
+
+    result = await ExecutionEvent(actor=Tool(name="outer", handler=outer))(None, {}, state)
+    assert result.result == 2 and attempts == ["refused"]
+    # Once the outer call ended, the run is free for the next writer.
+    later = ExecutionState.load_from_state_id("held", backend)
+    assert (await ExecutionEvent(actor=Tool(name="outer", handler=outer))(None, {}, later)).replayed
+
+
+@pytest.mark.parametrize("backend", [InMemoryStateBackend, PlainJournalBackend])
+async def test_a_later_call_keeps_the_checkpoint_saved_before_it(backend: Any) -> None:
+    backend = backend()
+    state = ExecutionState(telemetry=False, state_id="kept", state_backend=backend)
+    await ExecutionEvent(actor=returning(1))(None, {}, state)
+    assert state.save_checkpoint(StateStatus.PAUSED, StateMetadata(description="halfway"))
+    await ExecutionEvent(actor=returning(2))(None, {}, state)  # opens the run again
+    stored = backend.load_state("kept")
+    assert stored is not None
+    assert stored.status is StateStatus.PAUSED and stored.metadata.description == "halfway"
