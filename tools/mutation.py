@@ -201,7 +201,7 @@ for _name, _tests in {
     ),
     "executors": (*_CORE, "tests/executors", "tests/docs/test_import_paths.py"),
     "hooks": (
-        *_CORE,
+        *_CORE,  # tests/core/test_hooks.py among them
         "tests/telemetry/test_telemetry.py",
         "tests/telemetry/test_telemetry_defaults.py",
         "tests/telemetry/test_telemetry_usage.py",

@@ -11,6 +11,8 @@ from rh_agents import ExecutionEvent, ExecutionState, Tool
 from rh_agents.core.bus import EventBus
 from rh_agents.core.circuit_breaker import CircuitBreakerRegistry
 from rh_agents.core.errors import InvalidArgumentError, LifecycleError, SnapshotMismatchError
+from rh_agents.core.limiter import Limiter
+from rh_agents.core.parallel import ErrorStrategy
 from rh_agents.core.replay import ReplayMode
 from rh_agents.core.state_recovery import StateMetadata, StateStatus
 from rh_agents.state_backends import InMemoryStateBackend
@@ -159,3 +161,22 @@ async def test_a_state_from_a_snapshot_checks_the_program_that_resumes_it() -> N
     newer = Tool(name="echo", handler=echo, version="2")
     with pytest.raises(SnapshotMismatchError, match=r"version"):
         await ExecutionEvent(actor=newer)(1, {}, restored)
+
+
+def test_state_parallel_has_the_documented_defaults_and_passes_arguments_on() -> None:
+    state = ExecutionState(telemetry=False)
+    default = state.parallel()
+    assert default.max_workers == 5
+    assert default.timeout is None and default.limiter is None
+    assert default.error_strategy is ErrorStrategy.FAIL_SLOW
+    assert default.policy is None  # no retries, breaker, limiter or item timeout
+
+    limiter = Limiter("api", max_concurrency=2)
+    group = state.parallel(
+        max_workers=3, error_strategy="fail_fast", timeout=2.5, limiter=limiter, max_retries=1
+    )
+    assert group.max_workers == 3 and group.timeout == 2.5 and group.limiter is limiter
+    assert group.error_strategy is ErrorStrategy.FAIL_FAST
+    assert group.policy is not None and group.policy.retry is not None
+    assert group.policy.retry.max_attempts == 2
+    assert group.policy.retry.initial_delay == 1.0  # retry_delay's default
