@@ -4,7 +4,8 @@
 that the journals its runs record into accept ``room`` more records in total and then
 fail every append like a full disk (``OSError`` 28), as a driver error reaches the core.
 ``Forwarding(backend)`` only delegates, through ``__getattr__``, as a user's logging
-wrapper would.
+wrapper would. ``FailingCommit(backend)`` accepts every record but fails every commit
+that a caller waits for (``flush``), as a disk error at commit time reaches the core.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 
 from rh_agents.core.storage import JournalOpening, JournalStatistics, LeaseHolder, RunJournal
 
-__all__ = ["Forwarding", "FullDisk"]
+__all__ = ["FailingCommit", "Forwarding", "FullDisk"]
 
 
 class Forwarding:
@@ -67,3 +68,15 @@ class _FullRun:
 
     def statistics(self) -> JournalStatistics:
         return self._inner.statistics()
+
+
+class FailingCommit(Forwarding):
+    """``inner`` whose runs fail every awaited commit with ``OSError`` 5."""
+
+    def open_run(self, opening: JournalOpening) -> RunJournal:
+        return _FailingRun(self.inner.open_run(opening))
+
+
+class _FailingRun(Forwarding):
+    async def flush(self) -> None:
+        raise OSError(5, "Input/output error")

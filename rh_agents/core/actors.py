@@ -139,7 +139,7 @@ class BaseActor(BaseModel, Generic[InT, OutT]):
     """
 
     model_config: ClassVar[ConfigDict] = ConfigDict(
-        arbitrary_types_allowed=True, validate_assignment=True
+        arbitrary_types_allowed=True, validate_assignment=True, extra="forbid"
     )
 
     name: str
@@ -345,7 +345,7 @@ class ToolSet(BaseModel):
         True
     """
 
-    model_config: ClassVar[ConfigDict] = ConfigDict(arbitrary_types_allowed=True)
+    model_config: ClassVar[ConfigDict] = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
 
     tools: list[Tool] = Field(default_factory=list)
 

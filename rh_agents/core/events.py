@@ -64,7 +64,7 @@ class ExecutionEvent(BaseModel, Generic[T]):
         >>> result = await event(Query(text="x"), {}, state)  # doctest: +SKIP
     """
 
-    model_config: ClassVar[ConfigDict] = ConfigDict(arbitrary_types_allowed=True)
+    model_config: ClassVar[ConfigDict] = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
 
     if TYPE_CHECKING:
         # Type checkers infer T from the actor: ExecutionEvent(actor=Tool[Q, A](...)) is

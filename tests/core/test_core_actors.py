@@ -8,6 +8,7 @@ import pytest
 from pydantic import BaseModel
 
 from rh_agents.core.actors import LLM, Agent, BaseActor, Tool, ToolSet
+from rh_agents.core.events import ExecutionEvent
 from rh_agents.core.types import EventType, ExecutionStatus
 
 
@@ -172,3 +173,19 @@ def test_an_agent_takes_a_plain_list_of_tools() -> None:
     assert isinstance(agent.tools, ToolSet)
     assert [t.name for t in agent.tools] == ["search", "fetch"]
     assert agent.tools["fetch"].name == "fetch"
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: Tool(name="t", handler=echo, retry=3),  # retry_config= is the setting
+        lambda: LLM(name="m", handler=echo, cache_tl=60),
+        lambda: Agent(name="a", handler=echo, tool=[]),
+        lambda: ToolSet(tool=[]),
+        lambda: ExecutionEvent(actor=Tool(name="t", handler=echo), tagg="first"),
+    ],
+    ids=["Tool", "LLM", "Agent", "ToolSet", "ExecutionEvent"],
+)
+def test_a_misspelt_setting_is_refused_not_ignored(build: Any) -> None:
+    with pytest.raises(ValueError, match="Extra inputs are not permitted"):
+        build()

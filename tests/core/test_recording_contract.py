@@ -18,9 +18,10 @@ from rh_agents.core.errors import (
     StateLockedError,
 )
 from rh_agents.core.recording import container_type
+from rh_agents.core.retry import RetryConfig
 from rh_agents.core.state_recovery import StateMetadata, StateStatus
-from rh_agents.state_backends import InMemoryStateBackend
-from tests.journal_faults import FullDisk
+from rh_agents.state_backends import InMemoryStateBackend, SQLiteStateBackend
+from tests.journal_faults import FailingCommit, FullDisk
 from tests.user_backends import PlainJournalBackend, SnapshotOnlyBackend
 
 
@@ -305,3 +306,96 @@ async def test_a_later_call_keeps_the_checkpoint_saved_before_it(backend: Any) -
     stored = backend.load_state("kept")
     assert stored is not None
     assert stored.status is StateStatus.PAUSED and stored.metadata.description == "halfway"
+
+
+async def test_a_coroutine_result_is_refused_in_one_plain_sentence() -> None:
+    async def later() -> int:
+        return 1
+
+    pending = later()
+    try:
+        with pytest.raises(ResultSerializationError) as refused:
+            await call(pending)
+    finally:
+        pending.close()
+    assert str(refused.value).startswith("The result of actor 'dump' is a coroutine, which ")
+
+
+async def test_a_limit_of_one_mib_is_shown_in_mib() -> None:
+    with pytest.raises(ResultSerializationError) as refused:
+        await call("x" * (1024 * 1024), **journaled(1024 * 1024))
+    assert "is 1.0 MiB when encoded" in str(refused.value)
+    assert "over max_result_bytes=1048576 (1.0 MiB)." in str(refused.value)
+
+
+async def test_a_failed_commit_names_the_entry_and_releases_the_run() -> None:
+    memory = InMemoryStateBackend()
+    state = ExecutionState(
+        telemetry=False,
+        state_id="io",
+        state_backend=FailingCommit(memory),  # type: ignore[arg-type]
+    )
+    with pytest.raises(StateError) as failed:
+        await ExecutionEvent(actor=returning(1))(None, {}, state)
+    assert str(failed.value).startswith(
+        "Could not append 'dump' (started) to the history of state io: OSError: [Errno 5] "
+    )  # the first record of a run is committed before the handler runs
+    # The failed journal was closed: the run is free for the next writer.
+    resumed = ExecutionState.load_from_state_id("io", memory)
+    assert (await ExecutionEvent(actor=returning(2))(None, {}, resumed)).result == 2
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+async def test_the_run_stays_held_while_a_call_backs_off_a_retry(kind: str, tmp_path: Any) -> None:
+    backend: Any = (
+        InMemoryStateBackend() if kind == "memory" else SQLiteStateBackend(tmp_path / "h.db")
+    )
+    state = ExecutionState(telemetry=False, state_id="retry", state_backend=backend)
+    intruder_ran: list[bool] = []
+    outcomes: list[str] = []
+
+    async def intruder(data: Any, extra: Any, st: Any) -> int:
+        intruder_ran.append(True)
+        return 0
+
+    async def flaky(data: Any, extra: Any, st: Any) -> int:
+        if not outcomes:
+            outcomes.append("failed once")
+            raise ConnectionError("try again")
+        # The first attempt failed and was recorded as RETRYING: the run is still held.
+        other = ExecutionState.load_from_state_id("retry", backend, check_program=False)
+        try:
+            await ExecutionEvent(actor=Tool(name="intruder", handler=intruder))(None, {}, other)
+        except StateLockedError:
+            outcomes.append("intruder refused")
+        return 1
+
+    tool = Tool(
+        name="flaky", handler=flaky, retry_config=RetryConfig(max_attempts=2, initial_delay=0.01)
+    )
+    try:
+        assert (await ExecutionEvent(actor=tool)(None, {}, state)).result == 1
+    finally:
+        if kind == "sqlite":
+            backend.close()
+    assert outcomes == ["failed once", "intruder refused"] and not intruder_ran
+
+
+async def test_statistics_count_the_open_journal_and_add_up_commit_time(tmp_path: Any) -> None:
+    backend = SQLiteStateBackend(tmp_path / "s.db")
+    state = ExecutionState(telemetry=False, state_backend=backend)
+    during: list[int] = []
+
+    async def look(data: Any, extra: Any, st: ExecutionState) -> int:
+        during.append(st.recorder.statistics().records)
+        return 1
+
+    try:
+        for _ in range(2):
+            await ExecutionEvent(actor=Tool(name="look", handler=look))(None, {}, state)
+    finally:
+        backend.close()
+    statistics = state.recorder.statistics()
+    assert statistics.records == 4
+    assert during == [1, 3]  # each call's STARTED record was committed before its handler ran
+    assert statistics.commit_seconds > 0
