@@ -152,7 +152,10 @@ async def test_a_paused_call_records_how_many_answers_it_awaits() -> None:
 
     tool = Tool(name="ask", handler=ask_twice)
     result = await ExecutionEvent(actor=tool)(None, {}, state)
-    assert not result.ok and result.status is S.AWAITING
-    assert result.error_type == "Interrupted"
+    assert result.ok is False and result.status is S.AWAITING
+    assert result.error_type == "Interrupted" and result.address == "ask"
+    assert result.error_message == str(result.exception)
+    assert result.error_message.startswith("The run is waiting for 2 answer(s) at ")
+    assert result.metadata == {}  # a top-level call, not a group item
     assert entries(state, "ask") == [(S.STARTED, None), (S.AWAITING, "awaiting 2 answer(s)")]
     assert result.execution_time is not None and 0 <= result.execution_time < 60
