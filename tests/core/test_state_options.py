@@ -118,41 +118,43 @@ async def test_a_snapshot_keeps_artifact_references_and_shows_unencodable_storag
     assert restored.artifact_refs == {"report": "artifacts/report-1"}
 
 
-async def test_a_loaded_state_takes_the_callers_options() -> None:
-    backend, _ = await recorded_run()
+def _load(backend: InMemoryStateBackend, state: ExecutionState, **options: Any) -> ExecutionState:
+    return ExecutionState.load_from_state_id(state.state_id, backend, **options)
+
+
+def _from_snapshot(
+    backend: InMemoryStateBackend, state: ExecutionState, **options: Any
+) -> ExecutionState:
+    return ExecutionState.from_snapshot(state.to_snapshot(), **options)
+
+
+@pytest.mark.parametrize(
+    ("restore", "mode", "expected"),
+    [
+        (_load, ReplayMode.VALIDATION, ReplayMode.VALIDATION),
+        (_from_snapshot, "republish_all", ReplayMode.REPUBLISH_ALL),
+    ],
+    ids=["load_from_state_id", "from_snapshot"],
+)
+async def test_a_restored_state_takes_the_callers_options(
+    restore: Any, mode: Any, expected: ReplayMode
+) -> None:
+    backend, state = await recorded_run()
     artifacts, bus, clock = object(), EventBus(), FakeClock()
-    loaded = ExecutionState.load_from_state_id(
-        "run-1",
+    restored = restore(
         backend,
-        artifact_backend=artifacts,  # type: ignore[arg-type]
+        state,
+        artifact_backend=artifacts,
         event_bus=bus,
-        replay_mode=ReplayMode.VALIDATION,
-        pipeline_name="triage",
-        clock=clock,
-    )
-    assert loaded.artifact_backend is artifacts
-    assert loaded.event_bus is bus
-    assert loaded.replay_mode is ReplayMode.VALIDATION
-    assert loaded.clock is clock
-    assert loaded.metadata.pipeline_name == "triage"  # adopted: the run recorded none
-
-
-async def test_a_state_from_a_snapshot_takes_the_callers_options() -> None:
-    _, state = await recorded_run()
-    artifacts, bus, clock = object(), EventBus(), FakeClock()
-    restored = ExecutionState.from_snapshot(
-        state.to_snapshot(),
-        artifact_backend=artifacts,  # type: ignore[arg-type]
-        event_bus=bus,
-        replay_mode="republish_all",
+        replay_mode=mode,
         pipeline_name="triage",
         clock=clock,
     )
     assert restored.artifact_backend is artifacts
     assert restored.event_bus is bus
-    assert restored.replay_mode is ReplayMode.REPUBLISH_ALL
+    assert restored.replay_mode is expected
     assert restored.clock is clock
-    assert restored.metadata.pipeline_name == "triage"
+    assert restored.metadata.pipeline_name == "triage"  # adopted: the run recorded none
 
 
 async def test_a_state_from_a_snapshot_checks_the_program_that_resumes_it() -> None:
