@@ -5,7 +5,13 @@ from __future__ import annotations
 
 import pytest
 
-from rh_agents.core.parallel.models import GroupStatistics, ParallelEventGroup, label_of
+from rh_agents.core.parallel.models import (
+    ErrorStrategy,
+    GroupStatistics,
+    ParallelEventGroup,
+    label_of,
+    new_group,
+)
 
 
 def group_with(*failures: tuple[str, str]) -> ParallelEventGroup:
@@ -57,3 +63,32 @@ def test_statistics_refuse_unknown_keys_by_name() -> None:
         stats["running"]
     assert caught.value.args == ("running",)
     assert hash(stats) == hash(GroupStatistics(in_flight=1, peak_in_flight=2, queued=3, delayed=0))
+
+
+@pytest.mark.parametrize(
+    ("name", "workers", "strategy", "timeout"),
+    [("g", 1, ErrorStrategy.FAIL_SLOW, None), (None, 32, ErrorStrategy.FAIL_FAST, 2.5)],
+)
+def test_a_group_built_by_the_fast_constructor_equals_a_validated_one(
+    name: str | None, workers: int, strategy: ErrorStrategy, timeout: float | None
+) -> None:
+    # state.parallel() builds its group without validation; it must be the same model.
+    fast = new_group(name, workers, strategy, timeout)
+    slow = ParallelEventGroup(
+        name=name, max_workers=workers, error_strategy=strategy, timeout=timeout
+    )
+    assert fast.model_dump() == slow.model_dump()
+    assert list(fast.__dict__) == list(slow.__dict__)
+    assert fast.model_fields_set == slow.model_fields_set
+    # Nothing shared between groups: failures and fields set are each group's own.
+    other = new_group(name, workers, strategy, timeout)
+    fast._record_failure("ValueError", "bad")
+    fast.model_fields_set.add("total")
+    assert other.errors == [] and other.categorized_errors() == []
+    assert "total" not in other.model_fields_set
+    assert fast.error_summary() == ""  # counts are the run's: no failed item counted
+    fast.failed = 1
+    assert (
+        fast.error_summary()
+        == slow.model_copy(update={"failed": 1, "errors": ["ValueError: bad"]}).error_summary()
+    )

@@ -41,6 +41,8 @@ def check_max_workers(value: Any) -> int | None:
     """``value`` if it is an integer >= 1 or None (as many workers as items, capped)."""
     if value is None:
         return None
+    if type(value) is int and value >= 1:
+        return value
     return check_positive_int(
         "max_workers",
         value,
@@ -58,6 +60,8 @@ def check_positive_int(name: str, value: Any, hint: str) -> int:
 
 def error_strategy(value: ErrorStrategy | str) -> ErrorStrategy:
     """The strategy named by ``value``."""
+    if type(value) is ErrorStrategy:
+        return value
     try:
         return ErrorStrategy(value)
     except ValueError:
@@ -188,6 +192,8 @@ def group_policy(
                 "breaker=, limiter=, timeout= for item_timeout) or leave policy= out."
             )
         return policy
+    if shortcuts == _SHORTCUT_DEFAULTS and type(shortcuts["max_retries"]) is int:
+        return None  # no guard asked for (most groups): nothing to check or build
     check_limiter(shortcuts["limiter"])
     retry = retry_policy(
         shortcuts["max_retries"],
@@ -264,6 +270,8 @@ def check_group_name(name: object) -> None:
     """
     if name is None:
         return
+    if type(name) is str and name.isidentifier():
+        return  # the common case: no blank, no reserved character
     if not isinstance(name, str):
         raise InvalidArgumentError(f"name must be a string or None, got {name!r}.")
     if not name.strip():

@@ -35,6 +35,7 @@ from rh_agents.core.parallel.models import (
     GroupStatus,
     ParallelEventGroup,
     label_of,
+    new_group,
     update,
 )
 from rh_agents.core.parallel.results import (
@@ -167,11 +168,8 @@ class ParallelExecutionManager:
         self.circuit_breaker: CircuitBreaker | None = guards.breaker if guards is not None else None
         self.executor = executor
         self._rng = rng
-        self.group: ParallelEventGroup = ParallelEventGroup(
-            name=name,
-            max_workers=config.DEFAULT_MAX_WORKERS if workers is None else workers,
-            error_strategy=strategy,
-            timeout=self.timeout,
+        self.group: ParallelEventGroup = new_group(
+            name, config.DEFAULT_MAX_WORKERS if workers is None else workers, strategy, self.timeout
         )
         if self.circuit_breaker is not None:
             execution_state.instrumentation.watch_breaker(self.circuit_breaker)
@@ -242,7 +240,8 @@ class ParallelExecutionManager:
                     await self._abandon()
         finally:
             self._phase = _Phase.CLOSED
-            await self._reclaim()
+            if self._lent:
+                await self._reclaim()
         return False
 
     async def _abandon(self) -> None:
@@ -361,7 +360,8 @@ class ParallelExecutionManager:
                 else:
                     await self._run_for_other_task()
             finally:
-                await self._reclaim()
+                if self._lent:
+                    await self._reclaim()
         if self._error is not None:
             raise self._error
         return list(self.results)
@@ -472,7 +472,8 @@ class ParallelExecutionManager:
 
     def _lend(self) -> None:
         """Lend the enclosing items' permits of this group's limiter (see lending)."""
-        self._lent.extend(lend(self.limiter))
+        if self.limiter is not None:
+            self._lent.extend(lend(self.limiter))
 
     async def _reclaim(self) -> None:
         """Take back the permits lent by :meth:`_lend` (not while being cancelled)."""

@@ -212,6 +212,45 @@ class ParallelGroupTracker(BaseModel):
         return max(0, self.started - self.completed - self.failed - self.cancelled)
 
 
+def new_group(
+    name: str | None, max_workers: int, error_strategy: ErrorStrategy, timeout: float | None
+) -> ParallelEventGroup:
+    """A fresh group's model from checked settings, without validation (one per group).
+
+    The fields go in in declaration order, like pydantic's own constructor, so every
+    group's instance dictionary shares one key table.
+    """
+    fields: dict[str, Any] = {
+        "group_id": "",
+        "name": name,
+        "address": "",
+        "total": 0,
+        "completed": 0,
+        "failed": 0,
+        "cancelled": 0,
+        "retries": 0,
+        "status": GroupStatus.PENDING,
+        "start_time": None,
+        "end_time": None,
+        "execution_time": None,
+        "error_strategy": error_strategy,
+        "max_workers": max_workers,
+        "timeout": timeout,
+        "timed_out": False,
+        "errors": [],
+    }
+    group = ParallelEventGroup.__new__(ParallelEventGroup)
+    _setattr(group, "__dict__", fields)
+    _setattr(group, "__pydantic_fields_set__", set(_GROUP_FIELDS_SET))
+    _setattr(group, "__pydantic_extra__", None)
+    _setattr(group, "__pydantic_private__", {"_kinds": []})
+    return group
+
+
+_GROUP_FIELDS_SET = frozenset({"name", "max_workers", "error_strategy", "timeout"})
+_setattr = object.__setattr__
+
+
 def bump(group: ParallelEventGroup, count: str) -> None:
     """``group.<count> += 1`` without pydantic's assignment machinery (once per item)."""
     group.__dict__[count] += 1

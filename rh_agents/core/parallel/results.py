@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncGenerator, Callable, Coroutine
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine
 from functools import lru_cache
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -21,7 +21,14 @@ from rh_agents.core._aio import cancel_and_wait
 from rh_agents.core._pause import Interrupted
 from rh_agents.core.actors import BaseActor
 from rh_agents.core.errors import EventFailedError
-from rh_agents.core.events import EventKind, ExecutionEvent, ExecutionResult, clone, make_result
+from rh_agents.core.events import (
+    EventKind,
+    ExecutionEvent,
+    ExecutionResult,
+    clone,
+    make_result,
+    snapshot_of,
+)
 from rh_agents.core.executors import remote_traceback_of
 from rh_agents.core.parallel.errors import ParallelGroupError
 from rh_agents.core.parallel.items import Item
@@ -270,55 +277,59 @@ def _unfinished(
 
 _GROUP_EVENT: ExecutionEvent[Any] = ExecutionEvent(kind=EventKind.GROUP, is_parallel=True)
 """The template of group lifecycle events (see :func:`group_event`)."""
+_GROUP_FIELDS_SET = frozenset(_GROUP_EVENT.__pydantic_fields_set__)
 
 
 def group_event(
     group: ParallelEventGroup, status: ExecutionStatus, timed_out: bool, timeout_text: str
 ) -> ExecutionEvent[Any]:
     """The group lifecycle event of ``status`` (``timeout_text``: the timeout message,
-    used when the group timed out)."""
-    g = group
-    label = g.name or "group"
-    message = g.error_summary() or None
+    used when the group timed out), as the immutable snapshot the history keeps."""
+    g = group.__dict__
+    name = g["name"]
+    label = f"parallel:{name or 'group'}"
+    message = (group.error_summary() or None) if g["failed"] else None
     if timed_out and status is not ExecutionStatus.STARTED:
         message = f"{timeout_text} {message}" if message else timeout_text
-    # Every field is the group's own, of the right type: no validation to pay for.
-    return clone(
-        _GROUP_EVENT,
-        actor=placeholder_actor(f"parallel:{label}"),
-        actor_name=f"parallel:{label}",
-        address=g.address,
+    # Every field is the group's own, of the right type: no validation to pay for, and
+    # built as the snapshot itself (one object per status change).
+    fields = _GROUP_EVENT.__dict__.copy()
+    fields.update(
+        actor=placeholder_actor(label),
+        actor_name=label,
+        address=g["address"],
         execution_status=status,
-        group_id=g.group_id,
-        execution_time=g.execution_time,
+        group_id=g["group_id"],
+        execution_time=g["execution_time"],
         message=message,
         timestamp=time.time(),
         metadata={
-            "group_name": g.name,
-            "total": g.total,
-            "completed": g.completed,
-            "failed": g.failed,
-            "cancelled": g.cancelled,
-            "retries": g.retries,
-            "max_workers": g.max_workers,
-            "error_strategy": g.error_strategy.value,
-            "timeout": g.timeout,
-            "timed_out": g.timed_out or timed_out,
-            "status": g.status.value,
+            "group_name": name,
+            "total": g["total"],
+            "completed": g["completed"],
+            "failed": g["failed"],
+            "cancelled": g["cancelled"],
+            "retries": g["retries"],
+            "max_workers": g["max_workers"],
+            "error_strategy": g["error_strategy"]._value_,
+            "timeout": g["timeout"],
+            "timed_out": g["timed_out"] or timed_out,
+            "status": g["status"]._value_,
         },
     )
+    return snapshot_of(fields, _GROUP_FIELDS_SET, _GROUP_EVENT.__pydantic_private__)
 
 
-async def publish_group(
+def publish_group(
     state: ExecutionState,
     group: ParallelEventGroup,
     status: ExecutionStatus,
     timed_out: bool,
     timeout_text: str,
-) -> None:
-    """Record and publish the group's lifecycle event of ``status``."""
+) -> Awaitable[None]:
+    """Record and publish the group's lifecycle event of ``status`` (await the result)."""
     update(group, timed_out=timed_out)
-    await state.publish_event(group_event(group, status, timed_out, timeout_text))
+    return state.recorder.record(group_event(group, status, timed_out, timeout_text))
 
 
 def failures_error(

@@ -85,7 +85,7 @@ class GroupRun:
         self._consumer_waits = consumer_waits
         self._queue = queue
         self._body_adds = 0
-        self._context = contextvars.copy_context()  # the workers' context, set in execute
+        self._context: contextvars.Context | None = None  # the workers' context (execute)
 
     def statistics(self) -> GroupStatistics:
         """Running items, peak concurrency, queued and delayed items."""
@@ -107,7 +107,7 @@ class GroupRun:
         self._started_at = self._clock.monotonic()
         for item in items:
             item.ready_at = self._started_at
-        self._span = tel.group_started(group, settings.error_strategy.value)
+        self._span = tel.group_started(group, settings.error_strategy._value_)
         if settings.policy is not None and settings.policy.limiter is not None:
             tel.watch_limiter(settings.policy.limiter, self._span)
         scheduler = self.scheduler
@@ -123,7 +123,7 @@ class GroupRun:
         watchdog: asyncio.Task[None] | None = None
         errors: list[BaseException] = []
         try:
-            await state.publish_event(group_event(group, ExecutionStatus.STARTED, False, ""))
+            await state.recorder.record(group_event(group, ExecutionStatus.STARTED, False, ""))
             if tel.enabled:
                 tel.queue_changed(group, 0, n)
             self._start_workers(workers_needed)
@@ -132,7 +132,7 @@ class GroupRun:
                     scheduler.watchdog(settings.timeout, self.results.all_done)
                 )
             await self._work(attempts)
-            while await self._more_from_consumer():
+            while self._consumer_waits is not None and await self._more_from_consumer():
                 self._start_workers(settings.max_workers)
                 await self._work(attempts)
         except asyncio.CancelledError:
@@ -190,6 +190,7 @@ class GroupRun:
         work = self.scheduler.work(self.attempts.run, self.crash)
         # In the run's own context: a worker started by an item's p.add must not inherit
         # that item's frame.
+        assert self._context is not None  # set when the run starts, before any worker
         self.scheduler.workers.append(asyncio.create_task(work, context=self._context.copy()))
 
     async def _more_from_consumer(self) -> bool:
@@ -278,10 +279,10 @@ class GroupRun:
             status = GroupStatus.FAILED
         else:
             status = GroupStatus.COMPLETED
-        update(group, status=status, end_time=time.time())
         duration = self._clock.monotonic() - self._started_at
-        update(group, execution_time=duration)
-        timeout = timeout_message(self._label, self._settings.timeout, group)
+        update(group, status=status, end_time=time.time(), execution_time=duration)
+        timed_out = scheduler.timed_out
+        timeout = timeout_message(self._label, self._settings.timeout, group) if timed_out else ""
         if scheduler.timed_out and not cancelled:
             self.error = ParallelTimeoutError(timeout, list(results), group)
         elif failure is not None and not cancelled:
@@ -293,7 +294,7 @@ class GroupRun:
         tel.group_finished(
             self._span,
             group,
-            status.value,
+            status._value_,
             group.cancelled,
             duration,
             scheduler.timed_out,
