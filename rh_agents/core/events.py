@@ -182,9 +182,15 @@ def _shared_private(private: dict[str, Any] | None) -> dict[str, Any]:
     """The private attributes a snapshot keeps: a shared dict when no result is encoded."""
     if private is None:
         return _NO_PRIVATE
-    if private.get("_record_result") is not None or private.get("_result_type") is not None:
+    if private.get("_record_result") is not None:
         return dict(private)
-    version = private.get("_actor_version")
+    return _private_for(private.get("_result_type"), private.get("_actor_version"))
+
+
+def _private_for(result_type: str | None, version: str | None) -> dict[str, Any]:
+    """The private attributes of a snapshot with no encoded result (shared when possible)."""
+    if result_type is not None:
+        return {"_record_result": None, "_result_type": result_type, "_actor_version": version}
     if version is None:
         return _NO_PRIVATE
     shared = _VERSIONED.get(version)
@@ -282,12 +288,38 @@ def snapshot_of(
     values = snapshot.__dict__
     for name in _FIELD_NAMES:
         values[name] = fields[name]
+    return _sealed(snapshot, fields_set, _shared_private(private))
+
+
+def new_snapshot() -> ExecutionEvent[Any]:
+    """A snapshot without fields yet: the caller sets every field, in declaration order,
+    in its ``__dict__`` (so it shares the key table, see :func:`snapshot_of`), then
+    passes it to :func:`seal_snapshot`. For builders that make many entries from other
+    data (a resume reads every record of a history this way)."""
+    return _new_snapshot(_EventSnapshot)
+
+
+def seal_snapshot(
+    snapshot: ExecutionEvent[Any],
+    fields_set: frozenset[str],
+    result_type: str | None,
+    version: str | None,
+) -> ExecutionEvent[Any]:
+    """Finish a snapshot from :func:`new_snapshot` whose fields are all set (no encoded
+    result: ``result`` is its own JSON form, a restored entry's)."""
+    return _sealed(snapshot, fields_set, _private_for(result_type, version))
+
+
+def _sealed(
+    snapshot: ExecutionEvent[Any], fields_set: frozenset[str], private: dict[str, Any]
+) -> ExecutionEvent[Any]:
+    values = snapshot.__dict__
     metadata = values["metadata"]
     if type(metadata) is not _ReadOnlyDict:
         values["metadata"] = _ReadOnlyDict(metadata) if metadata else _NO_METADATA
     _setattr(snapshot, "__pydantic_fields_set__", fields_set)
     _setattr(snapshot, "__pydantic_extra__", None)
-    _setattr(snapshot, "__pydantic_private__", _shared_private(private))
+    _setattr(snapshot, "__pydantic_private__", private)
     return snapshot
 
 

@@ -18,7 +18,7 @@ from pydantic import BaseModel
 from pydantic_core import to_jsonable_python
 
 from rh_agents.core.errors import StateCorruptedError
-from rh_agents.core.events import EventKind, ExecutionEvent, snapshot_of
+from rh_agents.core.events import EventKind, ExecutionEvent, new_snapshot, seal_snapshot
 from rh_agents.core.types import EventType, ExecutionStatus
 from rh_agents.core.usage import TokenUsage
 
@@ -277,18 +277,6 @@ def _integer(value: Any) -> int | None:
     raise TypeError(f"expected an integer, found a {type(value).__name__}")
 
 
-def _kind(value: Any) -> str:
-    if value in _KINDS:
-        return str(value)
-    raise ValueError(f"unknown kind {value!r}")
-
-
-def _address(value: Any) -> str:
-    if type(value) is str:
-        return value
-    raise TypeError(f"the address is a {type(value).__name__}")
-
-
 def _metadata(value: Any) -> dict[str, Any]:
     if value is None:
         return {}
@@ -297,96 +285,70 @@ def _metadata(value: Any) -> dict[str, Any]:
     raise TypeError(f"the metadata is a {type(value).__name__}")
 
 
-def _member(members: dict[str, Any], what: str, optional: bool = False) -> Any:
-    """A reader of an enum's value: a dict lookup (calling the enum is slow)."""
-
-    def read(value: Any) -> Any:
-        if optional and not value:
-            return None
-        try:
-            return members[value]
-        except (KeyError, TypeError):
-            raise ValueError(f"{value!r} is not a valid {what}") from None
-
-    return read
-
-
-def _flag(value: Any) -> bool:
-    return bool(value)
-
-
-# record key -> (field, check); keys a record lacks keep the field's default
-_READERS: dict[str, tuple[str, Any]] = {
-    "kind": ("kind", _kind),
-    "address": ("address", _address),
-    "status": ("execution_status", _member({s.value: s for s in ExecutionStatus}, "status")),
-    "actor": ("actor_name", _text),
-    "event_type": ("event_type", _member({t.value: t for t in EventType}, "event type", True)),
-    "tag": ("tag", lambda v: _text(v) or ""),
-    "timestamp": ("timestamp", lambda v: _number(v) or 0.0),
-    "execution_time": ("execution_time", _number),
-    "message": ("message", _text),
-    "detail": ("detail", _text),
-    "error_type": ("error_type", _text),
-    "from_cache": ("from_cache", _flag),
-    "is_replayed": ("is_replayed", _flag),
-    "group_id": ("group_id", _text),
-    "parallel_index": ("parallel_index", _integer),
-    "is_parallel": ("is_parallel", _flag),
-    "retry_attempt": ("retry_attempt", lambda v: _integer(v) or 0),
-    "retry_delay": ("retry_delay", _number),
-    "original_error": ("original_error", _text),
-    "input_hash": ("input_hash", _text),
-    "metadata": ("metadata", _metadata),
-}
-
-_DEFAULTS: dict[str, Any] = {
-    name: field.default for name, field in ExecutionEvent.model_fields.items()
-}
-_DEFAULTS.update(metadata={}, timestamp=0.0)  # the two fields with a default factory
-
-
 _STATUSES = {status.value: status for status in ExecutionStatus}
-_COMMON = frozenset(
-    {"seq", "kind", "address", "status", "actor", "event_type", "timestamp", "metadata", "result"}
-    | {"result_type", "version"}  # read by record_to_event
-)
-"""The keys every record has (read inline below); the others go through _READERS."""
+_EVENT_TYPES = {kind.value: kind for kind in EventType}
+_RETRYING = ExecutionStatus.RETRYING
 
 
-def _entry_fields(record: dict[str, Any], position: int) -> dict[str, Any]:
-    """The field values of the entry ``record`` stores, each checked for its type."""
-    fields = _DEFAULTS.copy()
+def _entry(record: dict[str, Any], position: int) -> ExecutionEvent[Any]:
+    """The entry ``record`` stores, each value checked for its type.
+
+    The hot loop of a resume (one call per record): the snapshot's fields are set in
+    declaration order straight into its own dictionary (see :func:`new_snapshot`), the
+    common cases of each check inline. A key the record lacks keeps the field's default.
+    """
     get = record.get
-    kind = get("kind", EventKind.EVENT)
+    kind = get("kind", "event")
     if kind not in _KINDS:
         raise ValueError(f"unknown kind {kind!r}")
     address = record["address"]
     if type(address) is not str:
         raise TypeError(f"the address is a {type(address).__name__}")
-    status = _STATUSES.get(record["status"]) if type(record["status"]) is str else None
+    stored_status = record["status"]
+    status = _STATUSES.get(stored_status) if type(stored_status) is str else None
     if status is None:
-        raise ValueError(f"{record['status']!r} is not a valid status")
-    fields["kind"] = kind
-    fields["address"] = address
-    fields["execution_status"] = status
-    # not stored: the core sets it on exactly the RETRYING entries
-    fields["is_retry"] = status is ExecutionStatus.RETRYING
-    fields["actor_name"] = _text(get("actor"))
+        raise ValueError(f"{stored_status!r} is not a valid status")
     event_type = get("event_type")
     if event_type:
-        fields["event_type"] = _READERS["event_type"][1](event_type)
-    fields["timestamp"] = _number(get("timestamp")) or 0.0
-    fields["metadata"] = _metadata(get("metadata"))
-    fields["result"] = get("result")
-    for key in record.keys() - _COMMON:  # the few optional keys, found in C
-        reader = _READERS.get(key)
-        if reader is not None:
-            field, check = reader
-            fields[field] = check(record[key])
-        elif key == "usage":
-            fields["usage"] = TokenUsage.from_record(record[key], position)
-    return fields
+        try:
+            event_type = _EVENT_TYPES[event_type]
+        except (KeyError, TypeError):
+            raise ValueError(f"{event_type!r} is not a valid event type") from None
+    else:
+        event_type = None
+    usage = get("usage")
+    result_type = _text(get("result_type"))
+    version = _text(get("version"))
+    snapshot = new_snapshot()
+    values = snapshot.__dict__
+    values["actor"] = None  # not restored: the program's own actor runs a resumed call
+    values["kind"] = kind
+    values["address"] = address
+    values["tag"] = _text(get("tag")) or ""
+    values["actor_name"] = _text(get("actor"))
+    values["event_type"] = event_type
+    values["metadata"] = _metadata(get("metadata"))
+    values["timestamp"] = _number(get("timestamp")) or 0.0
+    values["execution_time"] = _number(get("execution_time"))
+    values["execution_status"] = status
+    values["message"] = _text(get("message"))
+    values["detail"] = _text(get("detail"))
+    values["error_type"] = _text(get("error_type"))
+    values["result"] = get("result")
+    values["from_cache"] = bool(get("from_cache"))
+    values["is_replayed"] = bool(get("is_replayed"))
+    values["skip_republish"] = False
+    values["group_id"] = _text(get("group_id"))
+    values["parallel_index"] = _integer(get("parallel_index"))
+    values["is_parallel"] = bool(get("is_parallel"))
+    values["retry_attempt"] = _integer(get("retry_attempt")) or 0
+    # not stored: the core sets it on exactly the RETRYING entries
+    values["is_retry"] = status is _RETRYING
+    values["original_error"] = _text(get("original_error"))
+    values["retry_delay"] = _number(get("retry_delay"))
+    values["input_hash"] = _text(get("input_hash"))
+    values["usage"] = None if usage is None else TokenUsage.from_record(usage, position)
+    return seal_snapshot(snapshot, _FIELDS_SET, result_type, version)
 
 
 def record_to_event(record: dict[str, Any], position: int = 0) -> ExecutionEvent[Any]:
@@ -396,22 +358,18 @@ def record_to_event(record: dict[str, Any], position: int = 0) -> ExecutionEvent
     Raises:
         StateCorruptedError: the record is not a readable history entry.
     """
-    if not isinstance(record, dict):
+    if type(record) is not dict and not isinstance(record, dict):
         raise StateCorruptedError(
             f"History record {position} is a {type(record).__name__}, not an object; the "
             "history was written by another program or is damaged."
         )
     try:
-        fields = _entry_fields(record, position)
-        result_type = _text(record.get("result_type"))
-        version = _text(record.get("version"))
+        return _entry(record, position)
     except (KeyError, ValueError, TypeError, AttributeError) as exc:
         raise StateCorruptedError(
             f"History record {position} cannot be read ({type(exc).__name__}: {exc}); "
             "the history was written by another program or is damaged."
         ) from exc
-    private = {"_record_result": None, "_result_type": result_type, "_actor_version": version}
-    return snapshot_of(fields, _FIELDS_SET, private)
 
 
 def _canonical(value: Any) -> Any:

@@ -99,14 +99,19 @@ _RUN_SCOPES: dict[str, int] = {}
 """The CRC of each run's id line (a record's scope continues it with its position)."""
 
 
-def _scope(state_id: str, position: int) -> int:
-    """The CRC of ``"<state_id>\\n<position>\\n"``, the start of every record's checksum."""
+def _run_crc(state_id: str) -> int:
+    """The CRC of ``"<state_id>\\n"`` (cached: every record of a run starts with it)."""
     run = _RUN_SCOPES.get(state_id)
     if run is None:
         run = zlib.crc32(f"{state_id}\n".encode("utf-8", "surrogatepass"))
         if len(_RUN_SCOPES) < 1024:
             _RUN_SCOPES[state_id] = run
-    return zlib.crc32(b"%d\n" % position, run)
+    return run
+
+
+def _scope(state_id: str, position: int) -> int:
+    """The CRC of ``"<state_id>\\n<position>\\n"``, the start of every record's checksum."""
+    return zlib.crc32(b"%d\n" % position, _run_crc(state_id))
 
 
 def _sealed(crc: int, text: str) -> str:
@@ -134,7 +139,7 @@ def _check(data: bytes, state_id: str, position: int) -> str | None:
         return "has a damaged checksum"
     if digits != b"%08x" % stored or end not in (b'",', b'"}'):
         return "has a damaged checksum"
-    scope = zlib.crc32(b"{", _scope(state_id, position))
+    scope = zlib.crc32(b"%d\n{" % position, _run_crc(state_id))  # the scope, then "{"
     crc = zlib.crc32(b"}", scope) if end == b'"}' else zlib.crc32(memoryview(data)[_BODY:], scope)
     return None if crc == stored else _MOVED
 
