@@ -11,7 +11,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import Any
 
 from pydantic import BaseModel
@@ -404,6 +405,32 @@ _ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=_json
 """Built once: ``json.dumps`` with options builds a new encoder on every call."""
 
 
+def _fingerprint_encoder() -> Callable[[Any], str]:
+    """``_ENCODER.encode``, without the C encoder ``encode`` builds on every call.
+
+    The same C encoder with the same options, so the same text (fingerprints recorded by
+    earlier versions still match); built once, without the circular-reference markers a
+    shared encoder could not keep (a cyclic input fails on the recursion limit instead,
+    and has no fingerprint either way). ``_ENCODER.encode`` where the C encoder is
+    missing.
+    """
+    if c_make_encoder is None:  # pragma: no cover - CPython always has it
+        return _ENCODER.encode
+    one_shot = c_make_encoder(
+        None, _json_default, encode_basestring_ascii, None, ":", ",", True, False, True
+    )
+
+    def encode(data: Any) -> str:
+        if type(data) is str:
+            return encode_basestring_ascii(data)
+        return "".join(one_shot(data, 0))
+
+    return encode
+
+
+_encode = _fingerprint_encoder()
+
+
 def input_fingerprint(value: Any) -> str | None:
     """A short stable hash of an (already validated) input; None when it has no JSON form.
 
@@ -416,7 +443,7 @@ def input_fingerprint(value: Any) -> str | None:
     """
     data = value.model_dump() if isinstance(value, BaseModel) else value
     try:
-        text = _ENCODER.encode(data)
+        text = _encode(data)
     except TypeError:  # e.g. dict keys of mixed types, which sort_keys cannot order
         try:
             text = _ENCODER.encode(_canonical(value))

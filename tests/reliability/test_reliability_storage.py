@@ -341,6 +341,50 @@ def test_inputs_are_compared_by_value_not_by_form() -> None:
     assert input_fingerprint(object()) is None  # no JSON form: not compared
 
 
+_PINNED_FINGERPRINTS = [
+    (None, "2fFvbvmlvBqcCiyY"),
+    (True, "0JE4Y0QTZKYfyt4Y"),
+    (0, "FM6_ZfIwDth3N9X8"),
+    (-7, "KQTyKAiJMtWea8GA"),
+    (2**70, "X8pzHBflG0Kk0oV6"),
+    (0.1, "Am9q_-mjyFoSGUIj"),
+    (1e300, "s1iY9NvHWbLO8bTB"),
+    (math.inf, "f1wu5aPd507hovS3"),
+    (-math.inf, "-f9rNzt-_YUSLN3Z"),
+    (math.nan, "LYWr0N3cSFDsvi6V"),
+    ("", "sZhtkPv4VHivsBjj"),
+    ("hello", "9FrBs4mKEzhfDIaF"),
+    ('héllo ✓ \n"q"', "_vRfhszOpBu7JyFS"),
+    ([1, "a", None], "8vD7T2ufO5-BdnHG"),
+    ((1, 2), "EyxyMeMzjelrJGsv"),
+    ({"b": 1, "a": [1.5, {"z": None, "y": False}]}, "bkCzK9q5PH8A-Buy"),
+    ({"tags": {"b", "a"}}, "hxWy8IE-TzyqQfrD"),
+    ({1: "int key"}, "tYM_eECGgoPhrsmM"),
+    ({"k": ("t", 1)}, "1rxGJsKRZCezLDR8"),
+]
+
+
+@pytest.mark.parametrize(("value", "fingerprint"), _PINNED_FINGERPRINTS)
+def test_fingerprints_stay_what_earlier_versions_recorded(value: Any, fingerprint: str) -> None:
+    """Journals written by earlier versions hold these: a resumed run compares its inputs
+    with them, so a faster encoder must produce the very same text."""
+    from rh_agents.core.history import input_fingerprint
+
+    assert input_fingerprint(value) == fingerprint
+
+
+def test_a_cyclic_input_has_no_fingerprint() -> None:
+    from rh_agents.core.history import input_fingerprint
+
+    loop: list[Any] = []
+    loop.append(loop)
+    mapping: dict[str, Any] = {}
+    mapping["self"] = mapping
+    assert input_fingerprint(loop) is None
+    assert input_fingerprint(mapping) is None
+    assert input_fingerprint([1, 2]) is not None  # the shared encoder is still usable
+
+
 # ------------------------------------------------------------------ older schemas
 
 
