@@ -118,3 +118,20 @@ def test_profiles_name_where_the_time_and_memory_go(tmp_path: Path) -> None:
     assert "P6 is not profiled" in proc.stdout
     assert (tmp_path / "P4.cprofile.txt").exists()
     assert (tmp_path / "P5.tracemalloc.txt").exists()
+
+
+def test_the_instruction_counter_runs_every_case(tmp_path: Path) -> None:
+    # Unmeasured here (valgrind is a developer tool, and a counted run takes minutes):
+    # every case runs, and a case that does not exist is refused by name.
+    proc = _run("-m", "bench.instructions", "--dry-run")
+    for case in ("event", "group1", "empty", "item", "resume"):
+        assert f"{case:8s} ran (20 calls, not measured)" in proc.stdout
+    bad = subprocess.run(
+        [sys.executable, "-m", "bench.instructions", "--dry-run", "nothing"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert bad.returncode == 2
+    assert "unknown case(s) nothing; choose from event, group1, empty, item, resume" in bad.stderr
