@@ -137,11 +137,18 @@ class HistorySet:
 
     def completed_addresses(self) -> list[str]:
         """Addresses of every completed invocation, in the order they first completed."""
-        seen: dict[str, None] = {}
+        return list(self.completions())
+
+    def completions(self) -> dict[str, ExecutionEvent[Any]]:
+        """The completing entry of every completed invocation by address (what
+        :meth:`get_completed_event` returns: its latest completion), in the order the
+        addresses first completed; one pass over the timeline (a resume indexes its
+        history with it)."""
+        found: dict[str, ExecutionEvent[Any]] = {}
         for event in self._events:
             if event.execution_status in _DONE and event.kind == EventKind.EVENT:
-                seen[event.address] = None
-        return list(seen)
+                found[event.address] = event
+        return found
 
     def __getitem__(self, address: str) -> ExecutionEvent[Any]:
         try:

@@ -85,10 +85,7 @@ class Replayer:
         self._siblings = {}
         self._claimed = set()
         self._program = program if program is not None else RecordedProgram()
-        for address in history.completed_addresses():
-            event = history.get_completed_event(address)
-            if event is None:
-                continue
+        for address, event in history.completions().items():
             self._index[address] = event
             if event.input_hash is not None:
                 self._siblings.setdefault(_sibling_key(address), []).append(event)

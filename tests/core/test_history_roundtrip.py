@@ -321,6 +321,42 @@ def test_history_set_views() -> None:
         history.get_event_result("g")
 
 
+_TIMELINE = st.lists(
+    st.tuples(
+        st.sampled_from(["a", "b", "a/x", "g"]),
+        st.sampled_from(list(ExecutionStatus)),
+        st.sampled_from([EventKind.EVENT, EventKind.EVENT, EventKind.GROUP]),
+    ),
+    max_size=30,
+)
+
+
+@given(_TIMELINE)
+@settings(max_examples=300, deadline=None)
+def test_completions_agree_with_the_index_for_any_timeline(
+    timeline: list[tuple[str, ExecutionStatus, EventKind]],
+) -> None:
+    """A resume indexes its history with ``completions()`` (one pass); it must give what
+    the per-address lookups give, in the order of ``completed_addresses()``: retries,
+    failures after a completion and group entries included."""
+    history = HistorySet(
+        ExecutionEvent(address=address, execution_status=status, kind=kind, result=n)
+        for n, (address, status, kind) in enumerate(timeline)
+    )
+    completions = history.completions()
+    addresses = history.completed_addresses()
+    assert list(completions) == addresses
+    for address in ["a", "b", "a/x", "g"]:
+        assert completions.get(address) is history.get_completed_event(address)
+    # first completion order, computed independently
+    first: list[str] = []
+    for address, status, kind in timeline:
+        done = status in (ExecutionStatus.COMPLETED, ExecutionStatus.RECOVERED)
+        if done and kind == EventKind.EVENT and address not in first:
+            first.append(address)
+    assert addresses == first
+
+
 async def test_a_real_run_with_retries_and_a_group_survives_every_backend(
     backend: Backend,
 ) -> None:
