@@ -4,11 +4,12 @@
 
 Wall-clock ratios on a shared 2-core VM move by 20-50 % between runs; the number of
 machine instructions a path executes does not (the same total twice, whatever else the
-machine does). Each case runs twice under ``valgrind --tool=callgrind``, once with a
-few calls (to pay the imports and first-call set-up) and once with ``N`` more; the
-difference over ``N`` is what one call costs. The garbage collector is off in both, so
-the figure is the path's own work. Compare two revisions with the same command in two
-checkouts (``PYTHONPATH=<checkout> python -m bench.instructions``).
+machine does; the hash seed is fixed, since string hashes move counts by about 1 %).
+Each case runs twice under ``valgrind --tool=callgrind``, once with a few calls (to pay
+the imports and first-call set-up) and once with ``N`` more; the difference over ``N``
+is what one call costs. The garbage collector is off in both, so the figure is the
+path's own work. Compare two revisions with the same command in two checkouts
+(``PYTHONPATH=<checkout> python -m bench.instructions``).
 
 Without valgrind (Debian's package), ``--dry-run`` runs each case once, unmeasured.
 
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import os
 import re
 import shutil
 import subprocess
@@ -140,6 +142,9 @@ def _count(case: str, n: int, folder: Path) -> int:
         capture_output=True,
         text=True,
         check=True,
+        # One hash seed: string hashes decide dict and set probing, which moved the
+        # counts by about 1 % between runs.
+        env={**os.environ, "PYTHONHASHSEED": "0"},
     )
     out.unlink(missing_ok=True)
     found = re.search(r"Collected : (\d+)", proc.stderr)

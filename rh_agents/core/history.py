@@ -175,8 +175,14 @@ class HistorySet:
         return cls(record_to_event(record, position) for position, record in enumerate(records))
 
 
+# Type tuples for isinstance on the hot paths: `int | float` builds a union object at
+# every call (four times the cost of the check itself).
+_PRIMITIVES = (str, int, float, bool)
+_NUMBERS = (int, float)
+
+
 def _jsonable(value: Any) -> Any:
-    if value is None or isinstance(value, str | int | float | bool):
+    if value is None or isinstance(value, _PRIMITIVES):
         return value
     return to_jsonable_python(value, fallback=repr)
 
@@ -274,7 +280,7 @@ def _text(value: Any) -> str | None:
 
 
 def _number(value: Any) -> float | None:
-    if value is None or (isinstance(value, int | float) and not isinstance(value, bool)):
+    if value is None or (isinstance(value, _NUMBERS) and not isinstance(value, bool)):
         return value
     raise TypeError(f"expected a number, found a {type(value).__name__}")
 

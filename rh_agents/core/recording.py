@@ -60,6 +60,8 @@ DEFAULT_MAX_RESULT_BYTES = 16 * 1024 * 1024
 """The default largest JSON-encoded result a journal accepts (16 MiB)."""
 
 _S = ExecutionStatus
+_NUMBERS = (int, float, bool)  # tuples: `a | b` builds a union object at every call
+_CONSUMED = (Iterator, AsyncIterator)
 _ENDS = frozenset({_S.COMPLETED, _S.FAILED, _S.CANCELLED, _S.INTERRUPTED, _S.AWAITING})
 _AWAITED = frozenset({_S.COMPLETED, _S.FAILED, _S.AWAITING})
 """The records a caller waits for: a result is handed back only once it is durable."""
@@ -275,7 +277,7 @@ class Recorder:
         limit = self._state.max_result_bytes if self._source is not None else None
         private = event.__pydantic_private__
         assert private is not None
-        if value is None or isinstance(value, int | float | bool):
+        if value is None or isinstance(value, _NUMBERS):
             # A primitive is its own JSON form: the record takes it from the result.
             private["_record_result"] = None
             private["_result_type"] = None
@@ -287,7 +289,7 @@ class Recorder:
             private["_record_result"] = None
             private["_result_type"] = None
             return
-        if isinstance(value, Iterator | AsyncIterator) or inspect.isawaitable(value):
+        if isinstance(value, _CONSUMED) or inspect.isawaitable(value):
             raise ResultSerializationError(
                 f"The result of actor '{actor.name}' is a {type(value).__name__}, "
                 "which storing in the history would consume (and a resumed run "

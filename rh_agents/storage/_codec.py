@@ -95,6 +95,8 @@ _ENCODER = json.JSONEncoder(separators=(",", ":"))
 """Built once: ``json.dumps`` with options builds a new encoder on every call."""
 
 
+_TEXT = (str, bytes)  # a tuple: `str | bytes` builds a union object at every call
+
 _RUN_SCOPES: dict[str, int] = {}
 """The CRC of each run's id line (a record's scope continues it with its position)."""
 
@@ -256,7 +258,7 @@ def parse_record(state_id: str, position: int, stored: object, where: str) -> di
         StateCorruptedError: the stored value is damaged, misplaced or unchecked.
     """
     problem: str | None
-    if not isinstance(stored, str | bytes):
+    if not isinstance(stored, _TEXT):
         problem = f"is not text (a stored {type(stored).__name__})"
     else:
         data = _as_bytes(stored)
