@@ -34,6 +34,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from bench.p9_storage import _record_history
 from bench.workloads import SPIN
 from rh_agents import ExecutionEvent, ExecutionState
 
@@ -77,20 +78,6 @@ async def _items(n: int) -> None:
     assert len(results) == n
 
 
-async def _history(path: Path, calls: int) -> str:
-    from bench import competitors as c
-    from bench.workloads import ECHO, event_factories
-    from rh_agents.state_backends import SQLiteStateBackend
-
-    backend = SQLiteStateBackend(path)
-    try:
-        state = ExecutionState(telemetry=False, state_backend=backend)
-        await c.rh_group(state, event_factories(ECHO, state, list(range(calls))), 100)
-        return state.state_id
-    finally:
-        backend.close()
-
-
 def _resume(path: Path, state_id: str) -> None:
     from rh_agents.state_backends import SQLiteStateBackend
 
@@ -120,7 +107,7 @@ def _prepare(case: str, sizes: tuple[int, ...], folder: Path) -> None:
     for n in sizes:
         path = folder / f"history-{n}.db"
         if not path.exists():  # two entries (STARTED, COMPLETED) per call
-            state_id = asyncio.run(_history(path, n // 2))
+            state_id = asyncio.run(_record_history(path, n // 2))
             (folder / f"history-{n}.id").write_text(state_id)
 
 

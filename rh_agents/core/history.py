@@ -372,7 +372,7 @@ def record_to_event(record: dict[str, Any], position: int = 0) -> ExecutionEvent
     Raises:
         StateCorruptedError: the record is not a readable history entry.
     """
-    if type(record) is not dict and not isinstance(record, dict):
+    if not isinstance(record, dict):
         raise StateCorruptedError(
             f"History record {position} is a {type(record).__name__}, not an object; the "
             "history was written by another program or is damaged."

@@ -60,7 +60,7 @@ DEFAULT_MAX_RESULT_BYTES = 16 * 1024 * 1024
 """The default largest JSON-encoded result a journal accepts (16 MiB)."""
 
 _S = ExecutionStatus
-_NUMBERS = (int, float, bool)  # tuples: `a | b` builds a union object at every call
+_OWN_JSON = (int, float, bool)  # tuples: `a | b` builds a union object at every call
 _CONSUMED = (Iterator, AsyncIterator)
 _ENDS = frozenset({_S.COMPLETED, _S.FAILED, _S.CANCELLED, _S.INTERRUPTED, _S.AWAITING})
 _AWAITED = frozenset({_S.COMPLETED, _S.FAILED, _S.AWAITING})
@@ -277,7 +277,7 @@ class Recorder:
         limit = self._state.max_result_bytes if self._source is not None else None
         private = event.__pydantic_private__
         assert private is not None
-        if value is None or isinstance(value, _NUMBERS):
+        if value is None or isinstance(value, _OWN_JSON):
             # A primitive is its own JSON form: the record takes it from the result.
             private["_record_result"] = None
             private["_result_type"] = None

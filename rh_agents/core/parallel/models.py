@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field, PrivateAttr
 
+from rh_agents.core._models import assemble
+
 if TYPE_CHECKING:
     import random
 
@@ -215,11 +217,9 @@ class ParallelGroupTracker(BaseModel):
 def new_group(
     name: str | None, max_workers: int, error_strategy: ErrorStrategy, timeout: float | None
 ) -> ParallelEventGroup:
-    """A fresh group's model from checked settings, without validation (one per group).
-
-    The fields go in in declaration order, like pydantic's own constructor, so every
-    group's instance dictionary shares one key table.
-    """
+    """A fresh group's model from checked settings, without validation (one per group);
+    the same model as ``ParallelEventGroup(name=..., max_workers=..., error_strategy=...,
+    timeout=...)``, explicitly-set fields included."""
     fields: dict[str, Any] = {
         "group_id": "",
         "name": name,
@@ -239,16 +239,10 @@ def new_group(
         "timed_out": False,
         "errors": [],
     }
-    group = ParallelEventGroup.__new__(ParallelEventGroup)
-    _setattr(group, "__dict__", fields)
-    _setattr(group, "__pydantic_fields_set__", set(_GROUP_FIELDS_SET))
-    _setattr(group, "__pydantic_extra__", None)
-    _setattr(group, "__pydantic_private__", {"_kinds": []})
-    return group
+    return assemble(ParallelEventGroup, fields, set(_GROUP_FIELDS_SET), {"_kinds": []})
 
 
 _GROUP_FIELDS_SET = frozenset({"name", "max_workers", "error_strategy", "timeout"})
-_setattr = object.__setattr__
 
 
 def bump(group: ParallelEventGroup, count: str) -> None:
