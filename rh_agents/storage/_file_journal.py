@@ -167,8 +167,10 @@ class FileJournals:
         name = journal_name(state_id)
         where = self._where(name)
         try:
-            data = self._dir.read(name)
+            # The mark first: a commit writes its lines before the mark, so the lines
+            # read after it are at least as many, even while a writer commits.
             mark = self.read_mark(state_id)
+            data = self._dir.read(name)
         except OSError as exc:
             raise storage_error("read the journal", where, exc) from exc
         return _lines(state_id, data or b"", mark, where)

@@ -274,7 +274,9 @@ class Writer:
                     for j in self._journals
                     if j._state_id == state_id
                     and not j._closed
-                    and (j._pending or j._closing or (j._appended and not j._opened))
+                    # queued, or taken by the thread and being committed right now
+                    and (j._committed < j._appended or j._closing or not j._opened)
+                    and (j._appended or j._closing)
                 ]
                 if not busy or self._thread is threading.current_thread():
                     return

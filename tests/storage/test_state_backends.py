@@ -776,3 +776,65 @@ def test_every_backend_refuses_a_record_with_the_checksum_key(backend: Backend) 
     with pytest.raises(InvalidArgumentError, match="reserves for its checksum"):
         backend.append_event("run-crc", {"_crc": "00000000"})
     assert backend.load_events("run-crc") == []
+
+
+_APPENDER = """
+import sys
+from rh_agents.state_backends import FileSystemStateBackend, SQLiteStateBackend
+kind, path, total = sys.argv[1], sys.argv[2], int(sys.argv[3])
+backend = SQLiteStateBackend(path) if kind == "sqlite" else FileSystemStateBackend(path)
+for i in range(total):
+    backend.append_event("run", {"i": i, "pad": "x" * 200})
+backend.close()
+"""
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "filesystem"])
+def test_reading_a_journal_while_another_process_appends_sees_a_consistent_prefix(
+    tmp_path: Path, kind: str
+) -> None:
+    # Found as a flaky contract test: the file-system reader read the lines, then the
+    # mark, and a commit in between looked like a missing tail (StateCorruptedError).
+    path = tmp_path / ("h.db" if kind == "sqlite" else "h")
+    backend: Any = SQLiteStateBackend(path) if kind == "sqlite" else FileSystemStateBackend(path)
+    total = 1500
+    writer = subprocess.Popen([sys.executable, "-c", _APPENDER, kind, str(path), str(total)])
+    reads = []
+    try:
+        while writer.poll() is None:
+            records = backend.load_events("run")
+            reads.append(len(records))
+            assert [r["i"] for r in records] == list(range(len(records)))
+    finally:
+        writer.wait()
+    assert writer.returncode == 0
+    assert len(backend.load_events("run")) == total
+    assert len(set(reads)) > 3  # read while the journal grew
+    backend.close()
+
+
+def test_filesystem_a_commit_between_reading_lines_and_mark_is_not_damage(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The interleaving the process test above can only hit by chance, made certain: a
+    # commit lands while a reader reads the journal (lines and mark).
+    backend = FileSystemStateBackend(tmp_path / "h")
+    backend.append_event("run", {"i": 0})
+    directory = backend._runs._dir
+    read = directory.read
+    landed: list[str] = []
+
+    def read_then_commit(name: str) -> bytes | None:
+        data = read(name)
+        if not landed:
+            landed.append(name)
+            backend.append_event("run", {"i": 1})  # lines, then mark, in between
+        return data
+
+    monkeypatch.setattr(directory, "read", read_then_commit)
+    records = backend.load_events("run")
+    assert landed  # the commit did land inside the read
+    assert [r["i"] for r in records] in ([0], [0, 1])
+    monkeypatch.undo()
+    assert [r["i"] for r in backend.load_events("run")] == [0, 1]
+    backend.close()
