@@ -18,6 +18,9 @@ Cases:
     group1    the same event in a one-item ``state.parallel()`` group (P4's shape)
     empty     an empty group: the group's own skeleton
     item      one item of a 100-worker group of plain coroutines (P1's shape)
+    nojournal one trivial event in a 100-worker group of one state, no journal (P9's shape)
+    memory    the same with an in-memory journal
+    sqlite    the same with a SQLite file journal (its writer thread included)
     resume    one entry of a SQLite history read by ``load_from_state_id``
 """
 
@@ -33,12 +36,13 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from bench.p9_storage import _record_history
 from bench.workloads import SPIN
 from rh_agents import ExecutionEvent, ExecutionState
 
-CASES = ("event", "group1", "empty", "item", "resume")
+CASES = ("event", "group1", "empty", "item", "nojournal", "memory", "sqlite", "resume")
 _WARM = 20  # calls both runs make: imports, first-call caches, the first states
 
 
@@ -78,6 +82,24 @@ async def _items(n: int) -> None:
     assert len(results) == n
 
 
+async def _journaled(case: str, n: int, folder: Path) -> None:
+    from rh_agents.state_backends import InMemoryStateBackend, SQLiteStateBackend
+
+    backend: Any = None
+    if case == "memory":
+        backend = InMemoryStateBackend()
+    elif case == "sqlite":
+        backend = SQLiteStateBackend(folder / f"journal-{n}.db")
+    state = ExecutionState(telemetry=False, state_backend=backend)
+    async with state.parallel(max_workers=100) as p:
+        for _ in range(n):
+            p.add(lambda: ExecutionEvent(actor=SPIN)(0.0, None, state))
+        results = await p.gather()
+    assert all(result.ok for result in results)
+    if backend is not None:
+        backend.close()
+
+
 def _resume(path: Path, state_id: str) -> None:
     from rh_agents.state_backends import SQLiteStateBackend
 
@@ -94,6 +116,8 @@ def run_case(case: str, n: int, folder: Path) -> None:
     gc.disable()
     if case == "item":
         asyncio.run(_items(n))
+    elif case in ("nojournal", "memory", "sqlite"):
+        asyncio.run(_journaled(case, n, folder))
     elif case == "resume":
         path = folder / f"history-{n}.db"
         _resume(path, (folder / f"history-{n}.id").read_text())

@@ -27,6 +27,7 @@ __all__ = [
     "HistorySet",
     "event_to_record",
     "input_fingerprint",
+    "record_is_final",
     "record_to_event",
     "recorded_json",
 ]
@@ -267,6 +268,25 @@ def event_to_record(event: ExecutionEvent[Any], seq: int) -> dict[str, Any]:
     if usage is not None:
         record["usage"] = usage.to_record()
     return record
+
+
+def record_is_final(event: ExecutionEvent[Any]) -> bool:
+    """Whether :func:`event_to_record` of the snapshot ``event`` gives the same record
+    whenever it is called: its metadata values are primitives and its result is one, or
+    encoded (a snapshot's other fields are immutable). A value the program may still
+    change (a list in the metadata, a group's result) makes it False: such a record is
+    built at once, so it stores the value as it was."""
+    fields = event.__dict__
+    metadata = fields["metadata"]
+    if metadata:
+        for value in metadata.values():
+            if value is not None and not isinstance(value, _PRIMITIVES):
+                return False
+    result = fields["result"]
+    if result is None or isinstance(result, _PRIMITIVES):
+        return True
+    private = event.__pydantic_private__
+    return private is not None and private.get("_record_result") is not None
 
 
 _KINDS = frozenset({EventKind.EVENT, EventKind.GROUP, EventKind.DIVERGENCE})

@@ -24,7 +24,7 @@ import json
 from collections.abc import AsyncIterator, Awaitable, Iterator
 from datetime import UTC, datetime
 from time import perf_counter
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from pydantic import BaseModel
 from pydantic_core import PydanticSerializationError, to_jsonable_python
@@ -32,9 +32,10 @@ from pydantic_core import PydanticSerializationError, to_jsonable_python
 from rh_agents.core._validate import has_methods
 from rh_agents.core.errors import ResultSerializationError, StateError
 from rh_agents.core.events import ExecutionEvent, freeze, is_snapshot, thaw
-from rh_agents.core.history import event_to_record, input_fingerprint
+from rh_agents.core.history import event_to_record, input_fingerprint, record_is_final
 from rh_agents.core.state_recovery import ReplayMode, StateSnapshot
 from rh_agents.core.storage import (
+    EntryJournal,
     JournalOpening,
     JournalStatistics,
     LeaseHolder,
@@ -86,6 +87,7 @@ class Recorder:
     __slots__ = (
         "_closing",
         "_confirmed",
+        "_entries",
         "_error",
         "_journal",
         "_position",
@@ -100,6 +102,7 @@ class Recorder:
         self._state = state
         self._position = len(state.history)
         self._journal: RunJournal | None = None
+        self._entries: EntryJournal | None = None  # the journal, when it takes entries
         self._closing: RunJournal | None = None
         self._confirmed = False
         self._error: StateError | None = None
@@ -170,7 +173,11 @@ class Recorder:
         status = snapshot.execution_status
         position = self._position + 1
         try:
-            journal.append(event_to_record(snapshot, position))
+            entries = self._entries
+            if entries is not None and record_is_final(snapshot):
+                entries.append_entry(snapshot, position)  # its record is built if read
+            else:
+                journal.append(event_to_record(snapshot, position))
         except Exception as exc:
             raise self._fail(exc, snapshot)  # noqa: B904 - the cause is set when wrapped
         self._position = position
@@ -228,7 +235,8 @@ class Recorder:
             snapshot=_first_snapshot(state) if self._snapshot_needed else None,
         )
         self._snapshot_needed = False
-        self._journal = self._source.open_run(opening)
+        journal = self._journal = self._source.open_run(opening)
+        self._entries = cast("EntryJournal", journal) if hasattr(journal, "append_entry") else None
         self._confirmed = False
 
     async def _wait(self, waiting: Any, snapshot: ExecutionEvent[Any] | None) -> None:

@@ -12,7 +12,9 @@ The core depends on these protocols alone; the backends in :mod:`rh_agents.stora
   asynchronous writer that holds the run's **lease** (one writer per run, across
   processes) and commits records **off the event loop**, many at a time. The embedded
   backends adapt their synchronous storage with a writer thread; a backend with an
-  asyncio driver implements :class:`RunJournal` with a task instead.
+  asyncio driver implements :class:`RunJournal` with a task instead. An in-process
+  backend's run journal may also be an :class:`EntryJournal`, which keeps history
+  entries as they are and builds their records only when they are read.
 * :class:`ArtifactBackend` keeps large blobs that snapshots refer to by reference.
 
 The rules every backend keeps (the contract tests in ``tests/storage/`` check them for
@@ -45,14 +47,18 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol, TypeGuard, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, TypeGuard, runtime_checkable
 
 from rh_agents.core._validate import has_methods
 from rh_agents.core.errors import LifecycleError, StateLockedError, StateNotFoundError
 from rh_agents.core.state_recovery import StateSnapshot, StateStatus
 
+if TYPE_CHECKING:
+    from rh_agents.core.events import ExecutionEvent
+
 __all__ = [
     "ArtifactBackend",
+    "EntryJournal",
     "EventJournal",
     "JournalOpening",
     "JournalStatistics",
@@ -244,6 +250,24 @@ class RunJournal(Protocol):
 
     def statistics(self) -> JournalStatistics:
         """What this journal has committed so far."""
+        ...
+
+
+class EntryJournal(RunJournal, Protocol):
+    """A :class:`RunJournal` that also takes history entries as they are.
+
+    For backends in the recording process: instead of building every record when it is
+    appended, the core hands over the entry (an immutable snapshot) and its position,
+    and the backend builds the record (:func:`~rh_agents.core.history.event_to_record`)
+    when someone reads it, which a run that is never read back never pays for. The
+    core does so only for entries whose record cannot change any more
+    (:func:`~rh_agents.core.history.record_is_final`); the others come through
+    :meth:`RunJournal.append`, as records.
+    """
+
+    def append_entry(self, entry: ExecutionEvent[Any], position: int) -> None:
+        """Queue the record of ``entry`` at the next position, ``position``; never
+        blocks. Raises like :meth:`RunJournal.append`."""
         ...
 
 

@@ -10,6 +10,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from rh_agents.core.errors import LifecycleError, StateError
+from rh_agents.core.events import ExecutionEvent
+from rh_agents.core.history import event_to_record
 from rh_agents.core.state_recovery import StateSnapshot, StateStatus
 from rh_agents.core.storage import (
     JournalOpening,
@@ -40,11 +42,13 @@ class InMemoryStateBackend:
     Meant for tests and short-lived scripts: nothing survives the process. Snapshots
     are stored as JSON text, and records appended with :meth:`append_event` are checked
     to be JSON-serializable, so what the persistent backends would reject is rejected
-    here too; a run's records (built by the core, JSON by construction) are kept as they
-    are, without encoding them. What :meth:`load_events` returns are copies: callers
-    cannot change what was stored. A run's lease is held by its journal object until it
-    is closed (or garbage-collected). Thread-safe. :meth:`close` does nothing, so the
-    data stays readable after a run closed its journal.
+    here too. A run's records are not encoded: the journal keeps the run's immutable
+    history entries themselves and builds their records when they are read (an
+    :class:`~rh_agents.core.storage.EntryJournal`). What :meth:`load_events` returns
+    are copies: callers cannot change what was stored. A run's lease is held by its
+    journal object until it is closed (or garbage-collected). Thread-safe.
+    :meth:`close` does nothing, so the data stays readable after a run closed its
+    journal.
 
     Example:
         >>> backend = InMemoryStateBackend()
@@ -57,7 +61,8 @@ class InMemoryStateBackend:
         self._lock = threading.Lock()
         # state_id -> (snapshot JSON, status, pipeline_name)
         self._states: dict[str, tuple[str, StateStatus, str | None]] = {}
-        self._events: dict[str, list[dict[str, Any]]] = {}
+        # a record, or a history entry and its position (its record is built when read)
+        self._events: dict[str, list[dict[str, Any] | tuple[ExecutionEvent[Any], int]]] = {}
         self._leases: dict[str, weakref.ReferenceType[_MemoryRun]] = {}
 
     def __repr__(self) -> str:
@@ -138,7 +143,7 @@ class InMemoryStateBackend:
         check_id(state_id)
         with self._lock:
             records = list(self._events.get(state_id, ()))
-        return (copy.deepcopy(record) for record in records)
+        return (_copy(record) for record in records)
 
     def journal_length(self, state_id: str) -> int:
         check_id(state_id)
@@ -178,7 +183,12 @@ class InMemoryStateBackend:
         if opening.snapshot is not None and not self.exists(state_id):
             self.save_state(opening.snapshot)
 
-    def _append_run(self, run: _MemoryRun, state_id: str, record: dict[str, Any]) -> None:
+    def _append_run(
+        self,
+        run: _MemoryRun,
+        state_id: str,
+        record: dict[str, Any] | tuple[ExecutionEvent[Any], int],
+    ) -> None:
         with self._lock:
             ref = self._leases.get(state_id)
             if ref is None or ref() is not run:
@@ -198,8 +208,15 @@ class InMemoryStateBackend:
         """Do nothing: the data stays readable, because nothing needs releasing."""
 
 
+def _copy(stored: dict[str, Any] | tuple[ExecutionEvent[Any], int]) -> dict[str, Any]:
+    """A record the caller owns, of a stored record or history entry."""
+    # a record built from an entry shares the entry's encoded result: copied too
+    record = event_to_record(*stored) if isinstance(stored, tuple) else stored
+    return copy.deepcopy(record)
+
+
 class _MemoryRun:
-    """The :class:`RunJournal` of :class:`InMemoryStateBackend`: appends in place."""
+    """The :class:`EntryJournal` of :class:`InMemoryStateBackend`: appends in place."""
 
     def __init__(self, backend: InMemoryStateBackend, opening: JournalOpening) -> None:
         self._backend = backend
@@ -211,6 +228,12 @@ class _MemoryRun:
         self._records = 0
 
     def append(self, record: dict[str, Any]) -> None:
+        self._store(record)
+
+    def append_entry(self, entry: ExecutionEvent[Any], position: int) -> None:
+        self._store((entry, position))
+
+    def _store(self, record: dict[str, Any] | tuple[ExecutionEvent[Any], int]) -> None:
         if self._error is not None:
             raise self._error
         if self.closed:
