@@ -266,9 +266,23 @@ def freeze(event: ExecutionEvent[Any]) -> ExecutionEvent[Any]:
     return snapshot_of(event.__dict__, fields_set, event.__pydantic_private__)
 
 
-_FIELD_NAMES = tuple(ExecutionEvent.model_fields)
 _new_snapshot = _EventSnapshot.__new__
 _setattr = object.__setattr__
+
+
+def _blank_fields() -> dict[str, Any]:
+    """Every field at its default (no metadata, time 0.0), set in declaration order into
+    a snapshot's own dictionary: CPython gives it the key table shared by the class's
+    instances (a split dictionary), and so does every copy of it."""
+    values: dict[str, Any] = _new_snapshot(_EventSnapshot).__dict__
+    for name, info in ExecutionEvent.model_fields.items():
+        values[name] = info.get_default(call_default_factory=True)
+    values["metadata"] = _NO_METADATA
+    values["timestamp"] = 0.0
+    return values
+
+
+_copy_blank = _blank_fields().copy
 
 
 def snapshot_of(
@@ -276,37 +290,39 @@ def snapshot_of(
     fields_set: frozenset[str],
     private: dict[str, Any] | None,
 ) -> ExecutionEvent[Any]:
-    """An immutable snapshot with these field values (every field, in declaration order),
+    """An immutable snapshot with these field values (``fields`` has every field),
     without validation: the history's entries are made here, live ones and restored ones.
 
-    The values go into the instance dictionary one by one, in the same order for every
-    snapshot, so CPython shares one key table between all of them (a split dictionary
-    of about 280 bytes instead of 830): the history of a long run holds two of these
-    per call.
+    The snapshot's dictionary is a copy of one with every field (see
+    :func:`snapshot_fields`) updated with ``fields``: two calls in C instead of a store
+    per field, and it keeps the key table all snapshots share (a split dictionary of
+    about 280 bytes instead of 830: the history of a long run holds two per call).
     """
+    values = _copy_blank()
+    values.update(fields)
     snapshot = _new_snapshot(_EventSnapshot)
-    values = snapshot.__dict__
-    for name in _FIELD_NAMES:
-        values[name] = fields[name]
+    _setattr(snapshot, "__dict__", values)
     return _sealed(snapshot, fields_set, _shared_private(private))
 
 
-def new_snapshot() -> ExecutionEvent[Any]:
-    """A snapshot without fields yet: the caller sets every field, in declaration order,
-    in its ``__dict__`` (so it shares the key table, see :func:`snapshot_of`), then
-    passes it to :func:`seal_snapshot`. For builders that make many entries from other
-    data (a resume reads every record of a history this way)."""
-    return _new_snapshot(_EventSnapshot)
+def snapshot_fields() -> dict[str, Any]:
+    """The fields of a new snapshot, each at its default (no metadata, time 0.0): the
+    caller sets those it has, then passes them to :func:`seal_snapshot`. For builders
+    that make many entries from other data (a resume reads every record of a history
+    this way); the dictionary shares its key table (see :func:`snapshot_of`)."""
+    return _copy_blank()
 
 
 def seal_snapshot(
-    snapshot: ExecutionEvent[Any],
+    values: dict[str, Any],
     fields_set: frozenset[str],
     result_type: str | None,
     version: str | None,
 ) -> ExecutionEvent[Any]:
-    """Finish a snapshot from :func:`new_snapshot` whose fields are all set (no encoded
+    """The snapshot with the fields ``values`` from :func:`snapshot_fields` (no encoded
     result: ``result`` is its own JSON form, a restored entry's)."""
+    snapshot = _new_snapshot(_EventSnapshot)
+    _setattr(snapshot, "__dict__", values)
     return _sealed(snapshot, fields_set, _private_for(result_type, version))
 
 

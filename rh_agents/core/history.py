@@ -19,7 +19,7 @@ from pydantic import BaseModel
 from pydantic_core import to_jsonable_python
 
 from rh_agents.core.errors import StateCorruptedError
-from rh_agents.core.events import EventKind, ExecutionEvent, new_snapshot, seal_snapshot
+from rh_agents.core.events import EventKind, ExecutionEvent, seal_snapshot, snapshot_fields
 from rh_agents.core.types import EventType, ExecutionStatus
 from rh_agents.core.usage import TokenUsage
 
@@ -328,8 +328,9 @@ def _entry(record: dict[str, Any], position: int) -> ExecutionEvent[Any]:
     """The entry ``record`` stores, each value checked for its type.
 
     The hot loop of a resume (one call per record): the snapshot's fields are set in
-    declaration order straight into its own dictionary (see :func:`new_snapshot`), the
-    common cases of each check inline. A key the record lacks keeps the field's default.
+    a dictionary from :func:`snapshot_fields`, each check's common case inline (the
+    checking functions run only for a value of another type, to refuse it or accept a
+    subclass). A key the record lacks keeps the field's default.
     """
     get = record.get
     kind = get("kind", "event")
@@ -350,39 +351,66 @@ def _entry(record: dict[str, Any], position: int) -> ExecutionEvent[Any]:
             raise ValueError(f"{event_type!r} is not a valid event type") from None
     else:
         event_type = None
+    tag = get("tag")
+    actor = get("actor")
+    message = get("message")
+    detail = get("detail")
+    error_type = get("error_type")
+    group_id = get("group_id")
+    original_error = get("original_error")
+    input_hash = get("input_hash")
+    result_type = get("result_type")
+    version = get("version")
+    for text in (
+        tag, actor, message, detail, error_type, group_id, original_error, input_hash,
+        result_type, version,
+    ):  # fmt: skip
+        if text is not None and type(text) is not str:
+            _text(text)
+    timestamp = get("timestamp")
+    execution_time = get("execution_time")
+    retry_delay = get("retry_delay")
+    for number in (timestamp, execution_time, retry_delay):
+        if number is not None and type(number) is not float:
+            _number(number)
+    metadata = get("metadata")
+    if type(metadata) is not dict:
+        metadata = _metadata(metadata)
+    parallel_index = get("parallel_index")
+    retry_attempt = get("retry_attempt")
+    for integer in (parallel_index, retry_attempt):
+        if integer is not None and type(integer) is not int:
+            _integer(integer)
     usage = get("usage")
-    result_type = _text(get("result_type"))
-    version = _text(get("version"))
-    snapshot = new_snapshot()
-    values = snapshot.__dict__
-    values["actor"] = None  # not restored: the program's own actor runs a resumed call
+    values = snapshot_fields()
+    # "actor" stays None: the program's own actor runs a resumed call
     values["kind"] = kind
     values["address"] = address
-    values["tag"] = _text(get("tag")) or ""
-    values["actor_name"] = _text(get("actor"))
+    values["tag"] = tag or ""
+    values["actor_name"] = actor
     values["event_type"] = event_type
-    values["metadata"] = _metadata(get("metadata"))
-    values["timestamp"] = _number(get("timestamp")) or 0.0
-    values["execution_time"] = _number(get("execution_time"))
+    values["metadata"] = metadata
+    values["timestamp"] = timestamp or 0.0
+    values["execution_time"] = execution_time
     values["execution_status"] = status
-    values["message"] = _text(get("message"))
-    values["detail"] = _text(get("detail"))
-    values["error_type"] = _text(get("error_type"))
+    values["message"] = message
+    values["detail"] = detail
+    values["error_type"] = error_type
     values["result"] = get("result")
     values["from_cache"] = bool(get("from_cache"))
     values["is_replayed"] = bool(get("is_replayed"))
-    values["skip_republish"] = False
-    values["group_id"] = _text(get("group_id"))
-    values["parallel_index"] = _integer(get("parallel_index"))
+    values["group_id"] = group_id
+    values["parallel_index"] = parallel_index
     values["is_parallel"] = bool(get("is_parallel"))
-    values["retry_attempt"] = _integer(get("retry_attempt")) or 0
+    values["retry_attempt"] = retry_attempt or 0
     # not stored: the core sets it on exactly the RETRYING entries
     values["is_retry"] = status is _RETRYING
-    values["original_error"] = _text(get("original_error"))
-    values["retry_delay"] = _number(get("retry_delay"))
-    values["input_hash"] = _text(get("input_hash"))
-    values["usage"] = None if usage is None else TokenUsage.from_record(usage, position)
-    return seal_snapshot(snapshot, _FIELDS_SET, result_type, version)
+    values["original_error"] = original_error
+    values["retry_delay"] = retry_delay
+    values["input_hash"] = input_hash
+    if usage is not None:
+        values["usage"] = TokenUsage.from_record(usage, position)
+    return seal_snapshot(values, _FIELDS_SET, result_type, version)
 
 
 def record_to_event(record: dict[str, Any], position: int = 0) -> ExecutionEvent[Any]:

@@ -316,7 +316,11 @@ class SQLiteStateBackend:
 
     def _reader(self) -> sqlite3.Connection:
         target = self._uri or f"file:{quote(os.path.abspath(self._path))}?mode=ro"
-        return self._connect_to(target, uri=True)
+        conn = self._connect_to(target, uri=True)
+        # Records come as their stored UTF-8 bytes, which the checksum covers and the
+        # JSON reader takes: no decoding into text and encoding back for each record.
+        conn.text_factory = bytes
+        return conn
 
     def _wrap(self, exc: Exception, action: str) -> StateError:
         """The storage error for a driver error while doing ``action``."""

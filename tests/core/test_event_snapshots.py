@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import pickle
+import sys
 import uuid
 from typing import Any
 
@@ -178,3 +179,17 @@ async def test_entries_share_what_they_have_in_common() -> None:
     )
     records = state.history.to_records()
     assert [r["version"] for r in records] == [version, version]
+
+
+async def test_live_and_restored_entries_share_one_key_table() -> None:
+    # A long run's history holds two entries per call: each entry's dictionary shares
+    # the key table of all snapshots (a split dict), a third of a dict of its own.
+    from rh_agents.core.history import record_to_event
+
+    state, entry = await completed_entry(3, metadata={"k": 1})
+    restored = record_to_event(state.history.to_records()[-1], 2)
+    own = sys.getsizeof(dict(entry.__dict__))
+    assert sys.getsizeof(entry.__dict__) < own / 2
+    assert sys.getsizeof(restored.__dict__) == sys.getsizeof(entry.__dict__)
+    assert list(restored.__dict__) == list(ExecutionEvent.model_fields)
+    assert restored.result == 3 and restored.metadata == {"k": 1}
