@@ -134,4 +134,7 @@ def test_the_instruction_counter_runs_every_case(tmp_path: Path) -> None:
         check=False,
     )
     assert bad.returncode == 2
-    assert "unknown case(s) nothing; choose from event, group1, empty, item, resume" in bad.stderr
+    assert (
+        "unknown case(s) nothing; choose from event, group1, empty, item, nojournal, memory, "
+        "sqlite, resume" in bad.stderr
+    )
