@@ -274,9 +274,9 @@ class Writer:
                     for j in self._journals
                     if j._state_id == state_id
                     and not j._closed
-                    # queued, or taken by the thread and being committed right now
-                    and (j._committed < j._appended or j._closing or not j._opened)
-                    and (j._appended or j._closing)
+                    # queued, or taken by the thread and being committed right now (a
+                    # journal commits nothing before it is opened)
+                    and (j._committed < j._appended or j._closing)
                 ]
                 if not busy or self._thread is threading.current_thread():
                     return

@@ -35,6 +35,10 @@ from rh_agents.storage._lease import new_holder
 
 __all__ = ["InMemoryStateBackend"]
 
+_Stored = dict[str, Any] | tuple[ExecutionEvent[Any], int]
+"""What a journal keeps per position: a record, or a history entry and its position
+(whose record is built when it is read)."""
+
 
 class InMemoryStateBackend:
     """A :class:`StateBackend` and :class:`LeasedJournal` kept in process memory.
@@ -61,8 +65,7 @@ class InMemoryStateBackend:
         self._lock = threading.Lock()
         # state_id -> (snapshot JSON, status, pipeline_name)
         self._states: dict[str, tuple[str, StateStatus, str | None]] = {}
-        # a record, or a history entry and its position (its record is built when read)
-        self._events: dict[str, list[dict[str, Any] | tuple[ExecutionEvent[Any], int]]] = {}
+        self._events: dict[str, list[_Stored]] = {}
         self._leases: dict[str, weakref.ReferenceType[_MemoryRun]] = {}
 
     def __repr__(self) -> str:
@@ -187,7 +190,7 @@ class InMemoryStateBackend:
         self,
         run: _MemoryRun,
         state_id: str,
-        record: dict[str, Any] | tuple[ExecutionEvent[Any], int],
+        record: _Stored,
     ) -> None:
         with self._lock:
             ref = self._leases.get(state_id)
@@ -208,7 +211,7 @@ class InMemoryStateBackend:
         """Do nothing: the data stays readable, because nothing needs releasing."""
 
 
-def _copy(stored: dict[str, Any] | tuple[ExecutionEvent[Any], int]) -> dict[str, Any]:
+def _copy(stored: _Stored) -> dict[str, Any]:
     """A record the caller owns, of a stored record or history entry."""
     # a record built from an entry shares the entry's encoded result: copied too
     record = event_to_record(*stored) if isinstance(stored, tuple) else stored
@@ -233,7 +236,7 @@ class _MemoryRun:
     def append_entry(self, entry: ExecutionEvent[Any], position: int) -> None:
         self._store((entry, position))
 
-    def _store(self, record: dict[str, Any] | tuple[ExecutionEvent[Any], int]) -> None:
+    def _store(self, record: _Stored) -> None:
         if self._error is not None:
             raise self._error
         if self.closed:
