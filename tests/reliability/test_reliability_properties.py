@@ -324,6 +324,27 @@ TRIPS_THE_BREAKER = Plan(
     attempts=[[(1, False)]] * 4,
 )
 
+# Two more breaker trips (two workers; retries counted against the breaker): the check
+# below wants three examples of each kind, and random plans trip a breaker rarely.
+TRIPS_THE_BREAKER_TWO_WORKERS = Plan(
+    size=5,
+    max_workers=2,
+    strategy=ErrorStrategy.FAIL_SLOW,
+    timeout=None,
+    max_retries=0,
+    breaker=1,
+    attempts=[[(1, False)]] * 5,
+)
+TRIPS_THE_BREAKER_RETRYING = Plan(
+    size=4,
+    max_workers=1,
+    strategy=ErrorStrategy.FAIL_SLOW,
+    timeout=None,
+    max_retries=1,
+    breaker=2,
+    attempts=[[(1, False), (1, False)]] * 4,
+)
+
 
 ALL_COMPLETE = Plan(
     size=5,
@@ -343,6 +364,8 @@ def test_random_groups_keep_every_invariant() -> None:
     @example(TIMES_OUT)
     @example(ALL_COMPLETE)
     @example(TRIPS_THE_BREAKER)
+    @example(TRIPS_THE_BREAKER_TWO_WORKERS)
+    @example(TRIPS_THE_BREAKER_RETRYING)
     @given(plans())
     def property_holds(plan: Plan) -> None:
         kinds["examples"] += 1
