@@ -65,13 +65,25 @@ class Replayer:
         active: whether the state has completions to replay (it was restored).
     """
 
-    __slots__ = ("_claimed", "_index", "_program", "_siblings", "_state", "_types", "active")
+    __slots__ = (
+        "_claimed",
+        "_index",
+        "_more_siblings",
+        "_program",
+        "_siblings",
+        "_state",
+        "_types",
+        "active",
+    )
 
     def __init__(self, state: ExecutionState, result_types: Iterable[type[BaseModel]] = ()) -> None:
         self._state = state
         self._index: dict[str, ExecutionEvent[Any]] = {}
-        # Completions by (parent address, actor key), and those already replayed.
-        self._siblings: dict[tuple[str, str], list[ExecutionEvent[Any]]] = {}
+        # Completions by sibling key (see _sibling_key): the first one recorded, the
+        # others (few keys have any: one list per key would cost a resume a list and a
+        # tuple per completion); and those already replayed.
+        self._siblings: dict[str, ExecutionEvent[Any]] = {}
+        self._more_siblings: dict[str, list[ExecutionEvent[Any]]] = {}
         self._claimed: set[str] = set()
         self._program = RecordedProgram()
         self._types = _known_types(result_types)
@@ -81,15 +93,18 @@ class Replayer:
         """Index the completions of a restored ``history``; calls at their addresses
         return the recorded results from now on. ``program`` is what the history says
         about the program that recorded it (checked at every call)."""
-        self._index = {}
-        self._siblings = {}
+        self._index = index = history.completions()  # a new dict: this index's own
+        siblings: dict[str, ExecutionEvent[Any]] = {}
+        more: dict[str, list[ExecutionEvent[Any]]] = {}
+        self._siblings, self._more_siblings = siblings, more
         self._claimed = set()
         self._program = program if program is not None else RecordedProgram()
-        for address, event in history.completions().items():
-            self._index[address] = event
+        for address, event in index.items():
             if event.input_hash is not None:
-                self._siblings.setdefault(_sibling_key(address), []).append(event)
-        self.active = bool(self._index)
+                key = _sibling_key(address)
+                if siblings.setdefault(key, event) is not event:
+                    more.setdefault(key, []).append(event)
+        self.active = bool(index)
 
     def recorded(self, actor: BaseActor, address: str) -> ExecutionEvent[Any] | None:
         """The completion recorded at ``address`` (VALIDATION mode compares with it).
@@ -152,8 +167,9 @@ class Replayer:
         own = self._index.get(address)
         if own is not None and own.address in self._claimed:
             own = None  # a sibling call replayed it already
-        group = self._siblings.get(_sibling_key(address))
-        if own is None and not group:
+        key = _sibling_key(address)
+        first = self._siblings.get(key)
+        if own is None and first is None:
             return None, None
         where = f"'{address}'"
         fix = (
@@ -190,7 +206,7 @@ class Replayer:
         if own is not None and own.input_hash == current:
             self._claimed.add(own.address)
             return own, current
-        for sibling in group or ():
+        for sibling in () if first is None else (first, *self._more_siblings.get(key, ())):
             if sibling.input_hash == current and sibling.address not in self._claimed:
                 self._claimed.add(sibling.address)
                 return sibling, current
@@ -292,10 +308,14 @@ class Replayer:
         await self._state.recorder.record(warning)
 
 
-def _sibling_key(address: str) -> tuple[str, str]:
-    """(parent address, actor key) of an invocation: its address without the ordinal."""
-    parent, _, segment = address.rpartition("/")
-    return parent, segment.partition("#")[0]
+def _sibling_key(address: str) -> str:
+    """The address of an invocation without its ordinal (``a/b#2`` -> ``a/b``): the
+    parent address and the actor key, which its siblings share. An address without
+    any ``#`` (most) is its own key."""
+    if "#" not in address:
+        return address
+    parent, separator, segment = address.rpartition("/")
+    return parent + separator + segment.partition("#")[0]
 
 
 # ----------------------------------------------------------------------- restoring

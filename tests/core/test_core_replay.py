@@ -713,3 +713,20 @@ def test_a_fresh_state_may_not_reuse_the_id_of_a_stored_history(tmp_path: Path) 
         with pytest.raises(LifecycleError, match=r"already holds a history for state 'run'"):
             ExecutionState(state_id="run", state_backend=backend)
         assert ExecutionState.load_from_state_id("run", backend).is_restored
+
+
+@pytest.mark.parametrize(
+    ("address", "key"),
+    [
+        ("search", "search"),
+        ("search#3", "search"),
+        ("plan/search#12", "plan/search"),
+        ("plan#1/search", "plan#1/search"),  # the parent's ordinal is part of the key
+        ("plan#1/search#2", "plan#1/search"),
+        ("parallel:g[3]/search#1", "parallel:g[3]/search"),
+    ],
+)
+def test_siblings_share_the_address_without_the_last_ordinal(address: str, key: str) -> None:
+    from rh_agents.core.replay import _sibling_key
+
+    assert _sibling_key(address) == key
