@@ -166,6 +166,44 @@ async def test_items_added_while_running_start_by_priority() -> None:
     assert started == ["first", "high", "high2", "mid", "low"]
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    st.integers(min_value=1, max_value=5),
+    st.integers(min_value=-2, max_value=2),
+    st.lists(st.integers(min_value=-2, max_value=2), max_size=8),
+)
+def test_items_added_to_a_waiting_queue_keep_priority_then_add_order(
+    initial: int, priority: int, added: list[int]
+) -> None:
+    # ``initial`` items of one priority wait (the first one runs and adds the others):
+    # the queue of one priority must give way to a priority order when they differ.
+    started: list[int] = []
+
+    def work(index: int) -> Any:
+        async def run() -> None:
+            started.append(index)
+
+        return run
+
+    async def main() -> None:
+        state = ExecutionState(telemetry=False)
+        async with state.parallel(max_workers=1, name="mixed") as p:
+
+            async def first() -> None:
+                started.append(0)
+                for offset, extra in enumerate(added):
+                    p.add(work(initial + offset), priority=extra)
+
+            p.add(first, priority=priority)
+            for index in range(1, initial):
+                p.add(work(index), priority=priority)
+
+    asyncio.run(main())
+    priorities = [priority] * initial + added
+    waiting = sorted(range(1, len(priorities)), key=lambda i: (-priorities[i], i))
+    assert started == [0, *waiting]
+
+
 async def test_a_retry_counts_as_delayed_only_while_it_backs_off() -> None:
     async with FakeClock() as clock:
         state = ExecutionState(telemetry=False, clock=clock)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
@@ -28,8 +29,11 @@ class Scheduler:
 
     Attributes:
         items: every item, in add order.
-        waiting: the items that have not started, as a heap of ``(-priority, index)``:
-            the highest priority first, add order among equals.
+        waiting: the items that have not started when their priorities differ, as a
+            heap of ``(-priority, index)``: the highest priority first, add order among
+            equals. While every waiting item has the same priority (the common case)
+            they wait in ``_fifo`` instead, a queue of indices in add order: no tuple
+            per item and no heap to sift.
         delayed: retries waiting out their backoff, as ``(ready_at, index, item)``.
         backing_off: indices of the items waiting out a backoff (in ``delayed``, or
             popped by a worker that sleeps the rest of it).
@@ -41,6 +45,8 @@ class Scheduler:
 
     __slots__ = (
         "_clock",
+        "_fifo",
+        "_priority",
         "backing_off",
         "delayed",
         "inline",
@@ -54,9 +60,14 @@ class Scheduler:
     def __init__(self, items: list[Item], clock: Clock) -> None:
         self._clock = clock
         self.items: list[Item] = items
-        # Already in heap order when every priority is the same (add order).
-        self.waiting: list[tuple[int, int]] = [(-item.priority, item.index) for item in items]
-        heapq.heapify(self.waiting)
+        self.waiting: list[tuple[int, int]] = []
+        self._fifo: deque[int] | None = None
+        priority = self._priority = items[0].priority if items else 0
+        if len(items) < 2 or all(item.priority == priority for item in items):
+            self._fifo = deque(range(len(items)))  # an item's index is its place in items
+        else:
+            self.waiting = [(-item.priority, item.index) for item in items]
+            heapq.heapify(self.waiting)
         self.delayed: list[tuple[float, int, Item]] = []
         self.backing_off: set[int] = set()
         self.workers: list[asyncio.Task[None]] = []
@@ -66,7 +77,8 @@ class Scheduler:
 
     def queued(self) -> int:
         """Items that have not started their first attempt yet."""
-        return len(self.waiting)
+        fifo = self._fifo
+        return len(fifo) if fifo is not None else len(self.waiting)
 
     def next(self) -> Item | None:
         """The item to run next, or None when nothing is left to start."""
@@ -74,7 +86,11 @@ class Scheduler:
         # so a long queue does not postpone it indefinitely.
         if self.delayed and self.delayed[0][0] <= self._clock.monotonic():
             return heapq.heappop(self.delayed)[2]
-        if self.waiting:
+        fifo = self._fifo
+        if fifo is not None:
+            if fifo:
+                return self.items[fifo.popleft()]
+        elif self.waiting:
             return self.items[heapq.heappop(self.waiting)[1]]
         if self.delayed:
             return heapq.heappop(self.delayed)[2]
@@ -82,6 +98,17 @@ class Scheduler:
 
     def push(self, item: Item) -> None:
         """An item added while the group runs waits for a worker like the others."""
+        fifo = self._fifo
+        if fifo is not None:
+            if not fifo:
+                self._priority = item.priority  # nothing waits: any priority is uniform
+            if item.priority == self._priority and (not fifo or item.index > fifo[-1]):
+                fifo.append(item.index)  # add order is index order
+                return
+            # Priorities differ from now on: the waiting items (one priority, in add
+            # order, so already in heap order) move to the heap.
+            self.waiting = [(-self._priority, index) for index in fifo]
+            self._fifo = None
         heapq.heappush(self.waiting, (-item.priority, item.index))
 
     def retry_later(self, item: Item, delay: float) -> None:
