@@ -225,3 +225,54 @@ async def test_added_items_count_in_the_printers_progress() -> None:
     printer.close()
     text = out.getvalue()
     assert "4/4 completed" in text, text
+
+
+async def test_the_adding_item_is_the_innermost_running_item_of_that_group() -> None:
+    """An add made by a call nested in an item counts for that item (its index keys the
+    new item); one made by an item of another group (nested inside) counts for the body
+    ("+N"). Keys are part of the addresses a resume replays by."""
+    state = ExecutionState()
+    added: dict[str, int] = {}
+
+    echo = _echo_tool()
+
+    async def noop() -> Any:  # its call's address ends with the new item's key
+        return await ExecutionEvent(actor=echo)("added", {}, state)
+
+    def tool(name: str, act: Any) -> Tool[Any, Any]:
+        async def handler(data: Any, extra: Any, state: Any) -> Any:
+            act()
+            return data
+
+        return Tool(name=name, handler=handler)
+
+    async with state.parallel(max_workers=2, name="outer") as outer:
+
+        def add(name: str) -> None:
+            added[name] = outer.add(noop, name=name)
+
+        async def with_nested_call() -> str:
+            return str(
+                await ExecutionEvent(actor=tool("deep", lambda: add("from call")))(1, {}, state)
+            )
+
+        async def with_nested_group() -> str:
+            async with state.parallel(max_workers=1, name="inner") as inner:
+                inner.add(
+                    lambda: ExecutionEvent(actor=tool("x", lambda: add("from inner")))(2, {}, state)
+                )
+                await inner.gather()
+            add("from item after inner")
+            return "nested"
+
+        outer.add(with_nested_call, name="call")
+        outer.add(with_nested_group, name="group")
+        add("from body")
+        results = await outer.gather()
+    addresses = {r.name: r.address for r in results}
+    assert {name: addresses[name] for name in added} == {
+        "from call": "parallel:outer[0.0]/echo",
+        "from inner": "parallel:outer[+0]/echo",
+        "from item after inner": "parallel:outer[1.0]/echo",
+        "from body": "parallel:outer[2]/echo",  # before the run: an ordinary item
+    }

@@ -22,7 +22,6 @@ from rh_agents.core.errors import CircuitOpenError, EventFailedError, StateError
 from rh_agents.core.events import ExecutionEvent, ExecutionResult
 from rh_agents.core.executors import WorkItem, run_item
 from rh_agents.core.hooks import Outcome
-from rh_agents.core.parallel.items import running_item
 from rh_agents.core.parallel.models import label_of
 from rh_agents.core.parallel.results import Results, placeholder_actor
 from rh_agents.core.types import ExecutionStatus
@@ -120,7 +119,6 @@ class ItemAttempts:
         item.started = True
         item_frame = self._frame.item(item.index, group.group_id, item.key)
         token = current_frame.set(item_frame)
-        adder = running_item.set((group, item))
         self.in_flight += 1
         if self.in_flight > self.peak:
             self.peak = self.in_flight
@@ -154,7 +152,6 @@ class ItemAttempts:
             except Exception as exc:
                 error = exc
         finally:
-            running_item.reset(adder)
             current_frame.reset(token)
             self.in_flight -= 1
             if held is not None:

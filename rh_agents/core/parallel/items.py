@@ -6,14 +6,13 @@ import asyncio
 import functools
 import inspect
 from collections.abc import Awaitable, Callable
-from contextvars import ContextVar
 from types import CoroutineType, FunctionType, MethodType
 from typing import Any
 
 from rh_agents.core.errors import DuplicateNameError, InvalidArgumentError, InvalidWorkError
 from rh_agents.core.parallel.models import ParallelEventGroup, label_of
 
-__all__ = ["Item", "ItemList", "running_item"]
+__all__ = ["Item", "ItemList"]
 
 _FACTORY_TYPES = (FunctionType, MethodType, functools.partial)
 """Callable types that are never awaitable themselves (the common factories)."""
@@ -226,13 +225,6 @@ class ItemList:
         """Close the coroutine objects of items that never ran."""
         for item in self.items:
             item.close()
-
-
-running_item: ContextVar[tuple[object, Item] | None] = ContextVar(
-    "rh_agents_running_item", default=None
-)
-"""The group (its model) and the item whose attempt runs the current code, so that
-``p.add`` made there knows who adds."""
 
 
 def close_rejected(work: Any) -> None:

@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 from rh_agents.core._aio import cancel_and_wait, uninterrupted
 from rh_agents.core._pause import Interrupted
+from rh_agents.core.context import current_frame
 from rh_agents.core.parallel.attempt import ItemAttempts
 from rh_agents.core.parallel.errors import ParallelTimeoutError
-from rh_agents.core.parallel.items import running_item
 from rh_agents.core.parallel.models import GroupStatistics, GroupStatus, label_of, update
 from rh_agents.core.parallel.results import Results, group_event, publish_group, timeout_message
 from rh_agents.core.parallel.scheduler import Scheduler
@@ -209,9 +209,8 @@ class GroupRun:
     def add(self, work: Any, name: str | None, priority: int) -> int:
         """Add an item while the group runs (see ``ParallelExecutionManager.add``)."""
         group, scheduler = self._group, self.scheduler
-        adder = running_item.get()
-        if adder is not None and adder[0] is group:
-            parent = adder[1]
+        parent = self._adding_item()
+        if parent is not None:
             key = f"{parent.index if parent.key is None else parent.key}.{parent.adds}"
             parent.adds += 1
         else:
@@ -229,6 +228,19 @@ class GroupRun:
         if self._tel.enabled and self.attempts is not None:
             self._tel.queue_changed(group, self.attempts.in_flight, scheduler.queued())
         return index
+
+    def _adding_item(self) -> Item | None:
+        """The item of this group whose attempt runs the calling code (directly or in a
+        call nested in it), if any: the innermost item frame above the current frame,
+        when it is one of this group's. An item of a group nested in one of ours adds
+        for the body, as the body does."""
+        frame = current_frame.get()
+        while frame is not None:
+            index = frame.parallel_index
+            if index is not None:
+                return self._items.items[index] if frame.parent is self._frame else None
+            frame = frame.parent
+        return None
 
     def _runs_inline(self, workers_needed: int) -> bool:
         """Whether the single worker runs in this task.
