@@ -112,6 +112,20 @@ def test_the_sealed_text_is_pinned() -> None:
 
 
 @pytest.mark.parametrize(
+    "record",
+    [{}, {"a": 1}, {"unicode": "ü€😀", "nested": {"x": [1, None]}}, {"seq": 10**12}],
+)
+@pytest.mark.parametrize(("state_id", "position"), [("run-1", 1), ("rün-2", 123456)])
+def test_a_record_is_sealed_like_any_stored_object(
+    record: dict[str, Any], state_id: str, position: int
+) -> None:
+    # dump_record seals the encoded bytes itself (its hot path): the same text as seal()
+    # of the record's JSON, so one reader checks both
+    text = json.dumps(record, separators=(",", ":"), ensure_ascii=False)
+    assert dump_record(state_id, position, record) == seal(text, state_id, position)
+
+
+@pytest.mark.parametrize(
     ("state_id", "position", "text"),
     [
         ("run-1", 3, '{"a":1}'),
