@@ -72,6 +72,10 @@ async def run_event(
     assert actor is not None
     parent = state.current_frame()
     frame = parent.child(_address_key(actor, template.tag))
+    if parent.parent is None:  # a top-level call: made from another state's run?
+        outer = current_frame.get()
+        if outer is not None and outer.root is not parent:
+            frame.outer = outer
     ev = _working_copy(template, actor, frame.address, parent)
     fields = ev.__dict__
     group_id = parent.group_id

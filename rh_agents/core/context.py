@@ -35,6 +35,9 @@ class Frame:
         group_id: set on the item frames of a parallel group.
         parallel_index: the item's index in its group (item frames only).
         pushed: set on frames added with ``ExecutionState.push_context``.
+        outer: on a top-level call of one state made while a frame of another state's
+            run was current (a call in a sub-state from inside a group item): that
+            frame, so ``p.add()`` there still finds the item it runs in.
     """
 
     root: Frame | None
@@ -46,6 +49,7 @@ class Frame:
     # Created on first use: most frames (an item's, a leaf call's) never have children.
     _counters: dict[str, int] | None = None
     _pushed: dict[str, Frame] | None = None
+    outer: Frame | None = None
 
     @classmethod
     def new_root(cls, address: str = "") -> Frame:
@@ -83,6 +87,7 @@ class Frame:
         frame.pushed = False
         frame._counters = None
         frame._pushed = None
+        frame.outer = None
         return frame
 
     def pushed_child(self, name: str) -> Frame:

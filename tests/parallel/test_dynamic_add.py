@@ -228,9 +228,10 @@ async def test_added_items_count_in_the_printers_progress() -> None:
 
 
 async def test_the_adding_item_is_the_innermost_running_item_of_that_group() -> None:
-    """An add made by a call nested in an item counts for that item (its index keys the
-    new item); one made by an item of another group (nested inside) counts for the body
-    ("+N"). Keys are part of the addresses a resume replays by."""
+    """An add made by a call nested in an item (of the item's state or another) counts
+    for that item (its index keys the new item); one made by an item of another group
+    (nested inside) counts for the body ("+N"). Keys are part of the addresses a resume
+    replays by."""
     state = ExecutionState()
     added: dict[str, int] = {}
 
@@ -265,8 +266,15 @@ async def test_the_adding_item_is_the_innermost_running_item_of_that_group() -> 
             add("from item after inner")
             return "nested"
 
+        async def with_call_in_another_state() -> str:
+            other = ExecutionState()  # a sub-state: its calls have addresses of their own
+            return str(
+                await ExecutionEvent(actor=tool("sub", lambda: add("from sub-state")))(3, {}, other)
+            )
+
         outer.add(with_nested_call, name="call")
         outer.add(with_nested_group, name="group")
+        outer.add(with_call_in_another_state, name="sub-state")
         add("from body")
         results = await outer.gather()
     addresses = {r.name: r.address for r in results}
@@ -274,5 +282,6 @@ async def test_the_adding_item_is_the_innermost_running_item_of_that_group() -> 
         "from call": "parallel:outer[0.0]/echo",
         "from inner": "parallel:outer[+0]/echo",
         "from item after inner": "parallel:outer[1.0]/echo",
-        "from body": "parallel:outer[2]/echo",  # before the run: an ordinary item
+        "from sub-state": "parallel:outer[2.0]/echo",
+        "from body": "parallel:outer[3]/echo",  # before the run: an ordinary item
     }

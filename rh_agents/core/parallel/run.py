@@ -231,15 +231,15 @@ class GroupRun:
 
     def _adding_item(self) -> Item | None:
         """The item of this group whose attempt runs the calling code (directly or in a
-        call nested in it), if any: the innermost item frame above the current frame,
-        when it is one of this group's. An item of a group nested in one of ours adds
-        for the body, as the body does."""
+        call nested in it, of this state or another), if any: the innermost item frame
+        above the current frame, when it is one of this group's. An item of a group
+        nested in one of ours adds for the body, as the body does."""
         frame = current_frame.get()
         while frame is not None:
             index = frame.parallel_index
             if index is not None:
                 return self._items.items[index] if frame.parent is self._frame else None
-            frame = frame.parent
+            frame = frame.outer if frame.outer is not None else frame.parent
         return None
 
     def _runs_inline(self, workers_needed: int) -> bool:
