@@ -256,12 +256,9 @@ def dump_record(state_id: str, position: int, record: dict[str, Any]) -> str:
         data = to_json(record, inf_nan_mode="constants")
     except PydanticSerializationError:
         return seal(_json_text(state_id, record), state_id, position)
-    # seal()'s work on the encoded bytes, inline (two records per call pass here): the
-    # checksum key is put in front of the bytes, decoded once
-    run = _RUN_SCOPES.get(state_id)
-    if run is None:
-        run = _run_crc(state_id)
-    crc = zlib.crc32(data, zlib.crc32(b"%d\n" % position, run))
+    # seal()'s work on the encoded bytes (two records per call pass here): the checksum
+    # key is put in front of the bytes, decoded once
+    crc = zlib.crc32(data, _scope(state_id, position))
     if data == b"{}":
         return _sealed(crc, "{}")
     return (_SEAL_KEY % crc + data[1:]).decode("utf-8")
