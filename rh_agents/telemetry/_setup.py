@@ -48,7 +48,12 @@ DEFAULT_TRACE_FILE = Path(".rh_agents") / "spans.jsonl"
 MAX_QUEUE_SIZE = 65_536
 """Spans the batch processor can hold; the SDK's default (2048) drops most child spans of a
 large group while the event loop keeps the export thread waiting."""
-MAX_EXPORT_BATCH = 4_096
+MAX_EXPORT_BATCH = 512
+"""Spans per export: the SDK's default. A span waits in the queue until its batch is full
+(or the schedule fires), and every span that waits long enough is promoted to the oldest
+generation of the garbage collector, whose full collections then walk the whole heap (a
+long run's history included): 4 096-span batches cost a 100 000-event group about 20 %
+more collector time (docs/performance.md)."""
 SCHEDULE_DELAY_MS = 200
 _GRACE = 1.0
 """Seconds given to stopping an exporter that did not finish in time."""
@@ -462,7 +467,7 @@ def setup(
         max_queue_size: spans buffered for export (default ``OTEL_BSP_MAX_QUEUE_SIZE``,
             else 65 536, so a 10 000-item group is not dropped).
         max_export_batch_size: spans per export (default
-            ``OTEL_BSP_MAX_EXPORT_BATCH_SIZE``, else 4 096).
+            ``OTEL_BSP_MAX_EXPORT_BATCH_SIZE``, else 512, the SDK's default).
         schedule_delay: seconds between exports (default ``OTEL_BSP_SCHEDULE_DELAY``,
             else 0.2).
         exporters: extra span exporters (e.g. an in-memory one in tests).

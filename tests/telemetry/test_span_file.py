@@ -236,6 +236,8 @@ def test_explicit_arguments_win_over_the_environment(
     assert set(paths) == {"/custom"}  # a signal-specific endpoint is used as is
     assert env_only.span_processor_settings["max_queue_size"] == 1234
     assert env_only.span_processor_settings["export_timeout_millis"] == 7000
+    # not set anywhere: the SDK's 512-span batches (spans wait less; docs/performance.md)
+    assert env_only.span_processor_settings["max_export_batch_size"] == 512
     assert handle.span_processor_settings["max_queue_size"] == 99
     assert {s["resource"]["service.name"] for s in spans} == {"explicit"}
     assert {s["resource"]["team"] for s in spans} == {"x"}
