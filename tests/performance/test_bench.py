@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -138,3 +139,23 @@ def test_the_instruction_counter_runs_every_case(tmp_path: Path) -> None:
         "unknown case(s) nothing; choose from event, group1, empty, item, nojournal, memory, "
         "sqlite, resume" in bad.stderr
     )
+
+
+def test_the_collector_tuning_benchmark_compares_both_settings() -> None:
+    # Unmeasured here (a few hundred events): both settings run, with and without
+    # telemetry (every span exported, asserted inside), and bad arguments are refused.
+    proc = _run("-m", "bench.gc_tuning", "--events", "300", "--rounds", "1")
+    # the interpreter's default (700 before CPython 3.13, 2000 since) against 10 000
+    assert re.search(r"collector thresholds \((\d+), 10, 10\) vs \(10000, 10, 10\)", proc.stdout)
+    for label in ("no telemetry", "full telemetry"):
+        line = next(line for line in proc.stdout.splitlines() if line.startswith(label))
+        assert "default" in line and "tuned / default" in line
+    bad = subprocess.run(
+        [sys.executable, "-m", "bench.gc_tuning", "--events", "0"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert bad.returncode == 2
+    assert "--events, --rounds and --threshold must be at least 1" in bad.stderr
