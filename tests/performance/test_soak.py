@@ -38,6 +38,7 @@ from rh_agents.core.actors import Tool
 from rh_agents.core.events import ExecutionEvent
 from rh_agents.core.execution import ExecutionState
 from rh_agents.telemetry import Telemetry
+from rh_agents.telemetry._setup import MAX_EXPORT_BATCH, MAX_QUEUE_SIZE, SCHEDULE_DELAY_MS
 
 pytestmark = pytest.mark.soak
 
@@ -106,8 +107,11 @@ def test_a_million_events_memory_stays_flat_and_throughput_steady() -> None:
     exporter = CountingExporter()
     provider = TracerProvider()
     provider.add_span_processor(
-        BatchSpanProcessor(
-            exporter, max_queue_size=65_536, max_export_batch_size=4_096, schedule_delay_millis=200
+        BatchSpanProcessor(  # sized as telemetry.setup() sizes it
+            exporter,
+            max_queue_size=MAX_QUEUE_SIZE,
+            max_export_batch_size=MAX_EXPORT_BATCH,
+            schedule_delay_millis=SCHEDULE_DELAY_MS,
         )
     )
     registry = CollectorRegistry()
