@@ -20,10 +20,9 @@ import argparse
 import asyncio
 import gc
 import statistics
-import time
-from typing import Any
 
 from bench import competitors as c
+from bench._common import timed_run
 from bench._telemetry import full_telemetry
 from bench.workloads import ECHO, event_factories
 from rh_agents import ExecutionState
@@ -31,33 +30,15 @@ from rh_agents import ExecutionState
 WORKERS = 100
 
 
-class _CollectorClock:
-    """Seconds spent in the collector while installed (``gc.callbacks``)."""
-
-    def __init__(self) -> None:
-        self.seconds = 0.0
-        self._started = 0.0
-
-    def __call__(self, phase: str, info: dict[str, Any]) -> None:
-        if phase == "start":
-            self._started = time.perf_counter()
-        else:
-            self.seconds += time.perf_counter() - self._started
-
-
-async def _one(events: int, telemetry: bool, clock: _CollectorClock) -> tuple[float, float]:
+async def _one(events: int, telemetry: bool) -> tuple[float, float]:
     """Seconds per event of one group, and the collector's seconds per event."""
     tel, sdk = full_telemetry() if telemetry else (False, None)
     state = ExecutionState(telemetry=tel)
     factories = event_factories(ECHO, state, list(range(events)))
     gc.collect()  # the previous group's garbage, not on this one's clock
-    clock.seconds = 0.0
-    start = time.perf_counter()
-    results = await c.rh_group(state, factories, WORKERS)
-    if sdk is not None:
-        sdk.flush()
-    took = time.perf_counter() - start
-    collected = clock.seconds
+    results, took, collected = await timed_run(
+        lambda: c.rh_group(state, factories, WORKERS), sdk.flush if sdk else None
+    )
     if sdk is not None:
         assert sdk.exported() == events + 1  # every span, the group's included
         sdk.close()
@@ -70,20 +51,15 @@ async def _measure(
 ) -> dict[tuple[bool, str], list[tuple[float, float]]]:
     default = gc.get_threshold()
     tuned = (threshold, default[1], default[2])
-    clock = _CollectorClock()
-    gc.callbacks.append(clock)
     runs: dict[tuple[bool, str], list[tuple[float, float]]] = {}
     try:
         for _ in range(rounds):
             for telemetry in (False, True):
                 for name, setting in (("default", default), ("tuned", tuned)):
                     gc.set_threshold(*setting)
-                    runs.setdefault((telemetry, name), []).append(
-                        await _one(events, telemetry, clock)
-                    )
+                    runs.setdefault((telemetry, name), []).append(await _one(events, telemetry))
     finally:
         gc.set_threshold(*default)
-        gc.callbacks.remove(clock)
     return runs
 
 

@@ -26,8 +26,8 @@ STATUSES = {"PASS", "MISS", "INFO", "SKIP"}
 pytestmark = pytest.mark.slow
 
 
-def _run(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(
+def _python(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
         [sys.executable, *args],
         cwd=REPO,
         capture_output=True,
@@ -35,6 +35,10 @@ def _run(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
         timeout=timeout,
         check=False,
     )
+
+
+def _run(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    proc = _python(*args, timeout=timeout)
     assert proc.returncode == 0, f"stdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}"
     return proc
 
@@ -127,13 +131,7 @@ def test_the_instruction_counter_runs_every_case(tmp_path: Path) -> None:
     proc = _run("-m", "bench.instructions", "--dry-run")
     for case in ("event", "group1", "empty", "item", "resume"):
         assert f"{case:8s} ran (20 calls, not measured)" in proc.stdout
-    bad = subprocess.run(
-        [sys.executable, "-m", "bench.instructions", "--dry-run", "nothing"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    bad = _python("-m", "bench.instructions", "--dry-run", "nothing")
     assert bad.returncode == 2
     assert (
         "unknown case(s) nothing; choose from event, group1, empty, item, nojournal, memory, "
@@ -150,12 +148,6 @@ def test_the_collector_tuning_benchmark_compares_both_settings() -> None:
     for label in ("no telemetry", "full telemetry"):
         line = next(line for line in proc.stdout.splitlines() if line.startswith(label))
         assert "default" in line and "tuned / default" in line
-    bad = subprocess.run(
-        [sys.executable, "-m", "bench.gc_tuning", "--events", "0"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    bad = _python("-m", "bench.gc_tuning", "--events", "0")
     assert bad.returncode == 2
     assert "--events, --rounds and --threshold must be at least 1" in bad.stderr
