@@ -21,7 +21,14 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 from typing_extensions import TypeVar
 
-from rh_agents.core._models import assemble, clone
+from rh_agents.core._models import (
+    assemble,
+    clone,
+    set_extra,
+    set_fields_set,
+    set_model_dict,
+    set_private,
+)
 from rh_agents.core._runner import run_event
 from rh_agents.core.actors import BaseActor
 from rh_agents.core.errors import ImmutableEventError, InvalidArgumentError
@@ -267,7 +274,6 @@ def freeze(event: ExecutionEvent[Any]) -> ExecutionEvent[Any]:
 
 
 _new_snapshot = _EventSnapshot.__new__
-_setattr = object.__setattr__
 
 
 def _blank_fields() -> dict[str, Any]:
@@ -301,7 +307,7 @@ def snapshot_of(
     values = _copy_blank()
     values.update(fields)
     snapshot = _new_snapshot(_EventSnapshot)
-    _setattr(snapshot, "__dict__", values)
+    set_model_dict(snapshot, values)
     return _sealed(snapshot, fields_set, _shared_private(private))
 
 
@@ -322,7 +328,7 @@ def seal_snapshot(
     """The snapshot with the fields ``values`` from :func:`snapshot_fields` (no encoded
     result: ``result`` is its own JSON form, a restored entry's)."""
     snapshot = _new_snapshot(_EventSnapshot)
-    _setattr(snapshot, "__dict__", values)
+    set_model_dict(snapshot, values)
     return _sealed(snapshot, fields_set, _private_for(result_type, version))
 
 
@@ -333,9 +339,9 @@ def _sealed(
     metadata = values["metadata"]
     if type(metadata) is not _ReadOnlyDict:
         values["metadata"] = _ReadOnlyDict(metadata) if metadata else _NO_METADATA
-    _setattr(snapshot, "__pydantic_fields_set__", fields_set)
-    _setattr(snapshot, "__pydantic_extra__", None)
-    _setattr(snapshot, "__pydantic_private__", private)
+    set_fields_set(snapshot, fields_set)
+    set_extra(snapshot, None)
+    set_private(snapshot, private)
     return snapshot
 
 

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 from typing_extensions import TypeVar
 
+from rh_agents.core._models import set_extra, set_fields_set, set_private
 from rh_agents.core.types import ExecutionStatus
 
 __all__ = ["ExecutionResult", "make_result"]
@@ -135,7 +136,7 @@ def make_result(
     fields["metadata"] = {} if metadata is None else metadata
     fields["traceback"] = traceback
     fields["exception"] = exception
-    _setattr(r, "__pydantic_fields_set__", _NO_FIELDS_SET)
-    _setattr(r, "__pydantic_extra__", None)
-    _setattr(r, "__pydantic_private__", None)
+    set_fields_set(r, _NO_FIELDS_SET)
+    set_extra(r, None)
+    set_private(r, None)
     return r

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
+from rh_agents.core._models import set_extra, set_fields_set, set_model_dict, set_private
 from rh_agents.core.errors import InvalidArgumentError, StateCorruptedError
 
 if TYPE_CHECKING:
@@ -108,7 +109,6 @@ class TokenUsage(BaseModel):
 
 
 _new_usage = TokenUsage.__new__
-_setattr = object.__setattr__
 
 
 def _usage(
@@ -119,9 +119,8 @@ def _usage(
 ) -> TokenUsage:
     # Values already checked: skip validation (a usage is built per reported call).
     usage = _new_usage(TokenUsage)
-    _setattr(
+    set_model_dict(
         usage,
-        "__dict__",
         {
             "input_tokens": input_tokens,
             "output_tokens": output_tokens,
@@ -129,9 +128,9 @@ def _usage(
             "finish_reasons": finish_reasons,
         },
     )
-    _setattr(usage, "__pydantic_fields_set__", set())
-    _setattr(usage, "__pydantic_extra__", None)
-    _setattr(usage, "__pydantic_private__", None)
+    set_fields_set(usage, set())
+    set_extra(usage, None)
+    set_private(usage, None)
     return usage
 
 
