@@ -258,6 +258,30 @@ def _unpickle_snapshot(
     return assemble(_EventSnapshot, fields, frozenset(fields_set), private)
 
 
+# A validated ExecutionEvent gets its private attributes' defaults from pydantic's
+# ``model_post_init``, which asks each attribute for its default on every construction:
+# a fifth of building the event a program makes for every call. The event's own are
+# fixed (all None), so a copy of them is set instead. pydantic calls ``model_post_init``
+# by name on the new instance (``__pydantic_post_init__``; a test pins both), so
+# replacing it on the class is enough; a subclass or a parametrized
+# ``ExecutionEvent[T]`` (its own private attributes, maybe) keeps pydantic's.
+_pydantic_post_init = ExecutionEvent.model_post_init
+_PRIVATE_DEFAULTS: dict[str, Any] = {
+    name: attribute.get_default()
+    for name, attribute in ExecutionEvent.__private_attributes__.items()
+}
+
+
+def _post_init(self: ExecutionEvent[Any], context: Any, /) -> None:
+    if type(self) is ExecutionEvent and getattr(self, "__pydantic_private__", None) is None:
+        set_private(self, _PRIVATE_DEFAULTS.copy())
+    else:
+        _pydantic_post_init(self, context)
+
+
+ExecutionEvent.model_post_init = _post_init  # type: ignore[method-assign,assignment]
+
+
 def freeze(event: ExecutionEvent[Any]) -> ExecutionEvent[Any]:
     """An immutable snapshot of ``event`` as it is now (the event itself if it is one).
 

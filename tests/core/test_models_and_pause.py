@@ -1,13 +1,18 @@
-"""Two small private building blocks the core relies on, pinned directly: models built
-without validation (``_models``) and the signal of a paused run (``_pause``)."""
+"""Small private building blocks the core relies on, pinned directly: models built
+without validation (``_models``), the private attributes of a new event, and the signal
+of a paused run (``_pause``)."""
 
 from __future__ import annotations
 
 import pickle
+from typing import Any
 
 import pytest
+from pydantic import PrivateAttr
 
-from rh_agents.core._models import assemble, clone
+from rh_agents import ExecutionEvent, Tool
+from rh_agents.core import events
+from rh_agents.core._models import assemble, clone, set_extra, set_fields_set, set_private
 from rh_agents.core._pause import Interrupted, PendingInterrupt
 from rh_agents.core.result import ExecutionResult
 
@@ -32,6 +37,63 @@ def test_assemble_copies_the_private_attributes_it_is_given() -> None:
     assert built.__pydantic_private__ == {"_x": 1}
     assert built.__pydantic_private__ is not private
     assert assemble(ExecutionResult, dict(fields), set(), None).__pydantic_private__ is None
+
+
+def test_the_slot_setters_set_what_object_setattr_would() -> None:
+    built = ExecutionResult.__new__(ExecutionResult)
+    object.__setattr__(built, "__dict__", dict(ExecutionResult(ok=True).__dict__))
+    set_fields_set(built, {"ok"})
+    set_extra(built, None)
+    set_private(built, None)
+    assert built == ExecutionResult(ok=True) and built.model_fields_set == {"ok"}
+
+
+async def _echo(input_data: Any, extra_context: Any, state: Any) -> Any:
+    return input_data
+
+
+_TOOL = Tool(name="echo", description="returns its input", handler=_echo)
+
+
+def _declared_defaults(cls: type[ExecutionEvent[Any]]) -> dict[str, Any]:
+    return {name: a.get_default() for name, a in cls.__private_attributes__.items()}
+
+
+def test_a_new_event_gets_its_own_copy_of_the_private_defaults() -> None:
+    first, second = ExecutionEvent(actor=_TOOL), ExecutionEvent(actor=_TOOL)
+    assert first.__pydantic_private__ == _declared_defaults(ExecutionEvent)
+    assert first.__pydantic_private__ is not second.__pydantic_private__
+    first._result_type = "mine"
+    assert second._result_type is None
+    assert ExecutionEvent(actor=_TOOL)._result_type is None
+
+
+def test_a_new_event_takes_its_private_defaults_from_the_core_not_pydantic(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # pydantic calls model_post_init by name on each new instance: the replacement in
+    # core.events is what runs (if pydantic stopped calling it, this fails).
+    assert ExecutionEvent.__pydantic_post_init__ == "model_post_init"
+    marked = dict(events._PRIVATE_DEFAULTS, _actor_version="marked")
+    monkeypatch.setattr(events, "_PRIVATE_DEFAULTS", marked)
+    assert ExecutionEvent(actor=_TOOL)._actor_version == "marked"
+    assert ExecutionEvent.model_validate({"actor": _TOOL})._actor_version == "marked"
+
+
+def test_subclasses_and_constructions_without_validation_keep_pydantics_defaults() -> None:
+    class Tagged(ExecutionEvent[Any]):
+        _tag: str = PrivateAttr(default="t")
+
+    tagged = Tagged(actor=_TOOL)
+    assert tagged.__pydantic_private__ == _declared_defaults(Tagged)
+    assert tagged._tag == "t"
+    assert ExecutionEvent[int](actor=_TOOL).__pydantic_private__ == _declared_defaults(
+        ExecutionEvent
+    )
+    constructed = ExecutionEvent.model_construct(actor=_TOOL)
+    assert constructed.__pydantic_private__ == _declared_defaults(ExecutionEvent)
+    copied = ExecutionEvent(actor=_TOOL).model_copy()
+    assert copied.__pydantic_private__ == _declared_defaults(ExecutionEvent)
 
 
 def test_a_pause_names_every_address_that_waits() -> None:
