@@ -179,9 +179,13 @@ class _ReadOnlyDict(dict[str, Any]):
 
 _NO_METADATA = _ReadOnlyDict()
 _fields_sets: dict[frozenset[str], frozenset[str]] = {}
-_NO_PRIVATE: dict[str, Any] = {"_record_result": None, "_result_type": None, "_actor_version": None}
-"""The private attributes of most snapshots (no encoded result), shared: snapshots never
-change theirs, and copies (:func:`thaw`) copy it."""
+_NO_PRIVATE: dict[str, Any] = {
+    name: attribute.get_default()
+    for name, attribute in ExecutionEvent.__private_attributes__.items()
+}
+"""The private attributes at their declared defaults (no encoded result): shared by most
+snapshots (they never change theirs, and copies (:func:`thaw`) copy it); a new event
+gets a copy of it (see ``_post_init``)."""
 _VERSIONED: dict[str, dict[str, Any]] = {}  # the same, per actor version
 
 
@@ -261,20 +265,16 @@ def _unpickle_snapshot(
 # A validated ExecutionEvent gets its private attributes' defaults from pydantic's
 # ``model_post_init``, which asks each attribute for its default on every construction:
 # a fifth of building the event a program makes for every call. The event's own are
-# fixed (all None), so a copy of them is set instead. pydantic calls ``model_post_init``
-# by name on the new instance (``__pydantic_post_init__``; a test pins both), so
-# replacing it on the class is enough; a subclass or a parametrized
+# fixed (all None, ``_NO_PRIVATE``), so a copy of them is set instead. pydantic calls
+# ``model_post_init`` by name on the new instance (``__pydantic_post_init__``; a test
+# pins both), so replacing it on the class is enough; a subclass or a parametrized
 # ``ExecutionEvent[T]`` (its own private attributes, maybe) keeps pydantic's.
 _pydantic_post_init = ExecutionEvent.model_post_init
-_PRIVATE_DEFAULTS: dict[str, Any] = {
-    name: attribute.get_default()
-    for name, attribute in ExecutionEvent.__private_attributes__.items()
-}
 
 
 def _post_init(self: ExecutionEvent[Any], context: Any, /) -> None:
     if type(self) is ExecutionEvent and getattr(self, "__pydantic_private__", None) is None:
-        set_private(self, _PRIVATE_DEFAULTS.copy())
+        set_private(self, _NO_PRIVATE.copy())
     else:
         _pydantic_post_init(self, context)
 

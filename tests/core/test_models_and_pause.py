@@ -74,8 +74,8 @@ def test_a_new_event_takes_its_private_defaults_from_the_core_not_pydantic(
     # pydantic calls model_post_init by name on each new instance: the replacement in
     # core.events is what runs (if pydantic stopped calling it, this fails).
     assert ExecutionEvent.__pydantic_post_init__ == "model_post_init"
-    marked = dict(events._PRIVATE_DEFAULTS, _actor_version="marked")
-    monkeypatch.setattr(events, "_PRIVATE_DEFAULTS", marked)
+    marked = dict(events._NO_PRIVATE, _actor_version="marked")
+    monkeypatch.setattr(events, "_NO_PRIVATE", marked)
     assert ExecutionEvent(actor=_TOOL)._actor_version == "marked"
     assert ExecutionEvent.model_validate({"actor": _TOOL})._actor_version == "marked"
 

@@ -215,25 +215,11 @@ class ParallelGroupTracker(BaseModel):
 
 
 _NEW_GROUP: dict[str, Any] = {
-    "group_id": "",
-    "name": None,
-    "address": "",
-    "total": 0,
-    "completed": 0,
-    "failed": 0,
-    "cancelled": 0,
-    "retries": 0,
-    "status": GroupStatus.PENDING,
-    "start_time": None,
-    "end_time": None,
-    "execution_time": None,
-    "error_strategy": ErrorStrategy.FAIL_SLOW,
-    "max_workers": 0,
-    "timeout": None,
-    "timed_out": False,
-    "errors": None,
+    name: field.get_default(call_default_factory=True)
+    for name, field in ParallelEventGroup.model_fields.items()
 }
-"""Every field of a fresh group's model in declaration order (see :func:`new_group`)."""
+"""Every field of a fresh group's model at its declared default, in declaration order
+(see :func:`new_group`, which copies it and sets the rest)."""
 
 
 def new_group(

@@ -291,7 +291,7 @@ def group_event(
     g = group.__dict__
     name = g["name"]
     label = f"parallel:{name or 'group'}"
-    message = (group.error_summary() or None) if g["failed"] else None
+    message = group.error_summary() or None
     if timed_out and status is not ExecutionStatus.STARTED:
         message = f"{timeout_text} {message}" if message else timeout_text
     # Every field is the group's own, of the right type: no validation to pay for. The
