@@ -21,6 +21,11 @@ Cases:
     nojournal one trivial event in a 100-worker group of one state, no journal (P9's shape)
     memory    the same with an in-memory journal
     sqlite    the same with a SQLite file journal (its writer thread included)
+    plain     one trivial event in a 100-worker group, no telemetry (P2's shape)
+    metered   the same with metrics only
+    traced    the same with SDK tracing too (P2's "full"; the exporter thread included)
+    floor     P2's floor: the same work written by hand (one span, four metrics, history)
+    bare      P2's floor without telemetry (a task and a history append)
     resume    one entry of a SQLite history read by ``load_from_state_id``
 """
 
@@ -42,7 +47,21 @@ from bench.p9_storage import _record_history
 from bench.workloads import SPIN
 from rh_agents import ExecutionEvent, ExecutionState
 
-CASES = ("event", "group1", "empty", "item", "nojournal", "memory", "sqlite", "resume")
+CASES = (
+    "event",
+    "group1",
+    "empty",
+    "item",
+    "nojournal",
+    "memory",
+    "sqlite",
+    "plain",
+    "metered",
+    "traced",
+    "floor",
+    "bare",
+    "resume",
+)
 _WARM = 20  # calls both runs make: imports, first-call caches, the first states
 
 
@@ -100,6 +119,34 @@ async def _journaled(case: str, n: int, folder: Path) -> None:
         backend.close()
 
 
+async def _telemetry(case: str, n: int) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from bench._telemetry import Floor, SdkTracing, full_telemetry
+    from bench.competitors import rh_group
+    from bench.workloads import ECHO, event_factories, trivial_factories
+    from rh_agents.telemetry import Telemetry
+
+    telemetry: Telemetry | bool
+    sdk = None
+    if case in ("floor", "bare"):
+        sdk = SdkTracing() if case == "floor" else None
+        values = await Floor(sdk).run(trivial_factories(n), 100, case == "floor")
+    else:
+        if case == "traced":
+            telemetry, sdk = full_telemetry()
+        elif case == "metered":
+            telemetry = Telemetry(registry=CollectorRegistry(), tracing=False)
+        else:
+            telemetry = False
+        state = ExecutionState(telemetry=telemetry)
+        values = await rh_group(state, event_factories(ECHO, state, list(range(n))), 100)
+    assert len(values) == n
+    if sdk is not None:
+        sdk.flush()  # every span exported, as P2 times it
+        sdk.close()
+
+
 def _resume(path: Path, state_id: str) -> None:
     from rh_agents.state_backends import SQLiteStateBackend
 
@@ -118,6 +165,8 @@ def run_case(case: str, n: int, folder: Path) -> None:
         asyncio.run(_items(n))
     elif case in ("nojournal", "memory", "sqlite"):
         asyncio.run(_journaled(case, n, folder))
+    elif case in ("plain", "metered", "traced", "floor", "bare"):
+        asyncio.run(_telemetry(case, n))
     elif case == "resume":
         path = folder / f"history-{n}.db"
         _resume(path, (folder / f"history-{n}.id").read_text())

@@ -30,7 +30,7 @@ from rh_agents.core._guarded import (
     retry_delay,
     run_attempt,
 )
-from rh_agents.core._models import clone
+from rh_agents.core._models import assemble, clone
 from rh_agents.core._pause import Interrupted, current_state
 from rh_agents.core.actors import RESERVED_ADDRESS_CHARS
 from rh_agents.core.cache import call_cache_key
@@ -203,34 +203,40 @@ def _address_key(actor: BaseActor, tag: str) -> str:
     return f"{actor.name}[{tag}]" if tag else actor.name
 
 
+_RESET: dict[str, Any] = {
+    "execution_status": _S.STARTED,
+    "result": None,
+    "message": None,
+    "error_type": None,
+    "execution_time": None,
+    "from_cache": False,
+    "is_replayed": False,
+    # A reused event object must not pass on a previous call's outcome (a replayed call
+    # leaves skip_republish=True on it).
+    "skip_republish": False,
+    "input_hash": None,
+    "usage": None,
+}
+"""What a call's working copy starts with whatever the event object holds."""
+
+
 def _working_copy(
     template: ExecutionEvent[Any], actor: BaseActor, address: str, parent: Frame
 ) -> ExecutionEvent[Any]:
     """The working copy of this call; the core writes its fields directly (no validation
     to run: every value is of the right type) and snapshots it at each status change."""
+    fields = template.__dict__.copy()
+    fields.update(_RESET)
     group_id = parent.group_id
-    ev = clone(
-        template,
-        address=address,
-        actor_name=actor.name,
-        event_type=actor.event_type,
-        execution_status=_S.STARTED,
-        group_id=group_id,
-        parallel_index=parent.parallel_index,
-        is_parallel=group_id is not None,
-        result=None,
-        message=None,
-        error_type=None,
-        execution_time=None,
-        from_cache=False,
-        is_replayed=False,
-        # A reused event object must not pass on a previous call's outcome (a replayed
-        # call leaves skip_republish=True on it).
-        skip_republish=False,
-        input_hash=None,
-        usage=None,
-        timestamp=time.time(),
-    )
+    fields["address"] = address
+    fields["actor_name"] = actor.name
+    fields["event_type"] = actor.event_type
+    fields["group_id"] = group_id
+    fields["parallel_index"] = parent.parallel_index
+    fields["is_parallel"] = group_id is not None
+    fields["timestamp"] = time.time()
+    private = template.__pydantic_private__
+    ev = assemble(type(template), fields, set(template.__pydantic_fields_set__), private)
     private = ev.__pydantic_private__
     assert private is not None
     private["_actor_version"] = actor.version  # recorded with the call (replay compares)
@@ -534,13 +540,16 @@ def _copy_back(template: ExecutionEvent[Any], ev: ExecutionEvent[Any]) -> None:
 
 
 def _parallel_metadata(ev: ExecutionEvent[Any]) -> dict[str, Any]:
+    fields = ev.__dict__
+    event_type = fields["event_type"]
     return {
-        "address": ev.address,
-        "actor": ev.actor_name,
-        "event_type": ev.event_type.value if ev.event_type else None,
-        "group_id": ev.group_id,
-        "parallel_index": ev.parallel_index,
-        "from_cache": ev.from_cache,
-        "is_replayed": ev.is_replayed,
-        "status": ev.execution_status.value,
+        "address": fields["address"],
+        "actor": fields["actor_name"],
+        # an enum's _value_, not .value (a Python-level property on Python 3.11)
+        "event_type": event_type._value_ if event_type is not None else None,
+        "group_id": fields["group_id"],
+        "parallel_index": fields["parallel_index"],
+        "from_cache": fields["from_cache"],
+        "is_replayed": fields["is_replayed"],
+        "status": fields["execution_status"]._value_,
     }

@@ -8,7 +8,7 @@ to journals and snapshots; :func:`event_to_record` and :func:`record_to_event` c
 
 from __future__ import annotations
 
-import base64
+import binascii
 import hashlib
 import json
 from collections.abc import Callable, Iterable, Iterator
@@ -512,6 +512,10 @@ def input_fingerprint(value: Any) -> str | None:
             return None
     except Exception:
         return None
-    # 96 bits in 16 characters of base64 (a short string: the history keeps one per call)
+    # 96 bits in 16 characters of URL-safe base64 (a short string: the history keeps
+    # one per call); base64.urlsafe_b64encode's result, without its two Python calls
     digest = hashlib.blake2b(text.encode("ascii"), digest_size=12).digest()
-    return base64.urlsafe_b64encode(digest).decode("ascii")
+    return binascii.b2a_base64(digest, newline=False).translate(_URL_SAFE).decode("ascii")
+
+
+_URL_SAFE = bytes.maketrans(b"+/", b"-_")

@@ -5,12 +5,13 @@ of a paused run (``_pause``)."""
 from __future__ import annotations
 
 import pickle
+import time
 from typing import Any
 
 import pytest
-from pydantic import PrivateAttr
+from pydantic import BaseModel, PrivateAttr, ValidationError
 
-from rh_agents import ExecutionEvent, Tool
+from rh_agents import LLM, Agent, ExecutionEvent, Tool
 from rh_agents.core import events
 from rh_agents.core._models import assemble, clone, set_extra, set_fields_set, set_private
 from rh_agents.core._pause import Interrupted, PendingInterrupt
@@ -94,6 +95,88 @@ def test_subclasses_and_constructions_without_validation_keep_pydantics_defaults
     assert constructed.__pydantic_private__ == _declared_defaults(ExecutionEvent)
     copied = ExecutionEvent(actor=_TOOL).model_copy()
     assert copied.__pydantic_private__ == _declared_defaults(ExecutionEvent)
+
+
+def _parts(event: ExecutionEvent[Any]) -> tuple[Any, ...]:
+    """Everything a constructed event is made of but its timestamp (a clock reading)."""
+    fields = dict(event.__dict__)
+    fields.pop("timestamp")
+    return (
+        type(event),
+        list(event.__dict__),  # the same keys in the same order: repr and dumps agree
+        fields,
+        event.__pydantic_fields_set__,
+        event.__pydantic_private__,
+        event.__pydantic_extra__,
+    )
+
+
+_AGENT = Agent(name="planner", handler=_echo)
+_LLM = LLM(name="model", handler=_echo)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"actor": _TOOL},
+        {"actor": _AGENT, "tag": "first"},
+        {"actor": _LLM, "tag": ""},
+    ],
+    ids=["tool", "agent and tag", "llm and empty tag"],
+)
+def test_an_event_built_without_validation_equals_a_validated_one(
+    data: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    validated = ExecutionEvent.model_validate(data)
+    before = time.time()
+
+    def refuse(self: Any, /, **kwargs: Any) -> None:  # proves no validation runs
+        raise AssertionError("validated")
+
+    monkeypatch.setattr(BaseModel, "__init__", refuse)
+    built = ExecutionEvent(**data)
+    assert _parts(built) == _parts(validated)
+    assert built.actor is data["actor"]  # validation keeps an actor as it is, too
+    assert before <= built.timestamp <= time.time()
+    assert built.metadata == {} and built.metadata is not ExecutionEvent(**data).metadata
+    assert built.model_dump(exclude={"actor", "timestamp"}) == validated.model_dump(
+        exclude={"actor", "timestamp"}
+    )
+
+
+def test_any_other_construction_is_validated() -> None:
+    assert _parts(ExecutionEvent()) == _parts(ExecutionEvent.model_validate({}))
+    with_metadata = ExecutionEvent(actor=_TOOL, metadata={"k": 1})
+    assert with_metadata.metadata == {"k": 1}
+    assert with_metadata.model_fields_set == {"actor", "metadata"}
+    for bad in (
+        {"actor": _TOOL, "tag": 1},  # a tag must be a str
+        {"actor": "echo"},  # an actor must be a BaseActor
+        {"actor": _TOOL, "unknown": 1},  # extra="forbid"
+    ):
+        with pytest.raises(ValidationError):
+            ExecutionEvent(**bad)
+    # A subclass (and a parametrized ExecutionEvent[T]) is validated: its fields may differ.
+    assert type(ExecutionEvent[int](actor=_TOOL)) is ExecutionEvent[int]
+
+
+def test_validating_an_event_does_not_go_through_its_constructor() -> None:
+    # pydantic calls a model's own __init__ when validating it (as a field, by
+    # model_validate) unless it carries pydantic's marker of the base __init__.
+    assert ExecutionEvent.__pydantic_custom_init__ is False
+
+    class Holder(BaseModel):
+        event: ExecutionEvent[Any]
+
+    held = Holder.model_validate({"event": {"actor": _TOOL, "tag": "t"}})
+    assert held.event.tag == "t" and held.event.actor is _TOOL
+
+
+def test_the_constructor_fills_in_exactly_the_fields_built_by_a_factory() -> None:
+    # _fast_init calls these two factories itself: a field gaining a factory (or losing
+    # one) switches the fast construction off instead of leaving the field unset.
+    assert events._FACTORIES == {"metadata": dict, "timestamp": time.time}
+    assert events._FAST_KEYS == {"actor", "tag"}
 
 
 def test_a_pause_names_every_address_that_waits() -> None:
