@@ -235,8 +235,8 @@ def _working_copy(
     fields["parallel_index"] = parent.parallel_index
     fields["is_parallel"] = group_id is not None
     fields["timestamp"] = time.time()
-    private = template.__pydantic_private__
-    ev = assemble(type(template), fields, set(template.__pydantic_fields_set__), private)
+    fields_set = set(template.__pydantic_fields_set__)
+    ev = assemble(type(template), fields, fields_set, template.__pydantic_private__)
     private = ev.__pydantic_private__
     assert private is not None
     private["_actor_version"] = actor.version  # recorded with the call (replay compares)

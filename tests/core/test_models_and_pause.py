@@ -4,6 +4,7 @@ of a paused run (``_pause``)."""
 
 from __future__ import annotations
 
+import inspect
 import pickle
 import time
 from typing import Any
@@ -136,7 +137,9 @@ def test_an_event_built_without_validation_equals_a_validated_one(
     monkeypatch.setattr(BaseModel, "__init__", refuse)
     built = ExecutionEvent(**data)
     assert _parts(built) == _parts(validated)
-    assert built.actor is data["actor"]  # validation keeps an actor as it is, too
+    # Validation keeps an actor as it is (BaseActor does not revalidate instances), so
+    # the fast construction may too.
+    assert built.actor is data["actor"] and validated.actor is data["actor"]
     assert before <= built.timestamp <= time.time()
     assert built.metadata == {} and built.metadata is not ExecutionEvent(**data).metadata
     assert built.model_dump(exclude={"actor", "timestamp"}) == validated.model_dump(
@@ -164,6 +167,13 @@ def test_validating_an_event_does_not_go_through_its_constructor() -> None:
     # pydantic calls a model's own __init__ when validating it (as a field, by
     # model_validate) unless it carries pydantic's marker of the base __init__.
     assert ExecutionEvent.__pydantic_custom_init__ is False
+    # ... and its signature is still the fields' (what IDEs and help() show)
+    assert list(inspect.signature(ExecutionEvent).parameters)[:4] == [
+        "actor",
+        "kind",
+        "address",
+        "tag",
+    ]
 
     class Holder(BaseModel):
         event: ExecutionEvent[Any]
