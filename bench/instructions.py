@@ -21,6 +21,11 @@ Cases:
     nojournal one trivial event in a 100-worker group of one state, no journal (P9's shape)
     memory    the same with an in-memory journal
     sqlite    the same with a SQLite file journal (its writer thread included)
+    sqlite-nowait, sqlite-noencode, sqlite-neither
+              ablations of ``sqlite``, not rh_agents' behaviour: a call does not wait
+              for its commit (``flush()`` returns at once), records are neither built
+              nor encoded (a constant text is stored), or both: what each piece of
+              the SQLite journal costs
     plain     one trivial event in a 100-worker group, no telemetry (P2's shape)
     metered   the same with metrics only
     traced    the same with SDK tracing too (P2's "full"; the exporter thread included)
@@ -33,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import os
 import re
@@ -40,6 +46,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +62,9 @@ CASES = (
     "nojournal",
     "memory",
     "sqlite",
+    "sqlite-nowait",
+    "sqlite-noencode",
+    "sqlite-neither",
     "plain",
     "metered",
     "traced",
@@ -101,14 +111,45 @@ async def _items(n: int) -> None:
     assert len(results) == n
 
 
+@contextlib.contextmanager
+def _ablated(case: str) -> Iterator[None]:
+    """``sqlite-*``: the SQLite journal with one piece taken out (restored after)."""
+    from rh_agents.core import recording
+    from rh_agents.storage import _writer
+
+    flush, dump, build = (
+        _writer.ThreadedJournal.flush,
+        _writer.dump_record,
+        recording.event_to_record,
+    )
+    constant: dict[str, Any] = {}
+
+    async def no_wait(self: Any) -> None:
+        return None
+
+    def no_encoding(state_id: str, position: int, record: dict[str, Any]) -> str:
+        return '{"_crc":"00000000"}'
+
+    if case in ("sqlite-nowait", "sqlite-neither"):
+        _writer.ThreadedJournal.flush = no_wait  # type: ignore[method-assign]
+    if case in ("sqlite-noencode", "sqlite-neither"):
+        recording.event_to_record = lambda event, seq: constant
+        _writer.dump_record = no_encoding
+    try:
+        yield
+    finally:
+        _writer.ThreadedJournal.flush = flush  # type: ignore[method-assign]
+        _writer.dump_record, recording.event_to_record = dump, build
+
+
 async def _journaled(case: str, n: int, folder: Path) -> None:
     from rh_agents.state_backends import InMemoryStateBackend, SQLiteStateBackend
 
     backend: Any = None
     if case == "memory":
         backend = InMemoryStateBackend()
-    elif case == "sqlite":
-        backend = SQLiteStateBackend(folder / f"journal-{n}.db")
+    elif case.startswith("sqlite"):
+        backend = SQLiteStateBackend(folder / f"journal-{case}-{n}.db")
     state = ExecutionState(telemetry=False, state_backend=backend)
     async with state.parallel(max_workers=100) as p:
         for _ in range(n):
@@ -165,6 +206,9 @@ def run_case(case: str, n: int, folder: Path) -> None:
         asyncio.run(_items(n))
     elif case in ("nojournal", "memory", "sqlite"):
         asyncio.run(_journaled(case, n, folder))
+    elif case.startswith("sqlite-"):
+        with _ablated(case):
+            asyncio.run(_journaled(case, n, folder))
     elif case in ("plain", "metered", "traced", "floor", "bare"):
         asyncio.run(_telemetry(case, n))
     elif case == "resume":

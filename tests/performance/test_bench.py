@@ -130,13 +130,41 @@ def test_the_instruction_counter_runs_every_case(tmp_path: Path) -> None:
     # every case runs, and a case that does not exist is refused by name.
     proc = _run("-m", "bench.instructions", "--dry-run")
     cases = (
-        "event group1 empty item nojournal memory sqlite plain metered traced floor bare resume"
+        "event group1 empty item nojournal memory sqlite sqlite-nowait sqlite-noencode "
+        "sqlite-neither plain metered traced floor bare resume"
     ).split()
     for case in cases:
         assert f"{case:8s} ran (20 calls, not measured)" in proc.stdout
     bad = _python("-m", "bench.instructions", "--dry-run", "nothing")
     assert bad.returncode == 2
     assert f"unknown case(s) nothing; choose from {', '.join(cases)}" in bad.stderr
+
+
+def test_the_sqlite_ablations_take_out_their_piece_and_put_it_back(tmp_path: Path) -> None:
+    # The ablations are what docs/performance.md's P9 breakdown rests on: each must really
+    # remove its piece (records stored as a constant text; no wait for the commit), and
+    # leave the journal as it was for the next case of the same process.
+    code = f"""
+import sqlite3
+from pathlib import Path
+from bench.instructions import run_case
+from rh_agents.storage import _writer
+
+def stored(case):
+    run_case(case, 3, Path({str(tmp_path)!r}))
+    db = sqlite3.connect(Path({str(tmp_path)!r}) / f"journal-{{case}}-3.db")
+    return [text for (text,) in db.execute("SELECT record FROM events ORDER BY position")]
+
+flush = _writer.ThreadedJournal.flush
+print("neither", sorted(set(stored("sqlite-neither"))))
+print("restored", _writer.ThreadedJournal.flush is flush)
+real = stored("sqlite")
+print("sqlite", len(real), all('"seq":' in text for text in real))
+"""
+    proc = _run("-c", code)
+    assert 'neither [\'{"_crc":"00000000"}\']' in proc.stdout
+    assert "restored True" in proc.stdout
+    assert "sqlite 8 True" in proc.stdout  # a group and three events, two entries each
 
 
 def test_the_collector_tuning_benchmark_compares_both_settings() -> None:
