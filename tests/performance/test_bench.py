@@ -145,9 +145,10 @@ def test_the_sqlite_ablations_take_out_their_piece_and_put_it_back(tmp_path: Pat
     # remove its piece (records stored as a constant text; no wait for the commit), and
     # leave the journal as it was for the next case of the same process.
     code = f"""
+import asyncio
 import sqlite3
 from pathlib import Path
-from bench.instructions import run_case
+from bench.instructions import _ablated, run_case
 from rh_agents.storage import _writer
 
 def stored(case):
@@ -156,12 +157,15 @@ def stored(case):
     return [text for (text,) in db.execute("SELECT record FROM events ORDER BY position")]
 
 flush = _writer.ThreadedJournal.flush
+with _ablated("sqlite-nowait"):  # returns at once (the real one needs a journal)
+    print("nowait", asyncio.run(_writer.ThreadedJournal.flush(None)))
 print("neither", sorted(set(stored("sqlite-neither"))))
 print("restored", _writer.ThreadedJournal.flush is flush)
 real = stored("sqlite")
 print("sqlite", len(real), all('"seq":' in text for text in real))
 """
     proc = _run("-c", code)
+    assert "nowait None" in proc.stdout
     assert 'neither [\'{"_crc":"00000000"}\']' in proc.stdout
     assert "restored True" in proc.stdout
     assert "sqlite 8 True" in proc.stdout  # a group and three events, two entries each
